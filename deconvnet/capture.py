@@ -1,0 +1,95 @@
+"""One forward pass that keeps what the mirror needs: a :class:`Trace`.
+
+The traced forward is run node by node on the user's own modules (nothing is patched, no hook
+is registered). Max-pools also return their switches; in-place ReLUs run out of place so the
+layer before keeps its activation; every layer's input shape and output are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, fx
+
+from .builder import Network
+from .errors import UnsupportedLayerError
+from .mirror import Record
+
+__all__ = ["Trace", "run"]
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """A traced batch: serves any number of reconstructions of the same inputs.
+
+    input (Tensor[N, C, H, W]): the batch.
+    output (Tensor[N, ...]): the model's output, equal to ``model(input)``.
+    activations: layer step name -> that layer's output ``Tensor[N, ...]``.
+    records: layer step name -> what its mirror layer needs (input shape, switches).
+    """
+
+    input: Tensor
+    output: Tensor
+    activations: dict[str, Tensor]
+    records: dict[str, Record]
+    network: Network
+
+    def __len__(self) -> int:
+        return self.input.shape[0]
+
+
+def _fetch_attr(root: torch.nn.Module, target: str) -> Any:
+    value: Any = root
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _evaluate(node: fx.Node, env: dict[fx.Node, Any], network: Network) -> Any:
+    args = fx.node.map_arg(node.args, env.__getitem__)
+    kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+    if node.op == "get_attr":
+        return _fetch_attr(network.model, str(node.target))
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)  # type: ignore[operator]
+    if node.op == "call_method":
+        self_obj, *rest = args
+        return getattr(self_obj, str(node.target))(*rest, **kwargs)
+    if node.op == "call_module":
+        return network.model.get_submodule(str(node.target))(*args, **kwargs)
+    raise AssertionError(f"unexpected fx node kind {node.op}")  # pragma: no cover
+
+
+@torch.no_grad()
+def run(network: Network, x: Tensor) -> Trace:
+    """Run the forward on x (Tensor[N, C, H, W]) and keep what the mirror needs."""
+    network.check_eval()
+    env: dict[fx.Node, Any] = {}
+    records: dict[str, Record] = {}
+    activations: dict[str, Tensor] = {}
+    for node in network.nodes:
+        step = network.steps.get(node)
+        if node.op == "placeholder":
+            env[node] = x
+            continue
+        if step is None:
+            env[node] = _evaluate(node, env, network)
+            continue
+        value: Tensor = env[node.args[0]]  # type: ignore[index]
+        switches = None
+        if step.module is not None and step.rule is not None:
+            out, switches = step.rule.run(step.module, value)
+        else:
+            out = _evaluate(node, env, network)
+        if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != value.shape[0]:
+            raise UnsupportedLayerError(
+                f"{step.name} does not keep the batch dimension (input {tuple(value.shape)}, "
+                f"output {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}); "
+                "deconvnet needs every layer to map Tensor[N, ...] to Tensor[N, ...]"
+            )
+        records[step.name] = Record(tuple(value.shape), switches)
+        activations[step.name] = out
+        env[node] = out
+    return Trace(x, env[network.output], activations, records, network)

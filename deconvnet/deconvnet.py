@@ -1,0 +1,296 @@
+"""The public object: :class:`DeconvNet`, a model's deconvolutional mirror and its API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from math import prod
+
+import torch
+from torch import Tensor, nn
+
+from .builder import Network, Step, build
+from .capture import Trace, run
+from .errors import InputError, SignalShapeError, TargetOutOfRangeError
+from .mirror import Mirror
+
+__all__ = ["DeconvNet", "Targets"]
+
+Targets = int | Sequence[int] | Tensor | None
+"""Which channels or classes: one index, a sequence of indices, or ``None`` for all."""
+
+_CPU_BUDGET = 2 * 1024**3
+# Peak memory of one mirror layer per target, as a multiple of its input plus output signal:
+# room for the signal being built and for convolution workspaces.
+_WORKSPACE_FACTOR = 3
+
+
+class DeconvNet:
+    """The deconvolutional network of Zeiler & Fergus for a PyTorch CNN, as an explicit mirror.
+
+    ``DeconvNet(model)`` traces ``model.forward`` with torch.fx and builds :attr:`mirror`, a
+    stack of transposed convolutions sharing the model's weights, unpooling layers fed by the
+    switches of the forward pass, and ReLUs. The model is never changed.
+
+    memory_budget: bytes a batch of targets may use in the mirror; it sizes the chunks when
+        ``chunk_size`` is not given. Default: half the free memory on CUDA, 2 GiB on CPU.
+
+    Every ``reconstruct*`` method takes a batch ``x`` (Tensor[N, C, H, W]) or a :class:`Trace`
+    of one and returns Tensor[N, K, C, H, W] (``K`` targets per input) on the model's device.
+    """
+
+    def __init__(self, model: nn.Module, *, memory_budget: int | None = None) -> None:
+        if memory_budget is not None and (
+            isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
+            or memory_budget <= 0
+        ):
+            raise InputError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+        self.model = model
+        self.memory_budget = memory_budget
+        self._network: Network = build(model)
+
+    def __repr__(self) -> str:
+        return f"DeconvNet({type(self.model).__name__}, {len(self.mirror)} mirror layers)"
+
+    @property
+    def mirror(self) -> Mirror:
+        """The mirror: one reversed layer per forward layer, from the output down to the input."""
+        return self._network.mirror
+
+    @property
+    def layers(self) -> list[str]:
+        """The names one can reconstruct from, in forward order."""
+        return list(self._network.layers)
+
+    # --- tracing --------------------------------------------------------------------------
+
+    def trace(self, x: Tensor) -> Trace:
+        """Run one forward pass of x (Tensor[N, C, H, W]) and keep switches and activations."""
+        if not isinstance(x, Tensor):
+            raise InputError(f"x must be a Tensor[N, C, H, W], got {type(x).__name__}")
+        if x.dim() != 4:
+            hint = "; add a batch dimension with x.unsqueeze(0)" if x.dim() == 3 else ""
+            raise InputError(f"x must be a Tensor[N, C, H, W], got shape {tuple(x.shape)}{hint}")
+        if x.shape[0] == 0:
+            raise InputError("x is an empty batch (N = 0)")
+        if not x.is_floating_point():
+            raise InputError(f"x must be a floating-point tensor, got {x.dtype}")
+        expected = self._network.input_channels
+        if expected is not None and x.shape[1] != expected:
+            first = next(iter(self._network.steps.values()))
+            raise InputError(
+                f"x has {x.shape[1]} channels but {first.name} "
+                f"({type(first.module).__name__}) expects {expected}"
+            )
+        parameter = next(self.model.parameters(), None)
+        if parameter is not None:
+            if x.dtype != parameter.dtype:
+                raise InputError(
+                    f"x is {x.dtype} but the model's parameters are {parameter.dtype}; "
+                    f"convert x with x.to({parameter.dtype})"
+                )
+            x = x.to(parameter.device)
+        return run(self._network, x)
+
+    def _traced(self, x: Tensor | Trace) -> Trace:
+        if isinstance(x, Trace):
+            if x.network is not self._network:
+                raise InputError("this Trace was made by another DeconvNet; trace x with this one")
+            return x
+        return self.trace(x)
+
+    # --- reconstructions ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        x: Tensor | Trace,
+        layer: str | nn.Module,
+        channels: Targets = None,
+        *,
+        mode: str = "max",
+        signal: str = "activation",
+        chunk_size: int | None = None,
+    ) -> Tensor:
+        """Project channels of ``layer``'s output down to input space.
+
+        layer: a name in :attr:`layers` (e.g. ``"features.28"``) or the module itself; the
+            signal starts at that layer's output.
+        channels: an index, a sequence of indices, or ``None`` for every channel (for a
+            ``Linear`` output a channel is one unit).
+        mode: ``"max"`` keeps the single strongest activation of each channel (the first on
+            ties, as ``torch.argmax``) and zeros the rest of the layer; ``"map"`` keeps the
+            channel's whole map.
+        signal: ``"activation"`` keeps the kept units' values (the paper); ``"unit"`` sets them
+            to 1 (then ``mode="max"`` equals Captum's ``NeuronDeconvolution`` at that position).
+        returns Tensor[N, K, C, H, W] with K the number of channels asked for.
+        """
+        _check_choice("mode", mode, ("max", "map"))
+        _check_choice("signal", signal, ("activation", "unit"))
+        trace = self._traced(x)
+        step = self._network.resolve(layer)
+        activation = trace.activations[step.name]
+        if activation.dim() < 2:
+            raise InputError(f"{step.name}'s output has no channel dimension")
+        count = activation.shape[1]
+        targets = _targets(channels, count, "channel", f"{step.name} has {count} channels", activation.device)
+        flat = activation.reshape(*activation.shape[:2], -1)  # [N, C, P]
+        n = flat.shape[0]
+        batch = torch.arange(n, device=flat.device)[:, None]
+        strongest = flat.argmax(dim=2) if mode == "max" else None  # [N, C]
+
+        def make(chunk: Tensor) -> Tensor:
+            k = chunk.numel()
+            out = flat.new_zeros(n, k, *flat.shape[1:])
+            slot = torch.arange(k, device=flat.device)
+            if strongest is not None:
+                where = strongest[:, chunk]  # [N, k]
+                kept = flat[batch, chunk, where] if signal == "activation" else 1.0
+                out[batch, slot, chunk, where] = kept
+            else:
+                out[:, slot, chunk] = flat[:, chunk] if signal == "activation" else 1.0
+            return out.view(n, k, *activation.shape[1:])
+
+        return self._run(trace, step, targets, make, chunk_size)
+
+    @torch.no_grad()
+    def reconstruct_classes(
+        self, x: Tensor | Trace, classes: Targets = None, *, chunk_size: int | None = None
+    ) -> Tensor:
+        """Reconstruct from 1 at each class's output unit, 0 elsewhere, through the classifier.
+
+        Equals Captum's ``Deconvolution(model).attribute(x, target=c)`` for each class ``c``.
+        classes: an index, a sequence of indices, or ``None`` for every output.
+        returns Tensor[N, K, C, H, W].
+        """
+        trace = self._traced(x)
+        output = trace.output
+        if output.dim() != 2:
+            raise InputError(
+                f"reconstruct_classes needs a model output of shape [N, classes], got "
+                f"{tuple(output.shape)}; use reconstruct or reconstruct_from for other outputs"
+            )
+        count = output.shape[1]
+        step = self._network.steps[self._network.output]
+        targets = _targets(classes, count, "class", f"the model has {count} classes", output.device)
+
+        def make(chunk: Tensor) -> Tensor:
+            out = output.new_zeros(output.shape[0], chunk.numel(), count)
+            out[:, torch.arange(chunk.numel(), device=out.device), chunk] = 1.0
+            return out
+
+        return self._run(trace, step, targets, make, chunk_size)
+
+    @torch.no_grad()
+    def reconstruct_from(
+        self,
+        x: Tensor | Trace,
+        layer: str | nn.Module,
+        signal: Tensor,
+        *,
+        chunk_size: int | None = None,
+    ) -> Tensor:
+        """Run a user-made signal (Tensor[N, K, *layer output shape]) down the mirror.
+
+        returns Tensor[N, K, C, H, W].
+        """
+        trace = self._traced(x)
+        step = self._network.resolve(layer)
+        shape = tuple(trace.activations[step.name].shape)
+        if not isinstance(signal, Tensor):
+            raise SignalShapeError(f"signal must be a Tensor[N, K, ...], got {type(signal).__name__}")
+        if signal.dim() != len(shape) + 1 or signal.shape[0] != shape[0] or tuple(signal.shape[2:]) != shape[1:]:
+            raise SignalShapeError(
+                f"signal for {step.name} must have shape [N, K, {', '.join(map(str, shape[1:]))}] "
+                f"with N = {shape[0]}, got {tuple(signal.shape)}"
+            )
+        if signal.shape[1] == 0:
+            raise SignalShapeError("signal holds no targets (K = 0)")
+        if signal.dtype != trace.output.dtype:
+            raise SignalShapeError(f"signal is {signal.dtype} but the model computes in {trace.output.dtype}")
+        signal = signal.to(trace.output.device)
+        targets = torch.arange(signal.shape[1], device=signal.device)
+        return self._run(trace, step, targets, lambda chunk: signal[:, chunk], chunk_size)
+
+    def activation(self, x: Tensor | Trace, layer: str | nn.Module) -> Tensor:
+        """The output of ``layer`` for x: Tensor[N, ...]."""
+        trace = self._traced(x)
+        return trace.activations[self._network.resolve(layer).name]
+
+    # --- batching -------------------------------------------------------------------------
+
+    def _run(
+        self,
+        trace: Trace,
+        start: Step,
+        targets: Tensor,
+        make: Callable[[Tensor], Tensor],
+        chunk_size: int | None,
+    ) -> Tensor:
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise InputError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        total = targets.numel()
+        size = chunk_size or self._chunk_size(trace, start)
+        if size >= total:
+            return self.mirror(make(targets), trace.records, start.name)
+        result: Tensor | None = None
+        for lo in range(0, total, size):
+            out = self.mirror(make(targets[lo : lo + size]), trace.records, start.name)
+            if result is None:
+                result = out.new_empty(out.shape[0], total, *out.shape[2:])
+            result[:, lo : lo + out.shape[1]] = out
+        return result  # type: ignore[return-value]
+
+    def _chunk_size(self, trace: Trace, start: Step) -> int:
+        """How many targets fit the memory budget at once, from the recorded layer sizes."""
+        n = len(trace)
+        first = self.mirror.index_of(start.name)
+        per_target = trace.input[0].numel()  # the result itself
+        widest = 0
+        for layer in self.mirror.layers[first:]:
+            record = trace.records[layer.source]
+            out_numel = trace.activations[layer.source][0].numel()
+            widest = max(widest, prod(record.input_shape[1:]) + out_numel)
+        per_target += _WORKSPACE_FACTOR * widest
+        per_target *= n * trace.output.element_size()
+        return max(1, self._budget(trace.input.device) // per_target)
+
+    def _budget(self, device: torch.device) -> int:
+        if self.memory_budget is not None:
+            return self.memory_budget
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return free // 2
+        return _CPU_BUDGET
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _targets(
+    value: Targets, count: int, what: str, owner: str, device: torch.device
+) -> Tensor:
+    """Target indices as a LongTensor[K] on ``device``, validated against ``count``."""
+    if value is None:
+        return torch.arange(count, device=device)
+    if isinstance(value, Tensor):
+        if value.dim() > 1 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise InputError(f"{what}s must be an int or a 1-D integer tensor, got {value.dtype} of shape {tuple(value.shape)}")
+        items = value.reshape(-1).tolist()
+    elif isinstance(value, bool) or not isinstance(value, (int, Sequence)) or isinstance(value, str):
+        raise InputError(f"{what}s must be an int, a sequence of ints or None, got {type(value).__name__}")
+    elif isinstance(value, int):
+        items = [value]
+    else:
+        items = list(value)
+    if not items:
+        raise InputError(f"no {what}s given: pass at least one, or None for all")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise InputError(f"{what} {item!r} is not an int")
+        if not 0 <= item < count:
+            raise TargetOutOfRangeError(f"{what} {item} is out of range: {owner} (0..{count - 1})")
+    return torch.tensor(items, dtype=torch.long, device=device)

@@ -1,0 +1,145 @@
+"""The math of each mirror layer, as plain functions.
+
+Every function maps a reconstruction signal on a layer's output to a signal on the layer's
+input. Signals carry the targets as a second batch axis: ``Tensor[N, K, ...]`` is ``K``
+reconstructions of each of ``N`` inputs. What the forward pass recorded (switches, input shapes)
+is per input, ``Tensor[N, ...]``, and is broadcast over ``K`` without copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "conv_transpose2d",
+    "unpool2d",
+    "linear_transpose",
+    "avg_pool2d_transpose",
+    "adaptive_avg_pool2d_transpose",
+]
+
+Pair = tuple[int, int]
+
+
+def conv_transpose2d(
+    signal: Tensor,
+    weight: Tensor,
+    input_size: Sequence[int],
+    stride: Pair,
+    padding: tuple[Pair, Pair],
+    dilation: Pair,
+    groups: int,
+) -> Tensor:
+    """Transpose of a bias-free 2-D convolution, recovering its exact input size.
+
+    signal (Tensor[N, K, C_out, h, w]), weight (Tensor[C_out, C_in / groups, kh, kw]) the conv's
+    own weight, input_size (H, W) the conv's input size, padding ((top, bottom), (left, right)).
+    Returns Tensor[N, K, C_in, H, W].
+
+    A strided conv drops up to ``stride - 1`` trailing rows; ``output_padding`` restores them, so
+    AlexNet's 11/4 conv maps 55 back onto 224, not 223. ``padding="same"`` with an even kernel
+    pads one more at the end than at the start: the transpose is cropped to size there.
+    """
+    n, k = signal.shape[:2]
+    output_padding = []
+    for size, kernel, s, (before, _), d in zip(
+        input_size, weight.shape[2:], stride, padding, dilation, strict=True
+    ):
+        full = (signal.shape[len(output_padding) + 3] - 1) * s + d * (kernel - 1) + 1
+        output_padding.append(max(0, size + 2 * before - full))
+    out = F.conv_transpose2d(
+        signal.flatten(0, 1),
+        weight,
+        stride=stride,
+        padding=(padding[0][0], padding[1][0]),
+        output_padding=tuple(output_padding),
+        groups=groups,
+        dilation=dilation,
+    )
+    out = out[..., : input_size[0], : input_size[1]]
+    return out.unflatten(0, (n, k))
+
+
+def unpool2d(
+    signal: Tensor, switches: Tensor, input_size: Sequence[int], accumulate: bool
+) -> Tensor:
+    """Put each pooled value back where the forward max came from.
+
+    signal (Tensor[N, K, C, h, w]), switches (Tensor[N, C, h, w]) the flat ``H * W`` positions
+    that ``max_pool2d(..., return_indices=True)`` returned, input_size (H, W).
+    Returns Tensor[N, K, C, H, W].
+
+    With overlapping windows one input position can be the max of several windows; its signal
+    must be the sum of theirs (``accumulate=True``), which is what the gradient does.
+    ``nn.MaxUnpool2d`` writes instead of adding and keeps only one of them.
+    """
+    n, k, c = signal.shape[:3]
+    height, width = input_size
+    out = signal.new_zeros(n, k, c, height * width)
+    index = switches.flatten(2).unsqueeze(1).expand(n, k, c, -1)
+    source = signal.flatten(3)
+    if accumulate:
+        out.scatter_add_(3, index, source)
+    else:
+        out.scatter_(3, index, source)
+    return out.unflatten(3, (height, width))
+
+
+def linear_transpose(signal: Tensor, weight: Tensor) -> Tensor:
+    """Transpose of a bias-free linear layer.
+
+    signal (Tensor[..., out_features]), weight (Tensor[out_features, in_features]).
+    Returns Tensor[..., in_features].
+    """
+    return signal @ weight
+
+
+def _shape_stub(like: Tensor, shape: Sequence[int]) -> Tensor:
+    # The pooling backward kernels read only their input's shape: a zero-stride view costs nothing.
+    return like.new_zeros(()).expand(*shape)
+
+
+def avg_pool2d_transpose(
+    signal: Tensor,
+    input_size: Sequence[int],
+    kernel_size: Pair,
+    stride: Pair,
+    padding: Pair,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> Tensor:
+    """Transpose of ``avg_pool2d``: each window's signal spread evenly back over the window.
+
+    signal (Tensor[N, K, C, h, w]), input_size (H, W). Returns Tensor[N, K, C, H, W].
+    """
+    n, k, c = signal.shape[:3]
+    flat = signal.flatten(0, 1)
+    out = torch.ops.aten.avg_pool2d_backward(
+        flat,
+        _shape_stub(flat, (n * k, c, *input_size)),
+        list(kernel_size),
+        list(stride),
+        list(padding),
+        ceil_mode,
+        count_include_pad,
+        divisor_override,
+    )
+    return out.unflatten(0, (n, k))
+
+
+def adaptive_avg_pool2d_transpose(signal: Tensor, input_size: Sequence[int]) -> Tensor:
+    """Transpose of ``adaptive_avg_pool2d``, also where it upsamples (VGG's head at 97 px).
+
+    signal (Tensor[N, K, C, h, w]), input_size (H, W). Returns Tensor[N, K, C, H, W].
+    """
+    n, k, c = signal.shape[:3]
+    flat = signal.flatten(0, 1)
+    out = torch.ops.aten._adaptive_avg_pool2d_backward(
+        flat.contiguous(), _shape_stub(flat, (n * k, c, *input_size))
+    )
+    return out.unflatten(0, (n, k))

@@ -1,0 +1,290 @@
+"""The mirror modules: one reversed layer each, and the stack that runs them.
+
+Each mirror layer maps a signal on its forward layer's output, ``Tensor[N, K, ...]`` (``K``
+targets per input), to a signal on that layer's input, reading what the forward pass recorded
+for it (a :class:`Record`). Weights are the forward layer's own Parameters, never copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import cast
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import functional
+
+__all__ = [
+    "Record",
+    "MirrorLayer",
+    "ConvTranspose2d",
+    "MaxUnpool2d",
+    "OverlapUnpool2d",
+    "ReLU",
+    "LinearTranspose",
+    "ChannelScale",
+    "AvgPool2dTranspose",
+    "AdaptiveAvgPool2dTranspose",
+    "Reshape",
+    "Identity",
+    "Mirror",
+]
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the forward pass left for one layer's mirror.
+
+    input_shape: the layer's input shape, ``(N, ...)``.
+    switches (Tensor[N, C, h, w] | None): flat argmax positions of a max-pool.
+    """
+
+    input_shape: tuple[int, ...]
+    switches: Tensor | None = None
+
+
+class MirrorLayer(nn.Module):
+    """Base of the mirror layers. ``source`` names the forward layer it reverses."""
+
+    source: str = ""
+
+    def forward(self, signal: Tensor, record: Record) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
+    """Transposed conv whose ``weight`` **is** the forward ``Conv2d``'s Parameter, no bias."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        pads = _conv_padding(conv)
+        nn.ConvTranspose2d.__init__(
+            self,
+            conv.out_channels,
+            conv.in_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=(pads[0][0], pads[1][0]),
+            groups=conv.groups,
+            bias=False,
+            dilation=conv.dilation,
+            device="meta",
+        )
+        self.weight = conv.weight
+        self.pads = pads
+
+    def forward(self, signal: Tensor, record: Record) -> Tensor:  # type: ignore[override]
+        """signal (Tensor[N, K, C_out, h, w]) -> Tensor[N, K, C_in, H, W]."""
+        return functional.conv_transpose2d(
+            signal,
+            self.weight,
+            record.input_shape[2:],
+            _pair(self.stride),
+            self.pads,
+            _pair(self.dilation),
+            self.groups,
+        )
+
+
+def _conv_padding(conv: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(before, after) padding per spatial dim, resolving ``"same"`` and ``"valid"``."""
+    if conv.padding == "valid":
+        return ((0, 0), (0, 0))
+    if conv.padding == "same":
+        # torch pads the odd extra row/column of "same" at the end.
+        totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+        return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
+    ph, pw = _pair(conv.padding)
+    return ((ph, ph), (pw, pw))
+
+
+class MaxUnpool2d(MirrorLayer, nn.MaxUnpool2d):
+    """Unpooling into the forward switches, for max-pools whose windows do not overlap."""
+
+    accumulate = False
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        nn.MaxUnpool2d.__init__(self, pool.kernel_size, pool.stride, pool.padding)
+        self.dilation = pool.dilation
+        self.ceil_mode = pool.ceil_mode
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
+
+    def forward(self, signal: Tensor, record: Record) -> Tensor:  # type: ignore[override]
+        """signal (Tensor[N, K, C, h, w]) -> Tensor[N, K, C, H, W]."""
+        switches = cast(Tensor, record.switches)  # every max-pool records its switches
+        return functional.unpool2d(signal, switches, record.input_shape[2:], self.accumulate)
+
+
+class OverlapUnpool2d(MaxUnpool2d):
+    """Unpooling for overlapping windows (kernel > stride): signals meeting on a switch add up."""
+
+    accumulate = True
+
+
+class ReLU(MirrorLayer):
+    """The deconvnet rectifier: ReLU of the reconstruction signal."""
+
+    def forward(self, signal: Tensor, record: Record) -> Tensor:
+        return F.relu(signal)
+
+
+class LinearTranspose(MirrorLayer):
+    """Multiplication by the forward ``Linear``'s shared weight, transposed; no bias."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight = linear.weight
+
+    def extra_repr(self) -> str:
+        out_features, in_features = self.weight.shape
+        return f"out_features={out_features} -> in_features={in_features}, bias=False"
+
+    def forward(self, signal: Tensor, record: Record) -> Tensor:
+        """signal (Tensor[N, K, ..., out_features]) -> Tensor[N, K, ..., in_features]."""
+        return functional.linear_transpose(signal, self.weight)
+
+
+class ChannelScale(MirrorLayer):
+    """Eval-mode ``BatchNorm2d`` reversed: scale by weight / sqrt(running_var + eps), no shift.
+
+    The scale is read from the batch-norm at every call, so it follows fine-tuning and
+    ``model.to(...)``; the batch-norm is referenced, not registered as a submodule.
+    """
+
+    def __init__(self, norm: nn.BatchNorm2d) -> None:
+        super().__init__()
+        object.__setattr__(self, "norm", norm)
+
+    def extra_repr(self) -> str:
+        return f"{self.norm.num_features}, eps={self.norm.eps}"
+
+    def scale(self) -> Tensor:
+        """Tensor[C]: the per-channel factor of the eval-mode batch-norm."""
+        norm = self.norm
+        scale = (norm.running_var + norm.eps).rsqrt()
+        return scale if norm.weight is None else scale * norm.weight
+
+    def forward(self, signal: Tensor, record: Record) -> Tensor:
+        """signal (Tensor[N, K, C, ...]) -> same shape."""
+        scale = self.scale().to(signal.dtype)
+        return signal * scale.view(-1, *([1] * (signal.dim() - 3)))
+
+
+class AvgPool2dTranspose(MirrorLayer):
+    """Exact transpose of ``AvgPool2d``, with its padding, ceil_mode and divisor rules."""
+
+    def __init__(self, pool: nn.AvgPool2d) -> None:
+        super().__init__()
+        self.kernel_size = _pair(pool.kernel_size)
+        self.stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        self.padding = _pair(pool.padding)
+        self.ceil_mode = bool(pool.ceil_mode)
+        self.count_include_pad = bool(pool.count_include_pad)
+        self.divisor_override = pool.divisor_override
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}"
+        )
+
+    def forward(self, signal: Tensor, record: Record) -> Tensor:
+        return functional.avg_pool2d_transpose(
+            signal,
+            record.input_shape[2:],
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+        )
+
+
+class AdaptiveAvgPool2dTranspose(MirrorLayer):
+    """Exact transpose of ``AdaptiveAvgPool2d`` (also when it upsamples)."""
+
+    def __init__(self, pool: nn.AdaptiveAvgPool2d) -> None:
+        super().__init__()
+        self.output_size = pool.output_size
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+    def forward(self, signal: Tensor, record: Record) -> Tensor:
+        return functional.adaptive_avg_pool2d_transpose(signal, record.input_shape[2:])
+
+
+class Reshape(MirrorLayer):
+    """A flatten, view or reshape undone: back to the recorded input shape."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def extra_repr(self) -> str:
+        return f"undoes {self.what}"
+
+    def forward(self, signal: Tensor, record: Record) -> Tensor:
+        return signal.reshape(*signal.shape[:2], *record.input_shape[1:])
+
+
+class Identity(MirrorLayer):
+    """A layer that is the identity in eval mode (Dropout, Identity, contiguous)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def extra_repr(self) -> str:
+        return f"for {self.what}"
+
+    def forward(self, signal: Tensor, record: Record) -> Tensor:
+        return signal
+
+
+class Mirror(nn.Module):
+    """The reversed network: mirror layers from the model's output down to its input.
+
+    ``mirror(signal, records, start)`` runs the layers from the one that reverses ``start``
+    (a forward node name; the model's output when ``None``) down to the input.
+    """
+
+    def __init__(self, layers: Iterable[MirrorLayer]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self._index = {layer.source: i for i, layer in enumerate(self.layers)}
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> MirrorLayer:
+        return self.layers[index]  # type: ignore[return-value]
+
+    def index_of(self, source: str) -> int:
+        """Position of the mirror layer that reverses forward node ``source``."""
+        return self._index[source]
+
+    def forward(
+        self, signal: Tensor, records: dict[str, Record], start: str | None = None
+    ) -> Tensor:
+        """signal (Tensor[N, K, *start's output shape]) -> Tensor[N, K, C, H, W]."""
+        first = 0 if start is None else self.index_of(start)
+        for layer in self.layers[first:]:
+            signal = layer(signal, records[layer.source])
+        return signal
+
+    def __repr__(self) -> str:
+        width = max((len(layer.source) for layer in self.layers), default=0)
+        lines = [f"  ({layer.source}){' ' * (width - len(layer.source))} {layer!r}"
+                 for layer in self.layers]
+        return "Mirror(output -> input\n" + "\n".join(lines) + "\n)"
