@@ -1,0 +1,162 @@
+"""Hypothesis strategies for random chain CNNs that mix modules and functional calls."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+
+def pooled_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil: bool) -> int:
+    """Output length of a max/avg pool, as torch computes it."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (math.ceil(span / stride) if ceil else span // stride) + 1
+    if ceil and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+class SpecNet(nn.Module):
+    """A chain CNN whose forward follows a list of ops: ("module", m) or ("call", name, args)."""
+
+    def __init__(self, ops: list[tuple[Any, ...]]) -> None:
+        super().__init__()
+        self.ops = ops
+        self.layers = nn.ModuleList(op[1] for op in ops if op[0] == "module")
+
+    def forward(self, x: Tensor) -> Tensor:
+        for op in self.ops:
+            if op[0] == "module":
+                x = op[1](x)
+            else:
+                x = _CALLS[op[1]](x, *op[2])
+        return x
+
+    def describe(self) -> str:
+        return " -> ".join(repr(op[1]) if op[0] == "module" else f"{op[1]}{op[2]}" for op in self.ops)
+
+
+_CALLS = {
+    "F.relu": lambda x: F.relu(x),
+    "F.relu_inplace": lambda x: F.relu(x, inplace=True),
+    "torch.relu": lambda x: torch.relu(x),
+    "x.relu": lambda x: x.relu(),
+    "F.max_pool2d": lambda x, k, s, p, d, c: F.max_pool2d(x, k, s, p, d, ceil_mode=c),
+    "F.avg_pool2d": lambda x, k, s, p, c, i: F.avg_pool2d(x, k, s, p, c, i),
+    "F.adaptive_avg_pool2d": lambda x, size: F.adaptive_avg_pool2d(x, size),
+    "torch.flatten": lambda x: torch.flatten(x, 1),
+    "x.view": lambda x: x.view(x.size(0), -1),
+    "x.reshape": lambda x: x.reshape(x.shape[0], -1),
+    "F.dropout": lambda x: F.dropout(x, 0.5, training=False),
+}
+
+
+@st.composite
+def chain_nets(draw: st.DrawFn, head: bool | None = None) -> tuple[SpecNet, Tensor]:
+    """A random float64 chain CNN in eval mode and an input batch for it.
+
+    head: True forces a linear classifier head, False forbids it, None draws.
+    """
+    seed = draw(st.integers(0, 2**31 - 1))
+    generator = torch.Generator().manual_seed(seed)
+    batch = draw(st.integers(1, 2))
+    channels = draw(st.integers(1, 3))
+    height, width = draw(st.integers(5, 21)), draw(st.integers(5, 21))
+    input_size = (height, width)
+    ops: list[tuple[Any, ...]] = []
+    first_channels = channels
+    for _ in range(draw(st.integers(1, 3))):
+        groups = draw(st.sampled_from([g for g in (1, 2, 3) if channels % g == 0]))
+        out_channels = groups * draw(st.integers(1, 3))
+        dilation = draw(st.integers(1, 2))
+        max_kernel = max(1, (min(height, width) - 1) // dilation + 1)
+        kernel = draw(st.integers(1, min(4, max_kernel)))
+        stride = draw(st.integers(1, 3))
+        span = dilation * (kernel - 1)
+        if stride == 1 and draw(st.booleans()):
+            padding: Any = "same"
+            pad = None
+        else:
+            pad = draw(st.integers(0, span // 2 + 1))
+            padding = pad
+        conv = nn.Conv2d(channels, out_channels, kernel, stride, padding, dilation, groups,
+                         bias=draw(st.booleans()))
+        ops.append(("module", conv))
+        if pad is not None:
+            height = (height + 2 * pad - span - 1) // stride + 1
+            width = (width + 2 * pad - span - 1) // stride + 1
+        channels = out_channels
+        if draw(st.booleans()):
+            norm = nn.BatchNorm2d(channels)
+            with torch.no_grad():
+                norm.running_mean.normal_(generator=generator)
+                norm.running_var.uniform_(0.5, 2.0, generator=generator)
+                norm.weight.normal_(generator=generator)
+                norm.bias.normal_(generator=generator)
+            ops.append(("module", norm))
+        relu = draw(st.sampled_from(["module", "inplace", "F.relu", "F.relu_inplace", "torch.relu", "x.relu"]))
+        if relu in ("module", "inplace"):
+            ops.append(("module", nn.ReLU(inplace=relu == "inplace")))
+        else:
+            ops.append(("call", relu, ()))
+        pool = draw(st.sampled_from(["none", "max", "max", "avg"]))
+        if pool == "none":
+            continue
+        kernel = draw(st.integers(1, 3))
+        stride = draw(st.integers(1, 3))
+        pad = draw(st.integers(0, kernel // 2))
+        ceil = draw(st.booleans())
+        dilation = draw(st.integers(1, 2)) if pool == "max" else 1
+        if dilation > 1:
+            pad = 0  # dilated windows could otherwise fall wholly in the padding (max = -inf)
+        new_h = pooled_size(height, kernel, stride, pad, dilation, ceil)
+        new_w = pooled_size(width, kernel, stride, pad, dilation, ceil)
+        if min(new_h, new_w) < 1 or dilation * (kernel - 1) + 1 > min(height, width) + 2 * pad:
+            continue
+        functional = draw(st.booleans())
+        if pool == "max":
+            if functional:
+                ops.append(("call", "F.max_pool2d", (kernel, stride, pad, dilation, ceil)))
+            else:
+                ops.append(("module", nn.MaxPool2d(kernel, stride, pad, dilation, ceil_mode=ceil)))
+        else:
+            include = draw(st.booleans())
+            if functional:
+                ops.append(("call", "F.avg_pool2d", (kernel, stride, pad, ceil, include)))
+            else:
+                ops.append(("module", nn.AvgPool2d(kernel, stride, pad, ceil, include)))
+        height, width = new_h, new_w
+    if head is None:
+        head = draw(st.booleans())
+    if head:
+        if draw(st.booleans()):
+            size = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+            if draw(st.booleans()):
+                ops.append(("call", "F.adaptive_avg_pool2d", (size,)))
+            else:
+                ops.append(("module", nn.AdaptiveAvgPool2d(size)))
+            height, width = size
+        flatten = draw(st.sampled_from(["module", "torch.flatten", "x.view", "x.reshape"]))
+        ops.append(("module", nn.Flatten()) if flatten == "module" else ("call", flatten, ()))
+        features = channels * height * width
+        if draw(st.booleans()):
+            hidden = draw(st.integers(2, 6))
+            ops.append(("module", nn.Linear(features, hidden)))
+            ops.append(("module", nn.ReLU()))
+            ops.append(("module", nn.Dropout()) if draw(st.booleans()) else ("call", "F.dropout", ()))
+            features = hidden
+        ops.append(("module", nn.Linear(features, draw(st.integers(1, 5)))))
+    net = SpecNet(ops)
+    for module in net.layers:
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            with torch.no_grad():
+                module.weight.normal_(generator=generator)
+                if module.bias is not None:
+                    module.bias.normal_(generator=generator)
+    net = net.double().eval()
+    x = torch.randn(batch, first_channels, *input_size, generator=generator, dtype=torch.float64)
+    return net, x
