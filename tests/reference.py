@@ -44,11 +44,13 @@ def deconv_gradient(
     x: Tensor,
     make_signal: Callable[[Tensor], Tensor],
     layer: nn.Module | None = None,
+    call: int = 0,
 ) -> Tensor:
     """Gradient of ``<layer output, signal>`` w.r.t. x with deconvnet ReLUs.
 
-    make_signal gets the layer's output (the model's when ``layer`` is None) and returns the
-    signal on it. Returns Tensor[N, C, H, W].
+    make_signal gets the layer's output (the model's when ``layer`` is None; its ``call``-th
+    call when the module runs more than once) and returns the signal on it.
+    Returns Tensor[N, C, H, W].
     """
     x = x.detach().clone().requires_grad_(True)
     captured: list[Tensor] = []
@@ -61,7 +63,7 @@ def deconv_gradient(
     finally:
         if handle is not None:
             handle.remove()
-    target = captured[0] if layer is not None else out
+    target = captured[call] if layer is not None else out
     (grad,) = torch.autograd.grad(target, x, make_signal(target.detach()))
     return grad
 
@@ -87,6 +89,7 @@ def channels_reference(
     channels: list[int],
     mode: str,
     signal: str,
+    call: int = 0,
 ) -> Tensor:
     """Tensor[N, K, C, H, W]: the oracle for keeping channel c's strongest unit or whole map."""
 
@@ -105,7 +108,7 @@ def channels_reference(
 
         return make
 
-    return torch.stack([deconv_gradient(model, x, keep(c), layer) for c in channels], dim=1)
+    return torch.stack([deconv_gradient(model, x, keep(c), layer, call) for c in channels], dim=1)
 
 
 def assert_exact(ours: Tensor, reference: Tensor, rtol: float = 1e-6) -> None:

@@ -1,0 +1,239 @@
+"""The public API: layers, traces, batching, shared weights, and the user's model left alone."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from reference import assert_exact, channels_reference, classes_reference
+from torch import nn
+
+import deconvnet
+from deconvnet import DeconvNet, Trace
+from deconvnet import mirror as mirror_layers
+
+
+class SmallNet(nn.Module):
+    """A VGG-like chain whose forward mixes modules, functional calls and a reused ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Sequential(nn.Dropout(), nn.Linear(8 * 4 * 4, 5))
+
+    def forward(self, x):
+        x = F.max_pool2d(self.relu(self.conv1(x)), 2)
+        x = self.relu(self.bn(self.conv2(x)))
+        x = F.adaptive_avg_pool2d(x, 4)
+        return self.head(x.view(x.size(0), -1))
+
+
+def small_net() -> SmallNet:
+    torch.manual_seed(0)
+    net = SmallNet()
+    with torch.no_grad():
+        net.bn.running_mean.normal_()
+        net.bn.running_var.uniform_(0.5, 2)
+    return net.double().eval()
+
+
+def test_layers_in_forward_order_with_repeated_module_calls():
+    dn = DeconvNet(small_net())
+    assert dn.layers == [
+        "conv1", "relu:0", "max_pool2d", "conv2", "bn", "relu:1", "adaptive_avg_pool2d",
+        "view", "head.0", "head.1", "head",
+    ]
+
+
+def test_repeated_module_calls_reconstruct_separately():
+    net = small_net()
+    x = torch.randn(2, 3, 19, 17, dtype=torch.float64)
+    dn = DeconvNet(net)
+    first = dn.reconstruct(x, "relu:0", [0, 7], mode="map")
+    assert first.shape == (2, 2, 3, 19, 17)
+    assert_exact(first, channels_reference(net, x, net.relu, [0, 7], "map", "activation", call=0))
+    second = dn.reconstruct(x, "relu:1", [1, 2])
+    assert_exact(second, channels_reference(net, x, net.relu, [1, 2], "max", "activation", call=1))
+    classes = dn.reconstruct_classes(x)
+    assert_exact(classes, classes_reference(net, x, list(range(5))))
+    conv1 = dn.reconstruct(x, net.conv1, [0, 5], mode="map", signal="unit")
+    assert_exact(conv1, channels_reference(net, x, net.conv1, [0, 5], "map", "unit"))
+    assert second.shape == (2, 2, 3, 19, 17)
+
+
+def test_module_as_layer_equals_its_name():
+    net = small_net()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    dn = DeconvNet(net)
+    assert torch.equal(dn.reconstruct(x, net.conv2, [3]), dn.reconstruct(x, "conv2", [3]))
+    assert torch.equal(dn.reconstruct(x, net.head, 2), dn.reconstruct(x, "head.1", 2))
+
+
+def test_trace_output_equals_model_and_serves_many_reconstructions():
+    net = small_net()
+    x = torch.randn(3, 3, 20, 20, dtype=torch.float64)
+    dn = DeconvNet(net)
+    trace = dn.trace(x)
+    assert isinstance(trace, Trace) and len(trace) == 3
+    assert torch.equal(trace.output, net(x))
+    assert not trace.output.requires_grad
+    assert torch.equal(dn.reconstruct_classes(trace, [1, 4]), dn.reconstruct_classes(x, [1, 4]))
+    assert torch.equal(dn.reconstruct(trace, "conv2"), dn.reconstruct(x, "conv2"))
+
+
+def test_chunk_size_does_not_change_results():
+    net = small_net()
+    x = torch.randn(2, 3, 18, 18, dtype=torch.float64)
+    dn = DeconvNet(net)
+    trace = dn.trace(x)
+    whole = dn.reconstruct(trace, "conv2", chunk_size=None)
+    for size in (1, 3, 7, 100):
+        torch.testing.assert_close(dn.reconstruct(trace, "conv2", chunk_size=size), whole, rtol=1e-12, atol=1e-12)
+    tiny_budget = DeconvNet(net, memory_budget=1)  # forces chunks of one
+    torch.testing.assert_close(tiny_budget.reconstruct_classes(x), dn.reconstruct_classes(x), rtol=1e-12, atol=1e-12)
+
+
+def test_channels_accept_int_sequence_tensor_and_none():
+    net = small_net()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    dn = DeconvNet(net)
+    trace = dn.trace(x)
+    every = dn.reconstruct(trace, "conv2")
+    assert every.shape[1] == 8
+    assert torch.equal(dn.reconstruct(trace, "conv2", 5)[:, 0], every[:, 5])
+    assert torch.equal(dn.reconstruct(trace, "conv2", (6, 2))[:, 1], every[:, 2])
+    assert torch.equal(dn.reconstruct(trace, "conv2", torch.tensor([4]))[:, 0], every[:, 4])
+
+
+def test_linear_layer_channels_are_units():
+    net = small_net()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    dn = DeconvNet(net)
+    units = dn.reconstruct(x, "head.1", [0, 3], signal="unit")
+    assert_exact(units, dn.reconstruct_classes(x, [0, 3]))
+
+
+def test_reconstruct_from_matches_reconstruct():
+    net = small_net()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    dn = DeconvNet(net)
+    act = dn.activation(x, "conv2")
+    signal = torch.zeros(2, 1, *act.shape[1:], dtype=torch.float64)
+    signal[:, 0, 3] = act[:, 3]
+    assert_exact(dn.reconstruct_from(x, "conv2", signal), dn.reconstruct(x, "conv2", 3, mode="map"))
+
+
+def test_weights_are_shared_not_copied():
+    net = small_net()
+    dn = DeconvNet(net)
+    convs = [m for m in dn.mirror.layers if isinstance(m, mirror_layers.ConvTranspose2d)]
+    assert [c.weight for c in convs] == [net.conv2.weight, net.conv1.weight]
+    assert convs[0].weight is net.conv2.weight and convs[1].weight is net.conv1.weight
+    assert convs[0].bias is None
+    linear = dn.mirror[0]
+    assert isinstance(linear, mirror_layers.LinearTranspose) and linear.weight is net.head[1].weight
+    # Fine-tuning the model changes the mirror: same answer as a freshly built DeconvNet.
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        net.conv1.weight.mul_(-2)
+        net.bn.running_var.mul_(3)
+    assert_exact(dn.reconstruct_classes(x), DeconvNet(net).reconstruct_classes(x), rtol=1e-12)
+    assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, list(range(5))))
+
+
+def _snapshot(model: nn.Module):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [(n, m.training, dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks))
+         for n, m in model.named_modules()],
+        [(n, p.requires_grad, id(p)) for n, p in model.named_parameters()],
+        [(n, m.inplace) for n, m in model.named_modules() if hasattr(m, "inplace")],
+    )
+
+
+def test_model_is_left_unchanged():
+    net = small_net()
+    net.conv1.weight.requires_grad_(False)
+    before = _snapshot(net)
+    dn = DeconvNet(net)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    dn.reconstruct_classes(x)
+    dn.reconstruct(x, "relu:0")
+    dn.reconstruct(dn.trace(x), "conv2", mode="map")
+    after = _snapshot(net)
+    assert before[1:] == after[1:]
+    assert before[0].keys() == after[0].keys()
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+
+
+def test_in_place_relu_does_not_clobber_the_kept_activation():
+    net = small_net()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    dn = DeconvNet(net)
+    conv1 = dn.activation(x, "conv1")
+    assert (conv1 < 0).any()  # had the inplace ReLU run in place, negatives would be gone
+    assert torch.equal(conv1, net.conv1(x))
+
+
+def test_mirror_prints_as_the_network_upside_down():
+    text = repr(DeconvNet(small_net()).mirror)
+    lines = text.splitlines()
+    assert lines[0].startswith("Mirror(")
+    assert "(head.1)" in lines[1] and "LinearTranspose" in lines[1]
+    assert "(conv1)" in lines[-2] and "ConvTranspose2d(8, 3" in lines[-2]
+    assert "(max_pool2d)" in text and "MaxUnpool2d" in text and "ChannelScale" in text
+
+
+def test_vgg_adaptive_pool_upsamples_on_small_inputs():
+    # VGG at 97 px: features give 3x3, avgpool upsamples to 7x7.
+    model = torchvision.models.vgg11(weights=None).eval()
+    dn = DeconvNet(model)
+    x = torch.randn(1, 3, 97, 97)
+    assert dn.activation(x, "features").shape[-1] == 3
+    ours = dn.reconstruct_classes(x, [0, 999])
+    assert_exact(ours, classes_reference(model, x, [0, 999]), rtol=1e-5)
+
+
+def test_custom_rule_registration():
+    class Double(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    class Halve(deconvnet.MirrorLayer):
+        def forward(self, signal, record):
+            return 2 * signal
+
+    deconvnet.register_rule(Double, lambda m: Halve())
+    try:
+        net = nn.Sequential(nn.Conv2d(1, 2, 3), Double(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+        net(torch.randn(1, 1, 6, 6))
+        net = net.double().eval()
+        x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+        dn = DeconvNet(net)
+        assert "Double" in deconvnet.supported_layers()
+        assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, [0, 1, 2]))
+    finally:
+        deconvnet.rules._RULES.pop(Double)
+
+
+def test_copy_of_model_gives_same_results():
+    net = small_net()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    assert torch.equal(DeconvNet(copy.deepcopy(net)).reconstruct_classes(x), DeconvNet(net).reconstruct_classes(x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_model_runs_mirror_on_cuda():
+    net = small_net().float().cuda()
+    x = torch.randn(2, 3, 16, 16)
+    dn = DeconvNet(net)
+    out = dn.reconstruct_classes(x)
+    assert out.is_cuda
+    cpu = DeconvNet(small_net().float()).reconstruct_classes(x)
+    torch.testing.assert_close(out.cpu(), cpu, rtol=1e-4, atol=1e-5)
