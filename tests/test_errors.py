@@ -1,0 +1,251 @@
+"""Every bad input gets a DeconvnetError that names the thing and the fix."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import deconvnet
+from deconvnet import (
+    BranchingModelError,
+    DeconvNet,
+    DeconvnetError,
+    InputError,
+    LayerNotFoundError,
+    SignalShapeError,
+    TargetOutOfRangeError,
+    TracingError,
+    TrainingModeError,
+    UnsupportedLayerError,
+)
+
+
+def vgg_like() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 4 * 4, 10),
+    ).eval()
+
+
+@pytest.fixture
+def dn() -> DeconvNet:
+    return DeconvNet(vgg_like())
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    return torch.randn(2, 3, 8, 8)
+
+
+def test_errors_inherit_builtins():
+    assert issubclass(UnsupportedLayerError, TypeError)
+    assert issubclass(LayerNotFoundError, KeyError)
+    assert issubclass(TargetOutOfRangeError, IndexError)
+    for error in (InputError, SignalShapeError, BranchingModelError):
+        assert issubclass(error, ValueError) and issubclass(error, DeconvnetError)
+
+
+def test_unknown_layer_suggests_names(x):
+    model = nn.Sequential(OrderedDict(features=nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())))
+    dn = DeconvNet(model.eval())
+    with pytest.raises(
+        LayerNotFoundError,
+        match=r"unknown layer 'feature\.1'; did you mean 'features\.1'.*valid layers: features\.0, ",
+    ):
+        dn.reconstruct(x, "feature.1")
+
+
+def test_layer_of_wrong_type(dn, x):
+    with pytest.raises(LayerNotFoundError, match="layer must be a layer name or a module of the model, got int"):
+        dn.reconstruct(x, 3)
+
+
+def test_module_not_in_model(dn, x):
+    with pytest.raises(LayerNotFoundError, match="Conv2d module passed as layer is not part of the model"):
+        dn.reconstruct(x, nn.Conv2d(3, 3, 1))
+
+
+def test_module_called_twice_needs_a_call_index(x):
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.conv(self.relu(x)))
+
+    dn = DeconvNet(Twice().eval())
+    with pytest.raises(LayerNotFoundError, match=r"'relu' is called 2 times.*'relu:0', 'relu:1'"):
+        dn.reconstruct(x, "relu")
+
+
+def test_channel_out_of_range(dn, x):
+    with pytest.raises(TargetOutOfRangeError, match=r"channel 64 is out of range: 0 has 64 channels \(0\.\.63\)"):
+        dn.reconstruct(x, "0", 64)
+    with pytest.raises(TargetOutOfRangeError, match=r"channel -1 is out of range"):
+        dn.reconstruct(x, "0", [0, -1])
+
+
+def test_class_out_of_range(dn, x):
+    with pytest.raises(TargetOutOfRangeError, match=r"class 10 is out of range: the model has 10 classes \(0\.\.9\)"):
+        dn.reconstruct_classes(x, [3, 10])
+
+
+def test_bad_target_types(dn, x):
+    with pytest.raises(InputError, match="no channels given"):
+        dn.reconstruct(x, "0", [])
+    with pytest.raises(InputError, match="channel 1.5 is not an int"):
+        dn.reconstruct(x, "0", [1.5])
+    with pytest.raises(InputError, match="classs must be an int|classes must be an int"):
+        dn.reconstruct_classes(x, "3")
+    with pytest.raises(InputError, match="1-D integer tensor"):
+        dn.reconstruct_classes(x, torch.tensor([0.5]))
+
+
+def test_bad_mode_signal_and_chunk(dn, x):
+    with pytest.raises(InputError, match="mode must be one of 'max', 'map'; got 'mean'"):
+        dn.reconstruct(x, "0", mode="mean")
+    with pytest.raises(InputError, match="signal must be one of 'activation', 'unit'; got 'one'"):
+        dn.reconstruct(x, "0", signal="one")
+    with pytest.raises(InputError, match="chunk_size must be a positive int or None, got 0"):
+        dn.reconstruct_classes(x, chunk_size=0)
+    with pytest.raises(InputError, match="memory_budget must be a positive number of bytes"):
+        DeconvNet(vgg_like(), memory_budget=-5)
+
+
+def test_input_shape_errors(dn):
+    with pytest.raises(InputError, match=r"x must be a Tensor\[N, C, H, W\], got shape \(3, 8, 8\); add a batch dimension"):
+        dn.trace(torch.randn(3, 8, 8))
+    with pytest.raises(InputError, match="x has 1 channels but 0 \\(Conv2d\\) expects 3"):
+        dn.trace(torch.randn(1, 1, 8, 8))
+    with pytest.raises(InputError, match="floating-point"):
+        dn.trace(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(InputError, match="empty batch"):
+        dn.trace(torch.zeros(0, 3, 8, 8))
+    with pytest.raises(InputError, match=r"x is torch.float64 but the model's parameters are torch.float32"):
+        dn.trace(torch.zeros(1, 3, 8, 8, dtype=torch.float64))
+    with pytest.raises(InputError, match="got list"):
+        dn.trace([1, 2])
+
+
+def test_trace_of_another_deconvnet(dn, x):
+    other = DeconvNet(vgg_like())
+    with pytest.raises(InputError, match="made by another DeconvNet"):
+        dn.reconstruct_classes(other.trace(x))
+
+
+def test_signal_shape_errors(dn, x):
+    with pytest.raises(SignalShapeError, match=r"signal for 0 must have shape \[N, K, 64, 8, 8\] with N = 2, got \(2, 64, 8, 8\)"):
+        dn.reconstruct_from(x, "0", torch.zeros(2, 64, 8, 8))
+    with pytest.raises(SignalShapeError, match="no targets"):
+        dn.reconstruct_from(x, "0", torch.zeros(2, 0, 64, 8, 8))
+    with pytest.raises(SignalShapeError, match="signal is torch.float64"):
+        dn.reconstruct_from(x, "0", torch.zeros(2, 1, 64, 8, 8, dtype=torch.float64))
+
+
+def test_classes_need_a_2d_output(x):
+    dn = DeconvNet(nn.Sequential(nn.Conv2d(3, 4, 3)).eval())
+    with pytest.raises(InputError, match=r"needs a model output of shape \[N, classes\], got \(2, 4, 6, 6\)"):
+        dn.reconstruct_classes(x)
+
+
+def test_unsupported_module_names_layer_and_fix():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU())
+    with pytest.raises(
+        UnsupportedLayerError,
+        match=r"1 \(LeakyReLU\) has no deconvnet rule; supported: Conv2d, ReLU, MaxPool2d.*register_rule\(LeakyReLU",
+    ):
+        DeconvNet(model)
+
+
+def test_unsupported_function():
+    class Sig(nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x)
+
+    with pytest.raises(UnsupportedLayerError, match=r"sigmoid \(the call sigmoid\) has no deconvnet rule; supported calls: relu"):
+        DeconvNet(Sig())
+
+
+def test_unsupported_configurations():
+    with pytest.raises(UnsupportedLayerError, match=r"0 \(Conv2d\): padding_mode='reflect' is not supported"):
+        DeconvNet(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect")))
+    with pytest.raises(UnsupportedLayerError, match=r"track_running_stats=False is not supported"):
+        DeconvNet(nn.Sequential(nn.BatchNorm2d(3, track_running_stats=False)))
+    with pytest.raises(UnsupportedLayerError, match=r"return_indices=True is not supported"):
+        DeconvNet(nn.Sequential(nn.MaxPool2d(2, return_indices=True)))
+
+
+def test_functional_with_computed_arguments():
+    class Computed(nn.Module):
+        def forward(self, x):
+            return F.max_pool2d(x, x.size(2))
+
+    with pytest.raises(UnsupportedLayerError, match="takes arguments computed in the forward"):
+        DeconvNet(Computed())
+
+
+def test_branching_model_names_first_branching_node():
+    with pytest.raises(BranchingModelError, match=r"maxpool's output feeds several layers \(layer1\.0\.conv1, add\)"):
+        DeconvNet(torchvision.models.resnet18(weights=None))
+
+
+def test_untraceable_model():
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                return x
+            return -x
+
+    with pytest.raises(TracingError, match="torch.fx could not trace DataDependent.forward.*control flow"):
+        DeconvNet(DataDependent())
+    with pytest.raises(TracingError, match="DeconvNet takes an nn.Module, got function"):
+        DeconvNet(lambda x: x)
+
+
+def test_multiple_inputs_and_tuple_outputs():
+    class TwoInputs(nn.Module):
+        def forward(self, x, y):
+            return x + y
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y, y
+
+    with pytest.raises(BranchingModelError, match="uses 2 inputs"):
+        DeconvNet(TwoInputs())
+    with pytest.raises(UnsupportedLayerError, match="must return one tensor computed from its input; it returns tuple"):
+        DeconvNet(Pair())
+
+
+def test_training_mode_is_refused_not_silently_different(x):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout(), nn.Flatten()).train()
+    dn = DeconvNet(model)
+    with pytest.raises(TrainingModeError, match=r"1 \(Dropout\) is in training mode.*call model.eval\(\)"):
+        dn.trace(x)
+    model.eval()
+    assert dn.trace(x).output.shape == (2, 144)
+
+    class FunctionalDropout(nn.Module):
+        def forward(self, x):
+            return F.dropout(x, 0.5, training=self.training)
+
+    with pytest.raises(TrainingModeError, match="traced with training=True"):
+        DeconvNet(FunctionalDropout().train())
+
+
+def test_register_rule_needs_a_module_type():
+    with pytest.raises(DeconvnetError, match="register_rule takes an nn.Module subclass"):
+        deconvnet.register_rule(len, lambda m: None)
