@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of deconvnet against Captum and the forward floor."""
