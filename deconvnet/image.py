@@ -1,0 +1,142 @@
+"""Reconstructions and inputs as pictures.
+
+Reconstructions are signed: :func:`signed_to_unit` maps each one to [0, 1] with zero at
+mid-grey, so negative parts stay visible and are not mistaken for dark image content.
+:func:`heatmap` shows magnitude (channels summed) through a colormap; :func:`overlay` lays it
+on the input; :func:`labelled_grid` tiles pictures with captions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+from torchvision.utils import make_grid
+
+__all__ = [
+    "signed_to_unit",
+    "heatmap",
+    "overlay",
+    "denormalize",
+    "to_pil",
+    "labelled_grid",
+    "MID_GREY",
+]
+
+MID_GREY = 0.5
+
+# Anchor colours of a perceptually ordered dark-to-bright map (black, purple, red, orange, pale yellow).
+_COLORMAP = torch.tensor(
+    [
+        [0.00, 0.00, 0.02],
+        [0.34, 0.06, 0.43],
+        [0.73, 0.21, 0.33],
+        [0.98, 0.55, 0.04],
+        [0.99, 1.00, 0.64],
+    ]
+)
+
+
+def signed_to_unit(reconstruction: Tensor) -> Tensor:
+    """Contrast-normalise each reconstruction to [0, 1] with zero at mid-grey.
+
+    reconstruction (Tensor[..., C, H, W]) -> same shape; each [C, H, W] is divided by twice its
+    largest magnitude and shifted by 0.5. An all-zero reconstruction is uniformly mid-grey.
+    """
+    flat = reconstruction.flatten(-3)
+    scale = flat.abs().amax(dim=-1).clamp_min(torch.finfo(reconstruction.dtype).tiny)
+    out = reconstruction / (2 * scale[..., None, None, None]) + MID_GREY
+    return out.clamp(0, 1)
+
+
+def colormap(values: Tensor) -> Tensor:
+    """values (Tensor[..., H, W] in [0, 1]) -> Tensor[..., 3, H, W] through the colour map."""
+    anchors = _COLORMAP.to(values.device, values.dtype)
+    position = values.clamp(0, 1) * (len(anchors) - 1)
+    low = position.floor().long().clamp(max=len(anchors) - 2)
+    weight = (position - low).unsqueeze(-1)
+    rgb = anchors[low] * (1 - weight) + anchors[low + 1] * weight
+    return rearrange(rgb, "... h w c -> ... c h w")
+
+
+def heatmap(reconstruction: Tensor) -> Tensor:
+    """Magnitude map: |reconstruction| summed over channels, scaled to [0, 1] per map, coloured.
+
+    reconstruction (Tensor[..., C, H, W]) -> Tensor[..., 3, H, W].
+    """
+    magnitude = reconstruction.abs().sum(dim=-3)
+    peak = magnitude.flatten(-2).amax(dim=-1).clamp_min(torch.finfo(magnitude.dtype).tiny)
+    return colormap(magnitude / peak[..., None, None])
+
+
+def overlay(image: Tensor, reconstruction: Tensor, alpha: float = 0.6) -> Tensor:
+    """The heatmap of ``reconstruction`` laid over ``image`` (Tensor[3, H, W] in [0, 1]).
+
+    The heatmap's opacity follows the magnitude, so weak regions show the image.
+    """
+    magnitude = reconstruction.abs().sum(dim=-3, keepdim=True)
+    peak = magnitude.flatten(-3).amax(dim=-1).clamp_min(torch.finfo(magnitude.dtype).tiny)
+    weight = alpha * (magnitude / peak[..., None, None, None])
+    return image * (1 - weight) + heatmap(reconstruction) * weight
+
+
+def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Undo the model's input normalisation: x (Tensor[..., 3, H, W]) -> [0, 1] for display."""
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x * std_t + mean_t).clamp(0, 1)
+
+
+def to_pil(picture: Tensor) -> Image.Image:
+    """picture (Tensor[3, H, W] or [1, H, W] in [0, 1]) -> an RGB PIL image."""
+    array = (picture.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    if array.shape[0] == 1:
+        array = array.expand(3, -1, -1)
+    return Image.fromarray(rearrange(array, "c h w -> h w c").numpy(), "RGB")
+
+
+def labelled_grid(
+    pictures: Tensor,
+    labels: Sequence[str] | None = None,
+    *,
+    ncol: int | None = None,
+    scale: int = 1,
+    padding: int = 2,
+    caption_height: int = 14,
+) -> Image.Image:
+    """Tile pictures (Tensor[K, 3, H, W] in [0, 1]) into one image, a caption above each.
+
+    ncol: pictures per row (default: all in one row). scale: integer upscaling (nearest), so
+    small inputs stay crisp.
+    """
+    count, _, height, width = pictures.shape
+    ncol = ncol or count
+    if scale > 1:
+        pictures = pictures.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+        height, width = height * scale, width * scale
+    grid = to_pil(make_grid(pictures.float().cpu(), nrow=ncol, padding=padding, pad_value=1.0))
+    if not labels:
+        return grid
+    rows = -(-count // ncol)
+    canvas = Image.new("RGB", (grid.width, grid.height + rows * caption_height), "white")
+    font = ImageFont.load_default()
+    draw = ImageDraw.Draw(canvas)
+    for row in range(rows):
+        top = row * (height + padding + caption_height)
+        tile = grid.crop((0, row * (height + padding), grid.width, (row + 1) * (height + padding) + padding))
+        canvas.paste(tile, (0, top + caption_height))
+        for col in range(ncol):
+            index = row * ncol + col
+            if index < count and index < len(labels):
+                x = col * (width + padding) + padding
+                draw.text((x, top + 1), _fit(draw, labels[index], width, font), fill="black", font=font)
+    return canvas
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.ImageFont) -> str:
+    while text and draw.textlength(text, font=font) > width:
+        text = text[:-1]
+    return text
