@@ -38,12 +38,14 @@ class Step:
     module: the forward module, or the module a functional call is equivalent to; ``None`` for
         reshapes and identities, which are run as traced.
     rule: the registry rule for ``module``.
+    mirror: the mirror layer that reverses it.
     """
 
     name: str
     node: fx.Node
     module: nn.Module | None
     rule: rules.Rule | None
+    mirror: mirror_layers.MirrorLayer
 
 
 @dataclass(eq=False)
@@ -284,7 +286,7 @@ def build(model: nn.Module) -> Network:
             module, mirrored = _resolve_call(node)
             rule = rules.rule_for(module) if module is not None else None
         mirrored.source = name
-        steps[node] = Step(name, node, module, rule)
+        steps[node] = Step(name, node, module, rule, mirrored)
         layers_mirrored.append(mirrored)
         signal.add(node)
         taken.add(name)

@@ -1,20 +1,40 @@
-"""The ``deconvnet`` command line."""
+"""The ``deconvnet`` command line: the paper's figures for a model and a folder of images.
+
+    deconvnet classes IMG...            class reconstructions of the top-k predictions
+    deconvnet layers IMG                the strongest unit of every layer, projected down
+    deconvnet channels IMG --layer L    every channel of one layer
+    deconvnet top9 FOLDER --layers L..  the 9 strongest units per channel over a dataset
+    deconvnet demo                      all of the above for the bundled model
+
+Models: ``--model shapes`` (bundled, trained), a torchvision name with ``--weights``, a local
+state dict with ``--checkpoint``, or ``module:factory``. Errors end with one line and exit 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
+from tqdm import tqdm
 
-from . import image
+from . import figures, image
 from .deconvnet import DeconvNet
-from .errors import DeconvnetError
-from .models import shapes_net, shapes_net_info
-from .shapes import CLASSES, MEAN, STD, normalize, render
+from .errors import DeconvnetError, InputError
+from .loading import ImageFolder, LoadedModel, image_files, load_image, load_model
+from .models import shapes_net_info
+from .pointing import PointingResult, pointing_game
+from .shapes import CLASSES, render
+from .topk import mine_top_units, project_top_units
 
 DEMO_SEED = 3  # held out: training used seed 1, the recorded accuracy seed 2
+POINTING_SEED = 4
+POINTING_TOLERANCES = (0, 4)  # px; 4 px at 64 px is the usual 15 px at 224 px
 
 
 def _device(name: str) -> torch.device:
@@ -23,50 +43,230 @@ def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise DeconvnetError(f"--device {name!r} is not a device: {error}") from error
+        raise InputError(f"--device {name!r} is not a device: {error}") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeconvnetError("--device cuda was asked for but no CUDA device is available")
+        raise InputError("--device cuda was asked for but no CUDA device is available")
     return device
 
 
-def demo(args: argparse.Namespace) -> None:
-    """Class reconstructions of the bundled model on generated held-out images."""
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    device = _device(args.device)
-    model = shapes_net().to(device)
-    samples = [render(DEMO_SEED, i) for i in range(args.images)]
-    x = torch.stack([normalize(s.image) for s in samples]).to(device)
-    dn = DeconvNet(model)
-    trace = dn.trace(x)
-    predicted = trace.output.argmax(dim=1)
-    classes = dn.reconstruct_classes(trace)  # [N, 6, 3, H, W]
-    shown = classes[torch.arange(len(samples)), predicted]
-    inputs = image.denormalize(x, MEAN, STD)
-    rows = torch.stack([inputs, image.signed_to_unit(shown), image.overlay(inputs, shown)], dim=1)
-    labels = []
-    for s, p in zip(samples, predicted.tolist(), strict=True):
-        labels += [f"true {CLASSES[s.label]}", f"pred {CLASSES[p]}", "overlay"]
-    grid = image.labelled_grid(rows.flatten(0, 1), labels, ncol=3, scale=2)
-    path = out / "class_reconstructions.png"
-    grid.save(path)
-    correct = sum(int(p == s.label) for p, s in zip(predicted.tolist(), samples, strict=True))
+class Session:
+    """A loaded model on its device, its DeconvNet, and where figures go."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        if args.batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+        self.args = args
+        self.device = _device(args.device)
+        self.loaded: LoadedModel = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
+        self.model = self.loaded.model.to(self.device)
+        self.dn = DeconvNet(self.model)
+        self.out: Path = args.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.mean, self.std = self.loaded.preprocessing.mean, self.loaded.preprocessing.std
+        self.scale = 3 if args.model == "shapes" else 1
+
+    def images(self, paths: Sequence[Path]) -> torch.Tensor:
+        return torch.stack([load_image(p, self.loaded.preprocessing) for p in paths]).to(self.device)
+
+    def save(self, picture: Image.Image, name: str) -> Path:
+        path = self.out / name
+        picture.save(path)
+        print(f"wrote {path}")
+        return path
+
+
+def _slug(layer: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", layer)
+
+
+def classes_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images(args.images)
+    written = []
+    for start in range(0, x.shape[0], args.batch_size):
+        picture = figures.class_figure(
+            s.dn, x[start : start + args.batch_size], s.mean, s.std, categories=s.loaded.categories,
+            top_k=args.top_k, classes=args.classes, scale=s.scale,
+        )
+        suffix = "" if x.shape[0] <= args.batch_size else f"-{start // args.batch_size}"
+        written.append(s.save(picture, f"classes{suffix}.png"))
+    return written
+
+
+def layers_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images([args.image])
+    layers = args.layers or [name for name in s.dn.layers if _is_conv_output(s, name)]
+    return [s.save(figures.layers_figure(s.dn, x, s.mean, s.std, layers, scale=s.scale), "layers.png")]
+
+
+def _is_conv_output(s: Session, name: str) -> bool:
+    """Default panels: the leaf layers that keep a spatial map (not heads or containers)."""
+    field = s.dn.receptive_field(name)
+    return field is not None and s.dn.layer_name(name) == name
+
+
+def channels_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images([args.image])
+    picture = figures.channels_figure(s.dn, x, args.layer, channels=args.channels, scale=s.scale)
+    return [s.save(picture, f"channels-{_slug(args.layer)}.png")]
+
+
+def top9_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    files = image_files(args.folder)
+    return _top9(s, files, args.layers, args.k, args.channels)
+
+
+def _top9(s: Session, files: list[Path], layers: Sequence[str], k: int, shown: int) -> list[Path]:
+    for layer in layers:
+        s.dn.layer_name(layer)  # fail on a bad name before streaming the folder
+    dataset = ImageFolder(files, s.loaded.preprocessing)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=s.args.batch_size)
+    batches = ((x.to(s.device), i) for x, i in tqdm(loader, desc="mining top units", unit="batch"))
+    top = mine_top_units(s.dn, batches, layers, k=k)
+    written = []
+    for layer in layers:
+        units = top[layer]
+        channels = list(range(min(shown, units.values.shape[0])))
+
+        def load(index: int) -> torch.Tensor:
+            return dataset[index][0].to(s.device)
+
+        projections = project_top_units(s.dn, units, load, channels, batch_size=s.args.batch_size)
+        patches = torch.zeros_like(projections)
+        for j, c in enumerate(channels):
+            for r in range(k):
+                if torch.isfinite(units.values[c, r]):
+                    patches[j, r] = image.denormalize(load(int(units.images[c, r])), s.mean, s.std)
+        picture = figures.top_units_figure(
+            units, projections, patches, s.dn.receptive_field(layer), channels, scale=max(2, s.scale)
+        )
+        written.append(s.save(picture, f"top{k}-{_slug(layer)}.png"))
+    return written
+
+
+def demo_command(args: argparse.Namespace) -> list[Path]:
+    """Every figure for the bundled model on generated held-out images, with an index page."""
+    args.model, args.weights, args.checkpoint = "shapes", None, None
+    s = Session(args)
+    folder = s.out / "images"
+    folder.mkdir(exist_ok=True)
+    samples = [render(DEMO_SEED, i) for i in range(args.dataset)]
+    files = []
+    for i, sample in enumerate(samples):
+        path = folder / f"{i:04d}-{CLASSES[sample.label]}.png"
+        sample.image.save(path)
+        files.append(path)
     info = shapes_net_info()
-    print(f"bundled ShapesNet: held-out accuracy {info['held_out_accuracy']:.3f} (recorded)")
-    print(f"{correct}/{len(samples)} demo images classified correctly")
-    print(f"wrote {path}")
+    print(f"bundled ShapesNet: held-out accuracy {info['held_out_accuracy']:.4f} "
+          f"({info['held_out_images']} images of seed {info['held_out_seed']})")
+
+    pictures: list[tuple[Path, str]] = []
+    x = s.images(files[: args.images])
+    pictures.append((s.save(figures.class_figure(s.dn, x, s.mean, s.std, categories=CLASSES, top_k=3, scale=3),
+                            "classes.png"),
+                     "Class reconstructions: each image, then its top-3 classes projected down."))
+    conv_layers = [name for name in s.dn.layers if _is_conv_output(s, name)]
+    pictures.append((s.save(figures.layers_figure(s.dn, x[:1], s.mean, s.std, conv_layers, scale=3), "layers.png"),
+                     "Layer-wise: the strongest activation of every layer of one image, projected down."))
+    pictures.append((s.save(figures.channels_figure(s.dn, x[:1], "features.13", scale=3), "channels-features.13.png"),
+                     "Every channel of features.13 (last conv block) for the same image."))
+    for path, layer in zip(_top9(s, files, ["features.8", "features.13"], 9, args.channels),
+                           ["features.8", "features.13"], strict=True):
+        pictures.append((path, f"Top-9 over {len(files)} images for {layer}: projections cropped to the "
+                               "receptive field, next to the image patches."))
+
+    pointing_samples = [render(POINTING_SEED, i) for i in range(args.pointing)]
+    starts = range(0, len(pointing_samples), s.args.batch_size)
+    results = pointing_game(s.dn, pointing_samples, s.args.batch_size,
+                            progress=tqdm(starts, desc="pointing game", unit="batch"),
+                            tolerances=POINTING_TOLERANCES)
+    summary = [
+        {"images": r.images, "seed": POINTING_SEED, "tolerance_px": r.tolerance, "deconvnet": r.deconvnet,
+         "centre": r.centre, "random (expected)": r.random}
+        for r in results
+    ]
+    (s.out / "pointing.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for r in results:
+        print(f"pointing game on {r.images} held-out images, tolerance {r.tolerance} px: "
+              f"deconvnet {r.deconvnet:.3f}, centre {r.centre:.3f}, random {r.random:.3f}")
+    index = _index(pictures, results, info)
+    (s.out / "index.md").write_text(index)
+    print(f"wrote {s.out / 'index.md'}")
+    return [p for p, _ in pictures]
+
+
+def _index(pictures: list[tuple[Path, str]], results: list[PointingResult], info: dict) -> str:
+    lines = [
+        "# deconvnet demo: the bundled ShapesNet",
+        "",
+        f"ShapesNet (6 classes: {', '.join(CLASSES)}) reached {info['held_out_accuracy']:.4f} "
+        f"accuracy on {info['held_out_images']} held-out generated images.",
+        "",
+        f"Pointing game on {results[0].images} held-out images: is the strongest pixel of the "
+        "true class's reconstruction on the object (or within the tolerance of it)?",
+        "",
+        "| method | " + " | ".join(f"hit rate, {r.tolerance} px" for r in results) + " |",
+        "|---|" + "---|" * len(results),
+        "| deconvnet | " + " | ".join(f"{r.deconvnet:.3f}" for r in results) + " |",
+        "| centre point | " + " | ".join(f"{r.centre:.3f}" for r in results) + " |",
+        "| random point (expected) | " + " | ".join(f"{r.random:.3f}" for r in results) + " |",
+        "",
+    ]
+    for path, caption in pictures:
+        lines += [f"## {path.stem}", "", caption, "", f"![{path.stem}]({path.name})", ""]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deconvnet", description="See what a convolutional network sees (Zeiler & Fergus)."
-    )
+    parser = argparse.ArgumentParser(prog="deconvnet", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("demo", help="figures of the bundled model on generated images")
-    p.add_argument("--out", type=Path, default=Path("deconvnet-demo"), help="output folder")
-    p.add_argument("--images", type=int, default=6, help="how many held-out images")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.set_defaults(run=demo)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, help=help, description=help)
+        p.add_argument("--model", default="shapes",
+                       help="'shapes' (bundled), a torchvision name, or module:factory (default: shapes)")
+        p.add_argument("--weights", default=None, help="torchvision weights name, e.g. DEFAULT (downloads)")
+        p.add_argument("--checkpoint", type=Path, default=None, help="a local state dict (.pt)")
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--out", type=Path, default=Path("deconvnet-out"), help="output folder")
+        return p
+
+    p = command("classes", "class reconstructions of the top-k predicted (or given) classes")
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--classes", type=int, nargs="+", default=None, help="these classes instead of the top-k")
+    p.set_defaults(run=classes_command)
+
+    p = command("layers", "the strongest unit of every layer (or of --layers) of one image")
+    p.add_argument("image", type=Path)
+    p.add_argument("--layers", nargs="+", default=None)
+    p.set_defaults(run=layers_command)
+
+    p = command("channels", "every channel of one layer for one image")
+    p.add_argument("image", type=Path)
+    p.add_argument("--layer", required=True)
+    p.add_argument("--channels", type=int, nargs="+", default=None)
+    p.set_defaults(run=channels_command)
+
+    p = command("top9", "the k strongest units per channel over an image folder (the paper's Fig. 2)")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--layers", nargs="+", required=True)
+    p.add_argument("--k", type=int, default=9)
+    p.add_argument("--channels", type=int, default=16, help="how many channels to draw per layer")
+    p.set_defaults(run=top9_command)
+
+    p = command("demo", "every figure for the bundled trained model on generated images")
+    p.set_defaults(out=Path("deconvnet-demo"), run=demo_command)
+    p.add_argument("--images", type=int, default=6, help="images in the class figure")
+    p.add_argument("--dataset", type=int, default=300, help="generated images mined for top-9")
+    p.add_argument("--channels", type=int, default=16, help="channels drawn per top-9 layer")
+    p.add_argument("--pointing", type=int, default=500, help="images in the pointing game")
     return parser
 
 
@@ -75,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except (DeconvnetError, OSError) as error:
-        print(f"deconvnet: error: {error}", file=sys.stderr)
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"deconvnet: error: {message}", file=sys.stderr)
         return 1
     return 0

@@ -10,8 +10,10 @@ from torch import Tensor, nn
 
 from .builder import Network, Step, build
 from .capture import Trace, run
+from .crop import croppable, project_units, widest_window
 from .errors import InputError, SignalShapeError, TargetOutOfRangeError
-from .mirror import Mirror
+from .mirror import Mirror, MirrorLayer
+from .receptive import ReceptiveField, receptive_fields
 
 __all__ = ["DeconvNet", "Targets"]
 
@@ -19,6 +21,8 @@ Targets = int | Sequence[int] | Tensor | None
 """Which channels or classes: one index, a sequence of indices, or ``None`` for all."""
 
 _CPU_BUDGET = 2 * 1024**3
+# Crop single-unit projections when the receptive field covers at most this share of the input.
+_CROP_AREA = 0.5
 # Peak memory of one mirror layer per target, as a multiple of its input plus output signal:
 # room for the signal being built and for convolution workspaces.
 _WORKSPACE_FACTOR = 3
@@ -47,6 +51,7 @@ class DeconvNet:
         self.model = model
         self.memory_budget = memory_budget
         self._network: Network = build(model)
+        self._receptive_fields = receptive_fields(self._network)
 
     def __repr__(self) -> str:
         return f"DeconvNet({type(self.model).__name__}, {len(self.mirror)} mirror layers)"
@@ -110,6 +115,7 @@ class DeconvNet:
         mode: str = "max",
         signal: str = "activation",
         chunk_size: int | None = None,
+        crop: bool | None = None,
     ) -> Tensor:
         """Project channels of ``layer``'s output down to input space.
 
@@ -122,10 +128,17 @@ class DeconvNet:
             channel's whole map.
         signal: ``"activation"`` keeps the kept units' values (the paper); ``"unit"`` sets them
             to 1 (then ``mode="max"`` equals Captum's ``NeuronDeconvolution`` at that position).
+        crop: with ``mode="max"``, compute each projection on its unit's receptive field only
+            (exactly zero outside it) and paste it back. ``None`` (default) crops wherever the
+            field is smaller than the input and the mirror below ``layer`` holds only convs,
+            max-pools, ReLUs, batch-norms and identities; ``False`` never crops; ``True``
+            requires it.
         returns Tensor[N, K, C, H, W] with K the number of channels asked for.
         """
         _check_choice("mode", mode, ("max", "map"))
         _check_choice("signal", signal, ("activation", "unit"))
+        if crop not in (None, True, False):
+            raise InputError(f"crop must be True, False or None, got {crop!r}")
         trace = self._traced(x)
         step = self._network.resolve(layer)
         activation = trace.activations[step.name]
@@ -137,6 +150,8 @@ class DeconvNet:
         n = flat.shape[0]
         batch = torch.arange(n, device=flat.device)[:, None]
         strongest = flat.argmax(dim=2) if mode == "max" else None  # [N, C]
+        if self._crops(step, activation, mode, crop, trace):
+            return self._cropped(trace, step, activation, flat, strongest, targets, signal, chunk_size)
 
         def make(chunk: Tensor) -> Tensor:
             k = chunk.numel()
@@ -210,6 +225,65 @@ class DeconvNet:
         signal = signal.to(trace.output.device)
         targets = torch.arange(signal.shape[1], device=signal.device)
         return self._run(trace, step, targets, lambda chunk: signal[:, chunk], chunk_size)
+
+    def layer_name(self, layer: str | nn.Module) -> str:
+        """The name in :attr:`layers` of ``layer`` (a name or a module of the model)."""
+        return self._network.resolve(layer).name
+
+    def receptive_field(self, layer: str | nn.Module) -> ReceptiveField | None:
+        """The input region each unit of ``layer`` sees; ``None`` when it sees everything."""
+        return self._receptive_fields[self.layer_name(layer)]
+
+    def _crops(self, step: Step, activation: Tensor, mode: str, crop: bool | None, trace: Trace) -> bool:
+        """Whether this reconstruction runs on receptive-field windows."""
+        if crop is False:
+            return False
+        below = self.mirror.layers[self.mirror.index_of(step.name):]
+        field = self._receptive_fields[step.name]
+        usable = mode == "max" and activation.dim() == 4 and field is not None and croppable(below)
+        if crop is True and not usable:
+            raise InputError(
+                f"crop=True needs mode='max' and, below {step.name}, only convs, max-pools, "
+                "ReLUs, batch-norms and identities"
+            )
+        if not usable or crop is True:
+            return usable
+        height, width = trace.input.shape[-2:]
+        return field.size[0] * field.size[1] <= _CROP_AREA * height * width  # type: ignore[union-attr]
+
+    def _cropped(
+        self,
+        trace: Trace,
+        step: Step,
+        activation: Tensor,
+        flat: Tensor,
+        strongest: Tensor,
+        targets: Tensor,
+        signal: str,
+        chunk_size: int | None,
+    ) -> Tensor:
+        n, width = activation.shape[0], activation.shape[-1]
+        below = list(self.mirror.layers[self.mirror.index_of(step.name):])
+        total = targets.numel()
+        size = chunk_size or max(1, self._budget(trace.input.device) // self._window_bytes(trace, below, n))
+        result = flat.new_zeros(n, total, *trace.input.shape[1:])
+        for lo in range(0, total, size):
+            chunk = targets[lo : lo + size]
+            k = chunk.numel()
+            images = torch.arange(n, device=flat.device).repeat_interleave(k)
+            channels = chunk.repeat(n)
+            where = strongest[images, channels]
+            values = flat[images, channels, where] if signal == "activation" else torch.ones_like(where, dtype=flat.dtype)
+            units = torch.stack([where // width, where % width], dim=1)
+            projected = project_units(below, trace.records, values, units, channels, images, trace.input.shape[1:])
+            result[:, lo : lo + k] = projected.view(n, k, *projected.shape[1:])
+        return result
+
+    @staticmethod
+    def _window_bytes(trace: Trace, layers: list[MirrorLayer], n: int) -> int:
+        """Memory one target needs on the cropped path: its widest window and its pasted result."""
+        per_target = _WORKSPACE_FACTOR * widest_window(layers, trace.records) + 2 * trace.input[0].numel()
+        return per_target * n * trace.output.element_size()
 
     def activation(self, x: Tensor | Trace, layer: str | nn.Module) -> Tensor:
         """The output of ``layer`` for x: Tensor[N, ...]."""

@@ -29,7 +29,8 @@ def _block(cin: int, cout: int) -> list[nn.Module]:
 
 
 class ShapesNet(nn.Module):
-    """conv/ReLU/max-pool blocks and a linear head, for 64x64 RGB images of 6 shape classes.
+    """conv/ReLU/max-pool blocks, global average pooling and a linear head, for 64x64 RGB
+    images of 6 shape classes.
 
     x (Tensor[N, 3, 64, 64], normalised as :func:`deconvnet.shapes.normalize`) ->
     logits Tensor[N, 6].
@@ -38,9 +39,10 @@ class ShapesNet(nn.Module):
     def __init__(self, num_classes: int = len(CLASSES)) -> None:
         super().__init__()
         self.features = nn.Sequential(*_block(3, 16), *_block(16, 32), *_block(32, 64))
+        # Global average pooling before the linear head: class evidence may sit anywhere.
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(64 * 8 * 8, 64), nn.ReLU(inplace=True), nn.Dropout(0.3),
-            nn.Linear(64, num_classes),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 64), nn.ReLU(inplace=True),
+            nn.Dropout(0.3), nn.Linear(64, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--held-out", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=Path("deconvnet/weights"))
     args = parser.parse_args()
@@ -45,8 +45,14 @@ def main() -> None:
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
     model = ShapesNet()
+    # He initialisation: with PyTorch's default the plain conv stack and its global average
+    # pooling pass too little signal, and training stalls at chance.
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            torch.nn.init.zeros_(module.bias)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps)
     data = DataLoader(ShapesDataset(TRAIN_SEED, args.steps * args.batch_size), batch_size=args.batch_size)
     start = time.time()
     model.train()

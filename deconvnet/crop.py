@@ -1,0 +1,160 @@
+"""Single-unit projections computed on the unit's receptive field only.
+
+A single activation's projection is exactly zero outside that unit's receptive field, so the
+mirror can run on a window that follows the field down: one unit at the start layer, then at
+each layer below the window that the layer above's window can reach. Every target gets a
+window of the same size at each layer (its origin may lie outside the map, where the window is
+masked to zero), so all targets still run as one batch. The result is pasted back into a zero
+image.
+
+Windows pass through convolutions, max-pools, ReLUs, batch-norms and identities; a mirror with
+any other layer below the start (average pools, linear layers, reshapes) runs uncropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import mirror as mirror_layers
+from .mirror import MirrorLayer, Record
+
+__all__ = ["croppable", "project_units", "widest_window"]
+
+_POINTWISE = (mirror_layers.ReLU, mirror_layers.ChannelScale, mirror_layers.Identity)
+_WINDOWED = (mirror_layers.ConvTranspose2d, mirror_layers.MaxUnpool2d)
+
+
+def croppable(layers: Sequence[MirrorLayer]) -> bool:
+    """Whether every mirror layer can run on windows."""
+    return all(isinstance(layer, _POINTWISE + _WINDOWED) for layer in layers)
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _geometry(layer: MirrorLayer) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(kernel, stride, padding before, dilation) of a windowed mirror layer's forward layer."""
+    if isinstance(layer, mirror_layers.ConvTranspose2d):
+        kernel = tuple(layer.weight.shape[2:])
+        return kernel, _pair(layer.stride), (layer.pads[0][0], layer.pads[1][0]), _pair(layer.dilation)  # type: ignore[return-value]
+    pool: mirror_layers.MaxUnpool2d = layer  # type: ignore[assignment]
+    return _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding), _pair(pool.dilation)
+
+
+def _mask_outside(signal: Tensor, origin: Tensor, size: Sequence[int]) -> Tensor:
+    """Zero the window positions that fall outside a map of ``size`` (H, W)."""
+    height, width = signal.shape[-2:]
+    rows = origin[:, 0, None] + torch.arange(height, device=signal.device)
+    cols = origin[:, 1, None] + torch.arange(width, device=signal.device)
+    inside_rows = (rows >= 0) & (rows < size[0])
+    inside_cols = (cols >= 0) & (cols < size[1])
+    inside = inside_rows[:, :, None] & inside_cols[:, None, :]
+    return signal * inside[:, None].to(signal.dtype)
+
+
+def _conv_window(layer: mirror_layers.ConvTranspose2d, signal: Tensor, origin: Tensor, record: Record) -> tuple[Tensor, Tensor]:
+    kernel, stride, padding, dilation = _geometry(layer)
+    out = F.conv_transpose2d(signal, layer.weight, stride=stride, dilation=dilation, groups=layer.groups)
+    below = origin * torch.tensor(stride, device=origin.device) - torch.tensor(padding, device=origin.device)
+    return _mask_outside(out, below, record.input_shape[2:]), below
+
+
+def _unpool_window(
+    layer: mirror_layers.MaxUnpool2d, signal: Tensor, origin: Tensor, record: Record, images: Tensor
+) -> tuple[Tensor, Tensor]:
+    kernel, stride, padding, dilation = _geometry(layer)
+    targets, channels, height, width = signal.shape
+    switches: Tensor = record.switches  # type: ignore[assignment]
+    pooled_h, pooled_w = switches.shape[-2:]
+    rows = (origin[:, 0, None] + torch.arange(height, device=signal.device)).clamp(0, pooled_h - 1)
+    cols = (origin[:, 1, None] + torch.arange(width, device=signal.device)).clamp(0, pooled_w - 1)
+    # switches[images[t], :, rows[t, a], cols[t, b]] -> [T, C, h, w]
+    picked = switches[images[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    below = origin * torch.tensor(stride, device=origin.device) - torch.tensor(padding, device=origin.device)
+    out_h = (height - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
+    out_w = (width - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
+    input_w = record.input_shape[3]
+    local = (picked // input_w - below[:, 0, None, None, None]) * out_w + (picked % input_w - below[:, 1, None, None, None])
+    # Positions outside the pooled map carry zero signal; clamp their (meaningless) targets.
+    local = local.clamp(0, out_h * out_w - 1)
+    out = signal.new_zeros(targets, channels, out_h * out_w)
+    out.scatter_add_(2, local.flatten(2), signal.flatten(2))
+    return out.view(targets, channels, out_h, out_w), below
+
+
+def project_units(
+    layers: Sequence[MirrorLayer],
+    records: dict[str, Record],
+    values: Tensor,
+    units: Tensor,
+    channels: Tensor,
+    images: Tensor,
+    output_shape: Sequence[int],
+) -> Tensor:
+    """Project T single units, each on its own window.
+
+    layers: the mirror layers from the start layer down to the input (all :func:`croppable`).
+    values (Tensor[T]): the kept activation of each unit; units (LongTensor[T, 2]): its (i, j);
+    channels (LongTensor[T]); images (LongTensor[T]): which input of the batch it belongs to.
+    output_shape: (C, H, W) of the model input. Returns Tensor[T, C, H, W].
+    """
+    count = values.shape[0]
+    start_channels = _output_channels(layers[0], records)
+    signal = values.new_zeros(count, start_channels, 1, 1)
+    signal[torch.arange(count, device=values.device), channels, 0, 0] = values
+    origin = units.clone()
+    for layer in layers:
+        record = records[layer.source]
+        if isinstance(layer, mirror_layers.ConvTranspose2d):
+            signal, origin = _conv_window(layer, signal, origin, record)
+        elif isinstance(layer, mirror_layers.MaxUnpool2d):
+            signal, origin = _unpool_window(layer, signal, origin, record, images)
+        else:
+            signal = layer(signal.unsqueeze(1), record).squeeze(1)
+    return _paste(signal, origin, output_shape)
+
+
+def widest_window(layers: Sequence[MirrorLayer], records: dict[str, Record]) -> int:
+    """Largest input-plus-output window, in elements, one target needs on the way down."""
+    height = width = 1
+    channels = _output_channels(layers[0], records)
+    widest = 0
+    for layer in layers:
+        below_channels = records[layer.source].input_shape[1]
+        below_h, below_w = height, width
+        if isinstance(layer, _WINDOWED):
+            kernel, stride, _, dilation = _geometry(layer)
+            below_h = (height - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
+            below_w = (width - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
+        widest = max(widest, channels * height * width + below_channels * below_h * below_w)
+        height, width, channels = below_h, below_w, below_channels
+    return widest
+
+
+def _output_channels(layer: MirrorLayer, records: dict[str, Record]) -> int:
+    # The start layer's output has as many channels as its input unless it is a conv.
+    if isinstance(layer, mirror_layers.ConvTranspose2d):
+        return int(layer.weight.shape[0])
+    return records[layer.source].input_shape[1]
+
+
+def _paste(window: Tensor, origin: Tensor, shape: Sequence[int]) -> Tensor:
+    """Put each window (Tensor[T, C, h, w] at ``origin``) into a zero Tensor[T, C, H, W]."""
+    count, channels, height, width = window.shape
+    full_h, full_w = shape[-2:]
+    out = window.new_zeros(count, channels, full_h, full_w)
+    for t, (top, left) in enumerate(origin.tolist()):
+        src_top, src_left = max(0, -top), max(0, -left)
+        dst_top, dst_left = max(0, top), max(0, left)
+        rows = min(height - src_top, full_h - dst_top)
+        cols = min(width - src_left, full_w - dst_left)
+        if rows > 0 and cols > 0:
+            out[t, :, dst_top : dst_top + rows, dst_left : dst_left + cols] = window[
+                t, :, src_top : src_top + rows, src_left : src_left + cols
+            ]
+    return out

@@ -1,0 +1,172 @@
+"""The paper's figures as pictures: class reconstructions, layer-wise projections, channel
+grids and top-9 panels. Each function returns a PIL image; nothing is written or printed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from . import image
+from .deconvnet import DeconvNet
+from .receptive import ReceptiveField
+from .topk import TopUnits
+
+__all__ = [
+    "class_figure",
+    "layers_figure",
+    "channels_figure",
+    "top_units_figure",
+    "crop_to_field",
+    "strongest_units",
+]
+
+
+def _name(categories: Sequence[str] | None, index: int) -> str:
+    return categories[index] if categories is not None and index < len(categories) else f"class {index}"
+
+
+def class_figure(
+    dn: DeconvNet,
+    x: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    categories: Sequence[str] | None = None,
+    top_k: int = 3,
+    classes: Sequence[int] | None = None,
+    scale: int = 1,
+) -> Image.Image:
+    """One row per image of x (Tensor[N, 3, H, W]): the image, then the reconstructions of its
+    top-k predicted classes (or of ``classes``), labelled with name and probability."""
+    trace = dn.trace(x)
+    probabilities = trace.output.softmax(dim=1)
+    if classes is None:
+        top_k = min(top_k, probabilities.shape[1])
+        chosen = probabilities.topk(top_k, dim=1).indices  # [N, k]
+    else:
+        chosen = torch.tensor(list(classes), device=x.device).expand(x.shape[0], -1)
+    everything = sorted(set(chosen.flatten().tolist()))
+    reconstructions = dn.reconstruct_classes(trace, everything)
+    slot = {c: i for i, c in enumerate(everything)}
+    pictures, labels = [], []
+    for n in range(x.shape[0]):
+        pictures.append(image.denormalize(trace.input[n], mean, std))
+        labels.append(f"image {n}")
+        for c in chosen[n].tolist():
+            pictures.append(image.signed_to_unit(reconstructions[n, slot[c]]))
+            labels.append(f"{_name(categories, c)} {probabilities[n, c]:.2f}")
+    return image.labelled_grid(torch.stack(pictures), labels, ncol=1 + chosen.shape[1], scale=scale)
+
+
+def strongest_units(dn: DeconvNet, x: Tensor, layers: Sequence[str]) -> list[tuple[str, int]]:
+    """For one image (x Tensor[1, ...]), each layer's channel holding its strongest activation."""
+    trace = dn.trace(x)
+    found = []
+    for layer in layers:
+        activation = dn.activation(trace, layer)[0]
+        flat = activation.reshape(activation.shape[0], -1)
+        found.append((layer, int(flat.max(dim=1).values.argmax())))
+    return found
+
+
+def layers_figure(
+    dn: DeconvNet,
+    x: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    layers: Sequence[str] | None = None,
+    *,
+    scale: int = 1,
+    ncol: int = 6,
+) -> Image.Image:
+    """For one image (x Tensor[1, 3, H, W]): the strongest activation of every layer (or of
+    ``layers``) projected down, one panel per layer, after the image itself."""
+    layers = list(layers) if layers is not None else dn.layers
+    trace = dn.trace(x)
+    pictures = [image.denormalize(trace.input[0], mean, std)]
+    labels = ["image"]
+    for layer, channel in strongest_units(dn, trace.input, layers):
+        projection = dn.reconstruct(trace, layer, channel)[0, 0]
+        pictures.append(image.signed_to_unit(projection))
+        labels.append(f"{layer} #{channel}")
+    return image.labelled_grid(torch.stack(pictures), labels, ncol=ncol, scale=scale)
+
+
+def channels_figure(
+    dn: DeconvNet,
+    x: Tensor,
+    layer: str,
+    *,
+    channels: Sequence[int] | None = None,
+    scale: int = 1,
+    ncol: int = 8,
+) -> Image.Image:
+    """For one image (x Tensor[1, 3, H, W]): every channel of ``layer`` (strongest unit each)."""
+    projections = dn.reconstruct(x, layer, channels)[0]
+    chosen = list(range(projections.shape[0])) if channels is None else list(channels)
+    return image.labelled_grid(
+        image.signed_to_unit(projections), [f"#{c}" for c in chosen], ncol=ncol, scale=scale
+    )
+
+
+def crop_to_field(
+    picture: Tensor, field: ReceptiveField | None, unit: tuple[int, ...], fill: float
+) -> Tensor:
+    """The receptive field of ``unit`` cut out of picture (Tensor[C, H, W]), padded with
+    ``fill`` where the field reaches past the image, so every crop of a layer has one size."""
+    if field is None or not unit:
+        return picture
+    height, width = picture.shape[-2:]
+    top, left, bottom, right = field.box(*unit)
+    pad_top, pad_left = max(0, -top), max(0, -left)
+    padded = F.pad(
+        picture, (pad_left, max(0, right - width), pad_top, max(0, bottom - height)), value=fill
+    )
+    row, col = top + pad_top, left + pad_left  # the field's corner in padded coordinates
+    return padded[:, row : row + field.size[0], col : col + field.size[1]]
+
+
+def top_units_figure(
+    top: TopUnits,
+    projections: Tensor,
+    patches: Tensor,
+    field: ReceptiveField | None,
+    channels: Sequence[int],
+    *,
+    scale: int = 2,
+    ncol: int = 4,
+) -> Image.Image:
+    """The paper's Fig. 2 for one layer: for each channel, its kept units' projections cropped
+    to the receptive field (a 3x3 block for k = 9) next to the matching image patches. Slots
+    whose activation is not positive (the channel fired on fewer than k images) stay blank.
+
+    projections (Tensor[len(channels), k, 3, H, W]); patches: the images, same shape, in [0, 1].
+    """
+    k = projections.shape[1]
+    side = int(k**0.5) if int(k**0.5) ** 2 == k else k
+    size = field.size if field is not None else tuple(projections.shape[-2:])
+    blocks, labels = [], []
+    for j, c in enumerate(channels):
+        crops, images = [], []
+        for r in range(k):
+            if top.values[c, r] > 0:
+                unit = top.unit(c, r)
+                crops.append(image.signed_to_unit(crop_to_field(projections[j, r], field, unit, 0.0)))
+                images.append(crop_to_field(patches[j, r], field, unit, 1.0))
+            else:  # fewer than k images made this channel fire at all: leave the slot blank
+                crops.append(projections.new_full((3, *size), image.MID_GREY))
+                images.append(projections.new_ones((3, *size)))
+        blocks.append(_tile(torch.stack(crops), side))
+        blocks.append(_tile(torch.stack(images), side))
+        labels += [f"{top.layer} #{c} max {float(top.values[c, 0]):.3g}", "patches"]
+    return image.labelled_grid(torch.stack(blocks), labels, ncol=2 * ncol, scale=scale, padding=4)
+
+
+def _tile(pictures: Tensor, side: int) -> Tensor:
+    """Tensor[k, 3, h, w] -> one picture of ``side`` columns with one-pixel white seams."""
+    return make_grid(pictures, nrow=side, padding=1, pad_value=1.0)[:, 1:-1, 1:-1]

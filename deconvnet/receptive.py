@@ -1,0 +1,92 @@
+"""Receptive fields of every layer, computed from the traced graph.
+
+Unit ``(i, j)`` of a layer sees input rows ``offset + i * stride ... offset + i * stride +
+size - 1`` (and likewise columns). Offsets can be negative: the field reaches into the padding.
+Layers after a global operation (adaptive pooling, flatten, linear) see the whole input and have
+no spatial field (``None``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from . import mirror
+from .builder import Network
+
+__all__ = ["ReceptiveField", "receptive_fields"]
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """size, stride and offset in input pixels, each as (rows, columns)."""
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    offset: tuple[int, int]
+
+    def box(self, i: int, j: int, height: int | None = None, width: int | None = None) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right), bottom/right exclusive, of unit (i, j)'s field; clipped to
+        the image when its height and width are given."""
+        top = self.offset[0] + i * self.stride[0]
+        left = self.offset[1] + j * self.stride[1]
+        bottom, right = top + self.size[0], left + self.size[1]
+        if height is not None and width is not None:
+            top, left = max(0, top), max(0, left)
+            bottom, right = min(height, bottom), min(width, right)
+        return top, left, bottom, right
+
+
+def _pair(value: object) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    a, b = value  # type: ignore[misc]
+    return (int(a), int(b))
+
+
+def _window(module: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+    """(kernel, stride, padding before, dilation) of a sliding-window layer, else None."""
+    if isinstance(module, nn.Conv2d):
+        kernel, dilation = _pair(module.kernel_size), _pair(module.dilation)
+        if module.padding == "same":
+            padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel, strict=True))
+        elif module.padding == "valid":
+            padding = (0, 0)
+        else:
+            padding = _pair(module.padding)
+        return kernel, _pair(module.stride), padding, dilation  # type: ignore[return-value]
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        kernel = _pair(module.kernel_size)
+        stride = _pair(module.stride if module.stride else module.kernel_size)
+        dilation = _pair(getattr(module, "dilation", 1))
+        return kernel, stride, _pair(module.padding), dilation
+    return None
+
+
+# Mirror layers of element-wise forward layers: they leave the receptive field as it is.
+_POINTWISE = (mirror.ReLU, mirror.Identity, mirror.ChannelScale)
+
+
+def receptive_fields(network: Network) -> dict[str, ReceptiveField | None]:
+    """Every layer name of ``network`` -> its receptive field (``None`` once it is global)."""
+    field: ReceptiveField | None = ReceptiveField((1, 1), (1, 1), (0, 0))
+    per_step: dict[str, ReceptiveField | None] = {}
+    for step in network.steps.values():
+        window = _window(step.module) if step.module is not None else None
+        if field is not None and window is not None:
+            kernel, stride, padding, dilation = window
+            field = ReceptiveField(
+                size=_zip(lambda f, k, d, j: f + d * (k - 1) * j, field.size, kernel, dilation, field.stride),
+                stride=_zip(lambda j, s: j * s, field.stride, stride),
+                offset=_zip(lambda o, p, j: o - p * j, field.offset, padding, field.stride),
+            )
+        elif not isinstance(step.mirror, _POINTWISE):
+            field = None  # adaptive pooling, flatten, linear and unknown layers mix everything
+        per_step[step.name] = field
+    return {name: per_step[step.name] for name, step in network.layers.items()}
+
+
+def _zip(function, *pairs: tuple[int, int]) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    first, second = (function(*values) for values in zip(*pairs, strict=True))
+    return (first, second)

@@ -1,0 +1,132 @@
+"""Top-k mining over a dataset (the paper's Fig. 2) and the projection of what was found.
+
+:func:`mine_top_units` streams batches once, keeping for every channel of the chosen layers the
+``k`` images whose strongest activation in that channel is largest (one unit per image: the
+argmax of the map), in bounded memory. :func:`project_top_units` then traces just those images
+again and projects each kept unit down on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .deconvnet import DeconvNet
+from .errors import InputError
+
+__all__ = ["TopUnits", "mine_top_units", "project_top_units"]
+
+
+@dataclass
+class TopUnits:
+    """The strongest units of one layer, per channel, strongest first.
+
+    values (Tensor[C, k]): activations (``-inf`` where fewer than k images were seen).
+    images (Tensor[C, k]): dataset indices of the images they come from.
+    positions (Tensor[C, k]): flat spatial index of the unit in the layer's map.
+    shape: the layer's output shape without the batch dimension, (C, H, W) or (C,).
+    """
+
+    layer: str
+    values: Tensor
+    images: Tensor
+    positions: Tensor
+    shape: tuple[int, ...]
+
+    @property
+    def found(self) -> int:
+        """How many of the k slots hold a unit (fewer than k when the dataset is small)."""
+        return int(torch.isfinite(self.values[0]).sum())
+
+    def unit(self, channel: int, rank: int) -> tuple[int, ...]:
+        """The (i, j) position of a kept unit in its map, or () for a layer without one."""
+        spatial = self.shape[1:]
+        if not spatial:
+            return ()
+        flat = int(self.positions[channel, rank])
+        return tuple(int(v) for v in torch.unravel_index(torch.tensor(flat), spatial))
+
+
+def mine_top_units(
+    dn: DeconvNet,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    layers: Sequence[str],
+    k: int = 9,
+) -> dict[str, TopUnits]:
+    """Stream ``batches`` of (x Tensor[B, C, H, W], dataset indices Tensor[B]) once.
+
+    Returns layer -> TopUnits. Memory stays at one batch plus C * k numbers per layer.
+    """
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    for layer in layers:
+        dn.layer_name(layer)  # unknown layers fail before any batch is read
+    best: dict[str, TopUnits] = {}
+    for x, indices in batches:
+        trace = dn.trace(x)
+        indices = torch.as_tensor(indices, device=trace.output.device)
+        for layer in layers:
+            activation = dn.activation(trace, layer)
+            flat = activation.reshape(*activation.shape[:2], -1)
+            values, positions = flat.max(dim=2)  # [B, C]: each image's strongest unit
+            images = indices[:, None].expand_as(values)
+            if layer in best:
+                kept = best[layer]
+                values = torch.cat([kept.values.T, values])
+                images = torch.cat([kept.images.T, images])
+                positions = torch.cat([kept.positions.T, positions])
+            # Sort by value, then by earlier dataset index, so ties are reproducible.
+            order = torch.argsort(images, dim=0, stable=True)
+            values, images, positions = (t.gather(0, order) for t in (values, images, positions))
+            order = torch.argsort(values, dim=0, descending=True, stable=True)[:k]
+            values, images, positions = (t.gather(0, order) for t in (values, images, positions))
+            if values.shape[0] < k:
+                pad = k - values.shape[0]
+                values = torch.cat([values, values.new_full((pad, values.shape[1]), float("-inf"))])
+                images = torch.cat([images, images.new_full((pad, images.shape[1]), -1)])
+                positions = torch.cat([positions, positions.new_zeros((pad, positions.shape[1]))])
+            best[layer] = TopUnits(layer, values.T.contiguous(), images.T.contiguous(),
+                                   positions.T.contiguous(), tuple(activation.shape[1:]))
+    if not best:
+        raise InputError("no batches to mine: the dataset is empty")
+    return best
+
+
+def project_top_units(
+    dn: DeconvNet,
+    top: TopUnits,
+    load: Callable[[int], Tensor],
+    channels: Sequence[int] | None = None,
+    batch_size: int = 32,
+) -> Tensor:
+    """Project every kept unit on its own: Tensor[len(channels), k, C, H, W].
+
+    load(index) returns dataset image ``index`` as model input, Tensor[C, H, W]. Each unit keeps
+    its activation value (the paper's signal); slots with no unit stay zero.
+    """
+    channels = list(range(top.values.shape[0])) if channels is None else list(channels)
+    k = top.values.shape[1]
+    entries = [(c, r) for c in channels for r in range(k) if torch.isfinite(top.values[c, r])]
+    result: Tensor | None = None
+    for start in range(0, len(entries), batch_size):
+        chunk = entries[start : start + batch_size]
+        x = torch.stack([load(int(top.images[c, r])) for c, r in chunk])
+        trace = dn.trace(x)
+        activation = dn.activation(trace, top.layer)
+        signal = torch.zeros(len(chunk), 1, *activation.shape[1:], dtype=activation.dtype,
+                             device=activation.device)
+        flat = signal.view(len(chunk), activation.shape[1], -1)
+        for b, (c, r) in enumerate(chunk):
+            position = int(top.positions[c, r])
+            flat[b, c, position] = activation[b, c].reshape(-1)[position]
+        projected = dn.reconstruct_from(trace, top.layer, signal)[:, 0]
+        if result is None:
+            result = projected.new_zeros(len(channels), k, *projected.shape[1:])
+        for b, (c, r) in enumerate(chunk):
+            result[channels.index(c), r] = projected[b]
+    if result is None:
+        raise InputError(f"no units were mined for {top.layer}")
+    return result

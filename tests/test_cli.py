@@ -1,0 +1,96 @@
+"""The command line end to end on the bundled model and a temporary image folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deconvnet.cli import main
+from deconvnet.shapes import render
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images")
+    for i in range(12):
+        render(21, i).image.save(path / f"{i:02d}.png")
+    (path / "notes.txt").write_text("not an image")
+    return path
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deconvnet", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_demo_writes_every_figure_and_an_index(tmp_path):
+    result = run("demo", "--out", str(tmp_path), "--images", "2", "--dataset", "20",
+                 "--pointing", "20", "--channels", "4")
+    assert result.returncode == 0, result.stderr
+    for name in ("classes.png", "layers.png", "channels-features.13.png", "top9-features.8.png",
+                 "top9-features.13.png", "index.md", "pointing.json"):
+        assert (tmp_path / name).is_file(), name
+    index = (tmp_path / "index.md").read_text()
+    assert "![classes](classes.png)" in index and "| deconvnet |" in index
+    assert "pointing game on 20 held-out images, tolerance 0 px" in result.stdout
+
+
+def test_figure_commands_in_process(folder, tmp_path, capsys):
+    image = str(folder / "00.png")
+    assert main(["classes", image, str(folder / "01.png"), "--out", str(tmp_path), "--top-k", "2"]) == 0
+    assert main(["classes", image, "--out", str(tmp_path / "given"), "--classes", "0", "5"]) == 0
+    assert main(["layers", image, "--out", str(tmp_path), "--layers", "features.3", "features.13"]) == 0
+    assert main(["channels", image, "--layer", "features.8", "--out", str(tmp_path)]) == 0
+    assert main(["top9", str(folder), "--layers", "features.13", "--channels", "3", "--batch-size", "5",
+                 "--out", str(tmp_path)]) == 0
+    for name in ("classes.png", "given/classes.png", "layers.png", "channels-features.8.png", "top9-features.13.png"):
+        assert (tmp_path / name).is_file(), name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["classes", "missing.png"], "image missing.png does not exist"),
+        (["top9", "EMPTY", "--layers", "features.3"], "holds no images"),
+        (["classes", "IMAGE", "--model", "no_such_net"], "unknown model 'no_such_net'"),
+        (["channels", "IMAGE", "--layer", "features.99"], "unknown layer 'features.99'"),
+        (["classes", "IMAGE", "--checkpoint", "CKPT"], "does not fit model shapes"),
+        (["classes", "IMAGE", "--checkpoint", "CORRUPT"], "cannot read checkpoint"),
+        (["classes", "CORRUPT"], "cannot read image"),
+        (["classes", "IMAGE", "--classes", "6"], "class 6 is out of range"),
+        (["classes", "IMAGE", "--device", "cuda:nonsense"], "is not a device"),
+        (["classes", "IMAGE", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["classes", "IMAGE", "--model", "os:getcwd"], "returned str, not an nn.Module"),
+        (["classes", "IMAGE", "--model", "resnet18"], "feeds several layers"),
+    ],
+)
+def test_bad_input_ends_with_one_line(args, message, folder, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    checkpoint = tmp_path / "other.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, checkpoint)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    substitutions = {"IMAGE": str(folder / "00.png"), "EMPTY": str(empty), "CKPT": str(checkpoint),
+                     "CORRUPT": str(corrupt)}
+    argv = [substitutions.get(a, a) for a in args] + ["--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("deconvnet: error: ") and message in err, err
+    assert err.count("\n") == 1
+
+
+def test_errors_exit_nonzero_without_traceback(tmp_path):
+    result = run("classes", str(tmp_path / "nope.png"), "--out", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"deconvnet: error: image {tmp_path / 'nope.png'} does not exist"
+
+
+def test_checkpoint_round_trip(tmp_path, folder):
+    from deconvnet.models import shapes_net
+
+    path = tmp_path / "shapes.pt"
+    torch.save(shapes_net().state_dict(), path)
+    assert main(["classes", str(folder / "00.png"), "--checkpoint", str(path), "--out", str(tmp_path)]) == 0

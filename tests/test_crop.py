@@ -1,0 +1,51 @@
+"""Receptive-field cropping: cropped and uncropped projections agree on random architectures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from chains import chain_nets
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import assert_exact
+from torch import nn
+
+from deconvnet import DeconvNet, InputError
+from deconvnet.crop import croppable
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chain_nets(), st.data())
+def test_cropped_equals_uncropped(case, data):
+    net, x = case
+    dn = DeconvNet(net)
+    layer = data.draw(st.sampled_from(dn.layers), label="layer")
+    signal = data.draw(st.sampled_from(["activation", "unit"]), label="signal")
+    below = dn.mirror.layers[dn.mirror.index_of(dn.layer_name(layer)):]
+    trace = dn.trace(x)
+    if dn.receptive_field(layer) is None or not croppable(below):
+        with pytest.raises(InputError, match="crop=True needs mode='max'"):
+            dn.reconstruct(trace, layer, mode="max", crop=True)
+        return
+    chunk = data.draw(st.sampled_from([None, 1, 2]), label="chunk_size")
+    cropped = dn.reconstruct(trace, layer, mode="max", signal=signal, crop=True, chunk_size=chunk)
+    full = dn.reconstruct(trace, layer, mode="max", signal=signal, crop=False)
+    assert_exact(cropped, full, rtol=1e-12)
+
+
+def test_crop_is_the_default_where_the_field_is_small():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3)).eval()
+    dn = DeconvNet(net)
+    trace = dn.trace(torch.randn(1, 3, 32, 32))
+    assert dn._crops(dn._network.resolve("3"), dn.activation(trace, "3"), "max", None, trace)
+    assert not dn._crops(dn._network.resolve("3"), dn.activation(trace, "3"), "map", None, trace)
+    assert torch.equal(dn.reconstruct(trace, "3"), dn.reconstruct(trace, "3", crop=True))
+
+
+def test_crop_argument_is_checked():
+    dn = DeconvNet(nn.Sequential(nn.Conv2d(3, 4, 3)).eval())
+    with pytest.raises(InputError, match="crop must be True, False or None, got 'yes'"):
+        dn.reconstruct(torch.randn(1, 3, 8, 8), "0", crop="yes")
+    with pytest.raises(InputError, match="crop=True needs mode='max'"):
+        dn.reconstruct(torch.randn(1, 3, 8, 8), "0", mode="map", crop=True)

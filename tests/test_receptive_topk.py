@@ -1,0 +1,128 @@
+"""Receptive fields against hand-computed values; top-k mining against brute force."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from chains import chain_nets
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from deconvnet import DeconvNet
+from deconvnet.figures import crop_to_field
+from deconvnet.receptive import ReceptiveField
+from deconvnet.topk import mine_top_units, project_top_units
+
+
+def test_vgg16_receptive_fields_by_hand():
+    dn = DeconvNet(torchvision.models.vgg16(weights=None).eval())
+    # (size, stride, offset): 3x3/1 pad-1 convs grow the field by 2 * stride; 2x2/2 pools by stride.
+    expected = {
+        "features.0": (3, 1, -1),
+        "features.2": (5, 1, -2),
+        "features.4": (6, 2, -2),
+        "features.5": (10, 2, -4),
+        "features.9": (16, 4, -6),
+        "features.16": (44, 8, -18),
+        "features.23": (100, 16, -42),
+        "features.28": (196, 16, -90),
+        "features.30": (212, 32, -90),
+    }
+    for layer, (size, stride, offset) in expected.items():
+        assert dn.receptive_field(layer) == ReceptiveField((size, size), (stride, stride), (offset, offset)), layer
+    assert dn.receptive_field("features.29") == dn.receptive_field("features.28")  # ReLU keeps it
+    assert dn.receptive_field("avgpool") is None and dn.receptive_field("classifier.0") is None
+
+
+def test_alexnet_receptive_fields_by_hand():
+    dn = DeconvNet(torchvision.models.alexnet(weights=None).eval())
+    expected = {
+        "features.0": (11, 4, -2),  # 11x11/4, pad 2
+        "features.2": (19, 8, -2),  # + (3 - 1) * 4
+        "features.3": (51, 8, -18),  # 5x5 pad 2: + 4 * 8, offset - 2 * 8
+        "features.5": (67, 16, -18),
+        "features.6": (99, 16, -34),
+        "features.8": (131, 16, -50),
+        "features.10": (163, 16, -66),
+        "features.12": (195, 32, -66),
+    }
+    for layer, (size, stride, offset) in expected.items():
+        assert dn.receptive_field(layer) == ReceptiveField((size, size), (stride, stride), (offset, offset)), layer
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chain_nets(head=False), st.data())
+def test_single_unit_projection_vanishes_outside_its_field(case, data):
+    net, x = case
+    dn = DeconvNet(net)
+    spatial = [name for name in dn.layers if dn.receptive_field(name) is not None]
+    layer = data.draw(st.sampled_from(spatial), label="layer")
+    trace = dn.trace(x)
+    activation = dn.activation(trace, layer)
+    _, channels, height, width = activation.shape
+    c = data.draw(st.integers(0, channels - 1), label="channel")
+    i, j = data.draw(st.integers(0, height - 1)), data.draw(st.integers(0, width - 1))
+    signal = torch.zeros(x.shape[0], 1, *activation.shape[1:], dtype=x.dtype)
+    signal[:, 0, c, i, j] = 1.0
+    projection = dn.reconstruct_from(trace, layer, signal)
+    top, left, bottom, right = dn.receptive_field(layer).box(i, j)
+    outside = projection.clone()
+    outside[..., max(0, top) : max(0, bottom), max(0, left) : max(0, right)] = 0
+    assert torch.count_nonzero(outside) == 0
+
+
+def test_crop_to_field_pads_where_the_field_leaves_the_image():
+    picture = torch.arange(2 * 5 * 6, dtype=torch.float32).view(2, 5, 6)
+    field = ReceptiveField((4, 4), (2, 2), (-1, -1))
+    crop = crop_to_field(picture, field, (0, 0), fill=-7.0)
+    assert crop.shape == (2, 4, 4)
+    assert torch.all(crop[:, 0, :] == -7) and torch.all(crop[:, :, 0] == -7)
+    assert torch.equal(crop[:, 1:, 1:], picture[:, :3, :3])
+    inside = crop_to_field(picture, field, (1, 1), fill=-7.0)
+    assert torch.equal(inside, picture[:, 1:5, 1:5])
+    assert torch.equal(crop_to_field(picture, None, (0, 0), 0.0), picture)
+
+
+def _small_model() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 5, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4),
+    ).eval()
+
+
+def test_top_k_mining_matches_brute_force():
+    model = _small_model()
+    dn = DeconvNet(model)
+    images = torch.randn(37, 3, 12, 12)
+    batches = [(images[s : s + 8], torch.arange(s, min(s + 8, 37))) for s in range(0, 37, 8)]
+    top = mine_top_units(dn, batches, ["1", "4", "7"], k=9)
+    for layer in ("1", "4", "7"):
+        activation = dn.activation(images, layer)  # all images at once
+        flat = activation.reshape(37, activation.shape[1], -1)
+        per_image, position = flat.max(dim=2)  # [37, C]
+        for c in range(activation.shape[1]):
+            order = sorted(range(37), key=lambda n: (-per_image[n, c].item(), n))[:9]
+            assert top[layer].images[c].tolist() == order
+            assert torch.equal(top[layer].values[c], per_image[order, c])
+            assert torch.equal(top[layer].positions[c], position[order, c])
+
+
+def test_top_k_with_fewer_images_than_k_and_projection():
+    model = _small_model()
+    dn = DeconvNet(model)
+    images = torch.randn(4, 3, 12, 12)
+    top = mine_top_units(dn, [(images, torch.arange(4))], ["4"], k=9)["4"]
+    assert top.found == 4 and torch.isinf(top.values[:, 4:]).all()
+    projections = project_top_units(dn, top, lambda n: images[n], channels=[0, 3], batch_size=3)
+    assert projections.shape == (2, 9, 3, 12, 12)
+    assert torch.count_nonzero(projections[:, 4:]) == 0
+    for j, c in enumerate([0, 3]):
+        for r in range(4):
+            n = int(top.images[c, r])
+            i, w = top.unit(c, r)
+            signal = torch.zeros(1, 1, *top.shape)
+            signal[0, 0, c, i, w] = top.values[c, r]
+            expected = dn.reconstruct_from(images[n : n + 1], "4", signal)[0, 0]
+            torch.testing.assert_close(projections[j, r], expected)
