@@ -307,7 +307,7 @@ class DeconvNet:
         total = targets.numel()
         size = chunk_size or self._chunk_size(trace, start)
         if size >= total:
-            return self.mirror(make(targets), trace.records, start.name)
+            return self.mirror(make(targets), trace.records, start.name).contiguous()
         result: Tensor | None = None
         for lo in range(0, total, size):
             out = self.mirror(make(targets[lo : lo + size]), trace.records, start.name)

@@ -189,3 +189,13 @@ def test_strided_conv_recovers_exact_input_size():
     from reference import channels_reference
 
     assert_exact(out, channels_reference(model, x, model[1], [0, 3], "max", "activation"))
+
+
+@SETTINGS
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4), st.integers(1, 4), st.integers(0, 2),
+       st.integers(0, 2), st.integers(9, 19), st.integers(9, 19))
+def test_anisotropic_strided_conv_adjoint(kh, kw, sh, sw, ph, pw, h, w):
+    # Strided transposed convs run as one conv plus a pixel shuffle: check uneven kernels,
+    # strides larger than kernels, and strides that differ per axis.
+    conv = nn.Conv2d(2, 3, (kh, kw), (sh, sw), (min(ph, kh), min(pw, kw)))
+    check_adjoint(conv, torch.randn(2, 2, h, w, dtype=torch.float64))
