@@ -1,10 +1,15 @@
-"""Benchmark runner: measures deconvnet side by side with the alternatives in one process.
+"""Benchmark runner: deconvnet side by side with the alternatives, in one process and run.
 
-    python -m benchmarks classes --model vgg11 --targets 16
+    python -m benchmarks all                 # everything below, CPU-sized
+    python -m benchmarks classes --model vgg11 vgg16 alexnet --targets 16 64
+    python -m benchmarks channels            # every channel's strongest unit vs NeuronDeconvolution
+    python -m benchmarks mining              # top-9 mining throughput vs the plain forward
+    python -m benchmarks memory              # all 1000 VGG16 classes: peak memory and time
 
-Every row times the methods interleaved (A, B, C, A, B, C, ...), reports the median of the
-repeats and the ratios between them, and checks that the outputs agree before any time counts.
-Results go to ``benchmarks/results/<name>.json`` and ``.md``, naming the machine.
+Methods are timed interleaved (A, B, C, A, B, C, ...) after a warm-up round; rows give the
+median and the ratios, which are what to compare on shared, noisy machines. Outputs are checked
+against each other (relative error below 1e-4) before any time counts. Results go to
+``benchmarks/results/<name>.json`` and ``.md``; each row names the machine, torch and dtype.
 """
 
 from __future__ import annotations
@@ -12,7 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -24,6 +33,7 @@ import torchvision
 from deconvnet import DeconvNet
 
 RESULTS = Path(__file__).parent / "results"
+TOLERANCE = 1e-4
 
 
 def machine(device: torch.device) -> str:
@@ -44,7 +54,13 @@ def machine(device: torch.device) -> str:
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """max |ours - reference| / max |reference|."""
     scale = reference.abs().max().item()
-    return (ours - reference).abs().max().item() / (scale or 1.0)
+    return (ours.float() - reference.float()).abs().max().item() / (scale or 1.0)
+
+
+def checked(error: float, what: str) -> float:
+    if error > TOLERANCE:
+        raise SystemExit(f"{what}: outputs disagree, relative error {error:.2e} > {TOLERANCE}")
+    return error
 
 
 def timed(functions: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
@@ -63,6 +79,23 @@ def timed(functions: dict[str, Callable[[], object]], repeats: int, device: torc
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def _row(benchmark: str, model: str, size: int, targets: int, device: torch.device, dtype: torch.dtype,
+         seconds: dict[str, float], **extra: object) -> dict:
+    return {
+        "benchmark": benchmark, "model": model, "size": size, "targets": targets,
+        "dtype": str(dtype).replace("torch.", ""), "machine": machine(device),
+        "torch": torch.__version__, "seconds": seconds, **extra,
+    }
+
+
+def _model(name: str, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None).eval().to(device)
+
+
+# --- 1. all classes ------------------------------------------------------------------------
+
+
 def captum_classes(model: torch.nn.Module, x: torch.Tensor, classes: list[int]) -> torch.Tensor:
     """Captum's Deconvolution at its best: the input repeated K times, one batched call."""
     from captum.attr import Deconvolution
@@ -74,83 +107,214 @@ def captum_classes(model: torch.nn.Module, x: torch.Tensor, classes: list[int]) 
 
 def bench_classes(model_name: str, targets: int, size: int, repeats: int, device: torch.device) -> dict:
     """reconstruct_classes for K classes of one image vs Captum batched vs the forward floor."""
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, model_name)(weights=None).eval().to(device)
+    model = _model(model_name, device)
     x = torch.randn(1, 3, size, size, device=device)
     classes = list(range(targets))
     dn = DeconvNet(model)
-
-    ours = dn.reconstruct_classes(x, classes)[0]
-    theirs = captum_classes(model, x, classes)
-    error = relative_error(ours, theirs)
-    if error > 1e-4:
-        raise SystemExit(f"outputs disagree: relative error {error:.2e} > 1e-4")
+    error = checked(relative_error(dn.reconstruct_classes(x, classes)[0], captum_classes(model, x, classes)),
+                    f"classes {model_name}")
 
     def floor() -> None:
         with torch.no_grad():
             model(x.repeat(targets, 1, 1, 1))
 
-    seconds = timed(
-        {
-            "deconvnet": lambda: dn.reconstruct_classes(x, classes),
-            "captum": lambda: captum_classes(model, x, classes),
-            "forward floor": floor,
-        },
-        repeats,
-        device,
+    seconds = timed({"deconvnet": lambda: dn.reconstruct_classes(x, classes),
+                     "captum": lambda: captum_classes(model, x, classes), "forward floor": floor}, repeats, device)
+    return _row("classes", model_name, size, targets, device, torch.float32, seconds,
+                **{"captum / deconvnet": seconds["captum"] / seconds["deconvnet"],
+                   "deconvnet / floor": seconds["deconvnet"] / seconds["forward floor"],
+                   "relative error": error})
+
+
+# --- 2. all channels -----------------------------------------------------------------------
+
+
+def captum_units(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Captum's NeuronDeconvolution for K units (channel, i, j) of one image, batched as far as
+    Captum allows: the image repeated K times and a selector that picks unit k in row k."""
+    from captum.attr import NeuronDeconvolution
+
+    rows = torch.arange(units.shape[0], device=x.device)
+
+    def select(output: torch.Tensor) -> torch.Tensor:
+        return output[rows, units[:, 0], units[:, 1], units[:, 2]]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return NeuronDeconvolution(model, layer).attribute(x.repeat(units.shape[0], 1, 1, 1), neuron_selector=select)
+
+
+def bench_channels(model_name: str, layer: str, channels: int | None, size: int, repeats: int,
+                   device: torch.device) -> dict:
+    """The strongest unit of each of the first ``channels`` channels of ``layer`` (all when
+    None), projected: deconvnet (cropped, and uncropped) vs Captum's NeuronDeconvolution."""
+    model = _model(model_name, device)
+    x = torch.randn(1, 3, size, size, device=device)
+    dn = DeconvNet(model)
+    trace = dn.trace(x)
+    activation = dn.activation(trace, layer)[0]
+    count = activation.shape[0] if channels is None else min(channels, activation.shape[0])
+    flat = activation[:count].flatten(1).argmax(dim=1)
+    units = torch.stack([torch.arange(count, device=device), flat // activation.shape[-1],
+                         flat % activation.shape[-1]], dim=1)
+    chosen = list(range(count))
+    module = model.get_submodule(layer)
+    ours = dn.reconstruct(x, layer, chosen, signal="unit")[0]
+    error = checked(relative_error(ours, captum_units(model, module, x, units)), f"channels {model_name} {layer}")
+    checked(relative_error(dn.reconstruct(x, layer, chosen, signal="unit", crop=False)[0], ours), "crop vs full")
+    seconds = timed({
+        "deconvnet": lambda: dn.reconstruct(x, layer, chosen, signal="unit"),
+        "deconvnet uncropped": lambda: dn.reconstruct(x, layer, chosen, signal="unit", crop=False),
+        "captum": lambda: captum_units(model, module, x, units),
+    }, repeats, device)
+    return _row("channels", f"{model_name} {layer}", size, count, device, torch.float32, seconds,
+                **{"captum / deconvnet": seconds["captum"] / seconds["deconvnet"],
+                   "uncropped / cropped": seconds["deconvnet uncropped"] / seconds["deconvnet"],
+                   "relative error": error})
+
+
+# --- 3. top-9 mining -----------------------------------------------------------------------
+
+
+def bench_mining(model_name: str, layers: list[str], images: int, batch_size: int, repeats: int,
+                 device: torch.device) -> dict:
+    """Images per second of mine_top_units streaming a folder, vs the plain forward pass over
+    the same loader (decoding and preprocessing included in both)."""
+    from deconvnet.loading import ImageFolder, Preprocessing, image_files
+    from deconvnet.models import shapes_net
+    from deconvnet.shapes import render
+    from deconvnet.topk import mine_top_units
+
+    if model_name == "shapes":
+        model, preprocessing, size = shapes_net().to(device), Preprocessing.shapes(), 64
+    else:
+        model, preprocessing, size = _model(model_name, device), Preprocessing.imagenet(224), 224
+    dn = DeconvNet(model)
+    with tempfile.TemporaryDirectory() as folder:
+        for i in range(images):
+            render(5, i).image.resize((size, size)).save(Path(folder) / f"{i:05d}.png")
+        dataset = ImageFolder(image_files(Path(folder)), preprocessing)
+
+        def loader():  # type: ignore[no-untyped-def]
+            return torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+
+        def mine() -> None:
+            mine_top_units(dn, ((x.to(device), i) for x, i in loader()), layers, k=9)
+
+        def forward() -> None:
+            with torch.no_grad():
+                for x, _ in loader():
+                    model(x.to(device))
+
+        seconds = timed({"deconvnet mining": mine, "plain forward": forward}, repeats, device)
+    return _row("mining", f"{model_name} {' '.join(layers)}", size, images, device, torch.float32, seconds,
+                **{"images/s mining": images / seconds["deconvnet mining"],
+                   "images/s forward": images / seconds["plain forward"],
+                   "mining / forward throughput": seconds["plain forward"] / seconds["deconvnet mining"]})
+
+
+# --- 4. memory -----------------------------------------------------------------------------
+
+
+def _all_classes_worker(model_name: str, size: int) -> None:
+    """Run in a fresh process: all classes of one image within the default budget."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = _model(model_name, device)
+    x = torch.randn(1, 3, size, size, device=device)
+    dn = DeconvNet(model)
+    trace = dn.trace(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    out = dn.reconstruct_classes(trace)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"targets": out.shape[1], "seconds": seconds, "peak_bytes": peak,
+                      "before_bytes": before, "result_bytes": out.numel() * out.element_size(),
+                      "chunk": dn._chunk_size(trace, dn._network.steps[dn._network.output]),
+                      "budget_bytes": dn._budget(x.device), "machine": machine(device)}))
+
+
+def bench_memory(model_name: str, size: int) -> dict:
+    """Peak resident memory for every class of one image of ``model_name``, default budget."""
+    result = subprocess.run(
+        [sys.executable, "-c", f"from benchmarks.run import _all_classes_worker; _all_classes_worker({model_name!r}, {size})"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent,
     )
-    return {
-        "benchmark": "classes",
-        "model": model_name,
-        "size": size,
-        "targets": targets,
-        "dtype": "float32",
-        "machine": machine(device),
-        "torch": torch.__version__,
-        "seconds": seconds,
-        "captum / deconvnet": seconds["captum"] / seconds["deconvnet"],
-        "deconvnet / floor": seconds["deconvnet"] / seconds["forward floor"],
-        "relative error vs captum": error,
-    }
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"benchmark": "memory", "model": model_name, "size": size, "dtype": "float32",
+            "torch": torch.__version__, **measured}
+
+
+# --- output --------------------------------------------------------------------------------
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| benchmark | model | px | K | deconvnet s | captum s | floor s | captum / deconvnet "
-        "| deconvnet / floor | rel. error | dtype | machine | torch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        s = r["seconds"]
-        lines.append(
-            f"| {r['benchmark']} | {r['model']} | {r['size']} | {r['targets']} | "
-            f"{s['deconvnet']:.3f} | {s['captum']:.3f} | {s['forward floor']:.3f} | "
-            f"{r['captum / deconvnet']:.2f}x | {r['deconvnet / floor']:.2f}x | "
-            f"{r['relative error vs captum']:.1e} | {r['dtype']} | {r['machine']} | {r['torch']} |"
-        )
-    return "\n".join(lines) + "\n"
+    """One table per benchmark kind."""
+    lines: list[str] = []
+    for kind in dict.fromkeys(r["benchmark"] for r in rows):
+        group = [r for r in rows if r["benchmark"] == kind]
+        if kind == "memory":
+            lines += ["| memory | targets | seconds | peak RSS | before mirror | result | chunk | budget | machine |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for r in group:
+                gib = 1024**3
+                lines.append(f"| {r['model']} {r['size']} px | {r['targets']} | {r['seconds']:.1f} | "
+                             f"{r['peak_bytes'] / gib:.2f} GiB | {r['before_bytes'] / gib:.2f} GiB | "
+                             f"{r['result_bytes'] / gib:.2f} GiB | {r['chunk']} | {r['budget_bytes'] / gib:.1f} GiB | "
+                             f"{r['machine']} |")
+        else:
+            ratios = [k for k in group[0] if "/" in k]
+            names = list(group[0]["seconds"])
+            lines += ["| " + " | ".join([kind, "px", "K", *[f"{n} s" for n in names], *ratios, "rel. error",
+                                         "dtype", "machine", "torch"]) + " |",
+                      "|" + "---|" * (6 + len(names) + len(ratios))]
+            for r in group:
+                cells = [r["model"], str(r["size"]), str(r["targets"]),
+                         *[f"{r['seconds'][n]:.3f}" for n in names],
+                         *[f"{r[k]:.2f}x" if "throughput" not in k and "images" not in k else f"{r[k]:.2f}" for k in ratios],
+                         f"{r.get('relative error', float('nan')):.1e}", r["dtype"], r["machine"], r["torch"]]
+                lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save(rows: list[dict], stem: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown(rows))
+    print(f"\nwrote {RESULTS / stem}.json and .md")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["classes"], help="which comparison to run")
-    parser.add_argument("--model", nargs="+", default=["vgg11"], help="torchvision model names")
-    parser.add_argument("--targets", type=int, nargs="+", default=[16], help="K, targets per image")
+    parser.add_argument("which", choices=["classes", "channels", "mining", "memory", "all"])
+    parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
+    parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--channels", type=int, default=64,
+                        help="channels per layer for the channels benchmark (0: all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--name", default=None, help="results file stem (default: the comparison)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    rows = []
-    for model_name in args.model:
-        for k in args.targets:
-            row = bench_classes(model_name, k, args.size, args.repeats, device)
-            print(markdown([row]).splitlines()[-1], flush=True)
-            rows.append(row)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = args.name or args.which
-    (RESULTS / f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(rows))
-    print(f"\nwrote {RESULTS / stem}.json and .md")
+    rows: list[dict] = []
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        print(markdown([row]).strip().splitlines()[-1], flush=True)
+
+    if args.which in ("classes", "all"):
+        for model_name in args.model:
+            for k in args.targets:
+                emit(bench_classes(model_name, k, args.size, args.repeats, device))
+    if args.which in ("channels", "all"):
+        for model_name, layer in [("vgg16", "features.15"), ("vgg16", "features.22"), ("alexnet", "features.7")]:
+            emit(bench_channels(model_name, layer, args.channels or None, args.size, args.repeats, device))
+    if args.which in ("mining", "all"):
+        emit(bench_mining("shapes", ["features.8", "features.13"], 1024, 64, args.repeats, device))
+        emit(bench_mining("alexnet", ["features.4", "features.7", "features.11"], 128, 32, args.repeats, device))
+    if args.which in ("memory", "all"):
+        emit(bench_memory("vgg16", args.size))
+    save(rows, args.name or args.which)
     return 0

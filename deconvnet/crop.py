@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from . import functional
 from . import mirror as mirror_layers
 from .mirror import MirrorLayer, Record
 
@@ -59,7 +59,11 @@ def _mask_outside(signal: Tensor, origin: Tensor, size: Sequence[int]) -> Tensor
 
 def _conv_window(layer: mirror_layers.ConvTranspose2d, signal: Tensor, origin: Tensor, record: Record) -> tuple[Tensor, Tensor]:
     kernel, stride, padding, dilation = _geometry(layer)
-    out = F.conv_transpose2d(signal, layer.weight, stride=stride, dilation=dilation, groups=layer.groups)
+    # The whole transposed output, unpadded: the window's own padding is its origin shift.
+    size = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip(signal.shape[-2:], stride, dilation, kernel, strict=True)]
+    out = functional.conv_transpose2d(
+        signal.unsqueeze(1), layer.weight, size, stride, ((0, 0), (0, 0)), dilation, layer.groups
+    ).squeeze(1)
     below = origin * torch.tensor(stride, device=origin.device) - torch.tensor(padding, device=origin.device)
     return _mask_outside(out, below, record.input_shape[2:]), below
 
@@ -83,7 +87,7 @@ def _unpool_window(
     # Positions outside the pooled map carry zero signal; clamp their (meaningless) targets.
     local = local.clamp(0, out_h * out_w - 1)
     out = signal.new_zeros(targets, channels, out_h * out_w)
-    out.scatter_add_(2, local.flatten(2), signal.flatten(2))
+    out.scatter_add_(2, local.flatten(2), signal.reshape(targets, channels, -1))
     return out.view(targets, channels, out_h, out_w), below
 
 
@@ -94,14 +98,15 @@ def project_units(
     units: Tensor,
     channels: Tensor,
     images: Tensor,
-    output_shape: Sequence[int],
-) -> Tensor:
-    """Project T single units, each on its own window.
+    out: Tensor,
+    slots: Tensor,
+) -> None:
+    """Project T single units, each on its own window, into ``out[images[t], slots[t]]``.
 
     layers: the mirror layers from the start layer down to the input (all :func:`croppable`).
     values (Tensor[T]): the kept activation of each unit; units (LongTensor[T, 2]): its (i, j);
     channels (LongTensor[T]); images (LongTensor[T]): which input of the batch it belongs to.
-    output_shape: (C, H, W) of the model input. Returns Tensor[T, C, H, W].
+    out (Tensor[N, K, C, H, W]): zeros where the projections are pasted; slots (LongTensor[T]).
     """
     count = values.shape[0]
     start_channels = _output_channels(layers[0], records)
@@ -116,7 +121,7 @@ def project_units(
             signal, origin = _unpool_window(layer, signal, origin, record, images)
         else:
             signal = layer(signal.unsqueeze(1), record).squeeze(1)
-    return _paste(signal, origin, output_shape)
+    _paste(signal, origin, out, images, slots)
 
 
 def widest_window(layers: Sequence[MirrorLayer], records: dict[str, Record]) -> int:
@@ -143,18 +148,16 @@ def _output_channels(layer: MirrorLayer, records: dict[str, Record]) -> int:
     return records[layer.source].input_shape[1]
 
 
-def _paste(window: Tensor, origin: Tensor, shape: Sequence[int]) -> Tensor:
-    """Put each window (Tensor[T, C, h, w] at ``origin``) into a zero Tensor[T, C, H, W]."""
-    count, channels, height, width = window.shape
-    full_h, full_w = shape[-2:]
-    out = window.new_zeros(count, channels, full_h, full_w)
-    for t, (top, left) in enumerate(origin.tolist()):
+def _paste(window: Tensor, origin: Tensor, out: Tensor, images: Tensor, slots: Tensor) -> None:
+    """Copy each window (Tensor[T, C, h, w] at ``origin``) into ``out[images[t], slots[t]]``."""
+    height, width = window.shape[-2:]
+    full_h, full_w = out.shape[-2:]
+    for t, (top, left, n, slot) in enumerate(zip(*origin.T.tolist(), images.tolist(), slots.tolist(), strict=True)):
         src_top, src_left = max(0, -top), max(0, -left)
         dst_top, dst_left = max(0, top), max(0, left)
         rows = min(height - src_top, full_h - dst_top)
         cols = min(width - src_left, full_w - dst_left)
         if rows > 0 and cols > 0:
-            out[t, :, dst_top : dst_top + rows, dst_left : dst_left + cols] = window[
+            out[n, slot, :, dst_top : dst_top + rows, dst_left : dst_left + cols] = window[
                 t, :, src_top : src_top + rows, src_left : src_left + cols
             ]
-    return out

@@ -275,8 +275,8 @@ class DeconvNet:
             where = strongest[images, channels]
             values = flat[images, channels, where] if signal == "activation" else torch.ones_like(where, dtype=flat.dtype)
             units = torch.stack([where // width, where % width], dim=1)
-            projected = project_units(below, trace.records, values, units, channels, images, trace.input.shape[1:])
-            result[:, lo : lo + k] = projected.view(n, k, *projected.shape[1:])
+            slots = (lo + torch.arange(k, device=flat.device)).repeat(n)
+            project_units(below, trace.records, values, units, channels, images, result, slots)
         return result
 
     @staticmethod
