@@ -2,15 +2,19 @@
 
 ``build(model)`` traces the forward (so ``torch.flatten``, ``F.relu``, ``x.view`` inside
 ``forward`` are seen, not just ``children()``), looks every layer up in the rule registry,
-checks that the signal flows as a chain, and returns a :class:`Network`: the forward steps in
-order, the names one can reconstruct from, and the :class:`~deconvnet.mirror.Mirror`.
+follows the signal through the graph (chains, residual adds, concatenations) and returns a
+:class:`Network`: the forward steps in order, the names one can reconstruct from, and the
+:class:`~deconvnet.mirror.Mirror`, the graph reversed.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+import operator
 from typing import Any, cast
+
+import torch
 
 from torch import fx, nn
 
@@ -39,6 +43,7 @@ class Step:
         reshapes and identities, which are run as traced.
     rule: the registry rule for ``module``.
     mirror: the mirror layer that reverses it.
+    inputs: the nodes whose outputs it takes as signal.
     """
 
     name: str
@@ -46,6 +51,7 @@ class Step:
     module: nn.Module | None
     rule: rules.Rule | None
     mirror: mirror_layers.MirrorLayer
+    inputs: list[fx.Node]
 
 
 @dataclass(eq=False)
@@ -226,15 +232,15 @@ def build(model: nn.Module) -> Network:
     graph, module_calls = _trace(model)
     module_names = _step_names(graph, module_calls)
 
-    inputs = [n for n in graph.nodes if n.op == "placeholder" and n.users]
-    if len(inputs) != 1:
+    placeholders = [n for n in graph.nodes if n.op == "placeholder" and n.users]
+    if len(placeholders) != 1:
         raise BranchingModelError(
-            f"{type(model).__name__}.forward uses {len(inputs)} inputs "
-            f"({', '.join(n.name for n in inputs)}); deconvnet needs a single image input"
+            f"{type(model).__name__}.forward uses {len(placeholders)} inputs "
+            f"({', '.join(n.name for n in placeholders)}); deconvnet needs a single image input"
         )
-    signal: set[fx.Node] = {inputs[0]}
-    consumer: dict[fx.Node, fx.Node] = {}
+    signal: set[fx.Node] = {placeholders[0]}
     steps: dict[fx.Node, Step] = {}
+    names: dict[fx.Node, str] = {placeholders[0]: mirror_layers.INPUT}
     layers_mirrored: list[mirror_layers.MirrorLayer] = []
     nodes: list[fx.Node] = []
     output: fx.Node | None = None
@@ -264,29 +270,22 @@ def build(model: nn.Module) -> Network:
         name = module_names.get(node, node.name)
         if node.op != "call_module" and name in taken:
             name = f"{name}@{node.name}"
-        for source in sources:
-            if source in consumer:
-                raise BranchingModelError(
-                    f"{_name_of(source, module_names, steps)}'s output feeds several layers "
-                    f"({_name_of(consumer[source], module_names, steps)}, {name}); deconvnet "
-                    "supports chain-shaped models for now (no residual adds or concatenations)"
-                )
-            consumer[source] = node
-        uses = [a for a in (*node.args, *node.kwargs.values()) if a is sources[0]]
-        if len(sources) > 1 or node.args[0] is not sources[0] or len(uses) != 1:
-            raise UnsupportedLayerError(
-                f"{name} ({_describe(node)}) uses the signal other than as its first argument; "
-                "deconvnet cannot reverse it"
-            )
-        if node.op == "call_module":
-            module = model.get_submodule(str(node.target))
-            rule = _module_rule(name, module)
-            mirrored = rule.mirror(module)
+        combined = _combine(node, name, signal)
+        if combined is not None:
+            module, rule, (mirrored, inputs) = None, None, combined
         else:
-            module, mirrored = _resolve_call(node)
-            rule = rules.rule_for(module) if module is not None else None
+            inputs = _single_input(node, name, sources)
+            if node.op == "call_module":
+                module = model.get_submodule(str(node.target))
+                rule = _module_rule(name, module)
+                mirrored = rule.mirror(module)
+            else:
+                module, mirrored = _resolve_call(node)
+                rule = rules.rule_for(module) if module is not None else None
         mirrored.source = name
-        steps[node] = Step(name, node, module, rule, mirrored)
+        mirrored.inputs = tuple(names[i] for i in inputs)
+        steps[node] = Step(name, node, module, rule, mirrored, inputs)
+        names[node] = name
         layers_mirrored.append(mirrored)
         signal.add(node)
         taken.add(name)
@@ -298,12 +297,12 @@ def build(model: nn.Module) -> Network:
             modules.setdefault(qualname, []).append(steps[node].name)
     for node, step in steps.items():
         layers[step.name] = step
-    for qualname, names in modules.items():
-        if len(names) == 1 and qualname not in layers:
-            layers[qualname] = layers[names[0]]
+    for qualname, called in modules.items():
+        if len(called) == 1 and qualname not in layers:
+            layers[qualname] = layers[called[0]]
     position = {node: i for i, node in enumerate(graph.nodes)}
     ordered = sorted(layers.items(), key=lambda item: position[item[1].node])
-    first = next(iter(steps.values()), None)
+    first = next((s for s in steps.values() if isinstance(s.module, (nn.Conv2d, nn.BatchNorm2d))), None)
     return Network(
         model=model,
         nodes=nodes,
@@ -311,15 +310,52 @@ def build(model: nn.Module) -> Network:
         output=cast(fx.Node, output),  # every fx graph ends in an output node
         layers=dict(ordered),
         mirror=Mirror(reversed(layers_mirrored)),
-        input_channels=_input_channels(first),
+        input_channels=_input_channels(first) if first is not None and placeholders[0] in first.inputs else None,
         modules=modules,
     )
 
 
-def _name_of(node: fx.Node, module_names: dict[fx.Node, str], steps: dict[fx.Node, Step]) -> str:
-    if node in steps:
-        return steps[node].name
-    return module_names.get(node, node.name)
+def _single_input(node: fx.Node, name: str, sources: list[fx.Node]) -> list[fx.Node]:
+    """The one signal input of a layer that takes one, checked to be its first argument."""
+    uses = [a for a in (*node.args, *node.kwargs.values()) if a is sources[0]]
+    if len(sources) > 1 or node.args[0] is not sources[0] or len(uses) != 1:
+        raise UnsupportedLayerError(
+            f"{name} ({_describe(node)}) combines signals in a way deconvnet cannot reverse; "
+            "supported: add, sub, cat and layers that take the signal as their first argument"
+        )
+    return sources
+
+
+_ADDS = {operator.add: 1.0, torch.add: 1.0, "add": 1.0, operator.sub: -1.0, torch.sub: -1.0, "sub": -1.0}
+_CATS = {torch.cat, torch.concat, torch.concatenate}
+
+
+def _combine(
+    node: fx.Node, name: str, signal: set[fx.Node]
+) -> tuple[mirror_layers.MirrorLayer, list[fx.Node]] | None:
+    """The mirror of an add, sub or cat (and its signal inputs), or None for other calls."""
+    target = node.target
+    if node.op in ("call_function", "call_method") and target in _ADDS and len(node.args) == 2:
+        if any(isinstance(v, fx.Node) and v in signal for v in node.kwargs.values()):
+            return None
+        second = _ADDS[target] * float(node.kwargs.get("alpha", 1))
+        parts = [(a, w) for a, w in zip(node.args, (1.0, second), strict=True) if a in signal]
+        return mirror_layers.Add(tuple(w for _, w in parts)), [a for a, _ in parts]
+    if node.op == "call_function" and target in _CATS:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if not isinstance(tensors, (list, tuple)) or not all(t in signal for t in tensors):
+            raise UnsupportedLayerError(
+                f"{name} (cat) joins tensors that are not all computed from the input; deconvnet "
+                "can only split a concatenation of signals"
+            )
+        if not isinstance(dim, int) or dim == 0:
+            raise UnsupportedLayerError(
+                f"{name} (cat) concatenates along dim={dim}; deconvnet needs a constant dim other "
+                "than the batch dimension"
+            )
+        return mirror_layers.Concat(dim), list(tensors)
+    return None
 
 
 def _input_channels(first: Step | None) -> int | None:

@@ -77,7 +77,7 @@ def run(network: Network, x: Tensor) -> Trace:
         if step is None:
             env[node] = _evaluate(node, env, network)
             continue
-        value: Tensor = env[node.args[0]]  # type: ignore[index]
+        value: Tensor = env[step.inputs[0]]
         switches = None
         if step.module is not None and step.rule is not None:
             out, switches = step.rule.run(step.module, value)
@@ -89,7 +89,8 @@ def run(network: Network, x: Tensor) -> Trace:
                 f"output {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}); "
                 "deconvnet needs every layer to map Tensor[N, ...] to Tensor[N, ...]"
             )
-        records[step.name] = Record(tuple(value.shape), switches)
+        shapes = tuple(tuple(env[i].shape) for i in step.inputs)
+        records[step.name] = Record(shapes[0], switches, shapes, out)
         activations[step.name] = out
         env[node] = out
     return Trace(x, env[network.output], activations, records, network)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from math import prod
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +13,7 @@ from .builder import Network, Step, build
 from .capture import Trace, run
 from .crop import croppable, project_units, widest_window
 from .errors import InputError, SignalShapeError, TargetOutOfRangeError
-from .mirror import Mirror, MirrorLayer
+from .mirror import RULES, Mirror, MirrorLayer
 from .receptive import ReceptiveField, receptive_fields
 
 __all__ = ["DeconvNet", "Targets"]
@@ -35,6 +36,10 @@ class DeconvNet:
     stack of transposed convolutions sharing the model's weights, unpooling layers fed by the
     switches of the forward pass, and ReLUs. The model is never changed.
 
+    rule: what the mirror does at rectifiers, the default for every call: ``"deconvnet"`` (ReLU
+        of the signal, Zeiler & Fergus), ``"guided"`` (guided backpropagation: also masked by
+        where the forward activation was positive) or ``"gradient"`` (the plain gradient: only
+        masked). Every ``reconstruct*`` method takes ``rule=`` to override it.
     memory_budget: bytes a batch of targets may use in the mirror; it sizes the chunks when
         ``chunk_size`` is not given. Default: half the free memory on CUDA, 2 GiB on CPU.
 
@@ -42,13 +47,16 @@ class DeconvNet:
     of one and returns Tensor[N, K, C, H, W] (``K`` targets per input) on the model's device.
     """
 
-    def __init__(self, model: nn.Module, *, memory_budget: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, *, rule: str = "deconvnet", memory_budget: int | None = None
+    ) -> None:
         if memory_budget is not None and (
             isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
             or memory_budget <= 0
         ):
             raise InputError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
         self.model = model
+        self.rule = self._rule(rule)
         self.memory_budget = memory_budget
         self._network: Network = build(model)
         self._receptive_fields = receptive_fields(self._network)
@@ -96,6 +104,12 @@ class DeconvNet:
             x = x.to(parameter.device)
         return run(self._network, x)
 
+    def _rule(self, rule: str | None) -> str:
+        if rule is None:
+            return self.rule
+        _check_choice("rule", rule, RULES)
+        return rule
+
     def _traced(self, x: Tensor | Trace) -> Trace:
         if isinstance(x, Trace):
             if x.network is not self._network:
@@ -116,6 +130,7 @@ class DeconvNet:
         signal: str = "activation",
         chunk_size: int | None = None,
         crop: bool | None = None,
+        rule: str | None = None,
     ) -> Tensor:
         """Project channels of ``layer``'s output down to input space.
 
@@ -150,7 +165,8 @@ class DeconvNet:
         n = flat.shape[0]
         batch = torch.arange(n, device=flat.device)[:, None]
         strongest = flat.argmax(dim=2) if mode == "max" else None  # [N, C]
-        if self._crops(step, activation, mode, crop, trace):
+        rule = self._rule(rule)
+        if self._crops(step, activation, mode, crop, trace, rule):
             return self._cropped(trace, step, activation, flat, strongest, targets, signal, chunk_size)
 
         def make(chunk: Tensor) -> Tensor:
@@ -165,11 +181,16 @@ class DeconvNet:
                 out[:, slot, chunk] = flat[:, chunk] if signal == "activation" else 1.0
             return out.view(n, k, *activation.shape[1:])
 
-        return self._run(trace, step, targets, make, chunk_size)
+        return self._run(trace, step, targets, make, chunk_size, rule)
 
     @torch.no_grad()
     def reconstruct_classes(
-        self, x: Tensor | Trace, classes: Targets = None, *, chunk_size: int | None = None
+        self,
+        x: Tensor | Trace,
+        classes: Targets = None,
+        *,
+        chunk_size: int | None = None,
+        rule: str | None = None,
     ) -> Tensor:
         """Reconstruct from 1 at each class's output unit, 0 elsewhere, through the classifier.
 
@@ -193,7 +214,7 @@ class DeconvNet:
             out[:, torch.arange(chunk.numel(), device=out.device), chunk] = 1.0
             return out
 
-        return self._run(trace, step, targets, make, chunk_size)
+        return self._run(trace, step, targets, make, chunk_size, self._rule(rule))
 
     @torch.no_grad()
     def reconstruct_from(
@@ -203,6 +224,7 @@ class DeconvNet:
         signal: Tensor,
         *,
         chunk_size: int | None = None,
+        rule: str | None = None,
     ) -> Tensor:
         """Run a user-made signal (Tensor[N, K, *layer output shape]) down the mirror.
 
@@ -224,7 +246,7 @@ class DeconvNet:
             raise SignalShapeError(f"signal is {signal.dtype} but the model computes in {trace.output.dtype}")
         signal = signal.to(trace.output.device)
         targets = torch.arange(signal.shape[1], device=signal.device)
-        return self._run(trace, step, targets, lambda chunk: signal[:, chunk], chunk_size)
+        return self._run(trace, step, targets, lambda chunk: signal[:, chunk], chunk_size, self._rule(rule))
 
     def layer_name(self, layer: str | nn.Module) -> str:
         """The name in :attr:`layers` of ``layer`` (a name or a module of the model)."""
@@ -234,17 +256,22 @@ class DeconvNet:
         """The input region each unit of ``layer`` sees; ``None`` when it sees everything."""
         return self._receptive_fields[self.layer_name(layer)]
 
-    def _crops(self, step: Step, activation: Tensor, mode: str, crop: bool | None, trace: Trace) -> bool:
+    def _crops(
+        self, step: Step, activation: Tensor, mode: str, crop: bool | None, trace: Trace, rule: str
+    ) -> bool:
         """Whether this reconstruction runs on receptive-field windows."""
         if crop is False:
             return False
-        below = self.mirror.layers[self.mirror.index_of(step.name):]
+        below = self.mirror.chain_below(step.name)
         field = self._receptive_fields[step.name]
-        usable = mode == "max" and activation.dim() == 4 and field is not None and croppable(below)
+        usable = (
+            mode == "max" and rule == "deconvnet" and activation.dim() == 4 and field is not None
+            and below is not None and croppable(below)
+        )
         if crop is True and not usable:
             raise InputError(
-                f"crop=True needs mode='max' and, below {step.name}, only convs, max-pools, "
-                "ReLUs, batch-norms and identities"
+                f"crop=True needs mode='max', rule='deconvnet' and, below {step.name}, a chain of "
+                "only convs, max-pools, ReLUs, batch-norms and identities"
             )
         if not usable or crop is True:
             return usable
@@ -263,7 +290,7 @@ class DeconvNet:
         chunk_size: int | None,
     ) -> Tensor:
         n, width = activation.shape[0], activation.shape[-1]
-        below = list(self.mirror.layers[self.mirror.index_of(step.name):])
+        below = cast(list[MirrorLayer], self.mirror.chain_below(step.name))
         total = targets.numel()
         size = chunk_size or max(1, self._budget(trace.input.device) // self._window_bytes(trace, below, n))
         result = flat.new_zeros(n, total, *trace.input.shape[1:])
@@ -299,6 +326,7 @@ class DeconvNet:
         targets: Tensor,
         make: Callable[[Tensor], Tensor],
         chunk_size: int | None,
+        rule: str,
     ) -> Tensor:
         if chunk_size is not None and (
             isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
@@ -307,10 +335,10 @@ class DeconvNet:
         total = targets.numel()
         size = chunk_size or self._chunk_size(trace, start)
         if size >= total:
-            return self.mirror(make(targets), trace.records, start.name).contiguous()
+            return self.mirror(make(targets), trace.records, start.name, rule).contiguous()
         result: Tensor | None = None
         for lo in range(0, total, size):
-            out = self.mirror(make(targets[lo : lo + size]), trace.records, start.name)
+            out = self.mirror(make(targets[lo : lo + size]), trace.records, start.name, rule)
             if result is None:
                 result = out.new_empty(out.shape[0], total, *out.shape[2:])
             result[:, lo : lo + out.shape[1]] = out

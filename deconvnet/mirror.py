@@ -29,28 +29,51 @@ __all__ = [
     "AdaptiveAvgPool2dTranspose",
     "Reshape",
     "Identity",
+    "Add",
+    "Concat",
     "Mirror",
+    "RULES",
+    "INPUT",
 ]
+
+
+RULES = ("deconvnet", "guided", "gradient")
+"""What the mirror does at a rectifier: ``deconvnet`` passes ReLU of the signal (Zeiler &
+Fergus); ``guided`` also masks it by where the forward activation was positive (guided
+backpropagation); ``gradient`` only masks (the plain gradient)."""
+
+INPUT = ""
+"""The name under which the mirror delivers the signal on the model's input."""
 
 
 @dataclass(frozen=True)
 class Record:
     """What the forward pass left for one layer's mirror.
 
-    input_shape: the layer's input shape, ``(N, ...)``.
+    input_shape: the layer's (first) input shape, ``(N, ...)``.
     switches (Tensor[N, C, h, w] | None): flat argmax positions of a max-pool.
+    input_shapes: the shapes of all its inputs, for layers that take several (add, cat).
+    output (Tensor[N, ...] | None): the layer's output (rectifiers mask by it).
     """
 
     input_shape: tuple[int, ...]
     switches: Tensor | None = None
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    output: Tensor | None = None
 
 
 class MirrorLayer(nn.Module):
-    """Base of the mirror layers. ``source`` names the forward layer it reverses."""
+    """Base of the mirror layers.
+
+    ``source`` names the forward layer it reverses; ``inputs`` names the layers (or
+    :data:`INPUT`) whose outputs feed it, to which it hands the signal back. A layer with several
+    inputs returns one signal per input.
+    """
 
     source: str = ""
+    inputs: tuple[str, ...] = ()
 
-    def forward(self, signal: Tensor, record: Record) -> Tensor:  # pragma: no cover - abstract
+    def forward(self, signal: Tensor, record: Record) -> Tensor | list[Tensor]:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -131,10 +154,16 @@ class OverlapUnpool2d(MaxUnpool2d):
 
 
 class ReLU(MirrorLayer):
-    """The deconvnet rectifier: ReLU of the reconstruction signal."""
+    """The rectifier reversed: ReLU of the reconstruction signal (the deconvnet rule), or, with
+    another rule, masked by the forward activation (see :data:`RULES`)."""
 
-    def forward(self, signal: Tensor, record: Record) -> Tensor:
-        return F.relu(signal)
+    def forward(self, signal: Tensor, record: Record, rule: str = "deconvnet") -> Tensor:
+        if rule == "deconvnet":
+            return F.relu(signal)
+        active = cast(Tensor, record.output) > 0  # Tensor[N, ...], broadcast over K
+        if rule == "guided":
+            signal = F.relu(signal)
+        return signal * active.unsqueeze(1).to(signal.dtype)
 
 
 class LinearTranspose(MirrorLayer):
@@ -252,11 +281,44 @@ class Identity(MirrorLayer):
         return signal
 
 
-class Mirror(nn.Module):
-    """The reversed network: mirror layers from the model's output down to its input.
+class Add(MirrorLayer):
+    """A sum reversed: each summand gets the signal (times its ``alpha``)."""
 
-    ``mirror(signal, records, start)`` runs the layers from the one that reverses ``start``
-    (a forward node name; the model's output when ``None``) down to the input.
+    def __init__(self, alphas: tuple[float, ...]) -> None:
+        super().__init__()
+        self.alphas = alphas
+
+    def extra_repr(self) -> str:
+        return "" if all(a == 1 for a in self.alphas) else f"alphas={self.alphas}"
+
+    def forward(self, signal: Tensor, record: Record) -> list[Tensor]:
+        return [signal if a == 1 else signal * a for a in self.alphas]
+
+
+class Concat(MirrorLayer):
+    """A concatenation reversed: the signal split back into each input's part."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+    def forward(self, signal: Tensor, record: Record) -> list[Tensor]:
+        """signal (Tensor[N, K, ...]) -> one Tensor[N, K, ...] per input."""
+        dim = self.dim % len(record.input_shape)  # along the forward tensor's axes
+        sizes = [shape[dim] for shape in record.input_shapes]
+        return list(signal.split(sizes, dim=dim + 1))
+
+
+class Mirror(nn.Module):
+    """The reversed network: mirror layers from the model's output down to its input, in
+    reverse topological order.
+
+    ``mirror(signal, records, start)`` runs the signal from the layer that reverses ``start``
+    (a layer name; the model's output when ``None``) down to the input. Where a forward value
+    fed several layers, the signals coming back from them are added.
     """
 
     def __init__(self, layers: Iterable[MirrorLayer]) -> None:
@@ -275,16 +337,49 @@ class Mirror(nn.Module):
         return self._index[source]
 
     def forward(
-        self, signal: Tensor, records: dict[str, Record], start: str | None = None
+        self,
+        signal: Tensor,
+        records: dict[str, Record],
+        start: str | None = None,
+        rule: str = "deconvnet",
     ) -> Tensor:
         """signal (Tensor[N, K, *start's output shape]) -> Tensor[N, K, C, H, W]."""
         first = 0 if start is None else self.index_of(start)
+        pending: dict[str, Tensor] = {self.layers[first].source: signal}
         for layer in self.layers[first:]:
-            signal = layer(signal, records[layer.source])
-        return signal
+            arriving = pending.pop(layer.source, None)
+            if arriving is None:
+                continue  # a branch the signal does not run through
+            record = records[layer.source]
+            out = layer(arriving, record, rule) if isinstance(layer, ReLU) else layer(arriving, record)
+            for name, part in zip(layer.inputs, out if isinstance(out, list) else [out], strict=True):
+                pending[name] = pending[name] + part if name in pending else part
+        return pending[INPUT]
+
+    def chain_below(self, start: str) -> list[MirrorLayer] | None:
+        """The layers from ``start`` down to the input when each has one input, else None."""
+        by_name = {layer.source: layer for layer in self.layers}
+        chain, name = [], start
+        while name != INPUT:
+            layer = by_name[name]
+            if len(layer.inputs) != 1:
+                return None
+            chain.append(layer)
+            name = layer.inputs[0]
+        return chain
+
+    def is_chain(self) -> bool:
+        """Whether the network is a chain: every layer feeds the next one only."""
+        names = [layer.source for layer in self.layers[1:]] + [INPUT]
+        return all(layer.inputs == (below,) for layer, below in zip(self.layers, names, strict=True))
 
     def __repr__(self) -> str:
         width = max((len(layer.source) for layer in self.layers), default=0)
-        lines = [f"  ({layer.source}){' ' * (width - len(layer.source))} {layer!r}"
-                 for layer in self.layers]
+        chain = self.is_chain()
+        lines = []
+        for layer in self.layers:
+            line = f"  ({layer.source}){' ' * (width - len(layer.source))} {layer!r}"
+            if not chain:
+                line += "  -> " + ", ".join(name or "input" for name in layer.inputs)
+            lines.append(line)
         return "Mirror(output -> input\n" + "\n".join(lines) + "\n)"

@@ -65,14 +65,20 @@ def _window(module: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[
 
 
 # Mirror layers of element-wise forward layers: they leave the receptive field as it is.
-_POINTWISE = (mirror.ReLU, mirror.Identity, mirror.ChannelScale)
+_POINTWISE = (mirror.ReLU, mirror.Identity, mirror.ChannelScale, mirror.Add, mirror.Concat)
 
 
 def receptive_fields(network: Network) -> dict[str, ReceptiveField | None]:
-    """Every layer name of ``network`` -> its receptive field (``None`` once it is global)."""
-    field: ReceptiveField | None = ReceptiveField((1, 1), (1, 1), (0, 0))
-    per_step: dict[str, ReceptiveField | None] = {}
-    for step in network.steps.values():
+    """Every layer name of ``network`` -> its receptive field (``None`` once it is global).
+
+    Where branches meet (add, cat), the field is the smallest box holding every branch's field
+    (``None`` if their strides differ).
+    """
+    unit = ReceptiveField((1, 1), (1, 1), (0, 0))
+    fields: dict[object, ReceptiveField | None] = {}
+    for node, step in network.steps.items():
+        below = [fields.get(i, unit) for i in step.inputs]  # the model input: a single pixel
+        field = _union(below)
         window = _window(step.module) if step.module is not None else None
         if field is not None and window is not None:
             kernel, stride, padding, dilation = window
@@ -81,10 +87,23 @@ def receptive_fields(network: Network) -> dict[str, ReceptiveField | None]:
                 stride=_zip(lambda j, s: j * s, field.stride, stride),
                 offset=_zip(lambda o, p, j: o - p * j, field.offset, padding, field.stride),
             )
-        elif not isinstance(step.mirror, _POINTWISE):
+        elif window is None and not isinstance(step.mirror, _POINTWISE):
             field = None  # adaptive pooling, flatten, linear and unknown layers mix everything
-        per_step[step.name] = field
-    return {name: per_step[step.name] for name, step in network.layers.items()}
+        fields[node] = field
+    return {name: fields[step.node] for name, step in network.layers.items()}
+
+
+def _union(fields: list[ReceptiveField | None]) -> ReceptiveField | None:
+    if any(f is None for f in fields) or len({f.stride for f in fields}) != 1:  # type: ignore[union-attr]
+        return None
+    first = fields[0]
+    if len(fields) == 1:
+        return first
+    top = min(f.offset[0] for f in fields)  # type: ignore[union-attr]
+    left = min(f.offset[1] for f in fields)  # type: ignore[union-attr]
+    bottom = max(f.offset[0] + f.size[0] for f in fields)  # type: ignore[union-attr]
+    right = max(f.offset[1] + f.size[1] for f in fields)  # type: ignore[union-attr]
+    return ReceptiveField((bottom - top, right - left), first.stride, (top, left))  # type: ignore[union-attr]
 
 
 def _zip(function, *pairs: tuple[int, int]) -> tuple[int, int]:  # type: ignore[no-untyped-def]

@@ -21,9 +21,9 @@ def test_cropped_equals_uncropped(case, data):
     dn = DeconvNet(net)
     layer = data.draw(st.sampled_from(dn.layers), label="layer")
     signal = data.draw(st.sampled_from(["activation", "unit"]), label="signal")
-    below = dn.mirror.layers[dn.mirror.index_of(dn.layer_name(layer)):]
+    below = dn.mirror.chain_below(dn.layer_name(layer))
     trace = dn.trace(x)
-    if dn.receptive_field(layer) is None or not croppable(below):
+    if dn.receptive_field(layer) is None or below is None or not croppable(below):
         with pytest.raises(InputError, match="crop=True needs mode='max'"):
             dn.reconstruct(trace, layer, mode="max", crop=True)
         return
@@ -38,8 +38,8 @@ def test_crop_is_the_default_where_the_field_is_small():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3)).eval()
     dn = DeconvNet(net)
     trace = dn.trace(torch.randn(1, 3, 32, 32))
-    assert dn._crops(dn._network.resolve("3"), dn.activation(trace, "3"), "max", None, trace)
-    assert not dn._crops(dn._network.resolve("3"), dn.activation(trace, "3"), "map", None, trace)
+    assert dn._crops(dn._network.resolve("3"), dn.activation(trace, "3"), "max", None, trace, "deconvnet")
+    assert not dn._crops(dn._network.resolve("3"), dn.activation(trace, "3"), "map", None, trace, "deconvnet")
     assert torch.equal(dn.reconstruct(trace, "3"), dn.reconstruct(trace, "3", crop=True))
 
 

@@ -192,9 +192,29 @@ def test_functional_with_computed_arguments():
         DeconvNet(Computed())
 
 
-def test_branching_model_names_first_branching_node():
-    with pytest.raises(BranchingModelError, match=r"maxpool's output feeds several layers \(layer1\.0\.conv1, add\)"):
-        DeconvNet(torchvision.models.resnet18(weights=None))
+def test_signals_combined_in_unsupported_ways():
+    class Product(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.conv(x) * x
+
+    class BatchCat(nn.Module):
+        def forward(self, x):
+            return torch.cat([x, x], 0)
+
+    class ConstantCat(nn.Module):
+        def forward(self, x):
+            return torch.cat([x, torch.zeros(1, 1, 8, 8)], 1)
+
+    with pytest.raises(UnsupportedLayerError, match=r"mul \(mul\) combines signals in a way deconvnet cannot reverse; supported: add, sub, cat"):
+        DeconvNet(Product())
+    with pytest.raises(UnsupportedLayerError, match=r"cat \(cat\) concatenates along dim=0"):
+        DeconvNet(BatchCat())
+    with pytest.raises(UnsupportedLayerError, match=r"cat \(cat\) joins tensors that are not all computed from the input"):
+        DeconvNet(ConstantCat())
 
 
 def test_untraceable_model():
