@@ -160,3 +160,108 @@ def chain_nets(draw: st.DrawFn, head: bool | None = None) -> tuple[SpecNet, Tens
     net = net.double().eval()
     x = torch.randn(batch, first_channels, *input_size, generator=generator, dtype=torch.float64)
     return net, x
+
+
+class DagNet(nn.Module):
+    """A CNN whose blocks branch: residual adds (with or without a projection shortcut),
+    subtractions, concatenations of two branches, and dense-style concatenations with the input.
+    One ReLU module is reused everywhere, as ResNet blocks reuse ``self.relu``."""
+
+    def __init__(self, blocks: list[tuple[str, Any]], head: nn.Module | None) -> None:
+        super().__init__()
+        self.kinds = [kind for kind, _ in blocks]
+        self.params = [p for _, p in blocks]
+        self.blocks = nn.ModuleList(m for _, m in blocks if isinstance(m, nn.Module))
+        self.relu = nn.ReLU(inplace=True)
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        for kind, block in zip(self.kinds, self.params):
+            if kind == "conv":
+                x = self.relu(block(x))
+            elif kind == "residual":
+                out = block.second(self.relu(block.first(x)))
+                shortcut = block.shortcut(x) if block.shortcut is not None else x
+                if block.how == "+=":
+                    out += shortcut
+                elif block.how == "add_alpha":
+                    out = torch.add(out, shortcut, alpha=0.5)
+                elif block.how == "sub":
+                    out = out - shortcut
+                else:
+                    out = out + shortcut
+                x = self.relu(out)
+            elif kind == "concat":
+                x = torch.cat([F.relu(block.left(x)), block.right(x)], dim=1)
+            elif kind == "dense":
+                x = torch.cat([x, self.relu(block.grow(x))], 1)
+            else:  # pool
+                x = block(x)
+        return self.head(x) if self.head is not None else x
+
+
+@st.composite
+def dag_nets(draw: st.DrawFn, head: bool | None = None) -> tuple[DagNet, Tensor]:
+    """A random float64 branching CNN in eval mode and an input batch for it."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    generator = torch.Generator().manual_seed(seed)
+    channels = draw(st.integers(1, 3))
+    size = (draw(st.integers(6, 17)), draw(st.integers(6, 17)))
+    first_channels, height, width = channels, *size
+    blocks: list[tuple[str, Any]] = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["conv", "residual", "residual", "concat", "dense", "pool"]))
+        if kind == "conv":
+            out = draw(st.integers(1, 4))
+            blocks.append((kind, nn.Conv2d(channels, out, 3, padding=1)))
+            channels = out
+        elif kind == "residual":
+            block = nn.Module()
+            stride = draw(st.integers(1, 2)) if min(height, width) > 4 else 1
+            out = draw(st.integers(1, 4)) if stride == 2 or draw(st.booleans()) else channels
+            block.first = nn.Sequential(nn.Conv2d(channels, out, 3, stride, 1), nn.BatchNorm2d(out))
+            block.second = nn.Conv2d(out, out, 3, padding=1)
+            block.shortcut = (
+                nn.Conv2d(channels, out, 1, stride) if (stride, out) != (1, channels) else None
+            )
+            block.how = draw(st.sampled_from(["+", "+=", "add_alpha", "sub"]))
+            blocks.append((kind, block))
+            channels = out
+            height, width = (height - 1) // stride + 1, (width - 1) // stride + 1
+        elif kind == "concat":
+            block = nn.Module()
+            left, right = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+            block.left = nn.Conv2d(channels, left, 3, padding=1)
+            block.right = nn.Conv2d(channels, right, 1)
+            blocks.append((kind, block))
+            channels = left + right
+        elif kind == "dense":
+            block = nn.Module()
+            grow = draw(st.integers(1, 3))
+            block.grow = nn.Conv2d(channels, grow, 3, padding=1)
+            blocks.append((kind, block))
+            channels += grow
+        elif min(height, width) >= 3:
+            kernel, stride = draw(st.sampled_from([(2, 2), (3, 2), (3, 1)]))
+            blocks.append((kind, nn.MaxPool2d(kernel, stride, ceil_mode=draw(st.booleans()))))
+            height = pooled_size(height, kernel, stride, 0, 1, blocks[-1][1].ceil_mode)
+            width = pooled_size(width, kernel, stride, 0, 1, blocks[-1][1].ceil_mode)
+    if head is None:
+        head = draw(st.booleans())
+    head_module = (
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, draw(st.integers(1, 4))))
+        if head else None
+    )
+    net = DagNet(blocks, head_module)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.normal_(generator=generator)
+                module.bias.normal_(generator=generator)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+                module.weight.normal_(generator=generator)
+    net = net.double().eval()
+    x = torch.randn(draw(st.integers(1, 2)), first_channels, *size, generator=generator, dtype=torch.float64)
+    return net, x

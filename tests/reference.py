@@ -19,24 +19,57 @@ from torch.overrides import TorchFunctionMode
 
 class _DeconvReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: object, x: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[no-untyped-def]
         return x.clamp(min=0)
 
     @staticmethod
-    def backward(ctx: object, grad: Tensor) -> Tensor:
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[no-untyped-def]
         return grad.clamp(min=0)
+
+
+class _GuidedReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[no-untyped-def]
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[no-untyped-def]
+        (x,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (x > 0).to(grad.dtype)
 
 
 _RELUS = {torch.relu, torch.relu_, F.relu, F.relu_, Tensor.relu, Tensor.relu_}
 
 
 class DeconvReLUs(TorchFunctionMode):
-    """Inside this mode every ReLU runs out of place with the deconvnet backward."""
+    """Inside this mode every ReLU runs out of place with the deconvnet (or guided) backward."""
+
+    def __init__(self, function: type[torch.autograd.Function] = _DeconvReLU) -> None:
+        super().__init__()
+        self.function = function
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if func in _RELUS:
-            return _DeconvReLU.apply(args[0])
+            return self.function.apply(args[0])
         return func(*args, **(kwargs or {}))
+
+
+class _OutOfPlaceReLUs(TorchFunctionMode):
+    """Plain gradients, but in-place ReLUs run out of place so hooked outputs stay intact."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func in _RELUS:
+            return torch.relu(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+def _mode(rule: str) -> TorchFunctionMode:
+    if rule == "deconvnet":
+        return DeconvReLUs()
+    if rule == "guided":
+        return DeconvReLUs(_GuidedReLU)
+    return _OutOfPlaceReLUs()
 
 
 def deconv_gradient(
@@ -45,8 +78,10 @@ def deconv_gradient(
     make_signal: Callable[[Tensor], Tensor],
     layer: nn.Module | None = None,
     call: int = 0,
+    rule: str = "deconvnet",
 ) -> Tensor:
-    """Gradient of ``<layer output, signal>`` w.r.t. x with deconvnet ReLUs.
+    """Gradient of ``<layer output, signal>`` w.r.t. x with ReLUs' backward set by ``rule``
+    (deconvnet: ReLU of the signal; guided: that, masked by the forward input; gradient: plain).
 
     make_signal gets the layer's output (the model's when ``layer`` is None; its ``call``-th
     call when the module runs more than once) and returns the signal on it.
@@ -58,7 +93,7 @@ def deconv_gradient(
         layer.register_forward_hook(lambda m, i, o: captured.append(o)) if layer is not None else None
     )
     try:
-        with DeconvReLUs():
+        with _mode(rule):
             out = model(x)
     finally:
         if handle is not None:
@@ -68,7 +103,7 @@ def deconv_gradient(
     return grad
 
 
-def classes_reference(model: nn.Module, x: Tensor, classes: list[int]) -> Tensor:
+def classes_reference(model: nn.Module, x: Tensor, classes: list[int], rule: str = "deconvnet") -> Tensor:
     """Tensor[N, K, C, H, W]: one oracle gradient per class, from 1 at that output unit."""
 
     def one_hot(c: int) -> Callable[[Tensor], Tensor]:
@@ -79,7 +114,7 @@ def classes_reference(model: nn.Module, x: Tensor, classes: list[int]) -> Tensor
 
         return make
 
-    return torch.stack([deconv_gradient(model, x, one_hot(c)) for c in classes], dim=1)
+    return torch.stack([deconv_gradient(model, x, one_hot(c), rule=rule) for c in classes], dim=1)
 
 
 def channels_reference(
@@ -90,6 +125,7 @@ def channels_reference(
     mode: str,
     signal: str,
     call: int = 0,
+    rule: str = "deconvnet",
 ) -> Tensor:
     """Tensor[N, K, C, H, W]: the oracle for keeping channel c's strongest unit or whole map."""
 
@@ -108,7 +144,7 @@ def channels_reference(
 
         return make
 
-    return torch.stack([deconv_gradient(model, x, keep(c), layer, call) for c in channels], dim=1)
+    return torch.stack([deconv_gradient(model, x, keep(c), layer, call, rule) for c in channels], dim=1)
 
 
 def assert_exact(ours: Tensor, reference: Tensor, rtol: float = 1e-6) -> None:
