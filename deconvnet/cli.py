@@ -168,6 +168,9 @@ def demo_command(args: argparse.Namespace) -> list[Path]:
     pictures.append((s.save(figures.class_figure(s.dn, x, s.mean, s.std, categories=CLASSES, top_k=3, scale=3),
                             "classes.png"),
                      "Class reconstructions: each image, then its top-3 classes projected down."))
+    pictures.append((s.save(figures.rules_figure(s.dn, x, s.mean, s.std, categories=CLASSES, scale=3), "rules.png"),
+                     "The same mirror with three rules at the rectifiers: deconvnet (ReLU of the signal), "
+                     "guided backpropagation (also masked by the forward activation), plain gradient."))
     conv_layers = [name for name in s.dn.layers if _is_conv_output(s, name)]
     pictures.append((s.save(figures.layers_figure(s.dn, x[:1], s.mean, s.std, conv_layers, scale=3), "layers.png"),
                      "Layer-wise: the strongest activation of every layer of one image, projected down."))

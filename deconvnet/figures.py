@@ -1,5 +1,6 @@
 """The paper's figures as pictures: class reconstructions, layer-wise projections, channel
-grids and top-9 panels. Each function returns a PIL image; nothing is written or printed."""
+grids and top-9 panels, and the three rules side by side. Each function returns a PIL image;
+nothing is written or printed."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from torchvision.utils import make_grid
 
 from . import image
 from .deconvnet import DeconvNet
+from .mirror import RULES
 from .receptive import ReceptiveField
 from .topk import TopUnits
 
 __all__ = [
     "class_figure",
+    "rules_figure",
     "layers_figure",
     "channels_figure",
     "top_units_figure",
@@ -61,6 +64,32 @@ def class_figure(
             pictures.append(image.signed_to_unit(reconstructions[n, slot[c]]))
             labels.append(f"{_name(categories, c)} {probabilities[n, c]:.2f}")
     return image.labelled_grid(torch.stack(pictures), labels, ncol=1 + chosen.shape[1], scale=scale)
+
+
+def rules_figure(
+    dn: DeconvNet,
+    x: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    categories: Sequence[str] | None = None,
+    scale: int = 1,
+) -> Image.Image:
+    """One row per image: the image, then its top class reconstructed with each rule
+    (deconvnet, guided backpropagation, plain gradient) from the same trace."""
+    trace = dn.trace(x)
+    top = trace.output.argmax(dim=1)
+    pictures, labels = [], []
+    per_rule = {rule: dn.reconstruct_classes(trace, sorted(set(top.tolist())), rule=rule) for rule in RULES}
+    slot = {c: i for i, c in enumerate(sorted(set(top.tolist())))}
+    for n in range(x.shape[0]):
+        c = int(top[n])
+        pictures.append(image.denormalize(trace.input[n], mean, std))
+        labels.append(_name(categories, c))
+        for rule, reconstructions in per_rule.items():
+            pictures.append(image.signed_to_unit(reconstructions[n, slot[c]]))
+            labels.append(rule)
+    return image.labelled_grid(torch.stack(pictures), labels, ncol=1 + len(RULES), scale=scale)
 
 
 def strongest_units(dn: DeconvNet, x: Tensor, layers: Sequence[str]) -> list[tuple[str, int]]:

@@ -29,7 +29,7 @@ def test_demo_writes_every_figure_and_an_index(tmp_path):
     result = run("demo", "--out", str(tmp_path), "--images", "2", "--dataset", "20",
                  "--pointing", "20", "--channels", "4")
     assert result.returncode == 0, result.stderr
-    for name in ("classes.png", "layers.png", "channels-features.13.png", "top9-features.8.png",
+    for name in ("classes.png", "rules.png", "layers.png", "channels-features.13.png", "top9-features.8.png",
                  "top9-features.13.png", "index.md", "pointing.json"):
         assert (tmp_path / name).is_file(), name
     index = (tmp_path / "index.md").read_text()
