@@ -13,7 +13,7 @@ from .builder import Network, Step, build
 from .capture import Trace, run
 from .crop import croppable, project_units, widest_window
 from .errors import InputError, SignalShapeError, TargetOutOfRangeError
-from .mirror import RULES, Mirror, MirrorLayer
+from .mirror import RULES, MaxUnpool2d, Mirror, MirrorLayer
 from .receptive import ReceptiveField, receptive_fields
 
 __all__ = ["DeconvNet", "Targets"]
@@ -42,13 +42,22 @@ class DeconvNet:
         masked). Every ``reconstruct*`` method takes ``rule=`` to override it.
     memory_budget: bytes a batch of targets may use in the mirror; it sizes the chunks when
         ``chunk_size`` is not given. Default: half the free memory on CUDA, 2 GiB on CPU.
+    deterministic: how overlapping max-pool windows sum on CUDA, where ``scatter_add_`` adds
+        in no fixed order. ``True``: a fixed-order sum (a few more scatters); ``False``: the
+        fast scatter-add; ``None`` (default): follow ``torch.use_deterministic_algorithms``.
+        CPU results are reproducible either way.
 
     Every ``reconstruct*`` method takes a batch ``x`` (Tensor[N, C, H, W]) or a :class:`Trace`
     of one and returns Tensor[N, K, C, H, W] (``K`` targets per input) on the model's device.
     """
 
     def __init__(
-        self, model: nn.Module, *, rule: str = "deconvnet", memory_budget: int | None = None
+        self,
+        model: nn.Module,
+        *,
+        rule: str = "deconvnet",
+        memory_budget: int | None = None,
+        deterministic: bool | None = None,
     ) -> None:
         if memory_budget is not None and (
             isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
@@ -60,6 +69,11 @@ class DeconvNet:
         self.memory_budget = memory_budget
         self._network: Network = build(model)
         self._receptive_fields = receptive_fields(self._network)
+        if deterministic not in (None, True, False):
+            raise InputError(f"deterministic must be True, False or None, got {deterministic!r}")
+        for layer in self.mirror.layers:
+            if isinstance(layer, MaxUnpool2d):
+                layer.deterministic = deterministic
 
     def __repr__(self) -> str:
         return f"DeconvNet({type(self.model).__name__}, {len(self.mirror)} mirror layers)"

@@ -9,6 +9,7 @@ is per input, ``Tensor[N, ...]``, and is broadcast over ``K`` without copies.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,11 @@ def _shuffle(x: Tensor, sh: int, sw: int) -> Tensor:
 
 
 def unpool2d(
-    signal: Tensor, switches: Tensor, input_size: Sequence[int], accumulate: bool
+    signal: Tensor,
+    switches: Tensor,
+    input_size: Sequence[int],
+    accumulate: bool,
+    phases: tuple[int, int] | None = None,
 ) -> Tensor:
     """Put each pooled value back where the forward max came from.
 
@@ -114,7 +119,20 @@ def unpool2d(
     With overlapping windows one input position can be the max of several windows; its signal
     must be the sum of theirs (``accumulate=True``), which is what the gradient does.
     ``nn.MaxUnpool2d`` writes instead of adding and keeps only one of them.
+
+    phases (m_h, m_w): sum deterministically. CUDA's ``scatter_add_`` adds colliding values in
+    no fixed order; instead the windows are split into ``m_h * m_w`` groups (every m-th window
+    along each axis) whose windows cannot overlap, each group is written without collisions,
+    and the groups are added in a fixed order. ``m`` must be at least window span / stride.
     """
+    if accumulate and phases is not None:
+        out = None
+        for a in range(phases[0]):
+            for b in range(phases[1]):
+                part = unpool2d(signal[..., a :: phases[0], b :: phases[1]],
+                                switches[..., a :: phases[0], b :: phases[1]], input_size, False)
+                out = part if out is None else out + part
+        return cast(Tensor, out)
     n, k, c, h, w = signal.shape
     height, width = input_size
     if signal.stride(2) == 1 and c > 1:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -127,9 +128,15 @@ def _conv_padding(conv: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 class MaxUnpool2d(MirrorLayer, nn.MaxUnpool2d):
-    """Unpooling into the forward switches, for max-pools whose windows do not overlap."""
+    """Unpooling into the forward switches, for max-pools whose windows do not overlap.
+
+    ``deterministic``: for overlapping windows, sum colliding signals in a fixed order (see
+    :func:`deconvnet.functional.unpool2d`); ``None`` follows
+    ``torch.are_deterministic_algorithms_enabled()`` on CUDA (CPU sums are already ordered).
+    """
 
     accumulate = False
+    deterministic: bool | None = None
 
     def __init__(self, pool: nn.MaxPool2d) -> None:
         nn.MaxUnpool2d.__init__(self, pool.kernel_size, pool.stride, pool.padding)
@@ -144,7 +151,16 @@ class MaxUnpool2d(MirrorLayer, nn.MaxUnpool2d):
     def forward(self, signal: Tensor, record: Record) -> Tensor:  # type: ignore[override]
         """signal (Tensor[N, K, C, h, w]) -> Tensor[N, K, C, H, W]."""
         switches = cast(Tensor, record.switches)  # every max-pool records its switches
-        return functional.unpool2d(signal, switches, record.input_shape[2:], self.accumulate)
+        ordered = self.deterministic
+        if ordered is None:
+            ordered = signal.is_cuda and torch.are_deterministic_algorithms_enabled()
+        phases = self.phases() if ordered and self.accumulate else None
+        return functional.unpool2d(signal, switches, record.input_shape[2:], self.accumulate, phases)
+
+    def phases(self) -> tuple[int, int]:
+        """Window groups per axis within which windows cannot overlap: ceil(span / stride)."""
+        kernel, stride, dilation = _pair(self.kernel_size), _pair(self.stride), _pair(self.dilation)
+        return tuple(-(-(d * (k - 1) + 1) // s) for k, s, d in zip(kernel, stride, dilation, strict=True))  # type: ignore[return-value]
 
 
 class OverlapUnpool2d(MaxUnpool2d):

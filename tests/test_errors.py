@@ -118,6 +118,8 @@ def test_bad_mode_signal_and_chunk(dn, x):
         dn.reconstruct_classes(x, chunk_size=0)
     with pytest.raises(InputError, match="memory_budget must be a positive number of bytes"):
         DeconvNet(vgg_like(), memory_budget=-5)
+    with pytest.raises(InputError, match="deterministic must be True, False or None, got 'yes'"):
+        DeconvNet(vgg_like(), deterministic="yes")
 
 
 def test_input_shape_errors(dn):

@@ -199,3 +199,16 @@ def test_anisotropic_strided_conv_adjoint(kh, kw, sh, sw, ph, pw, h, w):
     # strides larger than kernels, and strides that differ per axis.
     conv = nn.Conv2d(2, 3, (kh, kw), (sh, sw), (min(ph, kh), min(pw, kw)))
     check_adjoint(conv, torch.randn(2, 2, h, w, dtype=torch.float64))
+
+
+@SETTINGS
+@given(st.integers(2, 4), st.integers(1, 3), st.integers(1, 2), st.integers(5, 15), st.integers(5, 15))
+def test_deterministic_unpool_equals_scatter_add(kernel, stride, dilation, h, w):
+    if dilation * (kernel - 1) >= min(h, w):
+        dilation = 1
+    x = torch.randn(2, 3, h, w, dtype=torch.float64).relu()
+    model = nn.Sequential(nn.MaxPool2d(kernel, stride, dilation=dilation)).eval()
+    fast = DeconvNet(model, deterministic=False)
+    ordered = DeconvNet(model, deterministic=True)
+    signal = torch.randn(2, 3, 3, *fast.activation(x, "0").shape[-2:], dtype=torch.float64)
+    assert_exact(ordered.reconstruct_from(x, "0", signal), fast.reconstruct_from(x, "0", signal), rtol=1e-12)
