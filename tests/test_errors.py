@@ -271,3 +271,10 @@ def test_training_mode_is_refused_not_silently_different(x):
 def test_register_rule_needs_a_module_type():
     with pytest.raises(DeconvnetError, match="register_rule takes an nn.Module subclass"):
         deconvnet.register_rule(len, lambda m: None)
+
+
+def test_unsupported_activations_in_torchvision_models_fail_at_build():
+    with pytest.raises(UnsupportedLayerError, match=r"features\.0\.2 \(ReLU6\) has no deconvnet rule; supported: Conv2d"):
+        DeconvNet(torchvision.models.mobilenet_v2(weights=None).eval())
+    with pytest.raises(UnsupportedLayerError, match=r"1 \(SiLU\) has no deconvnet rule"):
+        DeconvNet(nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU()))
