@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from . import functional
+from .functional import pair
 from . import mirror as mirror_layers
 from .mirror import MirrorLayer, Record
 
@@ -33,17 +34,13 @@ def croppable(layers: Sequence[MirrorLayer]) -> bool:
     return all(isinstance(layer, _POINTWISE + _WINDOWED) for layer in layers)
 
 
-def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
 def _geometry(layer: MirrorLayer) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
     """(kernel, stride, padding before, dilation) of a windowed mirror layer's forward layer."""
     if isinstance(layer, mirror_layers.ConvTranspose2d):
         kernel = tuple(layer.weight.shape[2:])
-        return kernel, _pair(layer.stride), (layer.pads[0][0], layer.pads[1][0]), _pair(layer.dilation)  # type: ignore[return-value]
+        return kernel, pair(layer.stride), (layer.pads[0][0], layer.pads[1][0]), pair(layer.dilation)  # type: ignore[return-value]
     pool: mirror_layers.MaxUnpool2d = layer  # type: ignore[assignment]
-    return _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding), _pair(pool.dilation)
+    return pair(pool.kernel_size), pair(pool.stride), pair(pool.padding), pair(pool.dilation)
 
 
 def _mask_outside(signal: Tensor, origin: Tensor, size: Sequence[int]) -> Tensor:

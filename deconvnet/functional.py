@@ -17,6 +17,7 @@ from einops import rearrange
 from torch import Tensor
 
 __all__ = [
+    "pair",
     "conv_transpose2d",
     "unpool2d",
     "linear_transpose",
@@ -25,6 +26,14 @@ __all__ = [
 ]
 
 Pair = tuple[int, int]
+
+
+def pair(value: int | Sequence[int]) -> Pair:
+    """A layer's size argument as (rows, columns): ``3`` -> ``(3, 3)``."""
+    if isinstance(value, int):
+        return (value, value)
+    first, second = value
+    return (int(first), int(second))
 
 
 def conv_transpose2d(

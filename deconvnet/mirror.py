@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional
+from .functional import pair
 
 __all__ = [
     "Record",
@@ -78,10 +79,6 @@ class MirrorLayer(nn.Module):
         raise NotImplementedError
 
 
-def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
 class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
     """Transposed conv whose ``weight`` **is** the forward ``Conv2d``'s Parameter, no bias."""
 
@@ -108,9 +105,9 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
             signal,
             self.weight,
             record.input_shape[2:],
-            _pair(self.stride),
+            pair(self.stride),
             self.pads,
-            _pair(self.dilation),
+            pair(self.dilation),
             self.groups,
         )
 
@@ -123,7 +120,7 @@ def _conv_padding(conv: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int]]:
         # torch pads the odd extra row/column of "same" at the end.
         totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
         return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
-    ph, pw = _pair(conv.padding)
+    ph, pw = pair(conv.padding)
     return ((ph, ph), (pw, pw))
 
 
@@ -159,7 +156,7 @@ class MaxUnpool2d(MirrorLayer, nn.MaxUnpool2d):
 
     def phases(self) -> tuple[int, int]:
         """Window groups per axis within which windows cannot overlap: ceil(span / stride)."""
-        kernel, stride, dilation = _pair(self.kernel_size), _pair(self.stride), _pair(self.dilation)
+        kernel, stride, dilation = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
         return tuple(-(-(d * (k - 1) + 1) // s) for k, s, d in zip(kernel, stride, dilation, strict=True))  # type: ignore[return-value]
 
 
@@ -229,9 +226,9 @@ class AvgPool2dTranspose(MirrorLayer):
 
     def __init__(self, pool: nn.AvgPool2d) -> None:
         super().__init__()
-        self.kernel_size = _pair(pool.kernel_size)
-        self.stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
-        self.padding = _pair(pool.padding)
+        self.kernel_size = pair(pool.kernel_size)
+        self.stride = pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        self.padding = pair(pool.padding)
         self.ceil_mode = bool(pool.ceil_mode)
         self.count_include_pad = bool(pool.count_include_pad)
         self.divisor_override = pool.divisor_override

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from . import mirror
+from .functional import pair
 from .builder import Network
 
 __all__ = ["ReceptiveField", "receptive_fields"]
@@ -38,29 +39,22 @@ class ReceptiveField:
         return top, left, bottom, right
 
 
-def _pair(value: object) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    a, b = value  # type: ignore[misc]
-    return (int(a), int(b))
-
-
 def _window(module: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]] | None:
     """(kernel, stride, padding before, dilation) of a sliding-window layer, else None."""
     if isinstance(module, nn.Conv2d):
-        kernel, dilation = _pair(module.kernel_size), _pair(module.dilation)
+        kernel, dilation = pair(module.kernel_size), pair(module.dilation)
         if module.padding == "same":
             padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel, strict=True))
         elif module.padding == "valid":
             padding = (0, 0)
         else:
-            padding = _pair(module.padding)
-        return kernel, _pair(module.stride), padding, dilation  # type: ignore[return-value]
+            padding = pair(module.padding)
+        return kernel, pair(module.stride), padding, dilation  # type: ignore[return-value]
     if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-        kernel = _pair(module.kernel_size)
-        stride = _pair(module.stride if module.stride else module.kernel_size)
-        dilation = _pair(getattr(module, "dilation", 1))
-        return kernel, stride, _pair(module.padding), dilation
+        kernel = pair(module.kernel_size)
+        stride = pair(module.stride if module.stride else module.kernel_size)
+        dilation = pair(getattr(module, "dilation", 1))
+        return kernel, stride, pair(module.padding), dilation
     return None
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import mirror
+from .functional import pair
 from .errors import DeconvnetError
 
 __all__ = ["Rule", "register_rule", "rule_for", "supported_layers", "is_registered"]
@@ -121,9 +122,6 @@ def _run_max_pool(pool: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor | None]
 
 
 def _windows_overlap(pool: nn.MaxPool2d) -> bool:
-    def pair(v: Any) -> tuple[int, int]:
-        return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
-
     kernel, stride = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size)
     dilation = pair(pool.dilation)
     return any(
