@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from . import functional
-from .functional import pair
 from . import mirror as mirror_layers
+from .functional import pair
 from .mirror import MirrorLayer, Record
 
 __all__ = ["croppable", "project_units", "widest_window"]
@@ -43,6 +43,19 @@ def _geometry(layer: MirrorLayer) -> tuple[tuple[int, int], tuple[int, int], tup
     return pair(pool.kernel_size), pair(pool.stride), pair(pool.padding), pair(pool.dilation)
 
 
+def _window_below(layer: MirrorLayer, size: Sequence[int]) -> tuple[int, int]:
+    """The window a windowed layer's input needs for a ``size`` window on its output."""
+    kernel, stride, _, dilation = _geometry(layer)
+    rows, cols = ((n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip(size, stride, dilation, kernel, strict=True))
+    return rows, cols
+
+
+def _origin_below(layer: MirrorLayer, origin: Tensor) -> Tensor:
+    """Where the input window starts, for windows on the output starting at ``origin``."""
+    _, stride, padding, _ = _geometry(layer)
+    return origin * torch.tensor(stride, device=origin.device) - torch.tensor(padding, device=origin.device)
+
+
 def _mask_outside(signal: Tensor, origin: Tensor, size: Sequence[int]) -> Tensor:
     """Zero the window positions that fall outside a map of ``size`` (H, W)."""
     height, width = signal.shape[-2:]
@@ -55,20 +68,19 @@ def _mask_outside(signal: Tensor, origin: Tensor, size: Sequence[int]) -> Tensor
 
 
 def _conv_window(layer: mirror_layers.ConvTranspose2d, signal: Tensor, origin: Tensor, record: Record) -> tuple[Tensor, Tensor]:
-    kernel, stride, padding, dilation = _geometry(layer)
     # The whole transposed output, unpadded: the window's own padding is its origin shift.
-    size = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip(signal.shape[-2:], stride, dilation, kernel, strict=True)]
+    size = _window_below(layer, signal.shape[-2:])
     out = functional.conv_transpose2d(
-        signal.unsqueeze(1), layer.weight, size, stride, ((0, 0), (0, 0)), dilation, layer.groups
+        signal.unsqueeze(1), layer.weight, size, pair(layer.stride), ((0, 0), (0, 0)),
+        pair(layer.dilation), layer.groups,
     ).squeeze(1)
-    below = origin * torch.tensor(stride, device=origin.device) - torch.tensor(padding, device=origin.device)
+    below = _origin_below(layer, origin)
     return _mask_outside(out, below, record.input_shape[2:]), below
 
 
 def _unpool_window(
     layer: mirror_layers.MaxUnpool2d, signal: Tensor, origin: Tensor, record: Record, images: Tensor
 ) -> tuple[Tensor, Tensor]:
-    kernel, stride, padding, dilation = _geometry(layer)
     targets, channels, height, width = signal.shape
     switches: Tensor = record.switches  # type: ignore[assignment]
     pooled_h, pooled_w = switches.shape[-2:]
@@ -76,9 +88,8 @@ def _unpool_window(
     cols = (origin[:, 1, None] + torch.arange(width, device=signal.device)).clamp(0, pooled_w - 1)
     # switches[images[t], :, rows[t, a], cols[t, b]] -> [T, C, h, w]
     picked = switches[images[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    below = origin * torch.tensor(stride, device=origin.device) - torch.tensor(padding, device=origin.device)
-    out_h = (height - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
-    out_w = (width - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
+    below = _origin_below(layer, origin)
+    out_h, out_w = _window_below(layer, (height, width))
     input_w = record.input_shape[3]
     local = (picked // input_w - below[:, 0, None, None, None]) * out_w + (picked % input_w - below[:, 1, None, None, None])
     # Positions outside the pooled map carry zero signal; clamp their (meaningless) targets.
@@ -128,11 +139,7 @@ def widest_window(layers: Sequence[MirrorLayer], records: dict[str, Record]) -> 
     widest = 0
     for layer in layers:
         below_channels = records[layer.source].input_shape[1]
-        below_h, below_w = height, width
-        if isinstance(layer, _WINDOWED):
-            kernel, stride, _, dilation = _geometry(layer)
-            below_h = (height - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
-            below_w = (width - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
+        below_h, below_w = _window_below(layer, (height, width)) if isinstance(layer, _WINDOWED) else (height, width)
         widest = max(widest, channels * height * width + below_channels * below_h * below_w)
         height, width, channels = below_h, below_w, below_channels
     return widest
