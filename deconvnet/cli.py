@@ -53,8 +53,10 @@ class Session:
     """A loaded model on its device, its DeconvNet, and where figures go."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        if args.batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+        for option in ("batch_size", "top_k", "k", "channels", "images", "dataset", "pointing"):
+            value = getattr(args, option, None)
+            if isinstance(value, int) and value < 1:
+                raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
         self.args = args
         self.device = _device(args.device)
         self.loaded: LoadedModel = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)

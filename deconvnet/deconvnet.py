@@ -390,20 +390,21 @@ def _targets(
     value: Targets, count: int, what: str, owner: str, device: torch.device
 ) -> Tensor:
     """Target indices as a LongTensor[K] on ``device``, validated against ``count``."""
+    whats = "classes" if what == "class" else f"{what}s"
     if value is None:
         return torch.arange(count, device=device)
     if isinstance(value, Tensor):
         if value.dim() > 1 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-            raise InputError(f"{what}s must be an int or a 1-D integer tensor, got {value.dtype} of shape {tuple(value.shape)}")
+            raise InputError(f"{whats} must be an int or a 1-D integer tensor, got {value.dtype} of shape {tuple(value.shape)}")
         items = value.reshape(-1).tolist()
     elif isinstance(value, bool) or not isinstance(value, (int, Sequence)) or isinstance(value, str):
-        raise InputError(f"{what}s must be an int, a sequence of ints or None, got {type(value).__name__}")
+        raise InputError(f"{whats} must be an int, a sequence of ints or None, got {type(value).__name__}")
     elif isinstance(value, int):
         items = [value]
     else:
         items = list(value)
     if not items:
-        raise InputError(f"no {what}s given: pass at least one, or None for all")
+        raise InputError(f"no {whats} given: pass at least one, or None for all")
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
             raise InputError(f"{what} {item!r} is not an int")

@@ -62,6 +62,8 @@ def test_figure_commands_in_process(folder, tmp_path, capsys):
         (["classes", "IMAGE", "--classes", "6"], "class 6 is out of range"),
         (["classes", "IMAGE", "--device", "cuda:nonsense"], "is not a device"),
         (["classes", "IMAGE", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["classes", "IMAGE", "--top-k", "0"], "--top-k must be at least 1, got 0"),
+        (["top9", "IMAGE", "--layers", "features.3"], "is not a folder"),
         (["classes", "IMAGE", "--model", "os:getcwd"], "returned str, not an nn.Module"),
         (["classes", "IMAGE", "--model", "vgg11", "--weights", "NOPE"], "unknown weights 'NOPE' for vgg11; choose one of DEFAULT, IMAGENET1K_V1"),
         (["classes", "IMAGE", "--model", "no_such_module_xyz:make"], "cannot import 'no_such_module_xyz'"),

@@ -103,10 +103,12 @@ def test_bad_target_types(dn, x):
         dn.reconstruct(x, "0", [])
     with pytest.raises(InputError, match="channel 1.5 is not an int"):
         dn.reconstruct(x, "0", [1.5])
-    with pytest.raises(InputError, match="classs must be an int|classes must be an int"):
+    with pytest.raises(InputError, match="classes must be an int, a sequence of ints or None, got str"):
         dn.reconstruct_classes(x, "3")
-    with pytest.raises(InputError, match="1-D integer tensor"):
+    with pytest.raises(InputError, match="classes must be an int or a 1-D integer tensor"):
         dn.reconstruct_classes(x, torch.tensor([0.5]))
+    with pytest.raises(InputError, match="no classes given"):
+        dn.reconstruct_classes(x, [])
 
 
 def test_bad_mode_signal_and_chunk(dn, x):
