@@ -279,12 +279,13 @@ def markdown(rows: list[dict]) -> str:
             names = list(group[0]["seconds"])
             lines += ["| " + " | ".join([kind, "px", "K", *[f"{n} s" for n in names], *ratios, "rel. error",
                                          "dtype", "machine", "torch"]) + " |",
-                      "|" + "---|" * (6 + len(names) + len(ratios))]
+                      "|" + "---|" * (7 + len(names) + len(ratios))]
             for r in group:
                 cells = [r["model"], str(r["size"]), str(r["targets"]),
                          *[f"{r['seconds'][n]:.3f}" for n in names],
                          *[f"{r[k]:.2f}x" if "throughput" not in k and "images" not in k else f"{r[k]:.2f}" for k in ratios],
-                         f"{r.get('relative error', float('nan')):.1e}", r["dtype"], r["machine"], r["torch"]]
+                         f"{r['relative error']:.1e}" if "relative error" in r else "n/a",
+                         r["dtype"], r["machine"], r["torch"]]
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
