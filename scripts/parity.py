@@ -82,7 +82,7 @@ def main() -> None:
         dn = DeconvNet(model)
         trace = dn.trace(x)
         activation = dn.activation(trace, layer)[0]
-        channels = [0, 7, 31, 63]
+        channels = [c for c in (0, 7, 31, 63) if c < activation.shape[0]]
         ours = dn.reconstruct(trace, layer, channels, signal="unit")[0]
         worst = 0.0
         for j, c in enumerate(channels):
