@@ -126,3 +126,17 @@ def test_top_k_with_fewer_images_than_k_and_projection():
             signal[0, 0, c, i, w] = top.values[c, r]
             expected = dn.reconstruct_from(images[n : n + 1], "4", signal)[0, 0]
             torch.testing.assert_close(projections[j, r], expected)
+
+
+def test_mining_rejects_bad_k_and_empty_data():
+    import pytest
+
+    from deconvnet import InputError, LayerNotFoundError
+
+    dn = DeconvNet(_small_model())
+    with pytest.raises(InputError, match="k must be at least 1, got 0"):
+        mine_top_units(dn, [], ["4"], k=0)
+    with pytest.raises(InputError, match="no batches to mine: the dataset is empty"):
+        mine_top_units(dn, [], ["4"])
+    with pytest.raises(LayerNotFoundError, match="unknown layer '44'"):
+        mine_top_units(dn, [(torch.randn(1, 3, 12, 12), torch.arange(1))], ["44"])
