@@ -12,8 +12,8 @@ for more layer types is one :func:`register_rule` call. Pictures: :mod:`deconvne
 :mod:`deconvnet.figures`; the command line: ``deconvnet --help``.
 """
 
-from .deconvnet import DeconvNet, Targets
 from .capture import Trace
+from .deconvnet import DeconvNet, Targets
 from .errors import (
     BranchingModelError,
     DeconvnetError,

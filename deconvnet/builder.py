@@ -10,12 +10,11 @@ follows the signal through the graph (chains, residual adds, concatenations) and
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 import operator
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
-
 from torch import fx, nn
 
 from . import mirror as mirror_layers
@@ -244,7 +243,9 @@ def build(model: nn.Module) -> Network:
     layers_mirrored: list[mirror_layers.MirrorLayer] = []
     nodes: list[fx.Node] = []
     output: fx.Node | None = None
-    taken = set(module_names.values())
+    # Names a functional call must not take: every called module's layer names and its
+    # qualified name (a module called twice is "relu:0", "relu:1", and "relu" must stay its).
+    taken = set(module_names.values()) | {str(n.target) for n in module_names}
 
     for node in graph.nodes:
         if node.op == "output":
@@ -269,7 +270,7 @@ def build(model: nn.Module) -> Network:
             continue  # shapes, constants and parameters: no signal goes through
         name = module_names.get(node, node.name)
         if node.op != "call_module" and name in taken:
-            name = f"{name}@{node.name}"
+            name = f"{node.name}()"  # the call, told apart from the module of the same name
         combined = _combine(node, name, signal)
         if combined is not None:
             module, rule, (mirrored, inputs) = None, None, combined
@@ -295,7 +296,7 @@ def build(model: nn.Module) -> Network:
     for qualname, node in module_calls:
         if node in steps:
             modules.setdefault(qualname, []).append(steps[node].name)
-    for node, step in steps.items():
+    for step in steps.values():
         layers[step.name] = step
     for qualname, called in modules.items():
         if len(called) == 1 and qualname not in layers:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from . import mirror
-from .functional import pair
 from .builder import Network
+from .functional import pair
 
 __all__ = ["ReceptiveField", "receptive_fields"]
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import mirror
-from .functional import pair
 from .errors import DeconvnetError
+from .functional import pair
 
 __all__ = ["Rule", "register_rule", "rule_for", "supported_layers", "is_registered"]
 

@@ -176,7 +176,7 @@ class DagNet(nn.Module):
         self.head = head
 
     def forward(self, x: Tensor) -> Tensor:
-        for kind, block in zip(self.kinds, self.params):
+        for kind, block in zip(self.kinds, self.params, strict=True):
             if kind == "conv":
                 x = self.relu(block(x))
             elif kind == "residual":

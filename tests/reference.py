@@ -89,9 +89,14 @@ def deconv_gradient(
     """
     x = x.detach().clone().requires_grad_(True)
     captured: list[Tensor] = []
-    handle = (
-        layer.register_forward_hook(lambda m, i, o: captured.append(o)) if layer is not None else None
-    )
+
+    def keep(module: nn.Module, inputs: object, output: Tensor) -> Tensor:
+        # The model goes on with a copy: a later in-place op (out += shortcut) must not change
+        # the layer output the signal starts from.
+        captured.append(output)
+        return output.clone()
+
+    handle = layer.register_forward_hook(keep) if layer is not None else None
     try:
         with _mode(rule):
             out = model(x)

@@ -237,3 +237,20 @@ def test_cuda_model_runs_mirror_on_cuda():
     assert out.is_cuda
     cpu = DeconvNet(small_net().float()).reconstruct_classes(x)
     torch.testing.assert_close(out.cpu(), cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_functional_call_never_takes_a_module_name():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            x = F.relu(self.conv(x))  # fx names this node "relu"
+            return self.relu(self.relu(x))  # the module "relu", called twice
+
+    dn = DeconvNet(Mixed().eval())
+    assert dn.layers == ["conv", "relu()", "relu:0", "relu:1"]
+    with pytest.raises(deconvnet.LayerNotFoundError, match="'relu' is called 2 times"):
+        dn.reconstruct(torch.randn(1, 3, 8, 8), "relu")
