@@ -193,7 +193,7 @@ def _resolve_call(node: fx.Node) -> tuple[nn.Module | None, mirror_layers.Mirror
     raise UnsupportedLayerError(
         f"{node.name} (the call {what}) has no deconvnet rule; supported calls: relu, "
         "max_pool2d, avg_pool2d, adaptive_avg_pool2d, dropout, flatten, view, reshape, squeeze, "
-        "unsqueeze, contiguous; for anything else use a module and register a rule with "
+        "unsqueeze, contiguous, add, sub, cat; for anything else use a module and register a rule with "
         "deconvnet.register_rule"
     )
 
