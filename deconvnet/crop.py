@@ -20,7 +20,6 @@ from torch import Tensor
 
 from . import functional
 from . import mirror as mirror_layers
-from .functional import pair
 from .mirror import MirrorLayer, Record
 
 __all__ = ["croppable", "project_units", "widest_window"]
@@ -34,25 +33,16 @@ def croppable(layers: Sequence[MirrorLayer]) -> bool:
     return all(isinstance(layer, _POINTWISE + _WINDOWED) for layer in layers)
 
 
-def _geometry(layer: MirrorLayer) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """(kernel, stride, padding before, dilation) of a windowed mirror layer's forward layer."""
-    if isinstance(layer, mirror_layers.ConvTranspose2d):
-        kernel = tuple(layer.weight.shape[2:])
-        return kernel, pair(layer.stride), (layer.pads[0][0], layer.pads[1][0]), pair(layer.dilation)  # type: ignore[return-value]
-    pool: mirror_layers.MaxUnpool2d = layer  # type: ignore[assignment]
-    return pair(pool.kernel_size), pair(pool.stride), pair(pool.padding), pair(pool.dilation)
-
-
 def _window_below(layer: MirrorLayer, size: Sequence[int]) -> tuple[int, int]:
     """The window a windowed layer's input needs for a ``size`` window on its output."""
-    kernel, stride, _, dilation = _geometry(layer)
+    kernel, stride, _, dilation = layer.window()  # type: ignore[attr-defined]
     rows, cols = ((n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip(size, stride, dilation, kernel, strict=True))
     return rows, cols
 
 
 def _origin_below(layer: MirrorLayer, origin: Tensor) -> Tensor:
     """Where the input window starts, for windows on the output starting at ``origin``."""
-    _, stride, padding, _ = _geometry(layer)
+    _, stride, padding, _ = layer.window()  # type: ignore[attr-defined]
     return origin * torch.tensor(stride, device=origin.device) - torch.tensor(padding, device=origin.device)
 
 
@@ -70,9 +60,9 @@ def _mask_outside(signal: Tensor, origin: Tensor, size: Sequence[int]) -> Tensor
 def _conv_window(layer: mirror_layers.ConvTranspose2d, signal: Tensor, origin: Tensor, record: Record) -> tuple[Tensor, Tensor]:
     # The whole transposed output, unpadded: the window's own padding is its origin shift.
     size = _window_below(layer, signal.shape[-2:])
+    _, stride, _, dilation = layer.window()
     out = functional.conv_transpose2d(
-        signal.unsqueeze(1), layer.weight, size, pair(layer.stride), ((0, 0), (0, 0)),
-        pair(layer.dilation), layer.groups,
+        signal.unsqueeze(1), layer.weight, size, stride, ((0, 0), (0, 0)), dilation, layer.groups
     ).squeeze(1)
     below = _origin_below(layer, origin)
     return _mask_outside(out, below, record.input_shape[2:]), below

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from math import prod
-from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -180,8 +179,9 @@ class DeconvNet:
         batch = torch.arange(n, device=flat.device)[:, None]
         strongest = flat.argmax(dim=2) if mode == "max" else None  # [N, C]
         rule = self._rule(rule)
-        if self._crops(step, activation, mode, crop, trace, rule):
-            return self._cropped(trace, step, activation, flat, strongest, targets, signal, chunk_size)
+        below = self._crop_chain(step, activation, mode, crop, trace, rule)
+        if below is not None:
+            return self._cropped(trace, below, activation, flat, strongest, targets, signal, chunk_size)
 
         def make(chunk: Tensor) -> Tensor:
             k = chunk.numel()
@@ -270,12 +270,12 @@ class DeconvNet:
         """The input region each unit of ``layer`` sees; ``None`` when it sees everything."""
         return self._receptive_fields[self.layer_name(layer)]
 
-    def _crops(
+    def _crop_chain(
         self, step: Step, activation: Tensor, mode: str, crop: bool | None, trace: Trace, rule: str
-    ) -> bool:
-        """Whether this reconstruction runs on receptive-field windows."""
+    ) -> list[MirrorLayer] | None:
+        """The mirror layers to run on receptive-field windows, or None to run uncropped."""
         if crop is False:
-            return False
+            return None
         below = self.mirror.chain_below(step.name)
         field = self._receptive_fields[step.name]
         usable = (
@@ -287,15 +287,16 @@ class DeconvNet:
                 f"crop=True needs mode='max', rule='deconvnet' and, below {step.name}, a chain of "
                 "only convs, max-pools, ReLUs, batch-norms and identities"
             )
-        if not usable or crop is True:
-            return usable
+        if not usable:
+            return None
         height, width = trace.input.shape[-2:]
-        return field.size[0] * field.size[1] <= _CROP_AREA * height * width  # type: ignore[union-attr]
+        small = field.size[0] * field.size[1] <= _CROP_AREA * height * width  # type: ignore[union-attr]
+        return below if crop is True or small else None
 
     def _cropped(
         self,
         trace: Trace,
-        step: Step,
+        below: list[MirrorLayer],
         activation: Tensor,
         flat: Tensor,
         strongest: Tensor,
@@ -304,7 +305,6 @@ class DeconvNet:
         chunk_size: int | None,
     ) -> Tensor:
         n, width = activation.shape[0], activation.shape[-1]
-        below = cast(list[MirrorLayer], self.mirror.chain_below(step.name))
         total = targets.numel()
         size = chunk_size or max(1, self._budget(trace.input.device) // self._window_bytes(trace, below, n))
         result = flat.new_zeros(n, total, *trace.input.shape[1:])

@@ -36,6 +36,7 @@ __all__ = [
     "Mirror",
     "RULES",
     "INPUT",
+    "Window",
 ]
 
 
@@ -46,6 +47,9 @@ backpropagation); ``gradient`` only masks (the plain gradient)."""
 
 INPUT = ""
 """The name under which the mirror delivers the signal on the model's input."""
+
+Window = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
+"""(kernel, stride, padding before, dilation) of a sliding-window layer, each (rows, columns)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,12 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
             self.groups,
         )
 
+    def window(self) -> Window:
+        """The forward conv's sliding window (its ``"same"`` padding resolved)."""
+        kh, kw = self.weight.shape[2:]
+        before = (self.pads[0][0], self.pads[1][0])
+        return (int(kh), int(kw)), pair(self.stride), before, pair(self.dilation)
+
 
 def _conv_padding(conv: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int]]:
     """(before, after) padding per spatial dim, resolving ``"same"`` and ``"valid"``."""
@@ -154,9 +164,13 @@ class MaxUnpool2d(MirrorLayer, nn.MaxUnpool2d):
         phases = self.phases() if ordered and self.accumulate else None
         return functional.unpool2d(signal, switches, record.input_shape[2:], self.accumulate, phases)
 
+    def window(self) -> Window:
+        """The forward max-pool's sliding window."""
+        return pair(self.kernel_size), pair(self.stride), pair(self.padding), pair(self.dilation)
+
     def phases(self) -> tuple[int, int]:
         """Window groups per axis within which windows cannot overlap: ceil(span / stride)."""
-        kernel, stride, dilation = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
+        kernel, stride, _, dilation = self.window()
         return tuple(-(-(d * (k - 1) + 1) // s) for k, s, d in zip(kernel, stride, dilation, strict=True))  # type: ignore[return-value]
 
 
@@ -232,6 +246,10 @@ class AvgPool2dTranspose(MirrorLayer):
         self.ceil_mode = bool(pool.ceil_mode)
         self.count_include_pad = bool(pool.count_include_pad)
         self.divisor_override = pool.divisor_override
+
+    def window(self) -> Window:
+        """The forward avg-pool's sliding window."""
+        return self.kernel_size, self.stride, self.padding, (1, 1)
 
     def extra_repr(self) -> str:
         return (
@@ -371,10 +389,9 @@ class Mirror(nn.Module):
 
     def chain_below(self, start: str) -> list[MirrorLayer] | None:
         """The layers from ``start`` down to the input when each has one input, else None."""
-        by_name = {layer.source: layer for layer in self.layers}
         chain, name = [], start
         while name != INPUT:
-            layer = by_name[name]
+            layer = self.layers[self._index[name]]
             if len(layer.inputs) != 1:
                 return None
             chain.append(layer)

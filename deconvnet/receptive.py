@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from . import mirror
 from .builder import Network
-from .functional import pair
 
 __all__ = ["ReceptiveField", "receptive_fields"]
 
@@ -39,25 +36,8 @@ class ReceptiveField:
         return top, left, bottom, right
 
 
-def _window(module: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]] | None:
-    """(kernel, stride, padding before, dilation) of a sliding-window layer, else None."""
-    if isinstance(module, nn.Conv2d):
-        kernel, dilation = pair(module.kernel_size), pair(module.dilation)
-        if module.padding == "same":
-            padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel, strict=True))
-        elif module.padding == "valid":
-            padding = (0, 0)
-        else:
-            padding = pair(module.padding)
-        return kernel, pair(module.stride), padding, dilation  # type: ignore[return-value]
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-        kernel = pair(module.kernel_size)
-        stride = pair(module.stride if module.stride else module.kernel_size)
-        dilation = pair(getattr(module, "dilation", 1))
-        return kernel, stride, pair(module.padding), dilation
-    return None
-
-
+# Mirror layers of sliding-window forward layers (convs, max- and avg-pools): they grow the field.
+_WINDOWED = (mirror.ConvTranspose2d, mirror.MaxUnpool2d, mirror.AvgPool2dTranspose)
 # Mirror layers of element-wise forward layers: they leave the receptive field as it is.
 _POINTWISE = (mirror.ReLU, mirror.Identity, mirror.ChannelScale, mirror.Add, mirror.Concat)
 
@@ -73,7 +53,7 @@ def receptive_fields(network: Network) -> dict[str, ReceptiveField | None]:
     for node, step in network.steps.items():
         below = [fields.get(i, unit) for i in step.inputs]  # the model input: a single pixel
         field = _union(below)
-        window = _window(step.module) if step.module is not None else None
+        window = step.mirror.window() if isinstance(step.mirror, _WINDOWED) else None
         if field is not None and window is not None:
             kernel, stride, padding, dilation = window
             field = ReceptiveField(

@@ -38,8 +38,9 @@ def test_crop_is_the_default_where_the_field_is_small():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3)).eval()
     dn = DeconvNet(net)
     trace = dn.trace(torch.randn(1, 3, 32, 32))
-    assert dn._crops(dn._network.resolve("3"), dn.activation(trace, "3"), "max", None, trace, "deconvnet")
-    assert not dn._crops(dn._network.resolve("3"), dn.activation(trace, "3"), "map", None, trace, "deconvnet")
+    step, activation = dn._network.resolve("3"), dn.activation(trace, "3")
+    assert dn._crop_chain(step, activation, "max", None, trace, "deconvnet") is not None
+    assert dn._crop_chain(step, activation, "map", None, trace, "deconvnet") is None
     assert torch.equal(dn.reconstruct(trace, "3"), dn.reconstruct(trace, "3", crop=True))
 
 
