@@ -13,6 +13,7 @@ state dict with ``--checkpoint``, or ``module:factory``. Errors end with one lin
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -128,14 +129,16 @@ def _top9(s: Session, files: list[Path], layers: Sequence[str], k: int, shown: i
     loader = torch.utils.data.DataLoader(dataset, batch_size=s.args.batch_size)
     batches = ((x.to(s.device), i) for x, i in tqdm(loader, desc="mining top units", unit="batch"))
     top = mine_top_units(s.dn, batches, layers, k=k)
+
+    @functools.cache
+    def load(index: int) -> torch.Tensor:
+        # Each kept image is read once: for its projection and again for its patch.
+        return dataset[index][0].to(s.device)
+
     written = []
     for layer in layers:
         units = top[layer]
         channels = list(range(min(shown, units.values.shape[0])))
-
-        def load(index: int) -> torch.Tensor:
-            return dataset[index][0].to(s.device)
-
         projections = project_top_units(s.dn, units, load, channels, batch_size=s.args.batch_size)
         patches = torch.zeros_like(projections)
         for j, c in enumerate(channels):
