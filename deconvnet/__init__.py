@@ -25,7 +25,7 @@ from .errors import (
     TrainingModeError,
     UnsupportedLayerError,
 )
-from .mirror import Mirror, MirrorLayer, Record
+from .mirror import Context, Mirror, MirrorLayer, Record
 from .rules import Rule, register_rule, supported_layers
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Targets",
     "Mirror",
     "MirrorLayer",
+    "Context",
     "Record",
     "Rule",
     "register_rule",

@@ -1,21 +1,24 @@
 """The builder: read a model's real forward with torch.fx and emit its mirror.
 
 ``build(model)`` traces the forward (so ``torch.flatten``, ``F.relu``, ``x.view`` inside
-``forward`` are seen, not just ``children()``), looks every layer up in the rule registry,
-follows the signal through the graph (chains, residual adds, concatenations) and returns a
-:class:`Network`: the forward steps in order, the names one can reconstruct from, and the
-:class:`~deconvnet.mirror.Mirror`, the graph reversed.
+``forward`` are seen, not just ``children()``), looks every layer up in the rule set and every
+call up in :data:`deconvnet.rules.CALLS`, follows the signal through the graph (chains, residual
+adds, concatenations, gates) and returns a :class:`Network`: the forward steps in order, the
+names one can reconstruct from, and the :class:`~deconvnet.mirror.Mirror`, the graph reversed.
+Anything else on the signal path becomes a general :class:`~deconvnet.mirror.VJP` layer (or is
+refused with ``strict=True``); a submodule torch.fx cannot trace becomes one such layer.
 """
 
 from __future__ import annotations
 
 import difflib
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from . import mirror as mirror_layers
 from . import rules
@@ -26,36 +29,42 @@ from .errors import (
     TrainingModeError,
     UnsupportedLayerError,
 )
-from .mirror import Mirror
+from .functional import pair
+from .mirror import Call, Mirror, MirrorLayer, _Ref
 
 __all__ = ["Step", "Network", "build"]
+
+Run = Callable[[tuple[Any, ...], dict[str, Any]], tuple[Tensor, Tensor | None]]
 
 
 @dataclass(eq=False)
 class Step:
-    """One forward layer of the chain.
+    """One forward layer on the signal path.
 
     name: the layer's readable name: its module's qualified name (``name:i`` for the i-th call
         of a module called more than once), or the torch.fx node name of a functional call.
     node: the traced node.
-    module: the forward module, or the module a functional call is equivalent to; ``None`` for
-        reshapes and identities, which are run as traced.
-    rule: the registry rule for ``module``.
+    module: the forward module, or the module a functional call is equivalent to, or None.
+    rule: the rule for ``module``, if any.
     mirror: the mirror layer that reverses it.
     inputs: the nodes whose outputs it takes as signal.
+    run: runs the layer while tracing when it must return more than its output (switches).
+    refs: the forward values its mirror reads (``record.values``), in order.
     """
 
     name: str
     node: fx.Node
     module: nn.Module | None
     rule: rules.Rule | None
-    mirror: mirror_layers.MirrorLayer
+    mirror: MirrorLayer
     inputs: list[fx.Node]
+    run: Run | None = None
+    refs: list[fx.Node] = field(default_factory=list)
 
 
 @dataclass(eq=False)
 class Network:
-    """A model read as a chain: what tracing runs and what the mirror reverses."""
+    """A model read as a graph: what tracing runs and what the mirror reverses."""
 
     model: nn.Module
     nodes: list[fx.Node]
@@ -69,6 +78,8 @@ class Network:
     input_channels: int | None
     modules: dict[str, list[str]] = field(default_factory=dict)
     """Module qualified name -> its layer names (several when the module is called more than once)."""
+    substitutes: dict[str, nn.Module] = field(default_factory=dict)
+    """Modules that work in place -> an out-of-place copy to run while tracing."""
 
     def resolve(self, layer: str | nn.Module) -> Step:
         """The step whose output is ``layer`` (a name in ``layers`` or a module of the model)."""
@@ -105,10 +116,14 @@ class Network:
     def check_eval(self) -> None:
         """Refuse to trace layers that would run with training semantics."""
         for step in self.steps.values():
-            if step.rule is not None and step.rule.eval_only and step.module is not None:
-                if step.module.training:
+            if step.module is None:
+                continue
+            for part_name, part in step.module.named_modules():
+                rule = rules.DEFAULT_RULES.rule_for(part) if part is not step.module else step.rule
+                if part.training and rule is not None and rule.eval_only:
+                    where = step.name if not part_name else f"{step.name}.{part_name}"
                     raise TrainingModeError(
-                        f"{step.name} ({type(step.module).__name__}) is in training mode, where "
+                        f"{where} ({type(part).__name__}) is in training mode, where "
                         "it is random or uses batch statistics; call model.eval() first"
                     )
 
@@ -119,37 +134,79 @@ def _short_list(names: list[str], limit: int = 12) -> str:
     return ", ".join(names[:limit]) + f", ... ({len(names)} in all)"
 
 
-class _Tracer(fx.Tracer):
-    """A tracer that keeps registered layers whole and records every module call's output."""
+# --- tracing ----------------------------------------------------------------------------------
 
-    def __init__(self) -> None:
-        super().__init__()
+
+def _timm_registrations() -> tuple[set[type[nn.Module]], list[Callable[..., Any]]]:
+    """timm's own fx leaf modules and wrapped functions, when timm is installed.
+
+    Its norm-plus-activation modules are traced through instead: they are a batch-norm and an
+    activation, which the mirror reverses by hand.
+    """
+    try:
+        from timm.layers import _fx as timm_fx
+    except ImportError:
+        return set(), []
+    leaves = set(timm_fx.get_notrace_modules())
+    leaves = {m for m in leaves if not m.__name__.endswith(("BatchNormAct2d", "BatchNormAct"))}
+    return leaves, list(timm_fx.get_notrace_functions())
+
+
+class _Tracer(fx.Tracer):
+    """Keeps layers with a rule (and timm's and the opaque ones) whole; records every module
+    call's output and which module was being traced when tracing failed."""
+
+    def __init__(self, ruleset: rules.RuleSet, opaque: set[str]) -> None:
+        leaves, functions = _timm_registrations()
+        super().__init__(autowrap_functions=tuple(functions))
+        self.ruleset = ruleset
+        self.opaque = opaque
+        self.timm_leaves = tuple(leaves)
         self.module_calls: list[tuple[str, fx.Node]] = []
+        self.failed_in: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return rules.rule_for(m) is not None or super().is_leaf_module(m, module_qualified_name)
+        return (
+            self.ruleset.rule_for(m) is not None
+            or module_qualified_name in self.opaque
+            or (bool(self.timm_leaves) and isinstance(m, self.timm_leaves))
+            or super().is_leaf_module(m, module_qualified_name)
+        )
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
-        out = super().call_module(m, forward, args, kwargs)
+        try:
+            out = super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost module whose forward failed
+                self.failed_in = self.path_of_module(m)
+            raise
         if isinstance(out, fx.Proxy):
             self.module_calls.append((self.path_of_module(m), out.node))
         return out
 
 
-def _trace(model: nn.Module) -> tuple[fx.Graph, list[tuple[str, fx.Node]]]:
+def _trace(model: nn.Module, ruleset: rules.RuleSet) -> tuple[fx.Graph, list[tuple[str, fx.Node]], set[str]]:
+    """The traced graph, the module calls, and the submodules kept whole because torch.fx
+    cannot trace them (each becomes a general VJP layer)."""
     if not isinstance(model, nn.Module):
         raise TracingError(f"DeconvNet takes an nn.Module, got {type(model).__name__}")
-    tracer = _Tracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as error:  # torch.fx raises many types; all mean the same to the user
-        raise TracingError(
-            f"torch.fx could not trace {type(model).__name__}.forward: "
-            f"{type(error).__name__}: {error}. deconvnet reads the forward with torch.fx, "
-            "which cannot follow control flow that depends on tensor values; move such logic "
-            "out of forward or wrap it in a module with a registered rule"
-        ) from error
-    return graph, tracer.module_calls
+    opaque: set[str] = set()
+    while True:
+        tracer = _Tracer(ruleset, opaque)
+        try:
+            graph = tracer.trace(model)
+        except Exception as error:  # torch.fx raises many types; all mean the same to the user
+            failed = tracer.failed_in
+            if failed and failed not in opaque:
+                opaque.add(failed)  # keep that submodule whole and try again
+                continue
+            raise TracingError(
+                f"torch.fx could not trace {type(model).__name__}.forward: "
+                f"{type(error).__name__}: {error}. deconvnet reads the forward with torch.fx, "
+                "which cannot follow control flow that depends on tensor values; move such logic "
+                "into a submodule (it is then reversed as one general layer) or out of forward"
+            ) from error
+        return graph, tracer.module_calls, opaque
 
 
 def _describe(node: fx.Node) -> str:
@@ -159,61 +216,7 @@ def _describe(node: fx.Node) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", str(target))
 
 
-def _resolve_call(node: fx.Node) -> tuple[nn.Module | None, mirror_layers.MirrorLayer]:
-    """The equivalent module (or None) and mirror layer of a functional signal call."""
-    target, args, kwargs = node.target, node.args[1:], dict(node.kwargs)
-    factories = rules.METHOD_MODULES if node.op == "call_method" else rules.FUNCTION_MODULES
-    reshapes = rules.RESHAPE_METHODS if node.op == "call_method" else rules.RESHAPE_FUNCTIONS
-    identities = rules.IDENTITY_METHODS if node.op == "call_method" else rules.IDENTITY_FUNCTIONS
-    what = _describe(node)
-    if target in reshapes:
-        return None, mirror_layers.Reshape(what)
-    if target in identities:
-        if kwargs.get("training", len(args) > 1 and args[1]):
-            raise TrainingModeError(
-                f"{node.name} ({what}) was traced with training=True; call model.eval() "
-                "before DeconvNet(model)"
-            )
-        return None, mirror_layers.Identity(what)
-    if target in factories:
-        constants = [*args, *kwargs.values()]
-        if any(isinstance(a, fx.Node) for a in constants):
-            raise UnsupportedLayerError(
-                f"{node.name} ({what}) takes arguments computed in the forward; deconvnet "
-                "needs constant arguments there: use the equivalent nn module"
-            )
-        try:
-            module = factories[target](*args, **kwargs)
-        except (TypeError, ValueError) as error:
-            raise UnsupportedLayerError(f"{node.name} ({what}): {error}") from error
-        rule = rules.rule_for(module)
-        if rule is None:  # pragma: no cover - every factory builds a registered module type
-            raise UnsupportedLayerError(f"{node.name} ({what}) has no deconvnet rule")
-        return module, rule.mirror(module)
-    raise UnsupportedLayerError(
-        f"{node.name} (the call {what}) has no deconvnet rule; supported calls: relu, "
-        "max_pool2d, avg_pool2d, adaptive_avg_pool2d, dropout, flatten, view, reshape, squeeze, "
-        "unsqueeze, contiguous, add, sub, cat; for anything else use a module and register a rule with "
-        "deconvnet.register_rule"
-    )
-
-
-def _module_rule(name: str, module: nn.Module) -> rules.Rule:
-    rule = rules.rule_for(module)
-    kind = type(module).__name__
-    if rule is None:
-        raise UnsupportedLayerError(
-            f"{name} ({kind}) has no deconvnet rule; supported: "
-            f"{', '.join(rules.supported_layers())}; register one with "
-            f"deconvnet.register_rule({kind}, mirror=...)"
-        )
-    reason = rule.unsupported(module) if rule.unsupported is not None else None
-    if reason:
-        raise UnsupportedLayerError(f"{name} ({kind}): {reason}")
-    return rule
-
-
-def _step_names(graph: fx.Graph, calls: list[tuple[str, fx.Node]]) -> dict[fx.Node, str]:
+def _step_names(graph: fx.Graph) -> dict[fx.Node, str]:
     """Readable names for call_module nodes: the qualified name, ``name:i`` when repeated."""
     per_module: dict[str, list[fx.Node]] = {}
     for node in graph.nodes:
@@ -226,10 +229,491 @@ def _step_names(graph: fx.Graph, calls: list[tuple[str, fx.Node]]) -> dict[fx.No
     return names
 
 
-def build(model: nn.Module) -> Network:
-    """Read ``model``'s forward and build its mirror. Raises a DeconvnetError if it cannot."""
-    graph, module_calls = _trace(model)
-    module_names = _step_names(graph, module_calls)
+def _normalise_in_place(graph: fx.Graph, model: nn.Module) -> dict[str, nn.Module]:
+    """Make every call out of place (in our copy of the graph), so recorded activations stay as
+    the layers produced them; returns out-of-place copies of in-place modules."""
+    substitutes: dict[str, nn.Module] = {}
+    for node in graph.nodes:
+        if node.op in ("call_function", "call_method"):
+            target, args, kwargs = rules.out_of_place_call(node.op, node.target, node.args, dict(node.kwargs))
+            node.target, node.args, node.kwargs = target, args, kwargs
+        elif node.op == "call_module":
+            module = model.get_submodule(str(node.target))
+            replacement = rules.out_of_place(module)
+            if replacement is not module:
+                substitutes[str(node.target)] = replacement
+    return substitutes
+
+
+# --- reading one node -----------------------------------------------------------------------
+
+
+class _General(Exception):
+    """This call is not reversed by hand: use the general VJP layer. The message says why."""
+
+
+_COMPUTED = "takes arguments computed in the forward, where a hand-written mirror layer needs constants"
+
+
+@dataclass
+class _Built:
+    mirror: MirrorLayer
+    inputs: list[fx.Node]
+    module: nn.Module | None = None
+    rule: rules.Rule | None = None
+    run: Run | None = None
+    refs: list[fx.Node] = field(default_factory=list)
+    reason: str = ""
+
+
+class _Reader:
+    """Turns signal nodes into mirror layers."""
+
+    def __init__(self, model: nn.Module, ruleset: rules.RuleSet, signal: set[fx.Node]) -> None:
+        self.model = model
+        self.ruleset = ruleset
+        self.signal = signal
+
+    # helpers
+
+    def attribute(self, node: fx.Node) -> Callable[[], Any]:
+        """A parameter or buffer of the model, fetched when the mirror runs (``.to()`` replaces
+        buffers)."""
+        target = str(node.target)
+
+        def fetch() -> Any:
+            value: Any = self.model
+            for part in target.split("."):
+                value = getattr(value, part)
+            return value
+
+        return fetch
+
+    def constant(self, value: Any) -> Callable[[], Any]:
+        """A constant argument, or a parameter/buffer; anything computed in the forward -> general."""
+        if isinstance(value, fx.Node):
+            if value.op == "get_attr":
+                return self.attribute(value)
+            raise _General(_COMPUTED)
+        if any(isinstance(a, fx.Node) for a in _flatten(value)):
+            raise _General(_COMPUTED)
+        return lambda: value
+
+    def plain(self, *values: Any) -> None:
+        """Require constants (no forward values) among ``values``."""
+        for value in values:
+            if any(isinstance(a, fx.Node) for a in _flatten(value)):
+                raise _General(_COMPUTED)
+
+    def first_only(self, node: fx.Node) -> list[fx.Node]:
+        """The signal input of a call that takes it as first argument and nowhere else."""
+        sources = [n for n in node.all_input_nodes if n in self.signal]
+        uses = [a for a in _flatten((node.args, node.kwargs)) if isinstance(a, fx.Node) and a in self.signal]
+        if len(sources) != 1 or not node.args or node.args[0] is not sources[0] or len(uses) != 1:
+            raise _General(
+                "combines signals in a way no hand-written mirror layer reverses (supported: add, "
+                "sub, cat, mul, div, and layers that take the signal as their first argument)"
+            )
+        return sources
+
+    def call(self, node: fx.Node, item: int | None = None, kind: str | None = None, target: Any = None) -> tuple[Call, list[fx.Node], list[fx.Node]]:
+        """The node as a replayable :class:`Call`, its signal inputs and its references."""
+        refs: list[fx.Node] = []
+
+        def ref(value: Any) -> Any:
+            if isinstance(value, fx.Node):
+                if value not in refs:
+                    refs.append(value)
+                return _Ref(refs.index(value))
+            if isinstance(value, (tuple, list)):
+                return type(value)(ref(v) for v in value)
+            if isinstance(value, dict):
+                return {k: ref(v) for k, v in value.items()}
+            if isinstance(value, slice):
+                return slice(ref(value.start), ref(value.stop), ref(value.step))
+            return value
+
+        args = ref(tuple(node.args))
+        kwargs = ref(dict(node.kwargs))
+        inputs = [n for n in refs if n in self.signal]
+        signals = tuple(refs.index(n) for n in inputs)
+        if kind is None:
+            kind = {"call_function": "function", "call_method": "method", "call_module": "module"}[node.op]
+            target = self.model.get_submodule(str(node.target)) if node.op == "call_module" else node.target
+        return Call(kind, target, args, kwargs, signals, item), inputs, refs
+
+    def general(self, node: fx.Node, item: int | None = None, producer: fx.Node | None = None) -> _Built:
+        source = producer if producer is not None else node
+        call, inputs, refs = self.call(source, item)
+        module = call.target if call.kind == "module" else None
+        return _Built(mirror_layers.VJP(call, rules.rectifier_call), inputs, module=module, refs=refs)
+
+    # modules
+
+    def module(self, node: fx.Node, name: str) -> _Built:
+        module = self.model.get_submodule(str(node.target))
+        rule = self.ruleset.rule_for(module)
+        if rule is None:
+            raise _General
+        if rule.unsupported is not None:
+            reason = rule.unsupported(module)
+            if reason:
+                raise _General(reason)
+        inputs = self.first_only(node)
+        if node.kwargs or len(node.args) != 1:
+            raise _General
+        run: Run | None = None
+        if rule.run is not rules.Rule.run:  # a rule that records more than the output
+            run = _module_run(rule, module)
+        return _Built(rule.mirror(module), inputs, module=module, rule=rule, run=run)
+
+    # calls
+
+    def function(self, node: fx.Node, name: str) -> _Built:
+        try:
+            kind = rules.CALLS.get(node.target)
+        except TypeError:  # an unhashable target
+            kind = None
+        if kind is None:
+            raise _General
+        return getattr(self, f"_{kind}")(node, name)
+
+    def _activation(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        rest, kwargs = node.args[1:], dict(node.kwargs)
+        found = rules.activation_kind(node.target, rest and (None, *rest) or (), kwargs)  # type: ignore[arg-type]
+        if found is None:  # pragma: no cover - every CALLS activation has a kind
+            raise _General
+        rectifier, relu = found
+        if node.target in (torch.nn.functional.rrelu, torch.rrelu) and (
+            kwargs.get("training") or (len(rest) > 2 and rest[2])
+        ):
+            raise TrainingModeError(f"{name} (rrelu) was traced with training=True; call model.eval() first")
+        fetched = [self.constant(a) for a in rest]
+        options = {k: self.constant(v) for k, v in kwargs.items() if k != "inplace"}
+        what = _describe(node)
+        if relu:
+            return _Built(mirror_layers.ReLU(what), inputs)
+        target = node.target
+
+        def function(x: Tensor) -> Tensor:
+            values = [f() for f in fetched]
+            named = {k: f() for k, f in options.items()}
+            return getattr(x, target)(*values, **named) if isinstance(target, str) else target(x, *values, **named)
+
+        return _Built(mirror_layers.Activation(what, function, rectifier=rectifier), inputs)
+
+    def _max_pool(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        self.plain(node.args[1:], node.kwargs)
+        try:
+            pool = _as_max_pool(*node.args[1:], **node.kwargs)
+        except (TypeError, ValueError) as error:
+            raise _General from error
+        rule = cast(rules.Rule, self.ruleset.rule_for(pool))
+        return _Built(rule.mirror(pool), inputs, module=pool, rule=rule, run=_module_run(rule, pool))
+
+    def _avg_pool(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        self.plain(node.args[1:], node.kwargs)
+        return _Built(mirror_layers.AvgPool2dTranspose(nn.AvgPool2d(*node.args[1:], **node.kwargs)), inputs)
+
+    def _adaptive_avg_pool(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        self.plain(node.args[1:], node.kwargs)
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return _Built(mirror_layers.AdaptiveAvgPool2dTranspose(size), inputs)
+
+    def _adaptive_max_pool(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        self.plain(node.args[1:], node.kwargs)
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        if node.kwargs.get("return_indices") or (len(node.args) > 2 and node.args[2]):
+            raise _General
+        pool = nn.AdaptiveMaxPool2d(size)
+        rule = cast(rules.Rule, rules.DEFAULT_RULES.rule_for(pool))
+        return _Built(rule.mirror(pool), inputs, module=pool, rule=rule, run=_module_run(rule, pool))
+
+    def _reshape(self, node: fx.Node, name: str) -> _Built:
+        return _Built(mirror_layers.Reshape(_describe(node)), self.first_only(node))
+
+    def _identity(self, node: fx.Node, name: str) -> _Built:
+        return _Built(mirror_layers.Identity(_describe(node)), self.first_only(node))
+
+    def _dropout(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        if node.kwargs.get("training", len(node.args) > 2 and node.args[2]):
+            raise TrainingModeError(
+                f"{name} ({_describe(node)}) was traced with training=True; call model.eval() "
+                "before DeconvNet(model)"
+            )
+        return _Built(mirror_layers.Identity(_describe(node)), inputs)
+
+    def _add(self, node: fx.Node, name: str) -> _Built:
+        if len(node.args) != 2 or any(isinstance(v, fx.Node) for v in node.kwargs.values()):
+            raise _General
+        sign = -1.0 if node.target in (operator.sub, torch.sub, "sub") else 1.0
+        alpha = node.kwargs.get("alpha", 1)
+        if set(node.kwargs) - {"alpha"} or not isinstance(alpha, (int, float)):
+            raise _General
+        second = sign * float(alpha)
+        a, b = node.args
+        if a is b:  # x + x
+            return _Built(mirror_layers.Add((1.0 + second,)), [cast(fx.Node, a)])
+        parts = [(v, w) for v, w in zip((a, b), (1.0, second), strict=True) if isinstance(v, fx.Node) and v in self.signal]
+        if not parts:  # pragma: no cover - a signal node has a signal input
+            raise _General
+        return _Built(mirror_layers.Add(tuple(w for _, w in parts)), [v for v, _ in parts])
+
+    def _negate(self, node: fx.Node, name: str) -> _Built:
+        return _Built(mirror_layers.Add((-1.0,)), self.first_only(node))
+
+    def _cat(self, node: fx.Node, name: str) -> _Built:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, fx.Node) for t in tensors):
+            raise _General
+        if not isinstance(dim, int) or dim == 0:
+            raise _General(f"concatenates along dim={dim}; a mirror needs a constant dim other than the batch dimension")
+        nodes = cast(list[fx.Node], list(tensors))
+        unique = list(dict.fromkeys(n for n in nodes if n in self.signal))
+        if len(unique) != len([n for n in nodes if n in self.signal]):
+            raise _General  # one tensor concatenated twice: its parts would add up
+        parts = tuple(nodes.index(n) for n in unique)
+        return _Built(mirror_layers.Concat(dim, parts), unique, refs=nodes)
+
+    def _product(self, node: fx.Node, name: str) -> _Built:
+        if len(node.args) != 2 or set(node.kwargs) - {"rounding_mode"} or node.kwargs.get("rounding_mode") is not None:
+            raise _General
+        call, inputs, refs = self.call(node)
+        divide = node.target in (operator.truediv, torch.div, torch.true_divide, "div", "true_divide")
+        return _Built(mirror_layers.Product(call, divide), inputs, refs=refs)
+
+    def _pad(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        self.plain(node.args[1:], node.kwargs)
+        pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        if mode != "constant" or not isinstance(pad, (list, tuple)):
+            raise _General
+        return _Built(mirror_layers.Crop(cast(list[int], pad)), inputs)
+
+    def _index(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        index = node.args[1]
+        self.plain(index)
+        items = index if isinstance(index, tuple) else (index,)
+        allowed = all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
+        if not allowed or not items or not (items[0] is Ellipsis or items[0] == slice(None)):
+            raise _General("indexes with tensors or across the batch dimension")
+
+        def take(tensor: Tensor, shift: int) -> Tensor:
+            if items[0] is Ellipsis:
+                return tensor[items]
+            return tensor[(slice(None),) * (1 + shift) + tuple(items[1:])]
+
+        return _Built(mirror_layers.Scatter(f"[{_format_index(items)}]", take), inputs)
+
+    def _narrow(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        self.plain(node.args[1:], node.kwargs)
+        dim, start, length = (*node.args[1:], *node.kwargs.values())[:3]
+        if dim == 0:
+            raise _General
+
+        def take(tensor: Tensor, shift: int) -> Tensor:
+            d = cast(int, dim) % (tensor.dim() - shift)
+            return tensor.narrow(d + shift, cast(int, start), cast(int, length))
+
+        return _Built(mirror_layers.Scatter(f"narrow(dim={dim}, start={start}, length={length})", take), inputs)
+
+    def _permute(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        self.plain(node.args[1:], node.kwargs)
+        call, _, _ = self.call(node)
+
+        def order(ndim: int) -> list[int]:
+            # The forward op on a meta tensor whose sizes name the dims shows where each goes.
+            probe = torch.empty(tuple(range(2, ndim + 2)), device="meta")
+            return [s - 2 for s in call(probe, *call.args[1:], **call.kwargs).shape]
+
+        return _Built(mirror_layers.Permute(_describe(node) + _format_args(node.args[1:], node.kwargs), order), inputs)
+
+    def _reduce(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        self.plain(node.args[1:], node.kwargs)
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        if dim is None or dim == () or dim == []:
+            raise _General  # over every dim, the batch included
+        dims = list(dim) if isinstance(dim, (list, tuple)) else [dim]
+        mean = node.target in (torch.mean, "mean")
+
+        def reduced(ndim: int) -> list[int]:
+            return [d % ndim for d in cast(list[int], dims)]
+
+        what = f"{'mean' if mean else 'sum'}(dim={tuple(dims)}{', keepdim' if keepdim else ''})"
+        return _Built(mirror_layers.Broadcast(what, reduced, bool(keepdim), mean), inputs)
+
+    def _conv(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        names = ("weight", "bias", "stride", "padding", "dilation", "groups")
+        given = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
+        weight = given.get("weight")
+        if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+            raise _General  # a weight computed in the forward
+        self.plain(*(given.get(k) for k in names[2:]))
+        parameter = self.attribute(weight)()
+        stride = pair(given.get("stride", 1))
+        dilation = pair(given.get("dilation", 1))
+        padding = mirror_layers.conv_padding(given.get("padding", 0), parameter.shape[2:], dilation)
+        layer = mirror_layers.ConvTranspose2d(parameter, stride, padding, dilation, int(given.get("groups", 1)))
+        return _Built(layer, inputs)
+
+    def _linear(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+            raise _General
+        return _Built(mirror_layers.LinearTranspose(self.attribute(weight)()), inputs)
+
+    def _batch_norm(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        names = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+        given = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
+        if given.get("training", False):
+            raise TrainingModeError(
+                f"{name} (batch_norm) was traced with training=True; call model.eval() before DeconvNet(model)"
+            )
+        if given.get("running_var") is None:
+            raise _General
+        var, weight = self.constant(given["running_var"]), self.constant(given.get("weight"))
+        eps = float(cast(float, given.get("eps", 1e-5)))
+        return _Built(mirror_layers.ChannelScale(f"batch_norm, eps={eps}", lambda: (var(), weight(), eps)), inputs)
+
+    def _layer_norm(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        names = ("normalized_shape", "weight", "bias", "eps")
+        given = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
+        self.plain(given.get("normalized_shape"), given.get("eps"))
+        shape = given["normalized_shape"]
+        dims = len(shape) if isinstance(shape, (list, tuple)) else 1
+        weight, eps = self.constant(given.get("weight")), float(cast(float, given.get("eps", 1e-5)))
+        what = f"layer_norm({tuple(shape) if isinstance(shape, (list, tuple)) else shape}), eps={eps}"
+        return _Built(mirror_layers.Normalization(what, lambda: (None, dims, weight(), eps)), inputs)
+
+    def _group_norm(self, node: fx.Node, name: str) -> _Built:
+        inputs = self.first_only(node)
+        names = ("num_groups", "weight", "bias", "eps")
+        given = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
+        self.plain(given.get("num_groups"), given.get("eps"))
+        groups = int(cast(int, given["num_groups"]))
+        weight, eps = self.constant(given.get("weight")), float(cast(float, given.get("eps", 1e-5)))
+        return _Built(mirror_layers.Normalization(f"group_norm({groups}), eps={eps}", lambda: (groups, 0, weight(), eps)), inputs)
+
+    def _split(self, node: fx.Node, name: str) -> _Built:  # pragma: no cover - handled as a producer
+        raise _General
+
+    def split_piece(self, producer: fx.Node, index: int) -> _Built:
+        """``chunk``/``split``/``tensor_split``/``unbind`` piece ``index``: scattered back."""
+        inputs = self.first_only(producer)
+        self.plain(producer.args[1:], producer.kwargs)
+        target = producer.target
+        rest = list(producer.args[1:])
+        kwargs = dict(producer.kwargs)
+        unbind = target in (torch.unbind, "unbind")
+        dim_position = 0 if unbind else 1
+        dim = kwargs.pop("dim", rest.pop(dim_position) if len(rest) > dim_position else 0)
+        if dim == 0:
+            raise _General
+        function = getattr(torch, target) if isinstance(target, str) else target
+
+        def take(tensor: Tensor, shift: int) -> Tensor:
+            d = cast(int, dim) % (tensor.dim() - shift)
+            return function(tensor, *rest, dim=d + shift, **kwargs)[index]
+
+        return _Built(mirror_layers.Scatter(f"{_describe(producer)}(...)[{index}]", take), inputs)
+
+
+def _module_run(rule: rules.Rule, module: nn.Module) -> Run:
+    def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        return rule.run(module, args[0])
+
+    return run
+
+
+def _as_max_pool(*args: Any, **kwargs: Any) -> nn.Module:
+    if kwargs.pop("return_indices", False) or len(args) > 5 and args[5]:
+        raise ValueError("return_indices=True is not supported: the call must return one tensor")
+    args = args[:5]
+    if len(args) > 1 and args[1] in ([], ()):
+        args = (args[0], None, *args[2:])  # torch.max_pool2d spells the default stride []
+    if kwargs.get("stride") in ([], ()):
+        kwargs["stride"] = None
+    return nn.MaxPool2d(*args, **kwargs)
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in _flatten(item)]
+    if isinstance(value, dict):
+        return [v for item in value.values() for v in _flatten(item)]
+    if isinstance(value, slice):
+        return [value.start, value.stop, value.step]
+    return [value]
+
+
+def _format_index(items: tuple[Any, ...]) -> str:
+    def one(item: Any) -> str:
+        if item is Ellipsis:
+            return "..."
+        if isinstance(item, slice):
+            text = f"{'' if item.start is None else item.start}:{'' if item.stop is None else item.stop}"
+            return text + (f":{item.step}" if item.step is not None else "")
+        return repr(item)
+
+    return ", ".join(one(i) for i in items)
+
+
+def _format_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return f"({', '.join(parts)})"
+
+
+_SPLITS = {t for t, kind in rules.CALLS.items() if kind == "split"}
+
+
+def _is_split(node: fx.Node) -> bool:
+    try:
+        return node.op in ("call_function", "call_method") and node.target in _SPLITS
+    except TypeError:
+        return False
+
+
+def _picks_items(node: fx.Node) -> bool:
+    """Whether every use of ``node`` takes one item of it by a constant index (a tuple output)."""
+    return bool(node.users) and all(
+        user.op == "call_function" and user.target is operator.getitem and user.args[0] is node
+        and isinstance(user.args[1], int)
+        for user in node.users
+    )
+
+
+# --- building ---------------------------------------------------------------------------------
+
+
+def build(
+    model: nn.Module, ruleset: rules.RuleSet | None = None, *, strict: bool = False
+) -> Network:
+    """Read ``model``'s forward and build its mirror. Raises a DeconvnetError if it cannot.
+
+    strict: refuse (``UnsupportedLayerError``) any layer the mirror would reverse with the
+    general VJP layer instead of by hand.
+    """
+    ruleset = ruleset or rules.DEFAULT_RULES
+    graph, module_calls, opaque = _trace(model, ruleset)
+    substitutes = _normalise_in_place(graph, model)
+    module_names = _step_names(graph)
 
     placeholders = [n for n in graph.nodes if n.op == "placeholder" and n.users]
     if len(placeholders) != 1:
@@ -238,9 +722,11 @@ def build(model: nn.Module) -> Network:
             f"({', '.join(n.name for n in placeholders)}); deconvnet needs a single image input"
         )
     signal: set[fx.Node] = {placeholders[0]}
+    reader = _Reader(model, ruleset, signal)
     steps: dict[fx.Node, Step] = {}
     names: dict[fx.Node, str] = {placeholders[0]: mirror_layers.INPUT}
-    layers_mirrored: list[mirror_layers.MirrorLayer] = []
+    producers: set[fx.Node] = set()  # signal nodes whose output is a tuple (chunk, a module's)
+    layers_mirrored: list[MirrorLayer] = []
     nodes: list[fx.Node] = []
     output: fx.Node | None = None
     # Names a functional call must not take: every called module's layer names and its
@@ -250,7 +736,7 @@ def build(model: nn.Module) -> Network:
     for node in graph.nodes:
         if node.op == "output":
             result = node.args[0]
-            if not isinstance(result, fx.Node) or result not in signal:
+            if not isinstance(result, fx.Node) or result not in signal or result in producers:
                 raise UnsupportedLayerError(
                     f"{type(model).__name__}.forward must return one tensor computed from its "
                     "input; it returns "
@@ -264,28 +750,22 @@ def build(model: nn.Module) -> Network:
         if node in signal:
             continue
         sources = [n for n in node.all_input_nodes if n in signal]
-        if not sources or (
-            node.op != "call_module" and rules.is_meta_call(node.op, node.target, node.args)
-        ):
+        if not sources or (node.op != "call_module" and rules.is_meta_call(node.op, node.target, node.args)):
             continue  # shapes, constants and parameters: no signal goes through
         name = module_names.get(node, node.name)
         if node.op != "call_module" and name in taken:
             name = f"{node.name}()"  # the call, told apart from the module of the same name
-        combined = _combine(node, name, signal)
-        if combined is not None:
-            module, rule, (mirrored, inputs) = None, None, combined
-        else:
-            inputs = _single_input(node, name, sources)
-            if node.op == "call_module":
-                module = model.get_submodule(str(node.target))
-                rule = _module_rule(name, module)
-                mirrored = rule.mirror(module)
-            else:
-                module, mirrored = _resolve_call(node)
-                rule = rules.rule_for(module) if module is not None else None
+        built = _read(reader, node, name, producers)
+        if built is None:  # a tuple: its items are the layers
+            producers.add(node)
+            signal.add(node)
+            continue
+        if isinstance(built.mirror, mirror_layers.VJP) and strict:
+            raise _strict_error(node, name, model, ruleset, built.reason)
+        mirrored = built.mirror
         mirrored.source = name
-        mirrored.inputs = tuple(names[i] for i in inputs)
-        steps[node] = Step(name, node, module, rule, mirrored, inputs)
+        mirrored.inputs = tuple(names[i] for i in built.inputs)
+        steps[node] = Step(name, node, built.module, built.rule, mirrored, built.inputs, built.run, built.refs)
         names[node] = name
         layers_mirrored.append(mirrored)
         signal.add(node)
@@ -303,7 +783,7 @@ def build(model: nn.Module) -> Network:
             layers[qualname] = layers[called[0]]
     position = {node: i for i, node in enumerate(graph.nodes)}
     ordered = sorted(layers.items(), key=lambda item: position[item[1].node])
-    first = next((s for s in steps.values() if isinstance(s.module, (nn.Conv2d, nn.BatchNorm2d))), None)
+    first = next(iter(steps.values()), None)
     return Network(
         model=model,
         nodes=nodes,
@@ -313,50 +793,57 @@ def build(model: nn.Module) -> Network:
         mirror=Mirror(reversed(layers_mirrored)),
         input_channels=_input_channels(first) if first is not None and placeholders[0] in first.inputs else None,
         modules=modules,
+        substitutes=substitutes,
     )
 
 
-def _single_input(node: fx.Node, name: str, sources: list[fx.Node]) -> list[fx.Node]:
-    """The one signal input of a layer that takes one, checked to be its first argument."""
-    uses = [a for a in (*node.args, *node.kwargs.values()) if a is sources[0]]
-    if len(sources) > 1 or node.args[0] is not sources[0] or len(uses) != 1:
-        raise UnsupportedLayerError(
-            f"{name} ({_describe(node)}) combines signals in a way deconvnet cannot reverse; "
-            "supported: add, sub, cat and layers that take the signal as their first argument"
-        )
-    return sources
-
-
-_ADDS = {operator.add: 1.0, torch.add: 1.0, "add": 1.0, operator.sub: -1.0, torch.sub: -1.0, "sub": -1.0}
-_CATS = {torch.cat, torch.concat, torch.concatenate}
-
-
-def _combine(
-    node: fx.Node, name: str, signal: set[fx.Node]
-) -> tuple[mirror_layers.MirrorLayer, list[fx.Node]] | None:
-    """The mirror of an add, sub or cat (and its signal inputs), or None for other calls."""
-    target = node.target
-    if node.op in ("call_function", "call_method") and target in _ADDS and len(node.args) == 2:
-        if any(isinstance(v, fx.Node) and v in signal for v in node.kwargs.values()):
+def _read(reader: _Reader, node: fx.Node, name: str, producers: set[fx.Node]) -> _Built | None:
+    """The mirror of one signal node; None when the node's output is a tuple whose items are
+    the layers."""
+    if node.op == "call_function" and node.target is operator.getitem and node.args[0] in producers:
+        producer = cast(fx.Node, node.args[0])
+        index = cast(int, node.args[1])
+        if _is_split(producer):
+            try:
+                return reader.split_piece(producer, index)
+            except _General:
+                pass
+        return reader.general(node, item=index, producer=producer)
+    if _is_split(node) and _picks_items(node):
+        return None
+    try:
+        if node.op == "call_module":
+            return reader.module(node, name)
+        return reader.function(node, name)
+    except _General as why:
+        if _picks_items(node):
             return None
-        second = _ADDS[target] * float(node.kwargs.get("alpha", 1))
-        parts = [(a, w) for a, w in zip(node.args, (1.0, second), strict=True) if a in signal]
-        return mirror_layers.Add(tuple(w for _, w in parts)), [a for a, _ in parts]
-    if node.op == "call_function" and target in _CATS:
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if not isinstance(tensors, (list, tuple)) or not all(t in signal for t in tensors):
-            raise UnsupportedLayerError(
-                f"{name} (cat) joins tensors that are not all computed from the input; deconvnet "
-                "can only split a concatenation of signals"
-            )
-        if not isinstance(dim, int) or dim == 0:
-            raise UnsupportedLayerError(
-                f"{name} (cat) concatenates along dim={dim}; deconvnet needs a constant dim other "
-                "than the batch dimension"
-            )
-        return mirror_layers.Concat(dim), list(tensors)
-    return None
+        built = reader.general(node)
+        built.reason = str(why)
+        return built
+
+
+def _strict_error(
+    node: fx.Node, name: str, model: nn.Module, ruleset: rules.RuleSet, reason: str
+) -> UnsupportedLayerError:
+    if reason:
+        what = type(model.get_submodule(str(node.target))).__name__ if node.op == "call_module" else _describe(node)
+        return UnsupportedLayerError(
+            f"{name} ({what}): {reason}; drop strict=True to reverse it by its exact vector-Jacobian product"
+        )
+    if node.op == "call_module":
+        kind = type(model.get_submodule(str(node.target))).__name__
+        return UnsupportedLayerError(
+            f"{name} ({kind}) has no deconvnet rule; supported: {', '.join(ruleset.names())}; "
+            f"register one with DeconvNet(model, layer_rules={{{kind}: ...}}) or "
+            f"deconvnet.register_rule({kind}, mirror=...), or drop strict=True to reverse it by "
+            "its exact vector-Jacobian product"
+        )
+    return UnsupportedLayerError(
+        f"{name} (the call {_describe(node)}) has no deconvnet rule in this form; supported calls: "
+        f"{', '.join(rules.supported_calls())}; for anything else use a module with a registered "
+        "rule, or drop strict=True to reverse it by its exact vector-Jacobian product"
+    )
 
 
 def _input_channels(first: Step | None) -> int | None:
@@ -366,4 +853,3 @@ def _input_channels(first: Step | None) -> int | None:
     if isinstance(module, nn.BatchNorm2d):
         return module.num_features
     return None
-

@@ -1,8 +1,9 @@
 """One forward pass that keeps what the mirror needs: a :class:`Trace`.
 
 The traced forward is run node by node on the user's own modules (nothing is patched, no hook
-is registered). Max-pools also return their switches; in-place ReLUs run out of place so the
-layer before keeps its activation; every layer's input shape and output are kept.
+is registered). Max-pools also return their switches; in-place calls run out of place so the
+layer before keeps its activation; every layer's input and output are kept, and the values a
+layer's mirror declares it needs.
 """
 
 from __future__ import annotations
@@ -47,9 +48,7 @@ def _fetch_attr(root: torch.nn.Module, target: str) -> Any:
     return value
 
 
-def _evaluate(node: fx.Node, env: dict[fx.Node, Any], network: Network) -> Any:
-    args = fx.node.map_arg(node.args, env.__getitem__)
-    kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+def _evaluate(node: fx.Node, args: Any, kwargs: Any, network: Network) -> Any:
     if node.op == "get_attr":
         return _fetch_attr(network.model, str(node.target))
     if node.op == "call_function":
@@ -58,7 +57,9 @@ def _evaluate(node: fx.Node, env: dict[fx.Node, Any], network: Network) -> Any:
         self_obj, *rest = args
         return getattr(self_obj, str(node.target))(*rest, **kwargs)
     if node.op == "call_module":
-        return network.model.get_submodule(str(node.target))(*args, **kwargs)
+        target = str(node.target)
+        module = network.substitutes.get(target) or network.model.get_submodule(target)
+        return module(*args, **kwargs)
     raise AssertionError(f"unexpected fx node kind {node.op}")  # pragma: no cover
 
 
@@ -70,19 +71,21 @@ def run(network: Network, x: Tensor) -> Trace:
     records: dict[str, Record] = {}
     activations: dict[str, Tensor] = {}
     for node in network.nodes:
-        step = network.steps.get(node)
         if node.op == "placeholder":
             env[node] = x
             continue
+        step = network.steps.get(node)
+        args = fx.node.map_arg(node.args, env.__getitem__)
+        kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+        switches = None
+        if step is not None and step.run is not None:
+            out, switches = step.run(args, kwargs)
+        else:
+            out = _evaluate(node, args, kwargs, network)
+        env[node] = out
         if step is None:
-            env[node] = _evaluate(node, env, network)
             continue
         value: Tensor = env[step.inputs[0]]
-        switches = None
-        if step.module is not None and step.rule is not None:
-            out, switches = step.rule.run(step.module, value)
-        else:
-            out = _evaluate(node, env, network)
         if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != value.shape[0]:
             raise UnsupportedLayerError(
                 f"{step.name} does not keep the batch dimension (input {tuple(value.shape)}, "
@@ -90,7 +93,7 @@ def run(network: Network, x: Tensor) -> Trace:
                 "deconvnet needs every layer to map Tensor[N, ...] to Tensor[N, ...]"
             )
         shapes = tuple(tuple(env[i].shape) for i in step.inputs)
-        records[step.name] = Record(shapes[0], switches, shapes, out)
+        values = tuple(env[r] for r in step.refs) if "values" in step.mirror.needs else ()
+        records[step.name] = Record(shapes[0], switches, shapes, out, value, values)
         activations[step.name] = out
-        env[node] = out
     return Trace(x, env[network.output], activations, records, network)

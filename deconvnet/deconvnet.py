@@ -12,8 +12,9 @@ from .builder import Network, Step, build
 from .capture import Trace, run
 from .crop import croppable, project_units, widest_window
 from .errors import InputError, SignalShapeError, TargetOutOfRangeError
-from .mirror import RULES, MaxUnpool2d, Mirror, MirrorLayer
+from .mirror import RECTIFIERS, RULES, Context, Mirror, MirrorLayer
 from .receptive import ReceptiveField, receptive_fields
+from .rules import DEFAULT_RULES, Rule
 
 __all__ = ["DeconvNet", "Targets"]
 
@@ -35,10 +36,18 @@ class DeconvNet:
     stack of transposed convolutions sharing the model's weights, unpooling layers fed by the
     switches of the forward pass, and ReLUs. The model is never changed.
 
-    rule: what the mirror does at rectifiers, the default for every call: ``"deconvnet"`` (ReLU
-        of the signal, Zeiler & Fergus), ``"guided"`` (guided backpropagation: also masked by
-        where the forward activation was positive) or ``"gradient"`` (the plain gradient: only
-        masked). Every ``reconstruct*`` method takes ``rule=`` to override it.
+    rule: what the mirror does at a rectifier ``f`` with recorded input ``x``, the default for
+        every call: ``"deconvnet"`` (``relu(g)`` of the signal ``g``, Zeiler & Fergus),
+        ``"guided"`` (guided backpropagation: ``relu(f'(x) * g)``) or ``"gradient"`` (the plain
+        gradient: ``f'(x) * g``). Every ``reconstruct*`` method takes ``rule=`` to override it.
+    rectifiers: which activations take the rule: ``"all"`` (default) the ReLU family (ReLU,
+        ReLU6, LeakyReLU, PReLU, RReLU, ELU, CELU, SELU, GELU, SiLU, Mish, Hardswish, Softplus);
+        ``"relu"`` ReLU alone, every other activation passing its plain gradient, which is what
+        Captum and zennit compute. Sigmoid, Tanh, Hardsigmoid, Softmax are never rectifiers.
+    strict: refuse (``UnsupportedLayerError``) any layer that would be reversed by the general
+        VJP layer (its exact vector-Jacobian product) rather than by a hand-written mirror layer.
+    layer_rules: ``{module type: Rule or mirror factory}`` for this instance only, on top of
+        the defaults (see :func:`deconvnet.register_rule`).
     memory_budget: bytes a batch of targets may use in the mirror; it sizes the chunks when
         ``chunk_size`` is not given. Default: half the free memory on CUDA, 2 GiB on CPU.
     deterministic: how overlapping max-pool windows sum on CUDA, where ``scatter_add_`` adds
@@ -55,6 +64,9 @@ class DeconvNet:
         model: nn.Module,
         *,
         rule: str = "deconvnet",
+        rectifiers: str = "all",
+        strict: bool = False,
+        layer_rules: dict[type[nn.Module], Rule | Callable[[nn.Module], MirrorLayer]] | None = None,
         memory_budget: int | None = None,
         deterministic: bool | None = None,
     ) -> None:
@@ -63,16 +75,18 @@ class DeconvNet:
             or memory_budget <= 0
         ):
             raise InputError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-        self.model = model
-        self.rule = self._rule(rule)
-        self.memory_budget = memory_budget
-        self._network: Network = build(model)
-        self._receptive_fields = receptive_fields(self._network)
         if deterministic not in (None, True, False):
             raise InputError(f"deterministic must be True, False or None, got {deterministic!r}")
-        for layer in self.mirror.layers:
-            if isinstance(layer, MaxUnpool2d):
-                layer.deterministic = deterministic
+        if strict not in (True, False):
+            raise InputError(f"strict must be True or False, got {strict!r}")
+        _check_choice("rectifiers", rectifiers, RECTIFIERS)
+        self.model = model
+        self.rule = self._rule(rule)
+        self.rectifiers = rectifiers
+        self.deterministic = deterministic
+        self.memory_budget = memory_budget
+        self._network: Network = build(model, DEFAULT_RULES.over(layer_rules), strict=strict)
+        self._receptive_fields = receptive_fields(self._network)
 
     def __repr__(self) -> str:
         return f"DeconvNet({type(self.model).__name__}, {len(self.mirror)} mirror layers)"
@@ -86,6 +100,21 @@ class DeconvNet:
     def layers(self) -> list[str]:
         """The names one can reconstruct from, in forward order."""
         return list(self._network.layers)
+
+    @property
+    def network(self) -> Network:
+        """The model as read by the builder: forward steps, layer names, the mirror."""
+        return self._network
+
+    @property
+    def general_layers(self) -> list[str]:
+        """The layers reversed by the general VJP layer (their exact vector-Jacobian product)
+        rather than by a hand-written mirror layer; empty with ``strict=True``."""
+        return self.mirror.general()
+
+    def context(self, rule: str | None = None) -> Context:
+        """The per-call choices handed to every mirror layer."""
+        return Context(self._rule(rule), self.rectifiers, self.deterministic)
 
     # --- tracing --------------------------------------------------------------------------
 
@@ -178,10 +207,10 @@ class DeconvNet:
         n = flat.shape[0]
         batch = torch.arange(n, device=flat.device)[:, None]
         strongest = flat.argmax(dim=2) if mode == "max" else None  # [N, C]
-        rule = self._rule(rule)
-        below = self._crop_chain(step, activation, mode, crop, trace, rule)
+        context = self.context(rule)
+        below = self._crop_chain(step, activation, mode, crop, trace, context)
         if below is not None:
-            return self._cropped(trace, below, activation, flat, strongest, targets, signal, chunk_size)
+            return self._cropped(trace, below, activation, flat, strongest, targets, signal, chunk_size, context)
 
         def make(chunk: Tensor) -> Tensor:
             k = chunk.numel()
@@ -195,7 +224,7 @@ class DeconvNet:
                 out[:, slot, chunk] = flat[:, chunk] if signal == "activation" else 1.0
             return out.view(n, k, *activation.shape[1:])
 
-        return self._run(trace, step, targets, make, chunk_size, rule)
+        return self._run(trace, step, targets, make, chunk_size, context)
 
     @torch.no_grad()
     def reconstruct_classes(
@@ -228,7 +257,7 @@ class DeconvNet:
             out[:, torch.arange(chunk.numel(), device=out.device), chunk] = 1.0
             return out
 
-        return self._run(trace, step, targets, make, chunk_size, self._rule(rule))
+        return self._run(trace, step, targets, make, chunk_size, self.context(rule))
 
     @torch.no_grad()
     def reconstruct_from(
@@ -260,7 +289,7 @@ class DeconvNet:
             raise SignalShapeError(f"signal is {signal.dtype} but the model computes in {trace.output.dtype}")
         signal = signal.to(trace.output.device)
         targets = torch.arange(signal.shape[1], device=signal.device)
-        return self._run(trace, step, targets, lambda chunk: signal[:, chunk], chunk_size, self._rule(rule))
+        return self._run(trace, step, targets, lambda chunk: signal[:, chunk], chunk_size, self.context(rule))
 
     def layer_name(self, layer: str | nn.Module) -> str:
         """The name in :attr:`layers` of ``layer`` (a name or a module of the model)."""
@@ -271,7 +300,7 @@ class DeconvNet:
         return self._receptive_fields[self.layer_name(layer)]
 
     def _crop_chain(
-        self, step: Step, activation: Tensor, mode: str, crop: bool | None, trace: Trace, rule: str
+        self, step: Step, activation: Tensor, mode: str, crop: bool | None, trace: Trace, context: Context
     ) -> list[MirrorLayer] | None:
         """The mirror layers to run on receptive-field windows, or None to run uncropped."""
         if crop is False:
@@ -279,13 +308,13 @@ class DeconvNet:
         below = self.mirror.chain_below(step.name)
         field = self._receptive_fields[step.name]
         usable = (
-            mode == "max" and rule == "deconvnet" and activation.dim() == 4 and field is not None
-            and below is not None and croppable(below)
+            mode == "max" and activation.dim() == 4 and field is not None
+            and below is not None and croppable(below, context)
         )
         if crop is True and not usable:
             raise InputError(
                 f"crop=True needs mode='max', rule='deconvnet' and, below {step.name}, a chain of "
-                "only convs, max-pools, ReLUs, batch-norms and identities"
+                "only convs, max-pools, rectifiers, batch-norms, constant pads and identities"
             )
         if not usable:
             return None
@@ -303,10 +332,12 @@ class DeconvNet:
         targets: Tensor,
         signal: str,
         chunk_size: int | None,
+        context: Context,
     ) -> Tensor:
         n, width = activation.shape[0], activation.shape[-1]
         total = targets.numel()
-        size = chunk_size or max(1, self._budget(trace.input.device) // self._window_bytes(trace, below, n))
+        channels_in = activation.shape[1]
+        size = chunk_size or max(1, self._budget(trace.input.device) // self._window_bytes(trace, below, n, channels_in))
         result = flat.new_zeros(n, total, *trace.input.shape[1:])
         for lo in range(0, total, size):
             chunk = targets[lo : lo + size]
@@ -317,13 +348,13 @@ class DeconvNet:
             values = flat[images, channels, where] if signal == "activation" else torch.ones_like(where, dtype=flat.dtype)
             units = torch.stack([where // width, where % width], dim=1)
             slots = (lo + torch.arange(k, device=flat.device)).repeat(n)
-            project_units(below, trace.records, values, units, channels, images, result, slots)
+            project_units(below, trace.records, values, units, channels, images, result, slots, channels_in, context)
         return result
 
     @staticmethod
-    def _window_bytes(trace: Trace, layers: list[MirrorLayer], n: int) -> int:
+    def _window_bytes(trace: Trace, layers: list[MirrorLayer], n: int, channels: int) -> int:
         """Memory one target needs on the cropped path: its widest window and its pasted result."""
-        per_target = _WORKSPACE_FACTOR * widest_window(layers, trace.records) + 2 * trace.input[0].numel()
+        per_target = _WORKSPACE_FACTOR * widest_window(layers, trace.records, channels) + 2 * trace.input[0].numel()
         return per_target * n * trace.output.element_size()
 
     def activation(self, x: Tensor | Trace, layer: str | nn.Module) -> Tensor:
@@ -340,7 +371,7 @@ class DeconvNet:
         targets: Tensor,
         make: Callable[[Tensor], Tensor],
         chunk_size: int | None,
-        rule: str,
+        context: Context,
     ) -> Tensor:
         if chunk_size is not None and (
             isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
@@ -349,10 +380,10 @@ class DeconvNet:
         total = targets.numel()
         size = chunk_size or self._chunk_size(trace, start)
         if size >= total:
-            return self.mirror(make(targets), trace.records, start.name, rule).contiguous()
+            return self.mirror(make(targets), trace.records, start.name, context).contiguous()
         result: Tensor | None = None
         for lo in range(0, total, size):
-            out = self.mirror(make(targets[lo : lo + size]), trace.records, start.name, rule)
+            out = self.mirror(make(targets[lo : lo + size]), trace.records, start.name, context)
             if result is None:
                 result = out.new_empty(out.shape[0], total, *out.shape[2:])
             result[:, lo : lo + out.shape[1]] = out

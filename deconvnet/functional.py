@@ -9,6 +9,7 @@ is per input, ``Tensor[N, ...]``, and is broadcast over ``K`` without copies.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -18,6 +19,12 @@ from torch import Tensor
 
 __all__ = [
     "pair",
+    "Window",
+    "mask_outside",
+    "conv_transpose_window",
+    "unpool_window",
+    "normalize_vjp",
+    "sum_to",
     "conv_transpose2d",
     "unpool2d",
     "linear_transpose",
@@ -34,6 +41,40 @@ def pair(value: int | Sequence[int]) -> Pair:
         return (value, value)
     first, second = value
     return (int(first), int(second))
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding-window layer's geometry (conv, pool, pad), each field as (rows, columns).
+
+    kernel, stride, padding (before, i.e. top and left), dilation. A pad is a window of kernel 1
+    whose padding is the pad itself. Every feature that needs a layer's footprint (receptive
+    fields, cropping, overlapping unpooling) reads it from here.
+    """
+
+    kernel: Pair
+    stride: Pair
+    padding: Pair = (0, 0)
+    dilation: Pair = (1, 1)
+
+    def span(self) -> Pair:
+        """Input rows and columns one output unit sees: ``d * (k - 1) + 1``."""
+        first, second = (d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation, strict=True))
+        return (first, second)
+
+    def extent(self, size: Sequence[int]) -> Pair:
+        """Input rows and columns that ``size`` neighbouring output units see together."""
+        first, second = ((n - 1) * s + w for n, s, w in zip(size, self.stride, self.span(), strict=True))
+        return (first, second)
+
+    def overlaps(self) -> bool:
+        """Whether neighbouring windows share input positions."""
+        return any(k > 1 and s < w for k, s, w in zip(self.kernel, self.stride, self.span(), strict=True))
+
+    def phases(self) -> Pair:
+        """Window groups per axis within which windows cannot overlap: ceil(span / stride)."""
+        first, second = (-(-w // s) for w, s in zip(self.span(), self.stride, strict=True))
+        return (first, second)
 
 
 def conv_transpose2d(
@@ -61,12 +102,12 @@ def conv_transpose2d(
     if max(stride) > 1 and groups == 1 and dilation == (1, 1):
         out = _subpixel_transpose(flat, weight, input_size, stride, (padding[0][0], padding[1][0]))
         return out.unflatten(0, (n, k))
-    output_padding = []
-    for size, kernel, s, (before, _), d in zip(
-        input_size, weight.shape[2:], stride, padding, dilation, strict=True
-    ):
-        full = (signal.shape[len(output_padding) + 3] - 1) * s + d * (kernel - 1) + 1
-        output_padding.append(max(0, size + 2 * before - full))
+    window = Window(pair(weight.shape[2:]), stride, (padding[0][0], padding[1][0]), dilation)
+    full = window.extent(signal.shape[-2:])
+    output_padding = [
+        max(0, size + 2 * before - reach)
+        for size, (before, _), reach in zip(input_size, padding, full, strict=True)
+    ]
     out = F.conv_transpose2d(
         flat,
         weight,
@@ -219,3 +260,91 @@ def adaptive_avg_pool2d_transpose(signal: Tensor, input_size: Sequence[int]) -> 
         flat.contiguous(), _shape_stub(flat, (n * k, c, *input_size))
     )
     return out.unflatten(0, (n, k))
+
+
+def mask_outside(signal: Tensor, origin: Tensor, size: Sequence[int]) -> Tensor:
+    """Zero the positions of windows (Tensor[T, C, h, w], top-left at ``origin`` LongTensor[T, 2])
+    that fall outside a map of ``size`` (H, W)."""
+    height, width = signal.shape[-2:]
+    rows = origin[:, 0, None] + torch.arange(height, device=signal.device)
+    cols = origin[:, 1, None] + torch.arange(width, device=signal.device)
+    inside_rows = (rows >= 0) & (rows < size[0])
+    inside_cols = (cols >= 0) & (cols < size[1])
+    inside = inside_rows[:, :, None] & inside_cols[:, None, :]
+    return signal * inside[:, None].to(signal.dtype)
+
+
+def origin_below(window: Window, origin: Tensor) -> Tensor:
+    """Where input windows start, for output windows starting at ``origin`` (LongTensor[T, 2])."""
+    stride = torch.tensor(window.stride, device=origin.device)
+    return origin * stride - torch.tensor(window.padding, device=origin.device)
+
+
+def conv_transpose_window(
+    signal: Tensor, weight: Tensor, window: Window, groups: int, origin: Tensor, input_size: Sequence[int]
+) -> tuple[Tensor, Tensor]:
+    """A transposed conv on windows: signal (Tensor[T, C_out, h, w]) at ``origin`` ->
+    (Tensor[T, C_in, h', w'], its origin), masked to the input map of ``input_size``."""
+    size = window.extent(signal.shape[-2:])
+    # The whole transposed output, unpadded: the window's own padding is its origin shift.
+    out = conv_transpose2d(
+        signal.unsqueeze(1), weight, size, window.stride, ((0, 0), (0, 0)), window.dilation, groups
+    ).squeeze(1)
+    below = origin_below(window, origin)
+    return mask_outside(out, below, input_size), below
+
+
+def unpool_window(
+    signal: Tensor, switches: Tensor, window: Window, origin: Tensor, images: Tensor, input_width: int
+) -> tuple[Tensor, Tensor]:
+    """Unpooling on windows: signal (Tensor[T, C, h, w]) at ``origin`` (LongTensor[T, 2]) of
+    input ``images`` (LongTensor[T]), switches (Tensor[N, C, ph, pw]) -> (Tensor[T, C, h', w'],
+    its origin); colliding signals add up."""
+    targets, channels, height, width = signal.shape
+    pooled_h, pooled_w = switches.shape[-2:]
+    rows = (origin[:, 0, None] + torch.arange(height, device=signal.device)).clamp(0, pooled_h - 1)
+    cols = (origin[:, 1, None] + torch.arange(width, device=signal.device)).clamp(0, pooled_w - 1)
+    # switches[images[t], :, rows[t, a], cols[t, b]] -> [T, C, h, w]
+    picked = switches[images[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    below = origin_below(window, origin)
+    out_h, out_w = window.extent((height, width))
+    local = (picked // input_width - below[:, 0, None, None, None]) * out_w + (
+        picked % input_width - below[:, 1, None, None, None]
+    )
+    # Positions outside the pooled map carry zero signal; clamp their (meaningless) targets.
+    local = local.clamp(0, out_h * out_w - 1)
+    out = signal.new_zeros(targets, channels, out_h * out_w)
+    out.scatter_add_(2, local.flatten(2), signal.reshape(targets, channels, -1))
+    return out.view(targets, channels, out_h, out_w), below
+
+
+def sum_to(signal: Tensor, shape: Sequence[int]) -> Tensor:
+    """Sum a signal (Tensor[N, K, *broadcast shape]) back onto an input of ``shape`` (N, ...)
+    that the forward broadcast: the transpose of broadcasting."""
+    target = (signal.shape[0], signal.shape[1], *shape[1:])
+    extra = signal.dim() - len(target)
+    if extra > 0:  # the input had fewer dims than the output: broadcast prepended them
+        raise ValueError(f"cannot sum {tuple(signal.shape)} back onto {tuple(shape)}")
+    if tuple(signal.shape) == target:
+        return signal
+    return signal.sum_to_size(target)
+
+
+def normalize_vjp(signal: Tensor, x: Tensor, dims: Sequence[int], weight: Tensor | None, eps: float) -> Tensor:
+    """Vector-Jacobian product of ``(x - mean) / sqrt(var + eps) * weight`` over ``dims``.
+
+    The shared math of layer and group normalisation. signal (Tensor[N, K, ...]) on the output,
+    x (Tensor[N, ...]) the recorded input, dims the normalised dims of x (all > 0), weight
+    broadcastable to x (or None). Returns Tensor[N, K, ...] on the input.
+    """
+    shifted = [d + 1 for d in dims]  # dims of the signal, which has K after N
+    mean = x.mean(dim=tuple(dims), keepdim=True)
+    var = x.var(dim=tuple(dims), unbiased=False, keepdim=True)
+    rstd = (var + eps).rsqrt()
+    xhat = ((x - mean) * rstd).unsqueeze(1)
+    scaled = signal if weight is None else signal * weight.unsqueeze(1) if weight.dim() == x.dim() else signal * weight
+    return (
+        scaled
+        - scaled.mean(dim=shifted, keepdim=True)
+        - xhat * (scaled * xhat).mean(dim=shifted, keepdim=True)
+    ) * rstd.unsqueeze(1)

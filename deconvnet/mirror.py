@@ -1,55 +1,91 @@
-"""The mirror modules: one reversed layer each, and the stack that runs them.
+"""The mirror modules: one reversed layer each, and the graph that runs them.
 
 Each mirror layer maps a signal on its forward layer's output, ``Tensor[N, K, ...]`` (``K``
 targets per input), to a signal on that layer's input, reading what the forward pass recorded
-for it (a :class:`Record`). Weights are the forward layer's own Parameters, never copies.
+for it (a :class:`Record`) and the per-call choices (a :class:`Context`). Weights are the forward
+layer's own Parameters, never copies.
+
+A layer also says what the rest of the package needs to know about it, once: its sliding
+:meth:`~MirrorLayer.window` (receptive fields, cropping), whether it is ``pointwise`` (keeps
+receptive fields), whether it is a ``rectifier`` (takes the method's rule), what it ``needs``
+recorded, and whether it can run on receptive-field windows (:meth:`~MirrorLayer.croppable`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import cast
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional
-from .functional import pair
+from .functional import Window, pair
 
 __all__ = [
+    "Context",
     "Record",
+    "Call",
     "MirrorLayer",
     "ConvTranspose2d",
     "MaxUnpool2d",
     "OverlapUnpool2d",
+    "AdaptiveMaxUnpool2d",
     "ReLU",
+    "Activation",
     "LinearTranspose",
     "ChannelScale",
     "AvgPool2dTranspose",
     "AdaptiveAvgPool2dTranspose",
+    "Crop",
+    "Scatter",
+    "Permute",
+    "Product",
+    "Broadcast",
+    "Normalization",
     "Reshape",
     "Identity",
     "Add",
     "Concat",
+    "VJP",
     "Mirror",
     "RULES",
+    "RECTIFIERS",
     "INPUT",
     "Window",
 ]
 
 
 RULES = ("deconvnet", "guided", "gradient")
-"""What the mirror does at a rectifier: ``deconvnet`` passes ReLU of the signal (Zeiler &
-Fergus); ``guided`` also masks it by where the forward activation was positive (guided
-backpropagation); ``gradient`` only masks (the plain gradient)."""
+"""What the mirror does at a rectifier ``f`` with recorded input ``x`` and signal ``g``:
+``deconvnet`` passes ``relu(g)`` (Zeiler & Fergus); ``guided`` passes ``relu(f'(x) * g)``
+(guided backpropagation); ``gradient`` passes ``f'(x) * g`` (the plain gradient)."""
+
+RECTIFIERS = ("all", "relu")
+"""Which activations take the rule: ``all`` the ReLU family (ReLU, ReLU6, LeakyReLU, PReLU, ELU,
+GELU, SiLU, ...), ``relu`` ReLU alone, every other activation passing its plain gradient (what
+Captum and zennit compute)."""
 
 INPUT = ""
 """The name under which the mirror delivers the signal on the model's input."""
 
-Window = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
-"""(kernel, stride, padding before, dilation) of a sliding-window layer, each (rows, columns)."""
+
+@dataclass(frozen=True)
+class Context:
+    """Per-call choices that reach every mirror layer.
+
+    rule: one of :data:`RULES`; rectifiers: one of :data:`RECTIFIERS`; deterministic: sum
+    overlapping unpooling in a fixed order (``None``: follow
+    ``torch.are_deterministic_algorithms_enabled()`` on CUDA).
+    """
+
+    rule: str = "deconvnet"
+    rectifiers: str = "all"
+    deterministic: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -58,14 +94,87 @@ class Record:
 
     input_shape: the layer's (first) input shape, ``(N, ...)``.
     switches (Tensor[N, C, h, w] | None): flat argmax positions of a max-pool.
-    input_shapes: the shapes of all its inputs, for layers that take several (add, cat).
-    output (Tensor[N, ...] | None): the layer's output (rectifiers mask by it).
+    input_shapes: the shapes of all its signal inputs, for layers that take several.
+    output (Tensor[N, ...] | None): the layer's output.
+    input (Tensor[N, ...] | None): the layer's first signal input (activations need it).
+    values: the recorded tensors (and other values) the forward call took, in the order of its
+        :class:`Call`'s references.
     """
 
     input_shape: tuple[int, ...]
     switches: Tensor | None = None
     input_shapes: tuple[tuple[int, ...], ...] = ()
     output: Tensor | None = None
+    input: Tensor | None = None
+    values: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """A place in a call's arguments filled by a value computed in the forward."""
+
+    index: int
+
+
+def _fill(template: Any, values: Sequence[Any]) -> Any:
+    if isinstance(template, _Ref):
+        return values[template.index]
+    if isinstance(template, tuple):
+        return tuple(_fill(t, values) for t in template)
+    if isinstance(template, list):
+        return [_fill(t, values) for t in template]
+    if isinstance(template, dict):
+        return {k: _fill(v, values) for k, v in template.items()}
+    if isinstance(template, slice):
+        return slice(_fill(template.start, values), _fill(template.stop, values), _fill(template.step, values))
+    return template
+
+
+@dataclass(eq=False)
+class Call:
+    """One forward operation, replayable on new inputs: what the general and the product mirror
+    layers differentiate.
+
+    kind: ``"function"``, ``"method"`` or ``"module"``; target: the function, method name or
+    module; args/kwargs: the call's arguments with :class:`_Ref` where a forward value goes;
+    signals: which references carry the signal (in the order of the layer's inputs); item: an
+    index taken from the call's result (a piece of ``chunk``, a module's tuple output).
+    """
+
+    kind: str
+    target: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    signals: tuple[int, ...]
+    item: int | None = None
+
+    def arguments(self, record: Record, primals: Sequence[Tensor] | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call's arguments as recorded, with the signal inputs replaced by ``primals``."""
+        values = list(record.values)
+        for ref, primal in zip(self.signals, primals or (), strict=False):
+            values[ref] = primal
+        return _fill(self.args, values), _fill(self.kwargs, values)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.kind == "method":
+            out = getattr(args[0], self.target)(*args[1:], **kwargs)
+        else:
+            out = self.target(*args, **kwargs)
+        return out if self.item is None else out[self.item]
+
+    def replay(self, record: Record, primals: Sequence[Tensor]) -> Tensor:
+        """The forward output with the signal inputs replaced by ``primals``."""
+        args, kwargs = self.arguments(record, primals)
+        return self(*args, **kwargs)
+
+    def describe(self) -> str:
+        if self.kind == "module":
+            name = type(self.target).__name__
+        elif self.kind == "method":
+            name = str(self.target)
+        else:
+            name = getattr(self.target, "__name__", str(self.target))
+        return name if self.item is None else f"{name}[{self.item}]"
 
 
 class MirrorLayer(nn.Module):
@@ -73,77 +182,121 @@ class MirrorLayer(nn.Module):
 
     ``source`` names the forward layer it reverses; ``inputs`` names the layers (or
     :data:`INPUT`) whose outputs feed it, to which it hands the signal back. A layer with several
-    inputs returns one signal per input.
+    inputs returns one signal per input. ``forward(signal, record, context)``; a registered
+    layer may leave out ``context``.
+
+    Declarations read by the rest of the package:
+    pointwise: acts on each position alone, so the receptive field passes unchanged;
+    rectifier: an activation that takes the method's rule;
+    needs: what the trace must keep for it, out of ``"switches"``, ``"input"``, ``"output"``,
+        ``"values"``;
+    window(): its sliding window (:class:`~deconvnet.functional.Window`), or None;
+    croppable(context): whether it can run on receptive-field windows (:meth:`forward_window`).
     """
 
     source: str = ""
     inputs: tuple[str, ...] = ()
+    pointwise: ClassVar[bool] = False
+    rectifier: ClassVar[bool] = False
+    needs: ClassVar[frozenset[str]] = frozenset()
 
-    def forward(self, signal: Tensor, record: Record) -> Tensor | list[Tensor]:  # pragma: no cover
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor | list[Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    def window(self) -> Window | None:
+        """The forward layer's sliding window, or None when it has none."""
+        return None
+
+    def croppable(self, context: Context) -> bool:
+        """Whether :meth:`forward_window` is exact for this layer under ``context``."""
+        return False
+
+    def forward_window(
+        self, signal: Tensor, origin: Tensor, record: Record, images: Tensor, context: Context
+    ) -> tuple[Tensor, Tensor]:
+        """The mirror on windows: signal (Tensor[T, C, h, w]) whose top-left sits at ``origin``
+        (LongTensor[T, 2]) of input ``images[t]`` -> (the window below, its origin)."""
+        return self(signal.unsqueeze(1), record, context).squeeze(1), origin
 
 
 class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
-    """Transposed conv whose ``weight`` **is** the forward ``Conv2d``'s Parameter, no bias."""
+    """Transposed conv whose ``weight`` **is** the forward convolution's Parameter, no bias.
 
-    def __init__(self, conv: nn.Conv2d) -> None:
-        pads = _conv_padding(conv)
+    Built from a ``Conv2d`` (:meth:`from_conv`) or from the arguments of an ``F.conv2d`` call.
+    """
+
+    needs = frozenset({"input_shape"})
+
+    def __init__(
+        self,
+        weight: Tensor,
+        stride: tuple[int, int],
+        pads: tuple[tuple[int, int], tuple[int, int]],
+        dilation: tuple[int, int],
+        groups: int,
+    ) -> None:
+        out_channels, in_per_group, kh, kw = weight.shape
         nn.ConvTranspose2d.__init__(
             self,
-            conv.out_channels,
-            conv.in_channels,
-            conv.kernel_size,
-            stride=conv.stride,
+            out_channels,
+            in_per_group * groups,
+            (kh, kw),
+            stride=stride,
             padding=(pads[0][0], pads[1][0]),
-            groups=conv.groups,
+            groups=groups,
             bias=False,
-            dilation=conv.dilation,
+            dilation=dilation,
             device="meta",
         )
-        self.weight = conv.weight
+        self.weight = weight  # type: ignore[assignment]  # the forward's own Parameter
         self.pads = pads
 
-    def forward(self, signal: Tensor, record: Record) -> Tensor:  # type: ignore[override]
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> ConvTranspose2d:
+        return cls(conv.weight, pair(conv.stride), conv_padding(conv.padding, conv.kernel_size, conv.dilation),
+                   pair(conv.dilation), conv.groups)
+
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:  # type: ignore[override]
         """signal (Tensor[N, K, C_out, h, w]) -> Tensor[N, K, C_in, H, W]."""
         return functional.conv_transpose2d(
-            signal,
-            self.weight,
-            record.input_shape[2:],
-            pair(self.stride),
-            self.pads,
-            pair(self.dilation),
-            self.groups,
+            signal, self.weight, record.input_shape[2:], pair(self.stride), self.pads, pair(self.dilation), self.groups
         )
 
     def window(self) -> Window:
         """The forward conv's sliding window (its ``"same"`` padding resolved)."""
-        kh, kw = self.weight.shape[2:]
         before = (self.pads[0][0], self.pads[1][0])
-        return (int(kh), int(kw)), pair(self.stride), before, pair(self.dilation)
+        return Window(pair(self.weight.shape[2:]), pair(self.stride), before, pair(self.dilation))
+
+    def croppable(self, context: Context) -> bool:
+        return True
+
+    def forward_window(
+        self, signal: Tensor, origin: Tensor, record: Record, images: Tensor, context: Context
+    ) -> tuple[Tensor, Tensor]:
+        return functional.conv_transpose_window(
+            signal, self.weight, self.window(), self.groups, origin, record.input_shape[2:]
+        )
 
 
-def _conv_padding(conv: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(before, after) padding per spatial dim, resolving ``"same"`` and ``"valid"``."""
-    if conv.padding == "valid":
+def conv_padding(
+    padding: str | int | Sequence[int], kernel_size: Sequence[int] | int, dilation: Sequence[int] | int
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(before, after) padding per spatial dim of a conv, resolving ``"same"`` and ``"valid"``."""
+    if padding == "valid":
         return ((0, 0), (0, 0))
-    if conv.padding == "same":
+    if padding == "same":
         # torch pads the odd extra row/column of "same" at the end.
-        totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
-        return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
-    ph, pw = pair(conv.padding)
+        spans = Window(pair(kernel_size), (1, 1), (0, 0), pair(dilation)).span()
+        return tuple(((s - 1) // 2, s - 1 - (s - 1) // 2) for s in spans)  # type: ignore[return-value]
+    ph, pw = pair(padding)  # type: ignore[arg-type]
     return ((ph, ph), (pw, pw))
 
 
 class MaxUnpool2d(MirrorLayer, nn.MaxUnpool2d):
-    """Unpooling into the forward switches, for max-pools whose windows do not overlap.
-
-    ``deterministic``: for overlapping windows, sum colliding signals in a fixed order (see
-    :func:`deconvnet.functional.unpool2d`); ``None`` follows
-    ``torch.are_deterministic_algorithms_enabled()`` on CUDA (CPU sums are already ordered).
-    """
+    """Unpooling into the forward switches, for max-pools whose windows do not overlap."""
 
     accumulate = False
-    deterministic: bool | None = None
+    needs = frozenset({"switches"})
 
     def __init__(self, pool: nn.MaxPool2d) -> None:
         nn.MaxUnpool2d.__init__(self, pool.kernel_size, pool.stride, pool.padding)
@@ -151,27 +304,30 @@ class MaxUnpool2d(MirrorLayer, nn.MaxUnpool2d):
         self.ceil_mode = pool.ceil_mode
 
     def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, dilation={self.dilation}, ceil_mode={self.ceil_mode}"
-        )
+        return f"{super().extra_repr()}, dilation={self.dilation}, ceil_mode={self.ceil_mode}"
 
-    def forward(self, signal: Tensor, record: Record) -> Tensor:  # type: ignore[override]
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:  # type: ignore[override]
         """signal (Tensor[N, K, C, h, w]) -> Tensor[N, K, C, H, W]."""
         switches = cast(Tensor, record.switches)  # every max-pool records its switches
-        ordered = self.deterministic
+        ordered = context.deterministic
         if ordered is None:
             ordered = signal.is_cuda and torch.are_deterministic_algorithms_enabled()
-        phases = self.phases() if ordered and self.accumulate else None
+        phases = self.window().phases() if ordered and self.accumulate else None
         return functional.unpool2d(signal, switches, record.input_shape[2:], self.accumulate, phases)
 
     def window(self) -> Window:
         """The forward max-pool's sliding window."""
-        return pair(self.kernel_size), pair(self.stride), pair(self.padding), pair(self.dilation)
+        stride = self.stride if self.stride is not None else self.kernel_size
+        return Window(pair(self.kernel_size), pair(stride), pair(self.padding), pair(self.dilation))
 
-    def phases(self) -> tuple[int, int]:
-        """Window groups per axis within which windows cannot overlap: ceil(span / stride)."""
-        kernel, stride, _, dilation = self.window()
-        return tuple(-(-(d * (k - 1) + 1) // s) for k, s, d in zip(kernel, stride, dilation, strict=True))  # type: ignore[return-value]
+    def croppable(self, context: Context) -> bool:
+        return True
+
+    def forward_window(
+        self, signal: Tensor, origin: Tensor, record: Record, images: Tensor, context: Context
+    ) -> tuple[Tensor, Tensor]:
+        switches = cast(Tensor, record.switches)
+        return functional.unpool_window(signal, switches, self.window(), origin, images, record.input_shape[3])
 
 
 class OverlapUnpool2d(MaxUnpool2d):
@@ -180,59 +336,136 @@ class OverlapUnpool2d(MaxUnpool2d):
     accumulate = True
 
 
-class ReLU(MirrorLayer):
-    """The rectifier reversed: ReLU of the reconstruction signal (the deconvnet rule), or, with
-    another rule, masked by the forward activation (see :data:`RULES`)."""
+class AdaptiveMaxUnpool2d(MirrorLayer):
+    """``AdaptiveMaxPool2d`` reversed: unpooling into its switches (adaptive windows may
+    overlap, so colliding signals add up)."""
 
-    def forward(self, signal: Tensor, record: Record, rule: str = "deconvnet") -> Tensor:
+    needs = frozenset({"switches"})
+
+    def __init__(self, output_size: Any) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
+        return functional.unpool2d(signal, cast(Tensor, record.switches), record.input_shape[2:], True)
+
+
+def _derivative(function: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """f'(x) of an element-wise function, by forward-mode autograd at the recorded input."""
+    _, slope = torch.func.jvp(function, (x,), (torch.ones_like(x),))
+    return slope
+
+
+class Activation(MirrorLayer):
+    """An element-wise activation ``f`` reversed at its recorded input ``x``.
+
+    A rectifier (the ReLU family) takes the call's rule (see :data:`RULES`) when
+    ``context.rectifiers`` covers it; every other activation, and a rectifier left out by
+    ``rectifiers="relu"``, passes its plain gradient ``f'(x) * g``.
+    """
+
+    pointwise = True
+    needs = frozenset({"input"})
+
+    def __init__(self, what: str, function: Callable[[Tensor], Tensor], rectifier: bool, relu: bool = False) -> None:
+        super().__init__()
+        self.what = what
+        object.__setattr__(self, "function", function)  # may be the user's module: not a child
+        self.is_rectifier = rectifier
+        self.is_relu = relu
+
+    def extra_repr(self) -> str:
+        return f"{self.what}, {'rectifier' if self.is_rectifier else 'gradient'}"
+
+    def takes_rule(self, context: Context) -> bool:
+        return self.is_relu or (self.is_rectifier and context.rectifiers == "all")
+
+    def slope(self, record: Record) -> Tensor:
+        """f'(x) at the recorded input, Tensor[N, ...]."""
+        x = cast(Tensor, record.input)
+        if self.is_relu:
+            return (x > 0).to(x.dtype)
+        return _derivative(self.function, x)  # type: ignore[arg-type]
+
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
+        rule = context.rule if self.takes_rule(context) else "gradient"
         if rule == "deconvnet":
             return F.relu(signal)
-        active = cast(Tensor, record.output) > 0  # Tensor[N, ...], broadcast over K
-        if rule == "guided":
-            signal = F.relu(signal)
-        return signal * active.unsqueeze(1).to(signal.dtype)
+        out = signal * self.slope(record).unsqueeze(1)
+        return F.relu(out) if rule == "guided" else out
+
+    def croppable(self, context: Context) -> bool:
+        # relu(g) reads nothing recorded; the other rules need f'(x) at every window position.
+        return self.takes_rule(context) and context.rule == "deconvnet"
+
+
+class ReLU(Activation):
+    """The rectifier of Zeiler & Fergus reversed: ReLU of the reconstruction signal (or, with
+    another rule, masked by where the forward input was positive)."""
+
+    rectifier = True
+
+    def __init__(self, what: str = "ReLU") -> None:
+        super().__init__(what, F.relu, rectifier=True, relu=True)
+
+    def extra_repr(self) -> str:
+        return ""
 
 
 class LinearTranspose(MirrorLayer):
     """Multiplication by the forward ``Linear``'s shared weight, transposed; no bias."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, weight: Tensor) -> None:
         super().__init__()
-        self.weight = linear.weight
+        self.weight = weight
 
     def extra_repr(self) -> str:
         out_features, in_features = self.weight.shape
         return f"out_features={out_features} -> in_features={in_features}, bias=False"
 
-    def forward(self, signal: Tensor, record: Record) -> Tensor:
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         """signal (Tensor[N, K, ..., out_features]) -> Tensor[N, K, ..., in_features]."""
         return functional.linear_transpose(signal, self.weight)
 
 
 class ChannelScale(MirrorLayer):
-    """Eval-mode ``BatchNorm2d`` reversed: scale by weight / sqrt(running_var + eps), no shift.
+    """Eval-mode batch-norm reversed: scale by weight / sqrt(running_var + eps), no shift.
 
-    The scale is read from the batch-norm at every call, so it follows fine-tuning and
-    ``model.to(...)``; the batch-norm is referenced, not registered as a submodule.
+    ``statistics()`` returns (running_var, weight or None, eps), read from the batch-norm (or
+    the ``F.batch_norm`` call's tensors) at every call, so it follows fine-tuning and
+    ``model.to(...)``.
     """
 
-    def __init__(self, norm: nn.BatchNorm2d) -> None:
+    pointwise = True
+
+    def __init__(self, what: str, statistics: Callable[[], tuple[Tensor, Tensor | None, float]]) -> None:
         super().__init__()
-        object.__setattr__(self, "norm", norm)
+        self.what = what
+        object.__setattr__(self, "statistics", statistics)
+
+    @classmethod
+    def from_norm(cls, norm: nn.modules.batchnorm._BatchNorm) -> ChannelScale:
+        return cls(f"{norm.num_features}, eps={norm.eps}", lambda: (norm.running_var, norm.weight, norm.eps))  # type: ignore[return-value]
 
     def extra_repr(self) -> str:
-        return f"{self.norm.num_features}, eps={self.norm.eps}"
+        return self.what
 
     def scale(self) -> Tensor:
         """Tensor[C]: the per-channel factor of the eval-mode batch-norm."""
-        norm = self.norm
-        scale = (norm.running_var + norm.eps).rsqrt()
-        return scale if norm.weight is None else scale * norm.weight
+        var, weight, eps = self.statistics()  # type: ignore[operator]
+        scale = (var + eps).rsqrt()
+        return scale if weight is None else scale * weight
 
-    def forward(self, signal: Tensor, record: Record) -> Tensor:
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         """signal (Tensor[N, K, C, ...]) -> same shape."""
         scale = self.scale().to(signal.dtype)
         return signal * scale.view(-1, *([1] * (signal.dim() - 3)))
+
+    def croppable(self, context: Context) -> bool:
+        return True
 
 
 class AvgPool2dTranspose(MirrorLayer):
@@ -249,7 +482,7 @@ class AvgPool2dTranspose(MirrorLayer):
 
     def window(self) -> Window:
         """The forward avg-pool's sliding window."""
-        return self.kernel_size, self.stride, self.padding, (1, 1)
+        return Window(self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return (
@@ -257,31 +490,221 @@ class AvgPool2dTranspose(MirrorLayer):
             f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}"
         )
 
-    def forward(self, signal: Tensor, record: Record) -> Tensor:
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         return functional.avg_pool2d_transpose(
-            signal,
-            record.input_shape[2:],
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.ceil_mode,
-            self.count_include_pad,
-            self.divisor_override,
+            signal, record.input_shape[2:], self.kernel_size, self.stride, self.padding,
+            self.ceil_mode, self.count_include_pad, self.divisor_override,
         )
 
 
 class AdaptiveAvgPool2dTranspose(MirrorLayer):
     """Exact transpose of ``AdaptiveAvgPool2d`` (also when it upsamples)."""
 
-    def __init__(self, pool: nn.AdaptiveAvgPool2d) -> None:
+    def __init__(self, output_size: Any) -> None:
         super().__init__()
-        self.output_size = pool.output_size
+        self.output_size = output_size
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
 
-    def forward(self, signal: Tensor, record: Record) -> Tensor:
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         return functional.adaptive_avg_pool2d_transpose(signal, record.input_shape[2:])
+
+
+class Crop(MirrorLayer):
+    """Constant padding reversed: the padded border cropped off (a negative pad, which crops
+    in the forward, pads the signal with zeros). ``pad`` is ``F.pad``'s, last dim first."""
+
+    pointwise = True
+
+    def __init__(self, pad: Sequence[int]) -> None:
+        super().__init__()
+        self.pad = tuple(int(p) for p in pad)
+
+    def extra_repr(self) -> str:
+        return f"pad={self.pad}"
+
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
+        return F.pad(signal, [-p for p in self.pad])
+
+    def window(self) -> Window | None:
+        """A pad of the two spatial dims only shifts positions: a window of kernel 1."""
+        if len(self.pad) < 4 and len(self.pad) != 2:  # pragma: no cover - F.pad takes pairs
+            return None
+        left = self.pad[0]
+        top = self.pad[2] if len(self.pad) >= 4 else 0
+        if len(self.pad) > 4 and any(self.pad[4:]):
+            return None  # also pads channels: not a spatial window
+        return Window((1, 1), (1, 1), (top, left))
+
+    def croppable(self, context: Context) -> bool:
+        return self.window() is not None
+
+    def forward_window(
+        self, signal: Tensor, origin: Tensor, record: Record, images: Tensor, context: Context
+    ) -> tuple[Tensor, Tensor]:
+        below = functional.origin_below(cast(Window, self.window()), origin)
+        return functional.mask_outside(signal, below, record.input_shape[2:]), below
+
+
+class Scatter(MirrorLayer):
+    """A slice, index, ``narrow``, ``chunk``, ``split`` or ``unbind`` piece reversed: the signal
+    written back where the piece came from, zeros elsewhere.
+
+    ``take(tensor, dim_shift)`` repeats the forward selection on a tensor with ``dim_shift``
+    extra dims after the batch dim, returning a view: the mirror writes through it.
+    """
+
+    def __init__(self, what: str, take: Callable[[Tensor, int], Tensor]) -> None:
+        super().__init__()
+        self.what = what
+        object.__setattr__(self, "take", take)
+
+    def extra_repr(self) -> str:
+        return self.what
+
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
+        out = signal.new_zeros(*signal.shape[:2], *record.input_shape[1:])
+        self.take(out, 1).copy_(signal)  # type: ignore[operator]
+        return out
+
+
+class Permute(MirrorLayer):
+    """A ``permute``, ``transpose`` or ``movedim`` reversed: the inverse permutation.
+
+    ``order(ndim)`` gives the forward permutation of a tensor with ``ndim`` dims.
+    """
+
+    def __init__(self, what: str, order: Callable[[int], list[int]]) -> None:
+        super().__init__()
+        self.what = what
+        object.__setattr__(self, "order", order)
+
+    def extra_repr(self) -> str:
+        return self.what
+
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
+        order = self.order(len(record.input_shape))  # type: ignore[operator]
+        if order[0] != 0:
+            raise ValueError(f"{self.source} ({self.what}) moves the batch dimension")
+        with_k = [0, 1] + [d + 1 for d in order[1:]]
+        inverse = sorted(range(len(with_k)), key=with_k.__getitem__)
+        return signal.permute(inverse)
+
+
+def _with_k(value: Any, ndim: int) -> Any:
+    """A recorded operand, broadcastable against signals (Tensor[N, K, ...]) of an ndim-dim
+    forward output: a full-rank tensor gets the K axis."""
+    if isinstance(value, Tensor) and value.dim() == ndim:
+        return value.unsqueeze(1)
+    return value
+
+
+class Product(MirrorLayer):
+    """A product or quotient reversed by the product rule at the recorded operands.
+
+    ``a * b``: ``a`` gets ``g * b``, ``b`` gets ``g * a``; ``a / b``: ``a`` gets ``g / b``, ``b``
+    gets ``-g * a / b**2``; each summed back over what the forward broadcast. A factor that
+    carries no signal (a constant, a layer scale) is a plain scale; two signal factors are a gate
+    (squeeze-and-excitation).
+    """
+
+    pointwise = True
+    needs = frozenset({"values"})
+
+    def __init__(self, call: Call, divide: bool) -> None:
+        super().__init__()
+        self.call = call
+        self.divide = divide
+
+    def extra_repr(self) -> str:
+        kind = "gate" if len(self.call.signals) > 1 else "scale"
+        return f"{'divide' if self.divide else 'multiply'}, {kind}"
+
+    def forward(self, signal: Tensor, record: Record, context: Context) -> list[Tensor]:
+        args, _ = self.call.arguments(record)
+        a, b = args[0], args[1]
+        ndim = signal.dim() - 1
+        a_k, b_k = _with_k(a, ndim), _with_k(b, ndim)
+        grads: dict[int, Tensor] = {}
+        if self.divide:
+            grads[0] = signal / b_k
+            grads[1] = -signal * a_k / (b_k * b_k)
+        else:
+            grads[0] = signal * b_k
+            grads[1] = signal * a_k
+        refs = [arg.index if isinstance(arg, _Ref) else None for arg in self.call.args[:2]]
+        out = []
+        for ref, shape in zip(self.call.signals, record.input_shapes, strict=True):
+            position = refs.index(ref)
+            part = grads[position]
+            if refs.count(ref) == 2:  # x * x
+                part = grads[0] + grads[1]
+            out.append(functional.sum_to(part, shape))
+        return out
+
+
+class Broadcast(MirrorLayer):
+    """A ``mean`` or ``sum`` over non-batch dims reversed: the signal broadcast back (divided by
+    the count for a mean). ``dims(ndim)`` gives the reduced dims of an ``ndim``-dim input."""
+
+    def __init__(self, what: str, dims: Callable[[int], list[int]], keepdim: bool, mean: bool) -> None:
+        super().__init__()
+        self.what = what
+        object.__setattr__(self, "dims", dims)
+        self.keepdim = keepdim
+        self.mean = mean
+
+    def extra_repr(self) -> str:
+        return self.what
+
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
+        shape = record.input_shape
+        dims = sorted(self.dims(len(shape)))  # type: ignore[operator]
+        if 0 in dims:
+            raise ValueError(f"{self.source} ({self.what}) reduces over the batch dimension")
+        if not self.keepdim:
+            for d in dims:
+                signal = signal.unsqueeze(d + 1)
+        out = signal.expand(*signal.shape[:2], *shape[1:])
+        if self.mean:
+            out = out / prod(shape[d] for d in dims)
+        return out
+
+
+class Normalization(MirrorLayer):
+    """Layer or group normalisation reversed: its exact vector-Jacobian product at the recorded
+    input (the affine shift drops out; the weight scales).
+
+    statistics() returns (groups or None, normalised trailing dims, weight or None, eps): with
+    ``groups`` the channels are split into groups normalised over everything else (the weight
+    is per channel); without, the last ``dims`` dims are normalised (the weight has their shape).
+    """
+
+    pointwise = False
+    needs = frozenset({"input"})
+
+    def __init__(self, what: str, statistics: Callable[[], tuple[int | None, int, Tensor | None, float]]) -> None:
+        super().__init__()
+        self.what = what
+        object.__setattr__(self, "statistics", statistics)
+
+    def extra_repr(self) -> str:
+        return self.what
+
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
+        groups, dims, weight, eps = self.statistics()  # type: ignore[operator]
+        x = cast(Tensor, record.input)
+        if groups is None:
+            reduced = list(range(x.dim() - dims, x.dim()))
+            return functional.normalize_vjp(signal, x, reduced, weight, eps)
+        if weight is not None:
+            signal = signal * weight.view(-1, *([1] * (x.dim() - 2)))
+        n, k = signal.shape[:2]
+        grouped = functional.normalize_vjp(
+            signal.reshape(n, k, groups, -1), x.reshape(x.shape[0], groups, -1), [2], None, eps
+        )
+        return grouped.reshape(signal.shape)
 
 
 class Reshape(MirrorLayer):
@@ -294,12 +717,15 @@ class Reshape(MirrorLayer):
     def extra_repr(self) -> str:
         return f"undoes {self.what}"
 
-    def forward(self, signal: Tensor, record: Record) -> Tensor:
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         return signal.reshape(*signal.shape[:2], *record.input_shape[1:])
 
 
 class Identity(MirrorLayer):
-    """A layer that is the identity in eval mode (Dropout, Identity, contiguous)."""
+    """A layer that is the identity in eval mode (Dropout, stochastic depth, Identity,
+    contiguous, adding a constant)."""
+
+    pointwise = True
 
     def __init__(self, what: str) -> None:
         super().__init__()
@@ -308,12 +734,18 @@ class Identity(MirrorLayer):
     def extra_repr(self) -> str:
         return f"for {self.what}"
 
-    def forward(self, signal: Tensor, record: Record) -> Tensor:
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         return signal
+
+    def croppable(self, context: Context) -> bool:
+        return True
 
 
 class Add(MirrorLayer):
-    """A sum reversed: each summand gets the signal (times its ``alpha``)."""
+    """A sum reversed: each summand gets the signal (times its ``alpha``), summed back over
+    what the forward broadcast."""
+
+    pointwise = True
 
     def __init__(self, alphas: tuple[float, ...]) -> None:
         super().__init__()
@@ -322,40 +754,134 @@ class Add(MirrorLayer):
     def extra_repr(self) -> str:
         return "" if all(a == 1 for a in self.alphas) else f"alphas={self.alphas}"
 
-    def forward(self, signal: Tensor, record: Record) -> list[Tensor]:
-        return [signal if a == 1 else signal * a for a in self.alphas]
+    def forward(self, signal: Tensor, record: Record, context: Context) -> list[Tensor]:
+        parts = [signal if a == 1 else signal * a for a in self.alphas]
+        return [functional.sum_to(p, shape) for p, shape in zip(parts, record.input_shapes, strict=True)]
 
 
 class Concat(MirrorLayer):
-    """A concatenation reversed: the signal split back into each input's part."""
+    """A concatenation reversed: the signal split back into each input's part. ``parts`` says
+    which of the concatenated tensors carry the signal (the others, constants such as a class
+    token, get none)."""
 
-    def __init__(self, dim: int) -> None:
+    pointwise = True
+    needs = frozenset({"values"})
+
+    def __init__(self, dim: int, parts: tuple[int, ...]) -> None:
         super().__init__()
         self.dim = dim
+        self.parts = parts
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
 
-    def forward(self, signal: Tensor, record: Record) -> list[Tensor]:
-        """signal (Tensor[N, K, ...]) -> one Tensor[N, K, ...] per input."""
+    def forward(self, signal: Tensor, record: Record, context: Context) -> list[Tensor]:
+        """signal (Tensor[N, K, ...]) -> one Tensor[N, K, ...] per signal input."""
         dim = self.dim % len(record.input_shape)  # along the forward tensor's axes
-        sizes = [shape[dim] for shape in record.input_shapes]
-        return list(signal.split(sizes, dim=dim + 1))
+        sizes = [value.shape[dim] for value in record.values]
+        pieces = signal.split(sizes, dim=dim + 1)
+        return [pieces[i] for i in self.parts]
+
+
+class _Rectified(torch.autograd.Function):
+    """A rectifier inside a general (VJP) node, with the method's rule as its backward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, function: Callable[[Tensor], Tensor], rule: str) -> Tensor:  # type: ignore[override]
+        return function(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, function, rule = inputs
+        ctx.save_for_backward(x)
+        ctx.function, ctx.rule = function, rule
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
+        if ctx.rule == "deconvnet":
+            return F.relu(grad), None, None
+        (x,) = ctx.saved_tensors
+        out = grad * _derivative(ctx.function, x)
+        return (F.relu(out) if ctx.rule == "guided" else out), None, None
+
+
+class _RuleMode(torch.overrides.TorchFunctionMode):
+    """Inside a general node, rectifier calls take the context's rule, as explicit ones do."""
+
+    def __init__(self, context: Context, rectifier_of: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]) -> None:
+        super().__init__()
+        self.context = context
+        self.rectifier_of = rectifier_of
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        found = self.rectifier_of(func, args, kwargs)
+        if found is not None:
+            function, is_relu = found
+            if is_relu or self.context.rectifiers == "all":
+                return _Rectified.apply(args[0], function, self.context.rule)
+            return function(args[0])
+        return func(*args, **kwargs)
+
+
+class VJP(MirrorLayer):
+    """The general mirror layer: the exact vector-Jacobian product of any differentiable
+    forward operation at its recorded inputs, computed with ``torch.func.vjp`` and vmapped over
+    the K targets (one batched call). Rectifiers inside it (an opaque module's ReLUs) take the
+    call's rule, like the explicit ones.
+
+    It prints as what it reverses, e.g. ``VJP(MultiheadAttention)``, so the mirror says which
+    layers are hand-reversed and which are not.
+    """
+
+    needs = frozenset({"values"})
+
+    def __init__(self, call: Call, rectifier_of: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]) -> None:
+        super().__init__()
+        self.call = call
+        object.__setattr__(self, "rectifier_of", rectifier_of)
+
+    def _get_name(self) -> str:
+        return f"VJP({self.call.describe()})"
+
+    def forward(self, signal: Tensor, record: Record, context: Context) -> list[Tensor]:
+        primals = [record.values[i] for i in self.call.signals]
+
+        def function(*inputs: Tensor) -> Tensor:
+            with _RuleMode(context, self.rectifier_of):  # type: ignore[arg-type]
+                return self.call.replay(record, inputs)
+
+        with torch.enable_grad():
+            _, pullback = torch.func.vjp(function, *primals)
+            grads = torch.func.vmap(pullback, in_dims=1, out_dims=1)(signal)
+        return list(grads)
+
+
+def _takes_context(layer: MirrorLayer) -> bool:
+    try:
+        parameters = inspect.signature(layer.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return True
+    positional = [p for p in parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in parameters.values())
 
 
 class Mirror(nn.Module):
     """The reversed network: mirror layers from the model's output down to its input, in
     reverse topological order.
 
-    ``mirror(signal, records, start)`` runs the signal from the layer that reverses ``start``
-    (a layer name; the model's output when ``None``) down to the input. Where a forward value
-    fed several layers, the signals coming back from them are added.
+    ``mirror(signal, records, start, context)`` runs the signal from the layer that reverses
+    ``start`` (a layer name; the model's output when ``None``) down to the input. Where a forward
+    value fed several layers, the signals coming back from them are added.
     """
 
     def __init__(self, layers: Iterable[MirrorLayer]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self._index = {layer.source: i for i, layer in enumerate(self.layers)}
+        self._context = [_takes_context(layer) for layer in self.layers]  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -372,17 +898,19 @@ class Mirror(nn.Module):
         signal: Tensor,
         records: dict[str, Record],
         start: str | None = None,
-        rule: str = "deconvnet",
+        context: Context | None = None,
     ) -> Tensor:
         """signal (Tensor[N, K, *start's output shape]) -> Tensor[N, K, C, H, W]."""
+        context = context or Context()
         first = 0 if start is None else self.index_of(start)
         pending: dict[str, Tensor] = {self.layers[first].source: signal}
-        for layer in self.layers[first:]:
+        for i in range(first, len(self.layers)):
+            layer = self.layers[i]
             arriving = pending.pop(layer.source, None)
             if arriving is None:
                 continue  # a branch the signal does not run through
             record = records[layer.source]
-            out = layer(arriving, record, rule) if isinstance(layer, ReLU) else layer(arriving, record)
+            out = layer(arriving, record, context) if self._context[i] else layer(arriving, record)
             for name, part in zip(layer.inputs, out if isinstance(out, list) else [out], strict=True):
                 pending[name] = pending[name] + part if name in pending else part
         return pending[INPUT]
@@ -402,6 +930,10 @@ class Mirror(nn.Module):
         """Whether the network is a chain: every layer feeds the next one only."""
         names = [layer.source for layer in self.layers[1:]] + [INPUT]
         return all(layer.inputs == (below,) for layer, below in zip(self.layers, names, strict=True))
+
+    def general(self) -> list[str]:
+        """The forward layers reversed by the general VJP layer, not by hand."""
+        return [layer.source for layer in self.layers if isinstance(layer, VJP)]
 
     def __repr__(self) -> str:
         width = max((len(layer.source) for layer in self.layers), default=0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import mirror
 from .builder import Network
 
 __all__ = ["ReceptiveField", "receptive_fields"]
@@ -36,33 +35,28 @@ class ReceptiveField:
         return top, left, bottom, right
 
 
-# Mirror layers of sliding-window forward layers (convs, max- and avg-pools): they grow the field.
-_WINDOWED = (mirror.ConvTranspose2d, mirror.MaxUnpool2d, mirror.AvgPool2dTranspose)
-# Mirror layers of element-wise forward layers: they leave the receptive field as it is.
-_POINTWISE = (mirror.ReLU, mirror.Identity, mirror.ChannelScale, mirror.Add, mirror.Concat)
-
-
 def receptive_fields(network: Network) -> dict[str, ReceptiveField | None]:
     """Every layer name of ``network`` -> its receptive field (``None`` once it is global).
 
-    Where branches meet (add, cat), the field is the smallest box holding every branch's field
-    (``None`` if their strides differ).
+    Each mirror layer declares what it does to the field: a sliding ``window()`` grows it, a
+    ``pointwise`` layer keeps it, anything else (adaptive pooling, flatten, linear, a general
+    VJP layer) makes it global. Where branches meet (add, cat, a gate), the field is the
+    smallest box holding every branch's field (``None`` if their strides differ or one is global).
     """
     unit = ReceptiveField((1, 1), (1, 1), (0, 0))
     fields: dict[object, ReceptiveField | None] = {}
     for node, step in network.steps.items():
         below = [fields.get(i, unit) for i in step.inputs]  # the model input: a single pixel
         field = _union(below)
-        window = step.mirror.window() if isinstance(step.mirror, _WINDOWED) else None
+        window = step.mirror.window()
         if field is not None and window is not None:
-            kernel, stride, padding, dilation = window
             field = ReceptiveField(
-                size=_zip(lambda f, k, d, j: f + d * (k - 1) * j, field.size, kernel, dilation, field.stride),
-                stride=_zip(lambda j, s: j * s, field.stride, stride),
-                offset=_zip(lambda o, p, j: o - p * j, field.offset, padding, field.stride),
+                size=_zip(lambda f, w, j: f + (w - 1) * j, field.size, window.span(), field.stride),
+                stride=_zip(lambda j, s: j * s, field.stride, window.stride),
+                offset=_zip(lambda o, p, j: o - p * j, field.offset, window.padding, field.stride),
             )
-        elif window is None and not isinstance(step.mirror, _POINTWISE):
-            field = None  # adaptive pooling, flatten, linear and unknown layers mix everything
+        elif window is None and not step.mirror.pointwise:
+            field = None
         fields[node] = field
     return {name: fields[step.node] for name, step in network.layers.items()}
 

@@ -1,21 +1,25 @@
 """The registry of layer rules: how each forward layer type is run and reversed.
 
-The builder looks every layer of the traced forward up here. A rule says which mirror layer
-reverses the forward layer, how the layer runs while a batch is traced (a max-pool must also
-return its switches; an in-place ReLU must not overwrite the activation before it is kept), and
-which configurations of it deconvnet cannot reverse exactly.
+The builder looks every module of the traced forward up in a :class:`RuleSet` (the defaults
+here, with a ``DeconvNet``'s own ``layer_rules`` on top) and every functional call up in
+:data:`CALLS`, the one table of the calls that are reversed by hand. A rule says which mirror
+layer reverses the forward layer, how the layer runs while a batch is traced (a max-pool must
+also return its switches), and which configurations of it cannot be reversed exactly. Anything
+else on the signal path is reversed by the general :class:`~deconvnet.mirror.VJP` layer (or
+refused with ``strict=True``).
 
-Functional calls (``F.relu``, ``F.max_pool2d``, ``torch.flatten``, ``x.view``, ...) are read as
-the module they are equivalent to, so one rule serves both spellings.
+Adding a layer type is one entry::
 
-Adding a layer type is one call::
-
-    deconvnet.register_rule(MyScale, mirror=lambda m: MyScaleTranspose(m))
+    DeconvNet(model, layer_rules={MyScale: lambda m: MyScaleTranspose(m)})
+    deconvnet.register_rule(MyScale, mirror=lambda m: MyScaleTranspose(m))   # for every instance
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import inspect
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +29,19 @@ from torch import Tensor, nn
 
 from . import mirror
 from .errors import DeconvnetError
-from .functional import pair
 
-__all__ = ["Rule", "register_rule", "rule_for", "supported_layers", "is_registered"]
+__all__ = [
+    "Rule",
+    "RuleSet",
+    "DEFAULT_RULES",
+    "register_rule",
+    "rule_for",
+    "supported_layers",
+    "supported_calls",
+    "CALLS",
+    "rectifier_call",
+    "out_of_place",
+]
 
 
 def _run_module(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -40,7 +54,7 @@ class Rule:
 
     mirror: builds the mirror layer that reverses a given forward layer.
     run: runs the forward layer on ``x`` while tracing; returns its output and, for max-pools,
-        its switches. By default the module is called as it is.
+        its switches. By default the module is called as it is (in-place flags off).
     unsupported: returns why this particular layer cannot be reversed exactly, or ``None``.
     eval_only: the layer behaves differently in training mode (dropout, batch-norm), so tracing
         a model with it in training mode is refused.
@@ -52,85 +66,321 @@ class Rule:
     eval_only: bool = False
 
 
-_RULES: dict[type[nn.Module], Rule] = {}
+def _as_rule(value: Rule | Callable[[Any], mirror.MirrorLayer], layer_type: Any) -> Rule:
+    if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
+        raise DeconvnetError(f"layer rules are keyed by nn.Module subclasses, got {layer_type!r}")
+    if isinstance(value, Rule):
+        return value
+    if not callable(value):
+        raise DeconvnetError(
+            f"the rule for {layer_type.__name__} must be a Rule or a callable that builds its "
+            f"mirror layer, got {type(value).__name__}"
+        )
+    return Rule(mirror=value)
+
+
+class RuleSet:
+    """Module type -> :class:`Rule`, layered: a set's own rules over its ``parent``'s.
+
+    A ``DeconvNet``'s ``layer_rules`` are a RuleSet over :data:`DEFAULT_RULES`, so they reach
+    that instance only.
+    """
+
+    def __init__(self, rules: Mapping[type[nn.Module], Rule] | None = None, parent: RuleSet | None = None) -> None:
+        self.rules: dict[type[nn.Module], Rule] = dict(rules or {})
+        self.parent = parent
+
+    def over(self, extra: Mapping[type[nn.Module], Rule | Callable[[Any], mirror.MirrorLayer]] | None) -> RuleSet:
+        """A new set with ``extra`` on top of this one."""
+        if extra is None:
+            return self
+        if not isinstance(extra, Mapping):
+            raise DeconvnetError(f"layer_rules must be a dict of module type -> rule, got {type(extra).__name__}")
+        return RuleSet({t: _as_rule(r, t) for t, r in extra.items()}, parent=self)
+
+    def _all(self) -> dict[type[nn.Module], Rule]:
+        merged = self.parent._all() if self.parent is not None else {}
+        merged.update(self.rules)
+        return merged
+
+    def rule_for(self, module: nn.Module) -> Rule | None:
+        """The rule for ``module``'s type; a subclass inherits its base's rule only when it keeps
+        the base's ``forward``."""
+        table = self._all()
+        rule = table.get(type(module))
+        if rule is not None:
+            return rule
+        for base in type(module).__mro__[1:]:
+            if base in table and type(module).forward is base.forward:
+                return table[base]
+        return None
+
+    def names(self) -> list[str]:
+        """Names of the layer types that have a rule, in registration order."""
+        return [t.__name__ for t in self._all()]
+
+
+DEFAULT_RULES = RuleSet()
+"""The built-in rules; :func:`register_rule` adds to them for every ``DeconvNet`` made later."""
 
 
 def register_rule(
     layer_type: type[nn.Module],
     mirror: Callable[[Any], mirror.MirrorLayer],
     *,
-    run: Callable[[Any, Tensor], tuple[Tensor, Tensor | None]] = _run_module,
+    run: Callable[[Any, Tensor], tuple[Tensor, Tensor | None]] | None = None,
     unsupported: Callable[[Any], str | None] | None = None,
     eval_only: bool = False,
 ) -> Rule:
-    """Register (or replace) the rule for ``layer_type``; returns it.
+    """Register (or replace) the default rule for ``layer_type``, for every ``DeconvNet`` made
+    afterwards; returns it. For one instance only, pass ``DeconvNet(model, layer_rules=...)``.
 
     ``mirror(layer)`` must return a :class:`deconvnet.mirror.MirrorLayer` whose
-    ``forward(signal, record)`` maps ``Tensor[N, K, *output_shape]`` to
-    ``Tensor[N, K, *input_shape]``. The layer is treated as a leaf: torch.fx does not trace into it.
+    ``forward(signal, record[, context])`` maps ``Tensor[N, K, *output_shape]`` to
+    ``Tensor[N, K, *input_shape]``. The layer is treated as a leaf: torch.fx does not trace into
+    it. ``run=None`` calls the layer as it is.
     """
     if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
-        raise DeconvnetError(
-            f"register_rule takes an nn.Module subclass, got {layer_type!r}"
-        )
-    rule = Rule(mirror=mirror, run=run, unsupported=unsupported, eval_only=eval_only)
-    _RULES[layer_type] = rule
+        raise DeconvnetError(f"register_rule takes an nn.Module subclass, got {layer_type!r}")
+    rule = Rule(mirror=mirror, run=run or _run_module, unsupported=unsupported, eval_only=eval_only)
+    DEFAULT_RULES.rules[layer_type] = rule
     return rule
 
 
 def rule_for(module: nn.Module) -> Rule | None:
-    """The rule for ``module``'s type; a subclass inherits its base's rule only when it keeps
-    the base's ``forward``."""
-    rule = _RULES.get(type(module))
-    if rule is not None:
-        return rule
-    for base in type(module).__mro__[1:]:
-        if base in _RULES and type(module).forward is base.forward:
-            return _RULES[base]
-    return None
-
-
-def is_registered(module_type: type[nn.Module]) -> bool:
-    """Whether torch.fx should keep ``module_type`` as one leaf layer."""
-    return module_type in _RULES
+    """The default rule for ``module``'s type (see :meth:`RuleSet.rule_for`)."""
+    return DEFAULT_RULES.rule_for(module)
 
 
 def supported_layers() -> list[str]:
-    """Names of the layer types that have a rule, in registration order."""
-    return [t.__name__ for t in _RULES]
+    """Names of the layer types that have a default rule, in registration order."""
+    return DEFAULT_RULES.names()
 
 
-# --- the built-in rules ---------------------------------------------------------------------
+def out_of_place(module: nn.Module) -> nn.Module:
+    """``module`` itself, or, when it works in place, a shallow copy that does not (sharing the
+    Parameters; the user's module is left as it is)."""
+    if getattr(module, "inplace", False) is True:
+        module = copy.copy(module)
+        module.inplace = False
+    return module
 
 
-def _run_relu(module: nn.ReLU, x: Tensor) -> tuple[Tensor, Tensor | None]:
-    # Out of place even for inplace=True: the layer before keeps its own activation.
-    return F.relu(x), None
+# --- activations ------------------------------------------------------------------------------
+# Module type -> (is a rectifier, is ReLU). A rectifier takes the method's rule; the others pass
+# their gradient. Hardtanh is a rectifier only with a lower bound of 0 (ReLU6 is one).
+
+ACTIVATION_MODULES: dict[type[nn.Module], tuple[bool, bool]] = {
+    nn.ReLU: (True, True),
+    nn.ReLU6: (True, False),
+    nn.Hardtanh: (True, False),
+    nn.LeakyReLU: (True, False),
+    nn.PReLU: (True, False),
+    nn.RReLU: (True, False),
+    nn.ELU: (True, False),
+    nn.CELU: (True, False),
+    nn.SELU: (True, False),
+    nn.GELU: (True, False),
+    nn.SiLU: (True, False),
+    nn.Mish: (True, False),
+    nn.Hardswish: (True, False),
+    nn.Softplus: (True, False),
+    nn.Sigmoid: (False, False),
+    nn.Tanh: (False, False),
+    nn.Hardsigmoid: (False, False),
+    nn.LogSigmoid: (False, False),
+    nn.Softsign: (False, False),
+    nn.Tanhshrink: (False, False),
+}
+
+
+def _hardtanh_rectifies(low: float) -> bool:
+    return float(low) == 0.0
+
+
+def _mirror_activation(module: nn.Module) -> mirror.MirrorLayer:
+    rectifier, relu = ACTIVATION_MODULES[type(module)] if type(module) in ACTIVATION_MODULES else (False, False)
+    if isinstance(module, nn.Hardtanh):
+        rectifier = _hardtanh_rectifies(module.min_val)
+    name = type(module).__name__
+    if relu:
+        return mirror.ReLU(name)
+    return mirror.Activation(name, out_of_place(module), rectifier=rectifier)
+
+
+# Functions and tensor methods of the activations: target -> (rectifier, relu, leading args).
+# The rectifier test for Hardtanh reads the lower bound from the call.
+_RECTIFIER_FUNCTIONS: dict[Any, tuple[bool, bool]] = {
+    F.relu: (True, True), torch.relu: (True, True), F.relu_: (True, True), "relu": (True, True), "relu_": (True, True),
+    F.relu6: (True, False), F.hardtanh: (True, False), F.hardtanh_: (True, False),
+    F.leaky_relu: (True, False), F.leaky_relu_: (True, False), F.prelu: (True, False), "prelu": (True, False),
+    F.rrelu: (True, False), F.rrelu_: (True, False), torch.rrelu: (True, False),
+    F.elu: (True, False), F.elu_: (True, False), F.celu: (True, False), torch.celu: (True, False), F.celu_: (True, False),
+    F.selu: (True, False), torch.selu: (True, False), F.selu_: (True, False),
+    F.gelu: (True, False), F.silu: (True, False), F.mish: (True, False), F.hardswish: (True, False),
+    F.softplus: (True, False),
+    torch.sigmoid: (False, False), F.sigmoid: (False, False), "sigmoid": (False, False), "sigmoid_": (False, False),
+    torch.tanh: (False, False), F.tanh: (False, False), "tanh": (False, False), "tanh_": (False, False),
+    F.hardsigmoid: (False, False), F.logsigmoid: (False, False), F.softsign: (False, False),
+    F.tanhshrink: (False, False),
+}
+
+_HARDTANH = {F.hardtanh, F.hardtanh_}
+_RELU6 = {F.relu6}
+
+
+def activation_kind(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[bool, bool] | None:
+    """(is a rectifier, is ReLU) of an activation call, or None when it is not one."""
+    try:
+        kind = _RECTIFIER_FUNCTIONS.get(target)
+    except TypeError:  # unhashable target
+        return None
+    if kind is None:
+        return None
+    if target in _HARDTANH:
+        low = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        return (isinstance(low, (int, float)) and _hardtanh_rectifies(low), False)
+    return kind
+
+
+def rectifier_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Callable[[Tensor], Tensor], bool] | None:
+    """For a rectifier call seen inside a general (VJP) node: (f as a pure function of its
+    input, is ReLU), else None. Used to give those rectifiers the method's rule too."""
+    kind = activation_kind(func, args, kwargs)
+    if kind is None or not kind[0] or not args or not isinstance(args[0], Tensor):
+        return None
+    rest, options = args[1:], {k: v for k, v in kwargs.items() if k != "inplace"}
+    function = out_of_place_function(func)
+    if "inplace" in kwargs or _inplace_position(function) is not None:
+        position = _inplace_position(function)
+        if position is not None and len(args) > position:
+            rest = tuple(False if i == position - 1 else a for i, a in enumerate(rest))
+    return (lambda x: function(x, *rest, **options)), kind[1]
+
+
+# --- the functional calls reversed by hand ------------------------------------------------------
+# One table: call target (a function, or a tensor method's name) -> the kind of mirror the builder
+# makes for it. The "supported calls" message is made from it.
+
+CALLS: dict[Any, str] = {}
+
+
+def _calls(kind: str, *targets: Any) -> None:
+    for target in targets:
+        CALLS[target] = kind
+
+
+_calls("activation", *_RECTIFIER_FUNCTIONS)
+_calls("max_pool", F.max_pool2d, torch.max_pool2d)
+_calls("avg_pool", F.avg_pool2d, torch._C._nn.avg_pool2d)
+_calls("adaptive_avg_pool", F.adaptive_avg_pool2d)
+_calls("adaptive_max_pool", F.adaptive_max_pool2d)
+_calls("reshape", torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten,
+       "view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten")
+_calls("identity", "contiguous", "clone", torch.clone)
+_calls("dropout", F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
+_calls("add", operator.add, torch.add, "add", operator.sub, torch.sub, "sub")
+_calls("cat", torch.cat, torch.concat, torch.concatenate)
+_calls("product", operator.mul, torch.mul, "mul", operator.truediv, torch.div, torch.true_divide, "div", "true_divide")
+_calls("negate", operator.neg, torch.neg, "neg")
+_calls("pad", F.pad)
+_calls("index", operator.getitem)
+_calls("narrow", torch.narrow, "narrow")
+_calls("split", torch.chunk, "chunk", torch.split, "split", torch.tensor_split, "tensor_split", torch.unbind, "unbind")
+_calls("permute", torch.permute, "permute", torch.transpose, "transpose", torch.swapaxes, "swapaxes",
+       torch.swapdims, "swapdims", torch.movedim, "movedim")
+_calls("reduce", torch.mean, "mean", torch.sum, "sum")
+_calls("conv", F.conv2d, torch.conv2d)
+_calls("linear", F.linear)
+_calls("batch_norm", F.batch_norm)
+_calls("layer_norm", F.layer_norm)
+_calls("group_norm", F.group_norm)
+
+
+def _call_name(target: Any) -> str:
+    if isinstance(target, str):
+        return f".{target}()"
+    module = getattr(target, "__module__", "") or ""
+    prefix = "F." if module.startswith("torch.nn.functional") or module == "torch._C._nn" else (
+        "operator." if module in ("_operator", "operator") else "torch."
+    )
+    return prefix + getattr(target, "__name__", str(target))
+
+
+def supported_calls() -> list[str]:
+    """The functional calls and tensor methods reversed by hand, by name."""
+    return sorted({_call_name(t) for t in CALLS})
+
+
+META_METHODS = {"size", "dim", "numel", "type", "get_device", "is_contiguous", "stride"}
+META_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda"}
+"""Calls that read a tensor's shape or type, not its values: they carry no signal."""
+
+
+def is_meta_call(op: str, target: Any, args: tuple[Any, ...]) -> bool:
+    """Whether an fx call reads only shape or type information from a tensor."""
+    if op == "call_method":
+        return target in META_METHODS
+    return op == "call_function" and (
+        (target is getattr and len(args) > 1 and args[1] in META_ATTRIBUTES)
+        or target in (torch._assert, torch.Tensor.dim, torch.Tensor.size, torch.numel)
+    )
+
+
+# --- in-place calls, run out of place -----------------------------------------------------------
+
+
+def out_of_place_function(target: Any) -> Any:
+    """The out-of-place twin of an in-place function (``F.relu_`` -> ``F.relu``), or itself."""
+    name = getattr(target, "__name__", "")
+    if not name.endswith("_") or name.startswith("_"):
+        return target
+    for namespace in (F, torch):
+        twin = getattr(namespace, name[:-1], None)
+        if callable(twin):
+            return twin
+    return target
+
+
+def _inplace_position(function: Any) -> int | None:
+    try:
+        parameters = list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return None
+    return parameters.index("inplace") if "inplace" in parameters else None
+
+
+def out_of_place_call(op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """The same call, made not to write into its input (so recorded activations stay intact)."""
+    if op == "call_method":
+        if isinstance(target, str) and target.endswith("_") and not target.startswith("_") and hasattr(Tensor, target[:-1]):
+            target = target[:-1]
+        return target, args, kwargs
+    target = out_of_place_function(target)
+    if kwargs.get("inplace") is True:
+        kwargs = {**kwargs, "inplace": False}
+    position = _inplace_position(target)
+    if position is not None and len(args) > position and args[position] is True:
+        args = tuple(False if i == position else a for i, a in enumerate(args))
+    return target, args, kwargs
+
+
+# --- the built-in module rules ------------------------------------------------------------------
 
 
 def _run_max_pool(pool: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor | None]:
-    out, switches = F.max_pool2d(
-        x,
-        pool.kernel_size,
-        pool.stride,
-        pool.padding,
-        pool.dilation,
-        ceil_mode=pool.ceil_mode,
-        return_indices=True,
+    return F.max_pool2d(
+        x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode, return_indices=True
     )
-    return out, switches
 
 
-def _windows_overlap(pool: nn.MaxPool2d) -> bool:
-    kernel, stride = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size)
-    dilation = pair(pool.dilation)
-    return any(
-        k > 1 and s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation, strict=True)
-    )
+def _run_adaptive_max_pool(pool: nn.AdaptiveMaxPool2d, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    return F.adaptive_max_pool2d(x, pool.output_size, return_indices=True)
 
 
 def _mirror_max_pool(pool: nn.MaxPool2d) -> mirror.MirrorLayer:
-    return mirror.OverlapUnpool2d(pool) if _windows_overlap(pool) else mirror.MaxUnpool2d(pool)
+    unpool = mirror.MaxUnpool2d(pool)
+    return mirror.OverlapUnpool2d(pool) if unpool.window().overlaps() else unpool
 
 
 def _conv_unsupported(conv: nn.Conv2d) -> str | None:
@@ -142,13 +392,13 @@ def _conv_unsupported(conv: nn.Conv2d) -> str | None:
     return None
 
 
-def _pool_unsupported(pool: nn.MaxPool2d) -> str | None:
-    if pool.return_indices:
+def _pool_unsupported(pool: nn.Module) -> str | None:
+    if getattr(pool, "return_indices", False):
         return "return_indices=True is not supported: the layer must return one tensor"
     return None
 
 
-def _norm_unsupported(norm: nn.BatchNorm2d) -> str | None:
+def _norm_unsupported(norm: nn.modules.batchnorm._BatchNorm) -> str | None:
     if norm.running_var is None:
         return (
             "track_running_stats=False is not supported: such a batch-norm always uses batch "
@@ -157,81 +407,63 @@ def _norm_unsupported(norm: nn.BatchNorm2d) -> str | None:
     return None
 
 
-register_rule(nn.Conv2d, mirror.ConvTranspose2d, unsupported=_conv_unsupported)
-register_rule(nn.ReLU, lambda m: mirror.ReLU(), run=_run_relu)
-register_rule(
-    nn.MaxPool2d, _mirror_max_pool, run=_run_max_pool, unsupported=_pool_unsupported
-)
-register_rule(nn.Linear, mirror.LinearTranspose)
-register_rule(
-    nn.BatchNorm2d, mirror.ChannelScale, unsupported=_norm_unsupported, eval_only=True
-)
-register_rule(nn.AvgPool2d, mirror.AvgPool2dTranspose)
-register_rule(nn.AdaptiveAvgPool2d, mirror.AdaptiveAvgPool2dTranspose)
-register_rule(nn.Flatten, lambda m: mirror.Reshape("Flatten"))
-register_rule(nn.Unflatten, lambda m: mirror.Reshape("Unflatten"))
-for _dropout in (nn.Dropout, nn.Dropout2d, nn.AlphaDropout):
-    register_rule(_dropout, lambda m: mirror.Identity(type(m).__name__), eval_only=True)
-register_rule(nn.Identity, lambda m: mirror.Identity("Identity"))
+def _hardtanh_unsupported(module: nn.Hardtanh) -> str | None:
+    return None
 
 
-# --- functional spellings -------------------------------------------------------------------
-# Each maps the call's arguments after the input to the equivalent module, so that
-# F.max_pool2d(x, 3, 2) is handled by the MaxPool2d rule.
-
-
-def _as_max_pool(*args: Any, **kwargs: Any) -> nn.Module:
-    if kwargs.pop("return_indices", False) or len(args) > 5 and args[5]:
-        raise ValueError("return_indices=True is not supported: the call must return one tensor")
-    args = args[:5]
-    if len(args) > 1 and args[1] in ([], ()):
-        args = (args[0], None, *args[2:])  # torch.max_pool2d spells the default stride []
-    if kwargs.get("stride") in ([], ()):
-        kwargs["stride"] = None
-    return nn.MaxPool2d(*args, **kwargs)
-
-
-def _as_relu(*args: Any, **kwargs: Any) -> nn.Module:
-    return nn.ReLU()
-
-
-FUNCTION_MODULES: dict[Any, Callable[..., nn.Module]] = {
-    F.relu: _as_relu,
-    torch.relu: _as_relu,
-    torch.relu_: _as_relu,
-    F.relu_: _as_relu,
-    F.max_pool2d: _as_max_pool,
-    torch.max_pool2d: _as_max_pool,
-    F.avg_pool2d: nn.AvgPool2d,
-    F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
-}
-"""Functions (``call_function`` targets) read as an equivalent module."""
-
-METHOD_MODULES: dict[str, Callable[..., nn.Module]] = {"relu": _as_relu, "relu_": _as_relu}
-"""Tensor methods (``call_method`` targets) read as an equivalent module."""
-
-RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
-RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze"}
-"""Calls whose mirror puts the signal back into the input's shape."""
-
-IDENTITY_FUNCTIONS = {F.dropout, F.dropout2d, F.alpha_dropout}
-IDENTITY_METHODS = {"contiguous"}
-"""Calls that are the identity in eval mode; dropout calls must have ``training=False``."""
-
-META_METHODS = {"size", "dim", "numel"}
-META_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}
-"""Calls that read a tensor's shape or type, not its values: they carry no signal."""
-
-
-def is_meta_call(op: str, target: Any, args: tuple[Any, ...]) -> bool:
-    """Whether an fx call reads only shape or type information from a tensor."""
-    if op == "call_method":
-        return target in META_METHODS
-    return (
-        op == "call_function"
-        and target is getattr
-        and len(args) > 1
-        and args[1] in META_ATTRIBUTES
+def _layer_norm(norm: nn.LayerNorm) -> mirror.MirrorLayer:
+    return mirror.Normalization(
+        f"LayerNorm{tuple(norm.normalized_shape)}, eps={norm.eps}",
+        lambda: (None, len(norm.normalized_shape), norm.weight, norm.eps),
     )
 
 
+def _group_norm(norm: nn.GroupNorm) -> mirror.MirrorLayer:
+    return mirror.Normalization(
+        f"GroupNorm({norm.num_groups}, {norm.num_channels}), eps={norm.eps}",
+        lambda: (norm.num_groups, 0, norm.weight, norm.eps),
+    )
+
+
+def _pad(module: nn.Module) -> mirror.MirrorLayer:
+    return mirror.Crop(module.padding)
+
+
+def _identity(module: nn.Module) -> mirror.MirrorLayer:
+    return mirror.Identity(type(module).__name__)
+
+
+DEFAULT_RULES.rules.update({
+    nn.Conv2d: Rule(mirror.ConvTranspose2d.from_conv, unsupported=_conv_unsupported),
+    nn.MaxPool2d: Rule(_mirror_max_pool, run=_run_max_pool, unsupported=_pool_unsupported),
+    nn.AdaptiveMaxPool2d: Rule(lambda m: mirror.AdaptiveMaxUnpool2d(m.output_size), run=_run_adaptive_max_pool,
+                               unsupported=_pool_unsupported),
+    nn.Linear: Rule(lambda m: mirror.LinearTranspose(m.weight)),
+    nn.BatchNorm1d: Rule(mirror.ChannelScale.from_norm, unsupported=_norm_unsupported, eval_only=True),
+    nn.BatchNorm2d: Rule(mirror.ChannelScale.from_norm, unsupported=_norm_unsupported, eval_only=True),
+    nn.LayerNorm: Rule(_layer_norm),
+    nn.GroupNorm: Rule(_group_norm),
+    nn.AvgPool2d: Rule(mirror.AvgPool2dTranspose),
+    nn.AdaptiveAvgPool2d: Rule(lambda m: mirror.AdaptiveAvgPool2dTranspose(m.output_size)),
+    nn.Flatten: Rule(lambda m: mirror.Reshape("Flatten")),
+    nn.Unflatten: Rule(lambda m: mirror.Reshape("Unflatten")),
+    nn.Identity: Rule(_identity),
+})
+for _activation in ACTIVATION_MODULES:
+    DEFAULT_RULES.rules[_activation] = Rule(_mirror_activation, eval_only=_activation is nn.RReLU)
+for _padding in (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d):
+    DEFAULT_RULES.rules[_padding] = Rule(_pad)
+for _dropout in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout):
+    DEFAULT_RULES.rules[_dropout] = Rule(_identity, eval_only=True)
+
+
+def _stochastic_depth() -> type[nn.Module] | None:
+    try:
+        from torchvision.ops import StochasticDepth
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return None
+    return StochasticDepth
+
+
+if (_depth := _stochastic_depth()) is not None:
+    DEFAULT_RULES.rules[_depth] = Rule(_identity, eval_only=True)

@@ -200,26 +200,46 @@ def test_vgg_adaptive_pool_upsamples_on_small_inputs():
     assert_exact(ours, classes_reference(model, x, [0, 999]), rtol=1e-5)
 
 
-def test_custom_rule_registration():
+def _double_net():
     class Double(nn.Module):
         def forward(self, x):
             return 2 * x
 
-    class Halve(deconvnet.MirrorLayer):
-        def forward(self, signal, record):
-            return 2 * signal
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), Double(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    net(torch.randn(1, 1, 6, 6))
+    return net.double().eval(), Double
 
-    deconvnet.register_rule(Double, lambda m: Halve())
+
+class _Twice(deconvnet.MirrorLayer):
+    pointwise = True
+
+    def forward(self, signal, record):  # the README's two-argument form
+        return 2 * signal
+
+
+def test_custom_rule_registration():
+    net, Double = _double_net()
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    deconvnet.register_rule(Double, lambda m: _Twice())
     try:
-        net = nn.Sequential(nn.Conv2d(1, 2, 3), Double(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
-        net(torch.randn(1, 1, 6, 6))
-        net = net.double().eval()
-        x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
-        dn = DeconvNet(net)
+        dn = DeconvNet(net, strict=True)
         assert "Double" in deconvnet.supported_layers()
         assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, [0, 1, 2]))
     finally:
-        deconvnet.rules._RULES.pop(Double)
+        deconvnet.rules.DEFAULT_RULES.rules.pop(Double)
+
+
+def test_layer_rules_reach_one_instance_only():
+    net, Double = _double_net()
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    dn = DeconvNet(net, layer_rules={Double: lambda m: _Twice()}, strict=True)
+    assert isinstance(dn.mirror[-2], _Twice)
+    assert dn.receptive_field("0") == dn.receptive_field("1")  # pointwise: the field passes
+    assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, [0, 1, 2]))
+    assert "Double" not in deconvnet.supported_layers()
+    other = DeconvNet(net, strict=True)  # without the rule, torch.fx traces into Double: 2 * x
+    assert "mul" in other.layers and "Product(multiply, scale)" in repr(other.mirror)
+    assert_exact(other.reconstruct_classes(x), classes_reference(net, x, [0, 1, 2]))
 
 
 def test_copy_of_model_gives_same_results():

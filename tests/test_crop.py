@@ -23,7 +23,7 @@ def test_cropped_equals_uncropped(case, data):
     signal = data.draw(st.sampled_from(["activation", "unit"]), label="signal")
     below = dn.mirror.chain_below(dn.layer_name(layer))
     trace = dn.trace(x)
-    if dn.receptive_field(layer) is None or below is None or not croppable(below):
+    if dn.receptive_field(layer) is None or below is None or not croppable(below, dn.context()):
         with pytest.raises(InputError, match="crop=True needs mode='max'"):
             dn.reconstruct(trace, layer, mode="max", crop=True)
         return
@@ -38,9 +38,9 @@ def test_crop_is_the_default_where_the_field_is_small():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3)).eval()
     dn = DeconvNet(net)
     trace = dn.trace(torch.randn(1, 3, 32, 32))
-    step, activation = dn._network.resolve("3"), dn.activation(trace, "3")
-    assert dn._crop_chain(step, activation, "max", None, trace, "deconvnet") is not None
-    assert dn._crop_chain(step, activation, "map", None, trace, "deconvnet") is None
+    step, activation = dn.network.resolve("3"), dn.activation(trace, "3")
+    assert dn._crop_chain(step, activation, "max", None, trace, dn.context()) is not None
+    assert dn._crop_chain(step, activation, "map", None, trace, dn.context()) is None
     assert torch.equal(dn.reconstruct(trace, "3"), dn.reconstruct(trace, "3", crop=True))
 
 
