@@ -242,7 +242,7 @@ def _all_classes_worker(model_name: str, size: int) -> None:
     peak = _peak_rss()
     print(json.dumps({"targets": out.shape[1], "seconds": seconds, "peak_bytes": peak,
                       "before_bytes": before, "result_bytes": out.numel() * out.element_size(),
-                      "chunk": dn._chunk_size(trace, dn._network.steps[dn._network.output]),
+                      "chunk": dn._chunk_size(trace, dn.network.steps[dn.network.output]),
                       "budget_bytes": dn._budget(x.device), "machine": machine(device)}))
 
 

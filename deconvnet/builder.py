@@ -156,7 +156,7 @@ class _Tracer(fx.Tracer):
     """Keeps layers with a rule (and timm's and the opaque ones) whole; records every module
     call's output and which module was being traced when tracing failed."""
 
-    def __init__(self, ruleset: rules.RuleSet, opaque: set[str]) -> None:
+    def __init__(self, ruleset: rules.RuleSet, opaque: dict[str, str]) -> None:
         leaves, functions = _timm_registrations()
         super().__init__(autowrap_functions=tuple(functions))
         self.ruleset = ruleset
@@ -185,12 +185,12 @@ class _Tracer(fx.Tracer):
         return out
 
 
-def _trace(model: nn.Module, ruleset: rules.RuleSet) -> tuple[fx.Graph, list[tuple[str, fx.Node]], set[str]]:
+def _trace(model: nn.Module, ruleset: rules.RuleSet) -> tuple[fx.Graph, list[tuple[str, fx.Node]], dict[str, str]]:
     """The traced graph, the module calls, and the submodules kept whole because torch.fx
     cannot trace them (each becomes a general VJP layer)."""
     if not isinstance(model, nn.Module):
         raise TracingError(f"DeconvNet takes an nn.Module, got {type(model).__name__}")
-    opaque: set[str] = set()
+    opaque: dict[str, str] = {}
     while True:
         tracer = _Tracer(ruleset, opaque)
         try:
@@ -198,7 +198,7 @@ def _trace(model: nn.Module, ruleset: rules.RuleSet) -> tuple[fx.Graph, list[tup
         except Exception as error:  # torch.fx raises many types; all mean the same to the user
             failed = tracer.failed_in
             if failed and failed not in opaque:
-                opaque.add(failed)  # keep that submodule whole and try again
+                opaque[failed] = f"{type(error).__name__}: {error}"  # keep it whole and try again
                 continue
             raise TracingError(
                 f"torch.fx could not trace {type(model).__name__}.forward: "
@@ -500,32 +500,39 @@ class _Reader:
 
     def _index(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
+        call, _, refs = self.call(node)
         index = node.args[1]
-        self.plain(index)
         items = index if isinstance(index, tuple) else (index,)
-        allowed = all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
+        allowed = all(
+            i is None or i is Ellipsis or isinstance(i, (int, slice)) or (isinstance(i, fx.Node) and i not in self.signal)
+            for i in items
+        )
         if not allowed or not items or not (items[0] is Ellipsis or items[0] == slice(None)):
             raise _General("indexes with tensors or across the batch dimension")
 
-        def take(tensor: Tensor, shift: int) -> Tensor:
-            if items[0] is Ellipsis:
-                return tensor[items]
-            return tensor[(slice(None),) * (1 + shift) + tuple(items[1:])]
+        def take(tensor: Tensor, shift: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+            filled = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(isinstance(i, Tensor) for i in filled):
+                raise ValueError(f"{name} indexes with a tensor computed in the forward")
+            if filled[0] is Ellipsis:
+                return tensor[filled]
+            return tensor[(slice(None),) * (1 + shift) + tuple(filled[1:])]
 
-        return _Built(mirror_layers.Scatter(f"[{_format_index(items)}]", take), inputs)
+        return _Built(mirror_layers.Scatter(f"[{_format_index(items)}]", take, call), inputs, refs=refs)
 
     def _narrow(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
-        self.plain(node.args[1:], node.kwargs)
-        dim, start, length = (*node.args[1:], *node.kwargs.values())[:3]
-        if dim == 0:
-            raise _General
+        call, _, refs = self.call(node)
+        if (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")) == 0:
+            raise _General("narrows the batch dimension")
 
-        def take(tensor: Tensor, shift: int) -> Tensor:
-            d = cast(int, dim) % (tensor.dim() - shift)
-            return tensor.narrow(d + shift, cast(int, start), cast(int, length))
+        def take(tensor: Tensor, shift: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+            dim, start, length = (*args[1:], *kwargs.values())[:3]
+            d = int(dim) % (tensor.dim() - shift)
+            return tensor.narrow(d + shift, int(start), int(length))
 
-        return _Built(mirror_layers.Scatter(f"narrow(dim={dim}, start={start}, length={length})", take), inputs)
+        return _Built(mirror_layers.Scatter(f"narrow{_format_args(node.args[1:], node.kwargs)}", take, call), inputs,
+                      refs=refs)
 
     def _permute(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
@@ -593,23 +600,27 @@ class _Reader:
 
     def _layer_norm(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
-        names = ("normalized_shape", "weight", "bias", "eps")
-        given = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
-        self.plain(given.get("normalized_shape"), given.get("eps"))
-        shape = given["normalized_shape"]
-        dims = len(shape) if isinstance(shape, (list, tuple)) else 1
-        weight, eps = self.constant(given.get("weight")), float(cast(float, given.get("eps", 1e-5)))
-        what = f"layer_norm({tuple(shape) if isinstance(shape, (list, tuple)) else shape}), eps={eps}"
-        return _Built(mirror_layers.Normalization(what, lambda: (None, dims, weight(), eps)), inputs)
+        call, _, refs = self.call(node)
+
+        def statistics(record: mirror_layers.Record) -> tuple[int | None, int, Tensor | None, float]:
+            args, kwargs = call.arguments(record)
+            given = dict(zip(("normalized_shape", "weight", "bias", "eps"), args[1:], strict=False)) | kwargs
+            shape = given["normalized_shape"]
+            dims = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
+            return None, dims, given.get("weight"), float(given.get("eps", 1e-5))
+
+        return _Built(mirror_layers.Normalization("layer_norm", statistics, call), inputs, refs=refs)
 
     def _group_norm(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
-        names = ("num_groups", "weight", "bias", "eps")
-        given = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
-        self.plain(given.get("num_groups"), given.get("eps"))
-        groups = int(cast(int, given["num_groups"]))
-        weight, eps = self.constant(given.get("weight")), float(cast(float, given.get("eps", 1e-5)))
-        return _Built(mirror_layers.Normalization(f"group_norm({groups}), eps={eps}", lambda: (groups, 0, weight(), eps)), inputs)
+        call, _, refs = self.call(node)
+
+        def statistics(record: mirror_layers.Record) -> tuple[int | None, int, Tensor | None, float]:
+            args, kwargs = call.arguments(record)
+            given = dict(zip(("num_groups", "weight", "bias", "eps"), args[1:], strict=False)) | kwargs
+            return int(given["num_groups"]), 0, given.get("weight"), float(given.get("eps", 1e-5))
+
+        return _Built(mirror_layers.Normalization("group_norm", statistics, call), inputs, refs=refs)
 
     def _split(self, node: fx.Node, name: str) -> _Built:  # pragma: no cover - handled as a producer
         raise _General
@@ -617,22 +628,22 @@ class _Reader:
     def split_piece(self, producer: fx.Node, index: int) -> _Built:
         """``chunk``/``split``/``tensor_split``/``unbind`` piece ``index``: scattered back."""
         inputs = self.first_only(producer)
-        self.plain(producer.args[1:], producer.kwargs)
+        call, _, refs = self.call(producer)
         target = producer.target
-        rest = list(producer.args[1:])
-        kwargs = dict(producer.kwargs)
         unbind = target in (torch.unbind, "unbind")
-        dim_position = 0 if unbind else 1
-        dim = kwargs.pop("dim", rest.pop(dim_position) if len(rest) > dim_position else 0)
-        if dim == 0:
-            raise _General
         function = getattr(torch, target) if isinstance(target, str) else target
+        dim_position = 1 if unbind else 2  # in the call's arguments, the tensor first
 
-        def take(tensor: Tensor, shift: int) -> Tensor:
-            d = cast(int, dim) % (tensor.dim() - shift)
-            return function(tensor, *rest, dim=d + shift, **kwargs)[index]
+        def take(tensor: Tensor, shift: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+            rest, options = list(args[1:]), dict(kwargs)
+            dim = options.pop("dim", rest.pop(dim_position - 1) if len(rest) >= dim_position else 0)
+            d = int(dim) % (tensor.dim() - shift)
+            if d == 0:
+                raise ValueError(f"{_describe(producer)} splits the batch dimension")
+            return function(tensor, *rest, dim=d + shift, **options)[index]
 
-        return _Built(mirror_layers.Scatter(f"{_describe(producer)}(...)[{index}]", take), inputs)
+        what = f"{_describe(producer)}{_format_args(producer.args[1:], producer.kwargs)}[{index}]"
+        return _Built(mirror_layers.Scatter(what, take, call), inputs, refs=refs)
 
 
 def _module_run(rule: rules.Rule, module: nn.Module) -> Run:
@@ -760,6 +771,8 @@ def build(
             producers.add(node)
             signal.add(node)
             continue
+        if node.op == "call_module" and str(node.target) in opaque:
+            built.reason = f"torch.fx cannot trace into it ({opaque[str(node.target)]})"
         if isinstance(built.mirror, mirror_layers.VJP) and strict:
             raise _strict_error(node, name, model, ruleset, built.reason)
         mirrored = built.mirror
@@ -806,8 +819,10 @@ def _read(reader: _Reader, node: fx.Node, name: str, producers: set[fx.Node]) ->
         if _is_split(producer):
             try:
                 return reader.split_piece(producer, index)
-            except _General:
-                pass
+            except _General as why:
+                built = reader.general(node, item=index, producer=producer)
+                built.reason = str(why)
+                return built
         return reader.general(node, item=index, producer=producer)
     if _is_split(node) and _picks_items(node):
         return None

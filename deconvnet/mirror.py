@@ -551,21 +551,26 @@ class Scatter(MirrorLayer):
     """A slice, index, ``narrow``, ``chunk``, ``split`` or ``unbind`` piece reversed: the signal
     written back where the piece came from, zeros elsewhere.
 
-    ``take(tensor, dim_shift)`` repeats the forward selection on a tensor with ``dim_shift``
-    extra dims after the batch dim, returning a view: the mirror writes through it.
+    ``take(tensor, shift, args, kwargs)`` repeats the forward selection, with the call's
+    recorded arguments, on a tensor with ``shift`` extra dims after the batch dim, returning a
+    view: the mirror writes the signal through it.
     """
 
-    def __init__(self, what: str, take: Callable[[Tensor, int], Tensor]) -> None:
+    needs = frozenset({"values"})
+
+    def __init__(self, what: str, take: Callable[..., Tensor], call: Call) -> None:
         super().__init__()
         self.what = what
+        self.call = call
         object.__setattr__(self, "take", take)
 
     def extra_repr(self) -> str:
         return self.what
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
+        args, kwargs = self.call.arguments(record)
         out = signal.new_zeros(*signal.shape[:2], *record.input_shape[1:])
-        self.take(out, 1).copy_(signal)  # type: ignore[operator]
+        self.take(out, 1, args, kwargs).copy_(signal)  # type: ignore[operator]
         return out
 
 
@@ -676,24 +681,30 @@ class Normalization(MirrorLayer):
     """Layer or group normalisation reversed: its exact vector-Jacobian product at the recorded
     input (the affine shift drops out; the weight scales).
 
-    statistics() returns (groups or None, normalised trailing dims, weight or None, eps): with
-    ``groups`` the channels are split into groups normalised over everything else (the weight
-    is per channel); without, the last ``dims`` dims are normalised (the weight has their shape).
+    statistics(record) returns (groups or None, normalised trailing dims, weight or None, eps):
+    with ``groups`` the channels are split into groups normalised over everything else (the
+    weight is per channel); without, the last ``dims`` dims are normalised (the weight has their
+    shape). ``call``: the functional call whose recorded arguments they come from, if any.
     """
 
-    pointwise = False
-    needs = frozenset({"input"})
+    needs = frozenset({"input", "values"})
 
-    def __init__(self, what: str, statistics: Callable[[], tuple[int | None, int, Tensor | None, float]]) -> None:
+    def __init__(
+        self,
+        what: str,
+        statistics: Callable[[Record], tuple[int | None, int, Tensor | None, float]],
+        call: Call | None = None,
+    ) -> None:
         super().__init__()
         self.what = what
+        self.call = call
         object.__setattr__(self, "statistics", statistics)
 
     def extra_repr(self) -> str:
         return self.what
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
-        groups, dims, weight, eps = self.statistics()  # type: ignore[operator]
+        groups, dims, weight, eps = self.statistics(record)  # type: ignore[operator]
         x = cast(Tensor, record.input)
         if groups is None:
             reduced = list(range(x.dim() - dims, x.dim()))
@@ -855,7 +866,14 @@ class VJP(MirrorLayer):
 
         with torch.enable_grad():
             _, pullback = torch.func.vjp(function, *primals)
-            grads = torch.func.vmap(pullback, in_dims=1, out_dims=1)(signal)
+            try:
+                grads = torch.func.vmap(pullback, in_dims=1, out_dims=1)(signal)
+            except RuntimeError as error:
+                if "vmap" not in str(error) and "batching rule" not in str(error):
+                    raise
+                # An op without a batching rule: one pull-back per target, same forward.
+                per_target = [pullback(signal[:, k]) for k in range(signal.shape[1])]
+                grads = tuple(torch.stack(parts, dim=1) for parts in zip(*per_target, strict=True))
         return list(grads)
 
 

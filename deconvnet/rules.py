@@ -414,14 +414,14 @@ def _hardtanh_unsupported(module: nn.Hardtanh) -> str | None:
 def _layer_norm(norm: nn.LayerNorm) -> mirror.MirrorLayer:
     return mirror.Normalization(
         f"LayerNorm{tuple(norm.normalized_shape)}, eps={norm.eps}",
-        lambda: (None, len(norm.normalized_shape), norm.weight, norm.eps),
+        lambda record: (None, len(norm.normalized_shape), norm.weight, norm.eps),
     )
 
 
 def _group_norm(norm: nn.GroupNorm) -> mirror.MirrorLayer:
     return mirror.Normalization(
         f"GroupNorm({norm.num_groups}, {norm.num_channels}), eps={norm.eps}",
-        lambda: (norm.num_groups, 0, norm.weight, norm.eps),
+        lambda record: (norm.num_groups, 0, norm.weight, norm.eps),
     )
 
 

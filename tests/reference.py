@@ -1,10 +1,11 @@
-"""The test oracle, independent of the mirror: autograd with every ReLU's backward replaced.
+"""The test oracle, independent of the mirror: autograd with every rectifier's backward replaced.
 
 The deconvnet reconstruction of a kept unit equals the gradient of that unit with respect to the
-input when each ReLU's backward passes ``relu(incoming signal)`` instead of masking by the
-forward activation. Here that is done with a TorchFunctionMode that swaps every ReLU call
-(module, functional, in-place or method) for an autograd Function with that backward; max-pools,
-convolutions and the rest keep their ordinary autograd, so overlapping pools sum as gradients do.
+input when each rectifier's backward passes ``relu(incoming signal)`` (guided: ``relu(f'(x) g)``;
+gradient: ``f'(x) g``) instead of its derivative. Here that is done with a TorchFunctionMode that
+swaps every rectifier call (module, functional, in-place or method; the ReLU family, or ReLU
+alone) for an autograd Function with that backward; max-pools, convolutions, norms, gates and
+the rest keep their ordinary autograd, so overlapping pools sum as gradients do.
 """
 
 from __future__ import annotations
@@ -17,59 +18,83 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 
-class _DeconvReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[no-untyped-def]
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[no-untyped-def]
-        return grad.clamp(min=0)
+def _slope(function: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """f'(x) of an element-wise function, by reverse-mode autograd."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        (slope,) = torch.autograd.grad(function(leaf).sum(), leaf)
+    return slope
 
 
-class _GuidedReLU(torch.autograd.Function):
+class _Ruled(torch.autograd.Function):
+    """f(x) forward; backward by the rule: relu(g), relu(f'(x) g) or f'(x) g."""
+
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[no-untyped-def]
+    def forward(ctx, x: Tensor, function, rule: str) -> Tensor:  # type: ignore[no-untyped-def]
         ctx.save_for_backward(x)
-        return x.clamp(min=0)
+        ctx.function, ctx.rule = function, rule
+        return function(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[no-untyped-def]
+    def backward(ctx, grad: Tensor):  # type: ignore[no-untyped-def]
         (x,) = ctx.saved_tensors
-        return grad.clamp(min=0) * (x > 0).to(grad.dtype)
+        if ctx.rule == "deconvnet":
+            return grad.clamp(min=0), None, None
+        out = grad * _slope(ctx.function, x)
+        return (out.clamp(min=0) if ctx.rule == "guided" else out), None, None
 
 
-_RELUS = {torch.relu, torch.relu_, F.relu, F.relu_, Tensor.relu, Tensor.relu_}
+# Every rectifier, as the function the modules call and its functional, tensor-method and
+# in-place spellings -> its out-of-place function. Written here independently of the library.
+_RELU = {torch.relu: torch.relu, torch.relu_: torch.relu, F.relu: F.relu, Tensor.relu: torch.relu,
+         Tensor.relu_: torch.relu}
+_FAMILY = {
+    F.relu6: F.relu6, F.hardtanh: F.hardtanh, F.hardtanh_: F.hardtanh, F.leaky_relu: F.leaky_relu,
+    F.leaky_relu_: F.leaky_relu, torch.prelu: torch.prelu, F.rrelu: F.rrelu, F.rrelu_: F.rrelu,
+    torch.rrelu: torch.rrelu, F.elu: F.elu, F.elu_: F.elu, F.celu: F.celu, torch.celu: torch.celu,
+    F.celu_: F.celu, F.selu: F.selu, torch.selu: torch.selu, F.selu_: F.selu, F.gelu: F.gelu,
+    F.silu: F.silu, F.mish: F.mish, F.hardswish: F.hardswish, F.softplus: F.softplus,
+}
 
 
-class DeconvReLUs(TorchFunctionMode):
-    """Inside this mode every ReLU runs out of place with the deconvnet (or guided) backward."""
+class RuledActivations(TorchFunctionMode):
+    """Inside this mode every rectifier runs out of place with the rule's backward:
+    ``rectifiers="all"`` catches the ReLU family (Hardtanh only with a lower bound of 0),
+    ``"relu"`` ReLU alone; every other activation keeps its gradient."""
 
-    def __init__(self, function: type[torch.autograd.Function] = _DeconvReLU) -> None:
+    def __init__(self, rule: str, rectifiers: str = "all") -> None:
         super().__init__()
-        self.function = function
+        self.rule, self.rectifiers = rule, rectifiers
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        if func in _RELUS:
-            return self.function.apply(args[0])
-        return func(*args, **(kwargs or {}))
+        kwargs = dict(kwargs or {})
+        function = {**_RELU, **_FAMILY}.get(func) if _hashable(func) else None
+        if function is None:
+            return func(*args, **kwargs)
+        kwargs.pop("inplace", None)  # every activation runs out of place, as under no_grad it may not
+        rectifies = func in _RELU or self.rectifiers == "all"
+        if func in (F.hardtanh, F.hardtanh_) and float(kwargs.get("min_val", args[1] if len(args) > 1 else -1)) != 0:
+            rectifies = False  # Hardtanh(-1, 1) is not a rectifier
+        if not rectifies:
+            return function(*args, **kwargs)
+        rest = args[1:]
+
+        def pure(x: Tensor) -> Tensor:
+            return function(x, *rest, **kwargs)
+
+        return _Ruled.apply(args[0], pure, self.rule)
 
 
-class _OutOfPlaceReLUs(TorchFunctionMode):
-    """Plain gradients, but in-place ReLUs run out of place so hooked outputs stay intact."""
+def _hashable(value: object) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        if func in _RELUS:
-            return torch.relu(args[0])
-        return func(*args, **(kwargs or {}))
 
-
-def _mode(rule: str) -> TorchFunctionMode:
-    if rule == "deconvnet":
-        return DeconvReLUs()
-    if rule == "guided":
-        return DeconvReLUs(_GuidedReLU)
-    return _OutOfPlaceReLUs()
+def _mode(rule: str, rectifiers: str = "all") -> TorchFunctionMode:
+    return RuledActivations(rule, rectifiers)
 
 
 def deconv_gradient(
@@ -79,6 +104,7 @@ def deconv_gradient(
     layer: nn.Module | None = None,
     call: int = 0,
     rule: str = "deconvnet",
+    rectifiers: str = "all",
 ) -> Tensor:
     """Gradient of ``<layer output, signal>`` w.r.t. x with ReLUs' backward set by ``rule``
     (deconvnet: ReLU of the signal; guided: that, masked by the forward input; gradient: plain).
@@ -98,7 +124,7 @@ def deconv_gradient(
 
     handle = layer.register_forward_hook(keep) if layer is not None else None
     try:
-        with _mode(rule):
+        with _mode(rule, rectifiers):
             out = model(x)
     finally:
         if handle is not None:
@@ -108,7 +134,9 @@ def deconv_gradient(
     return grad
 
 
-def classes_reference(model: nn.Module, x: Tensor, classes: list[int], rule: str = "deconvnet") -> Tensor:
+def classes_reference(
+    model: nn.Module, x: Tensor, classes: list[int], rule: str = "deconvnet", rectifiers: str = "all"
+) -> Tensor:
     """Tensor[N, K, C, H, W]: one oracle gradient per class, from 1 at that output unit."""
 
     def one_hot(c: int) -> Callable[[Tensor], Tensor]:
@@ -119,7 +147,9 @@ def classes_reference(model: nn.Module, x: Tensor, classes: list[int], rule: str
 
         return make
 
-    return torch.stack([deconv_gradient(model, x, one_hot(c), rule=rule) for c in classes], dim=1)
+    return torch.stack(
+        [deconv_gradient(model, x, one_hot(c), rule=rule, rectifiers=rectifiers) for c in classes], dim=1
+    )
 
 
 def channels_reference(
@@ -131,6 +161,7 @@ def channels_reference(
     signal: str,
     call: int = 0,
     rule: str = "deconvnet",
+    rectifiers: str = "all",
 ) -> Tensor:
     """Tensor[N, K, C, H, W]: the oracle for keeping channel c's strongest unit or whole map."""
 
@@ -149,7 +180,9 @@ def channels_reference(
 
         return make
 
-    return torch.stack([deconv_gradient(model, x, keep(c), layer, call, rule) for c in channels], dim=1)
+    return torch.stack(
+        [deconv_gradient(model, x, keep(c), layer, call, rule, rectifiers) for c in channels], dim=1
+    )
 
 
 def assert_exact(ours: Tensor, reference: Tensor, rtol: float = 1e-6) -> None:

@@ -29,7 +29,7 @@ def test_dag_channels_match_oracle(case, rule, data):
     net, x = case
     dn = DeconvNet(net)
     modules = dict(net.named_modules())
-    names = [n for n in dn.layers if n in modules and n in dn._network.modules]
+    names = [n for n in dn.layers if n in modules and n in dn.network.modules]
     name = data.draw(st.sampled_from(names), label="layer")
     mode = data.draw(st.sampled_from(["max", "map"]), label="mode")
     ours = dn.reconstruct(x, name, mode=mode, rule=rule)
@@ -42,7 +42,7 @@ def test_dag_channels_match_oracle(case, rule, data):
 def test_reused_relu_calls_match_oracle(case, data):
     net, x = case
     dn = DeconvNet(net)
-    calls = dn._network.modules.get("relu", [])  # the layer names of the module's calls
+    calls = dn.network.modules.get("relu", [])  # the layer names of the module's calls
     if not calls:
         return  # this net happens not to call the shared ReLU module
     call = data.draw(st.integers(0, len(calls) - 1), label="call")
