@@ -12,6 +12,7 @@ refused with ``strict=True``); a submodule torch.fx cannot trace becomes one suc
 from __future__ import annotations
 
 import difflib
+import inspect
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +81,8 @@ class Network:
     """Module qualified name -> its layer names (several when the module is called more than once)."""
     substitutes: dict[str, nn.Module] = field(default_factory=dict)
     """Modules that work in place -> an out-of-place copy to run while tracing."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Placeholders of forward's optional arguments -> the default they are traced at."""
 
     def resolve(self, layer: str | nn.Module) -> Step:
         """The step whose output is ``layer`` (a name in ``layers`` or a module of the model)."""
@@ -194,11 +197,11 @@ def _trace(model: nn.Module, ruleset: rules.RuleSet) -> tuple[fx.Graph, list[tup
     while True:
         tracer = _Tracer(ruleset, opaque)
         try:
-            graph = tracer.trace(model)
+            graph = tracer.trace(model, concrete_args=_optional_arguments(model))
         except Exception as error:  # torch.fx raises many types; all mean the same to the user
             failed = tracer.failed_in
             if failed and failed not in opaque:
-                opaque[failed] = f"{type(error).__name__}: {error}"  # keep it whole and try again
+                opaque[failed] = f"torch.fx cannot trace into it ({type(error).__name__}: {error})"  # keep it whole
                 continue
             raise TracingError(
                 f"torch.fx could not trace {type(model).__name__}.forward: "
@@ -206,7 +209,64 @@ def _trace(model: nn.Module, ruleset: rules.RuleSet) -> tuple[fx.Graph, list[tup
                 "which cannot follow control flow that depends on tensor values; move such logic "
                 "into a submodule (it is then reversed as one general layer) or out of forward"
             ) from error
+        inner = _batch_moving_modules(graph)
+        if inner and not set(inner) <= set(opaque):
+            for path in inner:  # reversed whole, by their exact VJP: the batch is back at the end
+                opaque.setdefault(path, "it moves the batch dimension inside, so it is reversed whole")
+            continue
         return graph, tracer.module_calls, opaque
+
+
+def _optional_arguments(model: nn.Module) -> dict[str, Any] | None:
+    """forward's parameters after the image that have defaults, fixed at them (timm's
+    ``forward(x, attn_mask=None)``): the mirror explains the model as called with one image."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return None
+    optional = {
+        p.name: p.default for p in parameters[1:]
+        if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    return optional or None
+
+
+def _fixed_placeholders(graph: fx.Graph, optional: dict[str, Any]) -> dict[fx.Node, Any]:
+    """The placeholders torch.fx made for forward's optional arguments, with their defaults."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    names = list(optional)
+    return {node: optional[name] for node, name in zip(placeholders[len(placeholders) - len(names):], names, strict=True)}
+
+
+def _moves_batch(node: fx.Node) -> bool:
+    """Whether a call visibly moves or merges the batch dimension (constant arguments only)."""
+    if node.op not in ("call_function", "call_method"):
+        return False
+    target, args, kwargs = node.target, node.args[1:], node.kwargs
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    if name == "permute":
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+        return bool(dims) and isinstance(dims[0], int) and dims[0] != 0
+    if name in ("transpose", "swapaxes", "swapdims", "movedim"):
+        return any(a == 0 for a in args[:2] if isinstance(a, int)) or any(kwargs.get(k) == 0 for k in ("dim0", "dim1"))
+    if name == "unbind":
+        return kwargs.get("dim", args[0] if args else 0) == 0
+    if name == "flatten":
+        return kwargs.get("start_dim", args[0] if args else 0) == 0
+    return False
+
+
+def _batch_moving_modules(graph: fx.Graph) -> list[str]:
+    """The innermost submodules whose forward moves the batch dimension somewhere inside."""
+    found: list[str] = []
+    for node in graph.nodes:
+        if _moves_batch(node):
+            stack = node.meta.get("nn_module_stack") or {}
+            if stack:
+                path = list(stack.values())[-1][0]
+                if path and path not in found:
+                    found.append(path)
+    return found
 
 
 def _describe(node: fx.Node) -> str:
@@ -726,13 +786,16 @@ def build(
     substitutes = _normalise_in_place(graph, model)
     module_names = _step_names(graph)
 
-    placeholders = [n for n in graph.nodes if n.op == "placeholder" and n.users]
+    optional = _optional_arguments(model) or {}
+    fixed = _fixed_placeholders(graph, optional)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder" and n.users and n not in fixed]
     if len(placeholders) != 1:
         raise BranchingModelError(
             f"{type(model).__name__}.forward uses {len(placeholders)} inputs "
             f"({', '.join(n.name for n in placeholders)}); deconvnet needs a single image input"
         )
     signal: set[fx.Node] = {placeholders[0]}
+    live = _ancestors(graph)
     reader = _Reader(model, ruleset, signal)
     steps: dict[fx.Node, Step] = {}
     names: dict[fx.Node, str] = {placeholders[0]: mirror_layers.INPUT}
@@ -756,6 +819,8 @@ def build(
             output = result
             continue
         if node.op == "placeholder" and node not in signal:
+            if node in fixed:
+                nodes.append(node)  # an optional forward argument, at its default
             continue
         nodes.append(node)
         if node in signal:
@@ -764,15 +829,20 @@ def build(
         if not sources or (node.op != "call_module" and rules.is_meta_call(node.op, node.target, node.args)):
             continue  # shapes, constants and parameters: no signal goes through
         name = module_names.get(node, node.name)
-        if node.op != "call_module" and name in taken:
+        if _is_module_item(node, producers) and node.args[1] == 0:
+            name = module_names[cast(fx.Node, node.args[0])]  # out, _ = attention(x): the module's output
+            module_calls.append((str(cast(fx.Node, node.args[0]).target), node))
+        elif node.op != "call_module" and name in taken:
             name = f"{node.name}()"  # the call, told apart from the module of the same name
         built = _read(reader, node, name, producers)
+        if built is not None and isinstance(built.mirror, mirror_layers.VJP) and node not in live:
+            continue  # an unused general result (``out, _ = attention(...)``): nothing to reverse
         if built is None:  # a tuple: its items are the layers
             producers.add(node)
             signal.add(node)
             continue
         if node.op == "call_module" and str(node.target) in opaque:
-            built.reason = f"torch.fx cannot trace into it ({opaque[str(node.target)]})"
+            built.reason = opaque[str(node.target)]
         if isinstance(built.mirror, mirror_layers.VJP) and strict:
             raise _strict_error(node, name, model, ruleset, built.reason)
         mirrored = built.mirror
@@ -807,7 +877,29 @@ def build(
         input_channels=_input_channels(first) if first is not None and placeholders[0] in first.inputs else None,
         modules=modules,
         substitutes=substitutes,
+        defaults={n.name: v for n, v in fixed.items()},
     )
+
+
+def _is_module_item(node: fx.Node, producers: set[fx.Node]) -> bool:
+    """Whether ``node`` takes an item of a module's tuple output."""
+    return (
+        node.op == "call_function" and node.target is operator.getitem and node.args[0] in producers
+        and cast(fx.Node, node.args[0]).op == "call_module"
+    )
+
+
+def _ancestors(graph: fx.Graph) -> set[fx.Node]:
+    """The nodes the graph's output depends on."""
+    outputs = [n for n in graph.nodes if n.op == "output"]
+    seen: set[fx.Node] = set()
+    stack = list(outputs)
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(node.all_input_nodes)
+    return seen
 
 
 def _read(reader: _Reader, node: fx.Node, name: str, producers: set[fx.Node]) -> _Built | None:

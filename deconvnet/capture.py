@@ -72,7 +72,7 @@ def run(network: Network, x: Tensor) -> Trace:
     activations: dict[str, Tensor] = {}
     for node in network.nodes:
         if node.op == "placeholder":
-            env[node] = x
+            env[node] = network.defaults[node.name] if node.name in network.defaults else x
             continue
         step = network.steps.get(node)
         args = fx.node.map_arg(node.args, env.__getitem__)

@@ -32,6 +32,7 @@ __all__ = [
     "Call",
     "MirrorLayer",
     "ConvTranspose2d",
+    "SameConvTranspose2d",
     "MaxUnpool2d",
     "OverlapUnpool2d",
     "AdaptiveMaxUnpool2d",
@@ -290,6 +291,35 @@ def conv_padding(
         return tuple(((s - 1) // 2, s - 1 - (s - 1) // 2) for s in spans)  # type: ignore[return-value]
     ph, pw = pair(padding)  # type: ignore[arg-type]
     return ((ph, ph), (pw, pw))
+
+
+class SameConvTranspose2d(ConvTranspose2d):
+    """Transpose of a conv with TensorFlow's "same" padding computed from each input's size
+    (timm's ``Conv2dSame``): the padding is worked out again from the recorded input shape."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__(conv.weight, pair(conv.stride), ((0, 0), (0, 0)), pair(conv.dilation), conv.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", padding=tf-same"
+
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:  # type: ignore[override]
+        pads = []
+        for size, kernel, stride, dilation in zip(
+            record.input_shape[2:], self.weight.shape[2:], pair(self.stride), pair(self.dilation), strict=True
+        ):
+            total = max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        return functional.conv_transpose2d(
+            signal, self.weight, record.input_shape[2:], pair(self.stride), (pads[0], pads[1]),
+            pair(self.dilation), self.groups,
+        )
+
+    def window(self) -> None:
+        return None  # the padding depends on the input size
+
+    def croppable(self, context: Context) -> bool:
+        return False
 
 
 class MaxUnpool2d(MirrorLayer, nn.MaxUnpool2d):
@@ -854,7 +884,7 @@ class VJP(MirrorLayer):
         self.call = call
         object.__setattr__(self, "rectifier_of", rectifier_of)
 
-    def _get_name(self) -> str:
+    def __repr__(self) -> str:
         return f"VJP({self.call.describe()})"
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> list[Tensor]:

@@ -467,3 +467,15 @@ def _stochastic_depth() -> type[nn.Module] | None:
 
 if (_depth := _stochastic_depth()) is not None:
     DEFAULT_RULES.rules[_depth] = Rule(_identity, eval_only=True)
+
+
+def _timm_same_conv() -> type[nn.Module] | None:
+    try:
+        from timm.layers import Conv2dSame
+    except ImportError:
+        return None
+    return Conv2dSame
+
+
+if (_same := _timm_same_conv()) is not None:
+    DEFAULT_RULES.rules[_same] = Rule(mirror.SameConvTranspose2d, unsupported=_conv_unsupported)

@@ -1,0 +1,170 @@
+"""Every torchvision classification family (its smallest variant, built as its pretrained
+weights build it) and a handful of timm CNN families, against the autograd oracle in float64;
+Captum parity on the modern ones with ``rectifiers="relu"``.
+
+Random weights, small inputs: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from captum.attr import Deconvolution, GuidedBackprop
+from reference import assert_exact, channels_reference, classes_reference
+from torch import nn
+from torchvision import models
+
+from deconvnet import DeconvNet, UnsupportedLayerError
+
+# family -> (smallest model, constructor arguments as its pretrained weights set them, input
+# size, whether attention layers are reversed by the general VJP layer)
+_PRETRAINED_INCEPTION = {"aux_logits": False, "transform_input": True, "init_weights": False}
+TORCHVISION = {
+    "alexnet": ("alexnet", {}, 64, False),
+    "convnext": ("convnext_tiny", {}, 32, False),
+    "densenet": ("densenet121", {}, 32, False),
+    "efficientnet": ("efficientnet_b0", {}, 32, False),
+    "efficientnet_v2": ("efficientnet_v2_s", {}, 32, False),
+    "googlenet": ("googlenet", _PRETRAINED_INCEPTION, 32, False),
+    "inception": ("inception_v3", _PRETRAINED_INCEPTION, 75, False),
+    "maxvit": ("maxvit_t", {}, 224, True),
+    "mnasnet": ("mnasnet0_5", {}, 32, False),
+    "mobilenet_v2": ("mobilenet_v2", {}, 32, False),
+    "mobilenet_v3": ("mobilenet_v3_small", {}, 32, False),
+    "regnet_x": ("regnet_x_400mf", {}, 32, False),
+    "regnet_y": ("regnet_y_400mf", {}, 32, False),
+    "resnet": ("resnet18", {}, 32, False),
+    "resnext": ("resnext50_32x4d", {}, 32, False),
+    "shufflenet_v2": ("shufflenet_v2_x0_5", {}, 32, False),
+    "squeezenet": ("squeezenet1_1", {}, 48, False),
+    "swin": ("swin_t", {}, 64, True),
+    "swin_v2": ("swin_v2_t", {}, 64, True),
+    "vgg": ("vgg11_bn", {}, 32, False),
+    "vit": ("vit_b_32", {"image_size": 64}, 64, True),
+    "wide_resnet": ("wide_resnet50_2", {}, 32, False),
+}
+
+
+def build(family: str) -> nn.Module:
+    name, options, _, _ = TORCHVISION[family]
+    return models.get_model(name, weights=None, **options)
+
+
+TIMM = {
+    "resnet10t": 32,
+    "efficientnet_b0": 32,
+    "tf_efficientnet_b0": 33,  # TensorFlow "same" padding (Conv2dSame), odd size on purpose
+    "mobilenetv3_small_050": 32,
+    "convnext_atto": 32,
+    "regnety_002": 32,
+    "ghostnet_050": 32,
+    "rexnet_100": 32,
+    "repvgg_a0": 32,
+    "cspdarknet53": 64,
+    "vit_tiny_patch16_224": 32,
+}
+
+
+def _randomise_zero_heads(model: nn.Module) -> None:
+    # Some builders zero-initialise the classifier (ViT): the oracle would compare zeros.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and not module.weight.any():
+                module.weight.normal_(std=0.02)
+
+
+def test_every_torchvision_family_is_listed():
+    # A family is a builder module (torchvision.models.resnet holds resnet*, resnext*, wide_resnet*).
+    every = {models.get_model_builder(n).__module__ for n in models.list_models(module=models)}
+    ours = {models.get_model_builder(name).__module__ for name, _, _, _ in TORCHVISION.values()}
+    assert every == ours, every ^ ours
+
+
+@pytest.mark.parametrize("family", list(TORCHVISION))
+def test_torchvision_family_matches_the_oracle(family):
+    _, _, size, general = TORCHVISION[family]
+    torch.manual_seed(0)
+    model = build(family).double().eval()
+    _randomise_zero_heads(model)
+    x = torch.randn(1, 3, size, size, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.func: some attention backwards lack a vmap rule
+        dn = DeconvNet(model)
+        ours = dn.reconstruct_classes(x, [0, 7])
+    assert_exact(ours, classes_reference(model, x, [0, 7]))
+    if not general:
+        assert dn.general_layers == []
+        DeconvNet(model, strict=True)  # every layer reversed by hand
+    else:
+        assert dn.general_layers
+        with pytest.raises(UnsupportedLayerError, match="drop strict=True"):
+            DeconvNet(model, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("family", "layer", "rule", "rectifiers"),
+    [
+        ("mobilenet_v2", "features.5.conv.1", "guided", "all"),
+        ("efficientnet", "features.3.0.block.2", "deconvnet", "all"),  # a squeeze-excitation block
+        ("convnext", "features.3.0.block.3", "gradient", "all"),  # channels-last LayerNorm
+        ("mobilenet_v3", "features.4.block.0", "guided", "relu"),  # Hardswish, gradient only
+        ("shufflenet_v2", "stage2.1.branch2.4", "deconvnet", "relu"),
+    ],
+)
+def test_inner_units_of_modern_families_match_the_oracle(family, layer, rule, rectifiers):
+    size = TORCHVISION[family][2]
+    torch.manual_seed(1)
+    model = build(family).double().eval()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    dn = DeconvNet(model, rule=rule, rectifiers=rectifiers)
+    module = model.get_submodule(layer)
+    channels = [0, 3]
+    for mode in ("max", "map"):
+        ours = dn.reconstruct(x, layer, channels, mode=mode)
+        reference = channels_reference(model, x, module, channels, mode, "activation", rule=rule, rectifiers=rectifiers)
+        assert_exact(ours, reference)
+
+
+@pytest.mark.parametrize("name", list(TIMM))
+def test_timm_family_matches_the_oracle(name):
+    timm = pytest.importorskip("timm")
+    size = TIMM[name]
+    torch.manual_seed(0)
+    options = {"img_size": size} if name.startswith("vit_") else {}
+    model = timm.create_model(name, pretrained=False, **options).double().eval()
+    _randomise_zero_heads(model)
+    x = torch.randn(1, 3, size, size, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dn = DeconvNet(model)
+        ours = dn.reconstruct_classes(x, [0, 7])
+    assert_exact(ours, classes_reference(model, x, [0, 7]))
+    if not name.startswith("vit_"):
+        assert dn.general_layers == []  # timm CNNs: every layer reversed by hand, Conv2dSame included
+    else:
+        assert all(layer.endswith(".attn") for layer in dn.general_layers)
+
+
+def _captum(method, model, x, classes):
+    n, k = x.shape[0], len(classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = method(model).attribute(x.repeat_interleave(k, dim=0), target=classes * n)
+    return out.view(n, k, *x.shape[1:])
+
+
+@pytest.mark.parametrize("family", ["mobilenet_v2", "efficientnet"])
+def test_captum_parity_with_rectifiers_relu(family):
+    # Captum hooks nn.ReLU modules only, passing every other activation its plain gradient:
+    # rectifiers="relu" computes exactly that.
+    torch.manual_seed(2)
+    model = build(family).eval()
+    x = torch.randn(2, 3, 64, 64)
+    classes = [1, 500]
+    for rule, method in (("deconvnet", Deconvolution), ("guided", GuidedBackprop)):
+        ours = DeconvNet(model, rule=rule, rectifiers="relu").reconstruct_classes(x, classes)
+        assert_exact(ours, _captum(method, model, x, classes), rtol=1e-5)
+    full = DeconvNet(model, rectifiers="all").reconstruct_classes(x, classes)
+    assert (full - ours).abs().max() > 1e-3 * ours.abs().max()  # the two settings differ here
