@@ -99,8 +99,28 @@ def classes_command(args: argparse.Namespace) -> list[Path]:
 def layers_command(args: argparse.Namespace) -> list[Path]:
     s = Session(args)
     x = s.images([args.image])
-    layers = args.layers or [name for name in s.dn.layers if _is_conv_output(s, name)]
+    layers = args.layers or _map_layers(s, x)
     return [s.save(figures.layers_figure(s.dn, x, s.mean, s.std, layers, scale=s.scale), "layers.png")]
+
+
+_PANELS = 12
+
+
+def _map_layers(s: Session, x: torch.Tensor) -> list[str]:
+    """Default panels: the module outputs that keep a spatial map larger than 1x1 (not heads,
+    gates or containers),
+    thinned evenly to at most a dozen across the depth (modern nets have hundreds)."""
+    trace = s.dn.trace(x)
+    modules = dict(s.dn.model.named_modules())
+    names = [
+        name for name in s.dn.layers
+        if s.dn.layer_name(name) == name and trace.activations[name].dim() == 4
+        and trace.activations[name].shape[-2:].numel() > 1 and name in modules and not list(modules[name].children())
+    ]
+    if len(names) <= _PANELS:
+        return names
+    step = (len(names) - 1) / (_PANELS - 1)
+    return [names[round(i * step)] for i in range(_PANELS)]
 
 
 def _is_conv_output(s: Session, name: str) -> bool:

@@ -97,3 +97,9 @@ def test_checkpoint_round_trip(tmp_path, folder):
     path = tmp_path / "shapes.pt"
     torch.save(shapes_net().state_dict(), path)
     assert main(["classes", str(folder / "00.png"), "--checkpoint", str(path), "--out", str(tmp_path)]) == 0
+
+
+def test_layers_command_on_a_modern_torchvision_model(folder, tmp_path):
+    # Random weights (no --weights): the default panels are a dozen spatial maps across depth.
+    assert main(["layers", str(folder / "00.png"), "--model", "mobilenet_v3_small", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "layers.png").is_file()

@@ -50,3 +50,24 @@ def test_crop_argument_is_checked():
         dn.reconstruct(torch.randn(1, 3, 8, 8), "0", crop="yes")
     with pytest.raises(InputError, match="crop=True needs mode='max'"):
         dn.reconstruct(torch.randn(1, 3, 8, 8), "0", mode="map", crop=True)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["ReLU6", "SiLU", "GELU", "LeakyReLU", "Hardswish"]), st.integers(1, 3), st.integers(10, 19),
+       st.integers(0, 2**16))
+def test_cropping_through_pads_and_every_rectifier(activation, stride, size, seed):
+    from modern import ACTIVATIONS, StaticSameConv
+
+    torch.manual_seed(seed)
+    act = ACTIVATIONS[activation]
+    net = nn.Sequential(
+        StaticSameConv(3, 4, 3, stride), act(4), nn.ZeroPad2d((1, 0, 2, 1)), nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3, padding=1), act(5),
+    ).double().eval()
+    x = torch.randn(2, 3, size, size + 1, dtype=torch.float64)
+    dn = DeconvNet(net, strict=True)
+    cropped = dn.reconstruct(x, "5", crop=True)
+    assert_exact(cropped, dn.reconstruct(x, "5", crop=False), rtol=1e-12)
+    # Where only ReLU takes the rule, the others need f'(x) at every position: no cropping.
+    with pytest.raises(InputError, match="crop=True needs"):
+        DeconvNet(net, rectifiers="relu").reconstruct(x, "5", crop=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from chains import pooled_size
@@ -212,3 +213,90 @@ def test_deterministic_unpool_equals_scatter_add(kernel, stride, dilation, h, w)
     ordered = DeconvNet(model, deterministic=True)
     signal = torch.randn(2, 3, 3, *fast.activation(x, "0").shape[-2:], dtype=torch.float64)
     assert_exact(ordered.reconstruct_from(x, "0", signal), fast.reconstruct_from(x, "0", signal), rtol=1e-12)
+
+
+class _Op(nn.Module):
+    """One functional op as a model."""
+
+    def __init__(self, op, **parameters) -> None:
+        super().__init__()
+        self.op = op
+        for name, value in parameters.items():
+            setattr(self, name, value)
+
+    def forward(self, x):
+        return self.op(self, x)
+
+
+def check_linear_adjoint(model: nn.Module, x: Tensor, general: bool = False) -> None:
+    """<L v, y> == <v, mirror(y)> for a model that is affine in its input, L v = model(v) - model(0)."""
+    model = model.double().eval()
+    dn = DeconvNet(model, strict=not general)
+    trace = dn.trace(x)
+    v = torch.randn_like(x)
+    y = torch.randn_like(trace.output)
+    output = dn.network.steps[dn.network.output].name
+    mirrored = dn.reconstruct_from(trace, output, y.unsqueeze(1))[:, 0]
+    assert mirrored.shape == x.shape
+    with torch.no_grad():
+        left, right = _dot(model(v) - model(torch.zeros_like(v)), y), _dot(v, mirrored)
+    assert abs(left - right) <= 1e-9 * (abs(left) + abs(right) + 1), (left, right)
+    assert bool(dn.general_layers) == general
+
+
+LINEAR_OPS = {
+    "F.pad": lambda m, x: F.pad(x, (1, 2, 0, 3)),
+    "F.pad negative": lambda m, x: F.pad(x, (-1, 1, 2, -2)),
+    "ZeroPad2d": lambda m, x: m.pad(x),
+    "slice": lambda m, x: x[:, 1:, ::2, 1:-1],
+    "index": lambda m, x: x[:, 0],
+    "ellipsis": lambda m, x: x[..., 1:-1, None],
+    "narrow": lambda m, x: x.narrow(2, 1, 3),
+    "chunk": lambda m, x: x.chunk(2, dim=1)[1],
+    "split": lambda m, x: torch.split(x, [1, 2], dim=1)[0],
+    "unbind": lambda m, x: x.unbind(1)[2],
+    "permute": lambda m, x: x.permute(0, 2, 3, 1),
+    "transpose": lambda m, x: torch.transpose(x, -1, -2),
+    "movedim": lambda m, x: x.movedim(1, -1),
+    "scale": lambda m, x: x * m.gamma / 2.0,
+    "negate": lambda m, x: -x,
+    "broadcast add": lambda m, x: x[:, :, :1] + x,
+    "mean": lambda m, x: x.mean((2, 3)),
+    "sum keepdim": lambda m, x: torch.sum(x, dim=-1, keepdim=True),
+    "cat with constant": lambda m, x: torch.cat([m.token.expand(x.shape[0], -1, -1, -1), x], dim=1),
+    "channel shuffle": lambda m, x: torch.transpose(x.view(x.shape[0], 3, 1, x.shape[2], x.shape[3]), 1, 2).reshape(x.shape),
+    "batch_norm": lambda m, x: F.batch_norm(x, m.bn.running_mean, m.bn.running_var, m.bn.weight, None, False, 0.1, 1e-3),
+}
+
+
+@pytest.mark.parametrize("name", list(LINEAR_OPS))
+def test_linear_mirror_layers_are_adjoint(name):
+    model = _Op(LINEAR_OPS[name], pad=nn.ZeroPad2d((2, 0, 1, 1)), gamma=nn.Parameter(torch.rand(3, 1, 1) + 0.5),
+                token=nn.Parameter(torch.randn(1, 1, 6, 7)), bn=nn.BatchNorm2d(3))
+    with torch.no_grad():
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.weight.normal_()
+    check_linear_adjoint(model, torch.randn(2, 3, 6, 7, dtype=torch.float64))
+
+
+def test_general_layer_of_a_linear_op_is_adjoint():
+    # torch.cumsum has no hand-written mirror: the general VJP layer must still be the transpose.
+    check_linear_adjoint(_Op(lambda m, x: torch.cumsum(x, 2)), torch.randn(2, 3, 6, 7, dtype=torch.float64), general=True)
+
+
+def test_adaptive_max_pool_adjoint():
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64)
+    pool = nn.AdaptiveMaxPool2d((4, 5))  # windows of uneven size that overlap
+    _, switches = F.adaptive_max_pool2d(x, (4, 5), return_indices=True)
+
+    def linear_part(v: Tensor) -> Tensor:
+        return v.flatten(2).gather(2, switches.flatten(2)).view_as(switches)
+
+    check_adjoint(pool, x, linear_part)
+
+
+def test_timm_same_conv_adjoint():
+    timm = pytest.importorskip("timm")
+    conv = timm.layers.Conv2dSame(3, 4, 4, stride=3, bias=False)
+    for size in ((7, 8), (9, 10)):  # the padding differs per input size
+        check_linear_adjoint(nn.Sequential(conv), torch.randn(2, 3, *size, dtype=torch.float64))
