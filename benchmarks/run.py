@@ -2,6 +2,7 @@
 
     python -m benchmarks all                 # everything below, CPU-sized
     python -m benchmarks classes --model vgg11 vgg16 alexnet --targets 16 64
+    python -m benchmarks modern              # mobilenet_v2, efficientnet_b0, convnext_tiny, vit_b_32
     python -m benchmarks channels            # every channel's strongest unit vs NeuronDeconvolution
     python -m benchmarks mining              # top-9 mining throughput vs the plain forward
     python -m benchmarks memory              # all 1000 VGG16 classes: peak memory and time
@@ -90,7 +91,12 @@ def _row(benchmark: str, model: str, size: int, targets: int, device: torch.devi
 
 def _model(name: str, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
-    return getattr(torchvision.models, name)(weights=None).eval().to(device)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    with torch.no_grad():  # ViT's head starts at zero: every reconstruction would be zero
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and not module.weight.any():
+                module.weight.normal_(std=0.02)
+    return model.to(device)
 
 
 # --- 1. all classes ------------------------------------------------------------------------
@@ -105,12 +111,16 @@ def captum_classes(model: torch.nn.Module, x: torch.Tensor, classes: list[int]) 
         return Deconvolution(model).attribute(x.repeat(len(classes), 1, 1, 1), target=classes)
 
 
-def bench_classes(model_name: str, targets: int, size: int, repeats: int, device: torch.device) -> dict:
-    """reconstruct_classes for K classes of one image vs Captum batched vs the forward floor."""
+def bench_classes(model_name: str, targets: int, size: int, repeats: int, device: torch.device,
+                  rectifiers: str = "all") -> dict:
+    """reconstruct_classes for K classes of one image vs Captum batched vs the forward floor.
+
+    Captum gives the rule to nn.ReLU modules only: on models with other activations the
+    comparison runs with ``rectifiers="relu"``, which computes the same."""
     model = _model(model_name, device)
     x = torch.randn(1, 3, size, size, device=device)
     classes = list(range(targets))
-    dn = DeconvNet(model)
+    dn = DeconvNet(model, rectifiers=rectifiers)
     error = checked(relative_error(dn.reconstruct_classes(x, classes)[0], captum_classes(model, x, classes)),
                     f"classes {model_name}")
 
@@ -120,7 +130,11 @@ def bench_classes(model_name: str, targets: int, size: int, repeats: int, device
 
     seconds = timed({"deconvnet": lambda: dn.reconstruct_classes(x, classes),
                      "captum": lambda: captum_classes(model, x, classes), "forward floor": floor}, repeats, device)
-    return _row("classes", model_name, size, targets, device, torch.float32, seconds,
+    label = model_name if rectifiers == "all" else f"{model_name} (rectifiers={rectifiers})"
+    general = len(dn.general_layers)
+    if general:
+        label += f", {general} VJP layers"
+    return _row("classes", label, size, targets, device, torch.float32, seconds,
                 **{"captum / deconvnet": seconds["captum"] / seconds["deconvnet"],
                    "deconvnet / floor": seconds["deconvnet"] / seconds["forward floor"],
                    "relative error": error})
@@ -300,7 +314,7 @@ def save(rows: list[dict], stem: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["classes", "channels", "mining", "memory", "all"])
+    parser.add_argument("which", choices=["classes", "modern", "channels", "mining", "memory", "all"])
     parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
     parser.add_argument("--size", type=int, default=224)
@@ -321,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         for model_name in args.model:
             for k in args.targets:
                 emit(bench_classes(model_name, k, args.size, args.repeats, device))
+    if args.which in ("modern", "all"):
+        for model_name in ("mobilenet_v2", "efficientnet_b0", "convnext_tiny", "vit_b_32"):
+            emit(bench_classes(model_name, 16, args.size, args.repeats, device, rectifiers="relu"))
     if args.which in ("channels", "all"):
         for model_name, layer in [("vgg16", "features.15"), ("vgg16", "features.22"), ("alexnet", "features.7")]:
             emit(bench_channels(model_name, layer, args.channels or None, args.size, args.repeats, device))

@@ -25,6 +25,7 @@ __all__ = [
     "unpool_window",
     "normalize_vjp",
     "sum_to",
+    "multiply",
     "conv_transpose2d",
     "unpool2d",
     "linear_transpose",
@@ -348,3 +349,18 @@ def normalize_vjp(signal: Tensor, x: Tensor, dims: Sequence[int], weight: Tensor
         - scaled.mean(dim=shifted, keepdim=True)
         - xhat * (scaled * xhat).mean(dim=shifted, keepdim=True)
     ) * rstd.unsqueeze(1)
+
+
+def multiply(signal: Tensor, factor: Tensor) -> Tensor:
+    """signal (Tensor[N, K, ...]) times a per-input factor (Tensor[N, ...]) broadcast over K.
+
+    Done on flat views in the signal's own memory layout (channels_last after a transposed
+    conv): broadcasting the 5-D tensors directly is several times slower on CPU.
+    """
+    n, k = signal.shape[:2]
+    if signal.dim() == 5 and signal.stride(2) == 1 and signal.shape[2] > 1:
+        flat = signal.permute(0, 1, 3, 4, 2).reshape(n, k, -1)
+        scale = factor.permute(0, 2, 3, 1).reshape(n, 1, -1)
+        out = (flat * scale).view(n, k, *signal.shape[3:], signal.shape[2])
+        return out.permute(0, 1, 4, 2, 3)
+    return (signal.reshape(n, k, -1) * factor.reshape(n, 1, -1).to(signal.dtype)).view(signal.shape)

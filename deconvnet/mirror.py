@@ -424,7 +424,7 @@ class Activation(MirrorLayer):
         rule = context.rule if self.takes_rule(context) else "gradient"
         if rule == "deconvnet":
             return F.relu(signal)
-        out = signal * self.slope(record).unsqueeze(1)
+        out = functional.multiply(signal, self.slope(record))
         return F.relu(out) if rule == "guided" else out
 
     def croppable(self, context: Context) -> bool:
