@@ -659,24 +659,26 @@ class Product(MirrorLayer):
     def forward(self, signal: Tensor, record: Record, context: Context) -> list[Tensor]:
         args, _ = self.call.arguments(record)
         a, b = args[0], args[1]
-        ndim = signal.dim() - 1
-        a_k, b_k = _with_k(a, ndim), _with_k(b, ndim)
-        grads: dict[int, Tensor] = {}
-        if self.divide:
-            grads[0] = signal / b_k
-            grads[1] = -signal * a_k / (b_k * b_k)
-        else:
-            grads[0] = signal * b_k
-            grads[1] = signal * a_k
+        # d(a * b) = (b, a); d(a / b) = (1 / b, -a / b**2): computed once per input, not per target
+        partials = (1 / b, -a / (b * b)) if self.divide else (b, a)
         refs = [arg.index if isinstance(arg, _Ref) else None for arg in self.call.args[:2]]
         out = []
         for ref, shape in zip(self.call.signals, record.input_shapes, strict=True):
-            position = refs.index(ref)
-            part = grads[position]
             if refs.count(ref) == 2:  # x * x
-                part = grads[0] + grads[1]
+                part = _times(signal, partials[0] + partials[1])
+            else:
+                part = _times(signal, partials[refs.index(ref)])
             out.append(functional.sum_to(part, shape))
         return out
+
+
+def _times(signal: Tensor, factor: Any) -> Tensor:
+    """signal (Tensor[N, K, ...]) times a forward operand (Tensor[N, ...], broadcastable, or a
+    number)."""
+    if isinstance(factor, Tensor) and factor.dim() == signal.dim() - 1 and factor.shape[0] == signal.shape[0] \
+            and tuple(factor.shape[1:]) == tuple(signal.shape[2:]):
+        return functional.multiply(signal, factor)  # a full-size operand: the fast flat product
+    return signal * _with_k(factor, signal.dim() - 1)
 
 
 class Broadcast(MirrorLayer):
