@@ -663,8 +663,7 @@ class _Reader:
         call, _, refs = self.call(node)
 
         def statistics(record: mirror_layers.Record) -> tuple[int | None, int, Tensor | None, float]:
-            args, kwargs = call.arguments(record)
-            given = dict(zip(("normalized_shape", "weight", "bias", "eps"), args[1:], strict=False)) | kwargs
+            given = call.named(record, ("normalized_shape", "weight", "bias", "eps"))
             shape = given["normalized_shape"]
             dims = len(shape) if isinstance(shape, (list, tuple, torch.Size)) else 1
             return None, dims, given.get("weight"), float(given.get("eps", 1e-5))
@@ -676,8 +675,7 @@ class _Reader:
         call, _, refs = self.call(node)
 
         def statistics(record: mirror_layers.Record) -> tuple[int | None, int, Tensor | None, float]:
-            args, kwargs = call.arguments(record)
-            given = dict(zip(("num_groups", "weight", "bias", "eps"), args[1:], strict=False)) | kwargs
+            given = call.named(record, ("num_groups", "weight", "bias", "eps"))
             return int(given["num_groups"]), 0, given.get("weight"), float(given.get("eps", 1e-5))
 
         return _Built(mirror_layers.Normalization("group_norm", statistics, call), inputs, refs=refs)

@@ -62,7 +62,7 @@ class Session:
         self.device = _device(args.device)
         self.loaded: LoadedModel = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
         self.model = self.loaded.model.to(self.device)
-        self.dn = DeconvNet(self.model)
+        self.dn = DeconvNet(self.model, rule=args.rule, rectifiers=args.rectifiers)
         self.out: Path = args.out
         self.out.mkdir(parents=True, exist_ok=True)
         self.mean, self.std = self.loaded.preprocessing.mean, self.loaded.preprocessing.std
@@ -166,15 +166,18 @@ def _top9(s: Session, files: list[Path], layers: Sequence[str], k: int, shown: i
                 if torch.isfinite(units.values[c, r]):
                     patches[j, r] = image.denormalize(load(int(units.images[c, r])), s.mean, s.std)
         picture = figures.top_units_figure(
-            units, projections, patches, s.dn.receptive_field(layer), channels, scale=max(2, s.scale)
+            units, projections, patches, s.dn.receptive_field(layer), channels,
+            scale=max(2, s.scale) if s.args.model == "shapes" else 1,
         )
         written.append(s.save(picture, f"top{k}-{_slug(layer)}.png"))
     return written
 
 
 def demo_command(args: argparse.Namespace) -> list[Path]:
-    """Every figure for the bundled model on generated held-out images, with an index page."""
-    args.model, args.weights, args.checkpoint = "shapes", None, None
+    """Every figure for the bundled model on generated held-out images, with an index page;
+    with ``--model``, the figures that need no ShapesNet labels for that model."""
+    if args.model != "shapes":
+        return _model_demo(args)
     s = Session(args)
     folder = s.out / "images"
     folder.mkdir(exist_ok=True)
@@ -226,6 +229,49 @@ def demo_command(args: argparse.Namespace) -> list[Path]:
     return [p for p, _ in pictures]
 
 
+def _model_demo(args: argparse.Namespace) -> list[Path]:
+    """The demo for any model: generated images at its input size, class, rule, layer-wise,
+    channel and top-9 figures for layers picked across its depth. No pointing game: that
+    needs the bundled model's labels."""
+    s = Session(args)
+    folder = s.out / "images"
+    folder.mkdir(exist_ok=True)
+    size = 224  # the preprocessing resizes and crops to what the model takes
+    files = []
+    for i in range(args.dataset):
+        path = folder / f"{i:04d}.png"
+        render(DEMO_SEED, i).image.resize((size, size), Image.Resampling.BILINEAR).save(path)
+        files.append(path)
+    x = s.images(files[: args.images])
+    categories = s.loaded.categories
+    pictures = [
+        (s.save(figures.class_figure(s.dn, x, s.mean, s.std, categories=categories, top_k=3), "classes.png"),
+         "Class reconstructions: each image, then its top-3 classes projected down."),
+        (s.save(figures.rules_figure(s.dn, x, s.mean, s.std, categories=categories), "rules.png"),
+         "The same mirror with three rules at the rectifiers."),
+    ]
+    panels = _map_layers(s, x[:1])
+    pictures.append((s.save(figures.layers_figure(s.dn, x[:1], s.mean, s.std, panels), "layers.png"),
+                     "Layer-wise: the strongest activation of a dozen layers across the depth, projected down."))
+    last = panels[-1]
+    count = s.dn.activation(x[:1], last).shape[1]
+    channels = list(range(min(count, 64)))
+    pictures.append((s.save(figures.channels_figure(s.dn, x[:1], last, channels=channels), f"channels-{_slug(last)}.png"),
+                     f"The first {len(channels)} channels of {last} for the same image."))
+    mined = panels[-3:-1] if len(panels) >= 3 else panels[-1:]
+    for path, layer in zip(_top9(s, files, mined, 9, args.channels), mined, strict=True):
+        pictures.append((path, f"Top-9 over {len(files)} images for {layer}."))
+    weights = f"weights {args.weights}" if args.weights else "random weights (pass --weights for trained ones)"
+    general = s.dn.general_layers
+    lines = [f"# deconvnet demo: {args.model}", "", f"{args.model} with {weights}, on generated images; "
+             f"{len(s.dn.mirror) - len(general)} layers reversed by hand, {len(general)} by the general VJP layer.", ""]
+    for path, caption in pictures:
+        lines += [f"## {path.stem}", "", caption, "", f"![{path.stem}]({path.name})", ""]
+    (s.out / "index.md").write_text("\n".join(lines))
+    print(f"wrote {s.out / 'index.md'}")
+    return [p for p, _ in pictures]
+
+
 def _index(pictures: list[tuple[Path, str]], results: list[PointingResult], info: dict) -> str:
     lines = [
         "# deconvnet demo: the bundled ShapesNet",
@@ -261,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--weights", default=None, help="torchvision weights name, e.g. DEFAULT (downloads)")
         p.add_argument("--checkpoint", type=Path, default=None, help="a local state dict (.pt)")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
+        p.add_argument("--rule", default="deconvnet", choices=["deconvnet", "guided", "gradient"],
+                       help="what the mirror does at rectifiers (default: deconvnet)")
+        p.add_argument("--rectifiers", default="all", choices=["all", "relu"],
+                       help="all: the whole ReLU family takes the rule; relu: ReLU alone, as Captum")
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--out", type=Path, default=Path("deconvnet-out"), help="output folder")
         return p
@@ -289,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=16, help="how many channels to draw per layer")
     p.set_defaults(run=top9_command)
 
-    p = command("demo", "every figure for the bundled trained model on generated images")
+    p = command("demo", "every figure for the bundled trained model (or --model) on generated images")
     p.set_defaults(out=Path("deconvnet-demo"), run=demo_command)
     p.add_argument("--images", type=int, default=6, help="images in the class figure")
     p.add_argument("--dataset", type=int, default=300, help="generated images mined for top-9")

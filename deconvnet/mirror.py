@@ -156,6 +156,11 @@ class Call:
             values[ref] = primal
         return _fill(self.args, values), _fill(self.kwargs, values)
 
+    def named(self, record: Record, names: Sequence[str]) -> dict[str, Any]:
+        """The recorded arguments after the first, by parameter name (``names`` in order)."""
+        args, kwargs = self.arguments(record)
+        return dict(zip(names, args[1:], strict=False)) | kwargs
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.kind == "method":
             out = getattr(args[0], self.target)(*args[1:], **kwargs)
@@ -198,7 +203,7 @@ class MirrorLayer(nn.Module):
     source: str = ""
     inputs: tuple[str, ...] = ()
     pointwise: ClassVar[bool] = False
-    rectifier: ClassVar[bool] = False
+    rectifier: bool = False
     needs: ClassVar[frozenset[str]] = frozenset()
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor | list[Tensor]:  # pragma: no cover
@@ -218,6 +223,20 @@ class MirrorLayer(nn.Module):
         """The mirror on windows: signal (Tensor[T, C, h, w]) whose top-left sits at ``origin``
         (LongTensor[T, 2]) of input ``images[t]`` -> (the window below, its origin)."""
         return self(signal.unsqueeze(1), record, context).squeeze(1), origin
+
+
+class _Described(MirrorLayer):
+    """A mirror layer that prints as ``what`` and keeps plain callables (read from the forward
+    layer or its recorded call), never registered as child modules."""
+
+    def __init__(self, what: str, **functions: Callable[..., Any]) -> None:
+        super().__init__()
+        self.what = what
+        for name, function in functions.items():
+            object.__setattr__(self, name, function)
+
+    def extra_repr(self) -> str:
+        return self.what
 
 
 class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
@@ -304,11 +323,10 @@ class SameConvTranspose2d(ConvTranspose2d):
         return super().extra_repr() + ", padding=tf-same"
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:  # type: ignore[override]
+        window = Window(pair(self.weight.shape[2:]), pair(self.stride), (0, 0), pair(self.dilation))
         pads = []
-        for size, kernel, stride, dilation in zip(
-            record.input_shape[2:], self.weight.shape[2:], pair(self.stride), pair(self.dilation), strict=True
-        ):
-            total = max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+        for size, stride, span in zip(record.input_shape[2:], window.stride, window.span(), strict=True):
+            total = max((-(-size // stride) - 1) * stride + span - size, 0)  # outputs = ceil(size / stride)
             pads.append((total // 2, total - total // 2))
         return functional.conv_transpose2d(
             signal, self.weight, record.input_shape[2:], pair(self.stride), (pads[0], pads[1]),
@@ -366,11 +384,8 @@ class OverlapUnpool2d(MaxUnpool2d):
     accumulate = True
 
 
-class AdaptiveMaxUnpool2d(MirrorLayer):
-    """``AdaptiveMaxPool2d`` reversed: unpooling into its switches (adaptive windows may
-    overlap, so colliding signals add up)."""
-
-    needs = frozenset({"switches"})
+class _Adaptive(MirrorLayer):
+    """An adaptive pool's mirror: it prints its forward's ``output_size``."""
 
     def __init__(self, output_size: Any) -> None:
         super().__init__()
@@ -378,6 +393,13 @@ class AdaptiveMaxUnpool2d(MirrorLayer):
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
+
+
+class AdaptiveMaxUnpool2d(_Adaptive):
+    """``AdaptiveMaxPool2d`` reversed: unpooling into its switches (adaptive windows may
+    overlap, so colliding signals add up)."""
+
+    needs = frozenset({"switches"})
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         return functional.unpool2d(signal, cast(Tensor, record.switches), record.input_shape[2:], True)
@@ -389,7 +411,7 @@ def _derivative(function: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return slope
 
 
-class Activation(MirrorLayer):
+class Activation(_Described):
     """An element-wise activation ``f`` reversed at its recorded input ``x``.
 
     A rectifier (the ReLU family) takes the call's rule (see :data:`RULES`) when
@@ -401,17 +423,15 @@ class Activation(MirrorLayer):
     needs = frozenset({"input"})
 
     def __init__(self, what: str, function: Callable[[Tensor], Tensor], rectifier: bool, relu: bool = False) -> None:
-        super().__init__()
-        self.what = what
-        object.__setattr__(self, "function", function)  # may be the user's module: not a child
-        self.is_rectifier = rectifier
+        super().__init__(what, function=function)  # may be the user's module: not a child
+        self.rectifier = rectifier
         self.is_relu = relu
 
     def extra_repr(self) -> str:
-        return f"{self.what}, {'rectifier' if self.is_rectifier else 'gradient'}"
+        return f"{self.what}, {'rectifier' if self.rectifier else 'gradient'}"
 
     def takes_rule(self, context: Context) -> bool:
-        return self.is_relu or (self.is_rectifier and context.rectifiers == "all")
+        return self.is_relu or (self.rectifier and context.rectifiers == "all")
 
     def slope(self, record: Record) -> Tensor:
         """f'(x) at the recorded input, Tensor[N, ...]."""
@@ -436,8 +456,6 @@ class ReLU(Activation):
     """The rectifier of Zeiler & Fergus reversed: ReLU of the reconstruction signal (or, with
     another rule, masked by where the forward input was positive)."""
 
-    rectifier = True
-
     def __init__(self, what: str = "ReLU") -> None:
         super().__init__(what, F.relu, rectifier=True, relu=True)
 
@@ -461,7 +479,7 @@ class LinearTranspose(MirrorLayer):
         return functional.linear_transpose(signal, self.weight)
 
 
-class ChannelScale(MirrorLayer):
+class ChannelScale(_Described):
     """Eval-mode batch-norm reversed: scale by weight / sqrt(running_var + eps), no shift.
 
     ``statistics()`` returns (running_var, weight or None, eps), read from the batch-norm (or
@@ -472,16 +490,11 @@ class ChannelScale(MirrorLayer):
     pointwise = True
 
     def __init__(self, what: str, statistics: Callable[[], tuple[Tensor, Tensor | None, float]]) -> None:
-        super().__init__()
-        self.what = what
-        object.__setattr__(self, "statistics", statistics)
+        super().__init__(what, statistics=statistics)
 
     @classmethod
     def from_norm(cls, norm: nn.modules.batchnorm._BatchNorm) -> ChannelScale:
         return cls(f"{norm.num_features}, eps={norm.eps}", lambda: (norm.running_var, norm.weight, norm.eps))  # type: ignore[return-value]
-
-    def extra_repr(self) -> str:
-        return self.what
 
     def scale(self) -> Tensor:
         """Tensor[C]: the per-channel factor of the eval-mode batch-norm."""
@@ -527,15 +540,8 @@ class AvgPool2dTranspose(MirrorLayer):
         )
 
 
-class AdaptiveAvgPool2dTranspose(MirrorLayer):
+class AdaptiveAvgPool2dTranspose(_Adaptive):
     """Exact transpose of ``AdaptiveAvgPool2d`` (also when it upsamples)."""
-
-    def __init__(self, output_size: Any) -> None:
-        super().__init__()
-        self.output_size = output_size
-
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         return functional.adaptive_avg_pool2d_transpose(signal, record.input_shape[2:])
@@ -577,7 +583,7 @@ class Crop(MirrorLayer):
         return functional.mask_outside(signal, below, record.input_shape[2:]), below
 
 
-class Scatter(MirrorLayer):
+class Scatter(_Described):
     """A slice, index, ``narrow``, ``chunk``, ``split`` or ``unbind`` piece reversed: the signal
     written back where the piece came from, zeros elsewhere.
 
@@ -589,13 +595,8 @@ class Scatter(MirrorLayer):
     needs = frozenset({"values"})
 
     def __init__(self, what: str, take: Callable[..., Tensor], call: Call) -> None:
-        super().__init__()
-        self.what = what
+        super().__init__(what, take=take)
         self.call = call
-        object.__setattr__(self, "take", take)
-
-    def extra_repr(self) -> str:
-        return self.what
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         args, kwargs = self.call.arguments(record)
@@ -604,19 +605,14 @@ class Scatter(MirrorLayer):
         return out
 
 
-class Permute(MirrorLayer):
+class Permute(_Described):
     """A ``permute``, ``transpose`` or ``movedim`` reversed: the inverse permutation.
 
     ``order(ndim)`` gives the forward permutation of a tensor with ``ndim`` dims.
     """
 
     def __init__(self, what: str, order: Callable[[int], list[int]]) -> None:
-        super().__init__()
-        self.what = what
-        object.__setattr__(self, "order", order)
-
-    def extra_repr(self) -> str:
-        return self.what
+        super().__init__(what, order=order)
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         order = self.order(len(record.input_shape))  # type: ignore[operator]
@@ -681,19 +677,14 @@ def _times(signal: Tensor, factor: Any) -> Tensor:
     return signal * _with_k(factor, signal.dim() - 1)
 
 
-class Broadcast(MirrorLayer):
+class Broadcast(_Described):
     """A ``mean`` or ``sum`` over non-batch dims reversed: the signal broadcast back (divided by
     the count for a mean). ``dims(ndim)`` gives the reduced dims of an ``ndim``-dim input."""
 
     def __init__(self, what: str, dims: Callable[[int], list[int]], keepdim: bool, mean: bool) -> None:
-        super().__init__()
-        self.what = what
-        object.__setattr__(self, "dims", dims)
+        super().__init__(what, dims=dims)
         self.keepdim = keepdim
         self.mean = mean
-
-    def extra_repr(self) -> str:
-        return self.what
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         shape = record.input_shape
@@ -709,7 +700,7 @@ class Broadcast(MirrorLayer):
         return out
 
 
-class Normalization(MirrorLayer):
+class Normalization(_Described):
     """Layer or group normalisation reversed: its exact vector-Jacobian product at the recorded
     input (the affine shift drops out; the weight scales).
 
@@ -727,13 +718,8 @@ class Normalization(MirrorLayer):
         statistics: Callable[[Record], tuple[int | None, int, Tensor | None, float]],
         call: Call | None = None,
     ) -> None:
-        super().__init__()
-        self.what = what
+        super().__init__(what, statistics=statistics)
         self.call = call
-        object.__setattr__(self, "statistics", statistics)
-
-    def extra_repr(self) -> str:
-        return self.what
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         groups, dims, weight, eps = self.statistics(record)  # type: ignore[operator]

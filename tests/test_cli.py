@@ -103,3 +103,19 @@ def test_layers_command_on_a_modern_torchvision_model(folder, tmp_path):
     # Random weights (no --weights): the default panels are a dozen spatial maps across depth.
     assert main(["layers", str(folder / "00.png"), "--model", "mobilenet_v3_small", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "layers.png").is_file()
+
+
+def test_demo_on_another_model(tmp_path):
+    result = run("demo", "--model", "mobilenet_v3_small", "--out", str(tmp_path), "--images", "1",
+                 "--dataset", "6", "--channels", "2", "--rectifiers", "relu", "--rule", "guided")
+    assert result.returncode == 0, result.stderr
+    index = (tmp_path / "index.md").read_text()
+    assert "# deconvnet demo: mobilenet_v3_small" in index and "0 by the general VJP layer" in index
+    for name in ("classes.png", "rules.png", "layers.png"):
+        assert (tmp_path / name).is_file(), name
+    assert len(list(tmp_path.glob("top9-*.png"))) == 2
+
+
+def test_rule_and_rectifiers_options_are_checked(tmp_path):
+    result = run("layers", "x.png", "--rectifiers", "some")
+    assert result.returncode == 2 and "invalid choice: 'some'" in result.stderr
