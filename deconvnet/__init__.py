@@ -6,10 +6,13 @@
     dn.reconstruct(trace, "features.28", None)    # every channel's strongest unit -> input space
     print(dn.mirror)                              # the network upside down
 
-Chains and branching CNNs (residual adds, concatenations) are mirrored; ``rule="guided"`` or
-``"gradient"`` turns the same mirror into guided backpropagation or the plain gradient. Support
-for more layer types is one :func:`register_rule` call. Pictures: :mod:`deconvnet.image` and
-:mod:`deconvnet.figures`; the command line: ``deconvnet --help``.
+Chains and graphs (residual adds, concatenations, gates, channels-last blocks) are mirrored,
+every ReLU-family activation taking the method's rule (``rectifiers="relu"``: ReLU alone);
+``rule="guided"`` or ``"gradient"`` turns the same mirror into guided backpropagation or the
+plain gradient. Layers without a hand-written mirror are reversed by their exact
+vector-Jacobian product (``dn.general_layers``; ``strict=True`` refuses them). More layer types
+are one ``layer_rules=`` entry or :func:`register_rule` call. Pictures: :mod:`deconvnet.image`
+and :mod:`deconvnet.figures`; the command line: ``deconvnet --help``.
 """
 
 from .capture import Trace

@@ -441,7 +441,7 @@ class _Reader:
     def _activation(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
         rest, kwargs = node.args[1:], dict(node.kwargs)
-        found = rules.activation_kind(node.target, rest and (None, *rest) or (), kwargs)  # type: ignore[arg-type]
+        found = rules.activation_kind(node.target, node.args, kwargs)
         if found is None:  # pragma: no cover - every CALLS activation has a kind
             raise _General
         rectifier, relu = found
@@ -680,8 +680,10 @@ class _Reader:
 
         return _Built(mirror_layers.Normalization("group_norm", statistics, call), inputs, refs=refs)
 
-    def _split(self, node: fx.Node, name: str) -> _Built:  # pragma: no cover - handled as a producer
-        raise _General
+    def _split(self, node: fx.Node, name: str) -> _Built:
+        # Pieces taken by index are handled as items of a tuple (split_piece); a split used
+        # whole (passed on as a list) is left to the general layer.
+        raise _General("its pieces are not taken by constant indices")
 
     def split_piece(self, producer: fx.Node, index: int) -> _Built:
         """``chunk``/``split``/``tensor_split``/``unbind`` piece ``index``: scattered back."""

@@ -244,17 +244,13 @@ def activation_kind(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any
 
 
 def rectifier_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Callable[[Tensor], Tensor], bool] | None:
-    """For a rectifier call seen inside a general (VJP) node: (f as a pure function of its
-    input, is ReLU), else None. Used to give those rectifiers the method's rule too."""
+    """For a rectifier call seen inside a general (VJP) node: (f as a pure, out-of-place
+    function of its input, is ReLU), else None. Used to give those rectifiers the rule too."""
     kind = activation_kind(func, args, kwargs)
     if kind is None or not kind[0] or not args or not isinstance(args[0], Tensor):
         return None
-    rest, options = args[1:], {k: v for k, v in kwargs.items() if k != "inplace"}
     function = out_of_place_function(func)
-    if "inplace" in kwargs or _inplace_position(function) is not None:
-        position = _inplace_position(function)
-        if position is not None and len(args) > position:
-            rest = tuple(False if i == position - 1 else a for i, a in enumerate(rest))
+    rest, options = args[1:], {k: v for k, v in kwargs.items() if k != "inplace"}
     return (lambda x: function(x, *rest, **options)), kind[1]
 
 
@@ -404,10 +400,6 @@ def _norm_unsupported(norm: nn.modules.batchnorm._BatchNorm) -> str | None:
             "track_running_stats=False is not supported: such a batch-norm always uses batch "
             "statistics, which is not a per-channel scale"
         )
-    return None
-
-
-def _hardtanh_unsupported(module: nn.Hardtanh) -> str | None:
     return None
 
 
