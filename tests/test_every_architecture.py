@@ -16,6 +16,7 @@ from reference import assert_exact, channels_reference, classes_reference
 from torch import nn
 from torchvision import models
 
+import deconvnet
 from deconvnet import DeconvNet, UnsupportedLayerError
 
 # family -> (smallest model, constructor arguments as its pretrained weights set them, input
@@ -168,3 +169,41 @@ def test_captum_parity_with_rectifiers_relu(family):
         assert_exact(ours, _captum(method, model, x, classes), rtol=1e-5)
     full = DeconvNet(model, rectifiers="all").reconstruct_classes(x, classes)
     assert (full - ours).abs().max() > 1e-3 * ours.abs().max()  # the two settings differ here
+
+
+def test_modern_models_are_left_untouched():
+    model = build("efficientnet").eval()  # SiLU(inplace=True), stochastic depth, gates
+    x = torch.randn(1, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {name: getattr(m, "inplace", None) for name, m in model.named_modules()}
+    with torch.no_grad():
+        expected = model(x)
+    dn = DeconvNet(model, rule="guided")
+    trace = dn.trace(x)
+    dn.reconstruct(trace, "features.4", [0, 1], mode="map")
+    assert torch.equal(trace.output, expected)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert flags == {name: getattr(m, "inplace", None) for name, m in model.named_modules()}
+    assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+    conv = dn.mirror[dn.mirror.index_of("features.0.0")]
+    assert conv.weight is model.features[0][0].weight  # shared, not copied
+
+
+def test_an_opaque_module_in_training_mode_is_refused():
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(self.conv(x)) if x.sum() > 0 else self.conv(x)
+
+    model = nn.Sequential(Branchy(), nn.ReLU()).eval()
+    dn = DeconvNet(model)
+    assert dn.general_layers == ["0"]
+    model[0].drop.train()
+    with pytest.raises(deconvnet.TrainingModeError, match=r"0\.drop \(Dropout\) is in training mode"):
+        dn.trace(torch.randn(1, 3, 8, 8))
