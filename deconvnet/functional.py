@@ -27,6 +27,7 @@ __all__ = [
     "sum_to",
     "multiply",
     "conv_transpose2d",
+    "transpose_kernel",
     "unpool2d",
     "linear_transpose",
     "avg_pool2d_transpose",
@@ -86,6 +87,7 @@ def conv_transpose2d(
     padding: tuple[Pair, Pair],
     dilation: Pair,
     groups: int,
+    kernel: Tensor | None = None,
 ) -> Tensor:
     """Transpose of a bias-free 2-D convolution, recovering its exact input size.
 
@@ -96,12 +98,14 @@ def conv_transpose2d(
     A strided conv drops up to ``stride - 1`` trailing rows; ``output_padding`` restores them, so
     AlexNet's 11/4 conv maps 55 back onto 224, not 223. ``padding="same"`` with an even kernel
     pads one more at the end than at the start: the transpose is cropped to size there.
+    kernel: ``transpose_kernel(weight, ...)``, when the caller keeps it prepared.
     """
     n, k = signal.shape[:2]
     # channels_last: the convolution kernels run markedly faster on it
     flat = signal.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-    if max(stride) > 1 and groups == 1 and dilation == (1, 1):
-        out = _subpixel_transpose(flat, weight, input_size, stride, (padding[0][0], padding[1][0]))
+    kernel = kernel if kernel is not None else transpose_kernel(weight, stride, dilation, groups)
+    if _subpixel(weight.shape[2:], stride, dilation, groups):
+        out = _subpixel_transpose(flat, weight.shape, kernel, input_size, stride, (padding[0][0], padding[1][0]))
         return out.unflatten(0, (n, k))
     window = Window(pair(weight.shape[2:]), stride, (padding[0][0], padding[1][0]), dilation)
     full = window.extent(signal.shape[-2:])
@@ -111,7 +115,7 @@ def conv_transpose2d(
     ]
     out = F.conv_transpose2d(
         flat,
-        weight,
+        kernel,
         stride=stride,
         padding=(padding[0][0], padding[1][0]),
         output_padding=tuple(output_padding),
@@ -122,23 +126,51 @@ def conv_transpose2d(
     return out.unflatten(0, (n, k))
 
 
-def _subpixel_transpose(
-    signal: Tensor, weight: Tensor, input_size: Sequence[int], stride: Pair, padding: Pair
-) -> Tensor:
-    """A strided transposed conv as one stride-1 conv and a pixel shuffle.
+# The sub-pixel form multiplies the work of the transposed conv by the product over both axes of
+# s * ceil(k / s) / k
+# (zero taps where s does not divide k); it still wins where that waste is small
+# (AlexNet's 11/4: 1.19, ResNet's 7/2 stem: 1.31) and loses 2-6x where it is not (3/2: 1.78,
+# 1/2: 4), measured on CPU with the kernels prepared once.
+_SUBPIXEL_WASTE = 1.5
 
-    signal (Tensor[B, C_out, h, w]) -> Tensor[B, C_in, H, W]. Output pixel ``s * q + r`` only
-    meets kernel taps ``s * m + r``: each of the ``s * s`` phases is a small ordinary conv, and
-    all phases run as the output channels of one conv, which CPU kernels do several times
-    faster than the strided transposed conv (AlexNet's 11x11/4: about 3x).
-    """
+
+def _subpixel(kernel_size: Sequence[int], stride: Pair, dilation: Pair, groups: int) -> bool:
+    if max(stride) == 1 or groups != 1 or dilation != (1, 1):
+        return False
+    waste = 1.0
+    for k, s in zip(kernel_size, stride, strict=True):
+        waste *= s * -(-int(k) // s) / int(k)  # taps run per axis over taps that exist
+    return waste <= _SUBPIXEL_WASTE
+
+
+def transpose_kernel(weight: Tensor, stride: Pair, dilation: Pair, groups: int) -> Tensor:
+    """The kernel :func:`conv_transpose2d` runs, derived from a conv's weight: the weight in
+    channels_last (the convolution kernels run it without reordering per call), or, for a
+    strided conv, its sub-pixel phases. A mirror layer prepares it once per weight version."""
+    if not _subpixel(weight.shape[2:], stride, dilation, groups):
+        return weight.contiguous(memory_format=torch.channels_last)
     c_out, c_in, kh, kw = weight.shape
     sh, sw = stride
     mh, mw = -(-kh // sh), -(-kw // sw)  # taps per phase
     padded = F.pad(weight, (0, mw * sw - kw, 0, mh * sh - kh))
     # tap s * m + r of the transposed conv is tap M - 1 - m of the phase-r correlation
-    phases = padded.view(c_out, c_in, mh, sh, mw, sw).flip(2, 4)
-    phases = phases.permute(1, 3, 5, 0, 2, 4).reshape(c_in * sh * sw, c_out, mh, mw)
+    phases = rearrange(padded, "o i (mh sh) (mw sw) -> (i sh sw) o mh mw", sh=sh, sw=sw).flip(2, 3)
+    return phases.contiguous(memory_format=torch.channels_last)
+
+
+def _subpixel_transpose(
+    signal: Tensor, shape: Sequence[int], phases: Tensor, input_size: Sequence[int], stride: Pair, padding: Pair
+) -> Tensor:
+    """A strided transposed conv as one stride-1 conv and a pixel shuffle.
+
+    signal (Tensor[B, C_out, h, w]) -> Tensor[B, C_in, H, W]; shape: the conv weight's shape;
+    phases: :func:`transpose_kernel`. Output pixel ``s * q + r`` only meets kernel taps
+    ``s * m + r``: each of the ``s * s`` phases is a small ordinary conv, and all phases run as
+    the output channels of one conv, which CPU kernels do several times faster than the strided
+    transposed conv (AlexNet's 11x11/4: about 3x).
+    """
+    sh, sw = stride
+    mh, mw = phases.shape[-2:]
     h, w = signal.shape[-2:]
     rows = -(-(padding[0] + input_size[0]) // sh)  # phase rows the cropped output needs
     cols = -(-(padding[1] + input_size[1]) // sw)
@@ -284,14 +316,15 @@ def origin_below(window: Window, origin: Tensor) -> Tensor:
 
 
 def conv_transpose_window(
-    signal: Tensor, weight: Tensor, window: Window, groups: int, origin: Tensor, input_size: Sequence[int]
+    signal: Tensor, weight: Tensor, window: Window, groups: int, origin: Tensor, input_size: Sequence[int],
+    kernel: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """A transposed conv on windows: signal (Tensor[T, C_out, h, w]) at ``origin`` ->
     (Tensor[T, C_in, h', w'], its origin), masked to the input map of ``input_size``."""
     size = window.extent(signal.shape[-2:])
     # The whole transposed output, unpadded: the window's own padding is its origin shift.
     out = conv_transpose2d(
-        signal.unsqueeze(1), weight, size, window.stride, ((0, 0), (0, 0)), window.dilation, groups
+        signal.unsqueeze(1), weight, size, window.stride, ((0, 0), (0, 0)), window.dilation, groups, kernel
     ).squeeze(1)
     below = origin_below(window, origin)
     return mask_outside(out, below, input_size), below

@@ -270,6 +270,18 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
         )
         self.weight = weight  # type: ignore[assignment]  # the forward's own Parameter
         self.pads = pads
+        self._kernel: tuple[tuple[Any, ...], Tensor] | None = None
+
+    def kernel(self) -> Tensor:
+        """The weight rearranged for the transposed conv (channels_last, or sub-pixel phases),
+        prepared once and again only when the weight changes (its storage or version counter:
+        an optimizer step, ``load_state_dict``, ``model.to``)."""
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, tuple(weight.shape))
+        if self._kernel is None or self._kernel[0] != key:
+            kernel = functional.transpose_kernel(weight.detach(), pair(self.stride), pair(self.dilation), self.groups)
+            self._kernel = (key, kernel)
+        return self._kernel[1]
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> ConvTranspose2d:
@@ -279,7 +291,8 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:  # type: ignore[override]
         """signal (Tensor[N, K, C_out, h, w]) -> Tensor[N, K, C_in, H, W]."""
         return functional.conv_transpose2d(
-            signal, self.weight, record.input_shape[2:], pair(self.stride), self.pads, pair(self.dilation), self.groups
+            signal, self.weight, record.input_shape[2:], pair(self.stride), self.pads, pair(self.dilation), self.groups,
+            self.kernel(),
         )
 
     def window(self) -> Window:
@@ -294,7 +307,7 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
         self, signal: Tensor, origin: Tensor, record: Record, images: Tensor, context: Context
     ) -> tuple[Tensor, Tensor]:
         return functional.conv_transpose_window(
-            signal, self.weight, self.window(), self.groups, origin, record.input_shape[2:]
+            signal, self.weight, self.window(), self.groups, origin, record.input_shape[2:], self.kernel()
         )
 
 
@@ -330,7 +343,7 @@ class SameConvTranspose2d(ConvTranspose2d):
             pads.append((total // 2, total - total // 2))
         return functional.conv_transpose2d(
             signal, self.weight, record.input_shape[2:], pair(self.stride), (pads[0], pads[1]),
-            pair(self.dilation), self.groups,
+            pair(self.dilation), self.groups, self.kernel(),
         )
 
     def window(self) -> None:

@@ -274,3 +274,28 @@ def test_functional_call_never_takes_a_module_name():
     assert dn.layers == ["conv", "relu()", "relu:0", "relu:1"]
     with pytest.raises(deconvnet.LayerNotFoundError, match="'relu' is called 2 times"):
         dn.reconstruct(torch.randn(1, 3, 8, 8), "relu")
+
+
+def test_fine_tuning_changes_the_mirror_though_kernels_are_prepared_once():
+    # The transposed-conv kernels are derived once per weight version: an optimizer step, a
+    # load_state_dict and a replaced Parameter must each reach the mirror.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Conv2d(4, 4, 7, stride=2, padding=3),
+                        nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    net(torch.randn(1, 3, 21, 21))
+    net = net.double().eval()
+    x = torch.randn(2, 3, 21, 21, dtype=torch.float64)
+    dn = DeconvNet(net)
+    dn.reconstruct_classes(x)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    net(x).sum().backward()
+    optimizer.step()
+    assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, [0, 1, 2]))
+    other = copy.deepcopy(net)
+    for p in other.parameters():
+        torch.nn.init.normal_(p)
+    net.load_state_dict(other.state_dict())
+    assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, [0, 1, 2]))
+    net[2].weight = nn.Parameter(torch.randn_like(net[2].weight))  # a new Parameter object
+    dn = DeconvNet(net)  # the mirror shares Parameters: a replaced one needs a new DeconvNet
+    assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, [0, 1, 2]))
