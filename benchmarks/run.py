@@ -1,6 +1,7 @@
 """Benchmark runner: deconvnet side by side with the alternatives, in one process and run.
 
     python -m benchmarks all                 # everything below, CPU-sized
+    python -m benchmarks everyday            # one class of one image, warm and cold, vs Captum
     python -m benchmarks classes --model vgg11 vgg16 alexnet --targets 16 64
     python -m benchmarks modern              # mobilenet_v2, efficientnet_b0, convnext_tiny, vit_b_32
     python -m benchmarks channels            # every channel's strongest unit vs NeuronDeconvolution
@@ -137,6 +138,41 @@ def bench_classes(model_name: str, targets: int, size: int, repeats: int, device
     return _row("classes", label, size, targets, device, torch.float32, seconds,
                 **{"captum / deconvnet": seconds["captum"] / seconds["deconvnet"],
                    "deconvnet / floor": seconds["deconvnet"] / seconds["forward floor"],
+                   "relative error": error})
+
+
+# --- 1b. the everyday call ------------------------------------------------------------------
+
+
+def bench_everyday(model_name: str, size: int, repeats: int, device: torch.device) -> dict:
+    """One class of one fresh image per call: warm (DeconvNet built once) and cold (built inside
+    the call) vs Captum's Deconvolution, with ``rectifiers="relu"`` (what Captum computes)."""
+    model = _model(model_name, device)
+    label = model_name
+    if model_name.startswith("densenet"):
+        # Captum misses DenseNet's final F.relu (it hooks nn.ReLU modules): as a module, the same
+        # function, both compute the same (see scripts/parity.py).
+        from scripts.parity import DenseNetModuleReLU
+
+        model, label = DenseNetModuleReLU(model).eval(), f"{model_name} (final ReLU as a module)"
+    images = [torch.randn(1, 3, size, size, device=device) for _ in range(repeats + 1)]
+    dn = DeconvNet(model, rectifiers="relu")
+    error = checked(relative_error(dn.reconstruct_classes(images[0], [3])[0], captum_classes(model, images[0], [3])),
+                    f"everyday {model_name}")
+    calls = {"warm": 0, "cold": 0, "captum": 0}
+
+    def image(kind: str) -> torch.Tensor:  # a fresh image per call, the same sequence per method
+        calls[kind] += 1
+        return images[calls[kind] % len(images)]
+
+    seconds = timed({
+        "deconvnet warm": lambda: dn.reconstruct_classes(image("warm"), [3]),
+        "deconvnet cold": lambda: DeconvNet(model, rectifiers="relu").reconstruct_classes(image("cold"), [3]),
+        "captum": lambda: captum_classes(model, image("captum"), [3]),
+    }, repeats, device)
+    return _row("everyday", label, size, 1, device, torch.float32, seconds,
+                **{"captum / warm": seconds["captum"] / seconds["deconvnet warm"],
+                   "captum / cold": seconds["captum"] / seconds["deconvnet cold"],
                    "relative error": error})
 
 
@@ -314,7 +350,7 @@ def save(rows: list[dict], stem: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["classes", "modern", "channels", "mining", "memory", "all"])
+    parser.add_argument("which", choices=["everyday", "classes", "modern", "channels", "mining", "memory", "all"])
     parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
     parser.add_argument("--size", type=int, default=224)
@@ -331,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(markdown([row]).strip().splitlines()[-1], flush=True)
 
+    if args.which in ("everyday", "all"):
+        for model_name in ("vgg16", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"):
+            emit(bench_everyday(model_name, args.size, max(args.repeats, 5), device))
     if args.which in ("classes", "all"):
         for model_name in args.model:
             for k in args.targets:
