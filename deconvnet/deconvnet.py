@@ -194,6 +194,7 @@ class DeconvNet:
         """
         _check_choice("mode", mode, ("max", "map"))
         _check_choice("signal", signal, ("activation", "unit"))
+        _check_chunk_size(chunk_size)
         if crop not in (None, True, False):
             raise InputError(f"crop must be True, False or None, got {crop!r}")
         trace = self._traced(x)
@@ -241,6 +242,7 @@ class DeconvNet:
         classes: an index, a sequence of indices, or ``None`` for every output.
         returns Tensor[N, K, C, H, W].
         """
+        _check_chunk_size(chunk_size)
         trace = self._traced(x)
         output = trace.output
         if output.dim() != 2:
@@ -273,6 +275,7 @@ class DeconvNet:
 
         returns Tensor[N, K, C, H, W].
         """
+        _check_chunk_size(chunk_size)
         trace = self._traced(x)
         step = self._network.resolve(layer)
         shape = tuple(trace.activations[step.name].shape)
@@ -373,10 +376,6 @@ class DeconvNet:
         chunk_size: int | None,
         context: Context,
     ) -> Tensor:
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise InputError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         total = targets.numel()
         size = chunk_size or self._chunk_size(trace, start)
         if size >= total:
@@ -410,6 +409,14 @@ class DeconvNet:
             free, _ = torch.cuda.mem_get_info(device)
             return free // 2
         return _CPU_BUDGET
+
+
+def _check_chunk_size(chunk_size: object) -> None:
+    """Every path (cropped or not) takes the same chunk sizes: a positive int or None."""
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise InputError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -110,7 +110,10 @@ def _factory_model(spec: str) -> LoadedModel:
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise InputError(f"{module_name} has no callable {factory_name!r} for model {spec!r}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as error:  # the user's code: any failure is reported in one line
+        raise InputError(f"{spec}() failed: {type(error).__name__}: {error}") from error
     if not isinstance(model, nn.Module):
         raise InputError(f"{spec}() returned {type(model).__name__}, not an nn.Module")
     return LoadedModel(model, Preprocessing.imagenet(), None)

@@ -119,3 +119,14 @@ def test_demo_on_another_model(tmp_path):
 def test_rule_and_rectifiers_options_are_checked(tmp_path):
     result = run("layers", "x.png", "--rectifiers", "some")
     assert result.returncode == 2 and "invalid choice: 'some'" in result.stderr
+
+
+def test_a_factory_that_raises_is_one_line(tmp_path):
+    (tmp_path / "broken_models.py").write_text("def make():\n    raise RuntimeError('no such checkpoint')\n")
+    result = subprocess.run([sys.executable, "-m", "deconvnet", "layers", "x.png", "--model", "broken_models:make"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "deconvnet: error: broken_models:make() failed: RuntimeError: no such checkpoint"
+    )

@@ -118,6 +118,12 @@ def test_bad_mode_signal_and_chunk(dn, x):
         dn.reconstruct(x, "0", signal="one")
     with pytest.raises(InputError, match="chunk_size must be a positive int or None, got 0"):
         dn.reconstruct_classes(x, chunk_size=0)
+    # The cropped path checks it too (it once returned zeros for -1 and a raw TypeError for 2.5).
+    for bad in (-1, 2.5, True):
+        with pytest.raises(InputError, match=f"chunk_size must be a positive int or None, got {bad!r}"):
+            dn.reconstruct(x, "0", [0, 1], chunk_size=bad, crop=True)
+        with pytest.raises(InputError, match="chunk_size must be"):
+            dn.reconstruct_from(x, "0", torch.zeros(2, 1, 64, 8, 8), chunk_size=bad)
     with pytest.raises(InputError, match="memory_budget must be a positive number of bytes"):
         DeconvNet(vgg_like(), memory_budget=-5)
     with pytest.raises(InputError, match="deterministic must be True, False or None, got 'yes'"):
