@@ -11,10 +11,12 @@ refused with ``strict=True``); a submodule torch.fx cannot trace becomes one suc
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import operator
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -83,6 +85,17 @@ class Network:
     """Modules that work in place -> an out-of-place copy to run while tracing."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """Placeholders of forward's optional arguments -> the default they are traced at."""
+    constants: dict[str, Any] = field(default_factory=dict)
+    """torch.fx's tensor constants (``_tensor_constant0``), kept here, not on the model."""
+
+    def attribute(self, target: str) -> Any:
+        """A ``get_attr`` value: a parameter or buffer of the model, or a graph constant."""
+        if target in self.constants:
+            return self.constants[target]
+        value: Any = self.model
+        for part in target.split("."):
+            value = getattr(value, part)
+        return value
 
     def resolve(self, layer: str | nn.Module) -> Step:
         """The step whose output is ``layer`` (a name in ``layers`` or a module of the model)."""
@@ -188,16 +201,56 @@ class _Tracer(fx.Tracer):
         return out
 
 
-def _trace(model: nn.Module, ruleset: rules.RuleSet) -> tuple[fx.Graph, list[tuple[str, fx.Node]], dict[str, str]]:
-    """The traced graph, the module calls, and the submodules kept whole because torch.fx
-    cannot trace them (each becomes a general VJP layer)."""
+_FX_CONSTANT = re.compile(r"_tensor_constant\d+")
+
+
+@contextlib.contextmanager
+def _left_as_found(model: nn.Module, changed: list[str], constants: dict[str, Any]) -> Iterator[None]:
+    """Undo what a forward does to its modules' attributes while torch.fx traces it, listing
+    what it changed in ``changed``: some forwards cache values on the module (timm's LeViT
+    caches attention biases), which would leave tracing proxies in the user's model. torch.fx
+    itself parks tensor constants on the root module (``_tensor_constant0``): those move to
+    ``constants``, out of the user's model."""
+    saved = [(name, m, dict(m.__dict__), {k: dict(v) for k, v in m.__dict__.items() if isinstance(v, dict)})
+             for name, m in model.named_modules()]
+    try:
+        yield
+    finally:
+        for name, module, attributes, contents in saved:
+            for key in [k for k in module.__dict__ if k not in attributes]:
+                if module is model and _FX_CONSTANT.fullmatch(key):
+                    constants[key] = module.__dict__[key]
+                else:
+                    changed.append(f"{name or type(model).__name__}.{key}")
+                del module.__dict__[key]
+            for key, value in attributes.items():
+                if module.__dict__.get(key) is not value or (key in contents and not _same_items(value, contents[key])):
+                    changed.append(f"{name or type(model).__name__}.{key}")
+                module.__dict__[key] = value
+                if key in contents:
+                    value.clear()
+                    value.update(contents[key])
+
+
+def _same_items(now: dict[Any, Any], before: dict[Any, Any]) -> bool:
+    return now.keys() == before.keys() and all(now[k] is before[k] for k in now)
+
+
+def _trace(
+    model: nn.Module, ruleset: rules.RuleSet
+) -> tuple[fx.Graph, list[tuple[str, fx.Node]], dict[str, str], dict[str, Any]]:
+    """The traced graph, the module calls, the submodules kept whole because torch.fx cannot
+    trace them (each becomes a general VJP layer), and the tensor constants of the graph."""
     if not isinstance(model, nn.Module):
         raise TracingError(f"DeconvNet takes an nn.Module, got {type(model).__name__}")
     opaque: dict[str, str] = {}
     while True:
         tracer = _Tracer(ruleset, opaque)
+        changed: list[str] = []
+        constants: dict[str, Any] = {}
         try:
-            graph = tracer.trace(model, concrete_args=_optional_arguments(model))
+            with _left_as_found(model, changed, constants):
+                graph = tracer.trace(model, concrete_args=_optional_arguments(model))
         except Exception as error:  # torch.fx raises many types; all mean the same to the user
             failed = tracer.failed_in
             if failed and failed not in opaque:
@@ -209,12 +262,18 @@ def _trace(model: nn.Module, ruleset: rules.RuleSet) -> tuple[fx.Graph, list[tup
                 "which cannot follow control flow that depends on tensor values; move such logic "
                 "into a submodule (it is then reversed as one general layer) or out of forward"
             ) from error
+        if changed:
+            raise TracingError(
+                f"{type(model).__name__}.forward changes its modules' own state while it runs "
+                f"({', '.join(sorted(set(changed))[:3])}); a forward with side effects (a cache) "
+                "cannot be mirrored; the model was left as it was"
+            )
         inner = _batch_moving_modules(graph)
         if inner and not set(inner) <= set(opaque):
             for path in inner:  # reversed whole, by their exact VJP: the batch is back at the end
                 opaque.setdefault(path, "it moves the batch dimension inside, so it is reversed whole")
             continue
-        return graph, tracer.module_calls, opaque
+        return graph, tracer.module_calls, opaque, constants
 
 
 def _optional_arguments(model: nn.Module) -> dict[str, Any] | None:
@@ -329,19 +388,24 @@ class _Built:
 class _Reader:
     """Turns signal nodes into mirror layers."""
 
-    def __init__(self, model: nn.Module, ruleset: rules.RuleSet, signal: set[fx.Node]) -> None:
+    def __init__(
+        self, model: nn.Module, ruleset: rules.RuleSet, signal: set[fx.Node], constants: dict[str, Any]
+    ) -> None:
         self.model = model
+        self.constants = constants
         self.ruleset = ruleset
         self.signal = signal
 
     # helpers
 
     def attribute(self, node: fx.Node) -> Callable[[], Any]:
-        """A parameter or buffer of the model, fetched when the mirror runs (``.to()`` replaces
-        buffers)."""
+        """A parameter or buffer of the model (or a graph constant), fetched when the mirror
+        runs (``.to()`` replaces buffers)."""
         target = str(node.target)
 
         def fetch() -> Any:
+            if target in self.constants:
+                return self.constants[target]
             value: Any = self.model
             for part in target.split("."):
                 value = getattr(value, part)
@@ -782,7 +846,7 @@ def build(
     general VJP layer instead of by hand.
     """
     ruleset = ruleset or rules.DEFAULT_RULES
-    graph, module_calls, opaque = _trace(model, ruleset)
+    graph, module_calls, opaque, constants = _trace(model, ruleset)
     substitutes = _normalise_in_place(graph, model)
     module_names = _step_names(graph)
 
@@ -796,7 +860,7 @@ def build(
         )
     signal: set[fx.Node] = {placeholders[0]}
     live = _ancestors(graph)
-    reader = _Reader(model, ruleset, signal)
+    reader = _Reader(model, ruleset, signal, constants)
     steps: dict[fx.Node, Step] = {}
     names: dict[fx.Node, str] = {placeholders[0]: mirror_layers.INPUT}
     producers: set[fx.Node] = set()  # signal nodes whose output is a tuple (chunk, a module's)
@@ -878,6 +942,7 @@ def build(
         modules=modules,
         substitutes=substitutes,
         defaults={n.name: v for n, v in fixed.items()},
+        constants=constants,
     )
 
 

@@ -41,16 +41,9 @@ class Trace:
         return self.input.shape[0]
 
 
-def _fetch_attr(root: torch.nn.Module, target: str) -> Any:
-    value: Any = root
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def _evaluate(node: fx.Node, args: Any, kwargs: Any, network: Network) -> Any:
     if node.op == "get_attr":
-        return _fetch_attr(network.model, str(node.target))
+        return network.attribute(str(node.target))
     if node.op == "call_function":
         return node.target(*args, **kwargs)  # type: ignore[operator]
     if node.op == "call_method":

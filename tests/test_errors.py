@@ -7,7 +7,6 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 import deconvnet
@@ -278,3 +277,22 @@ def test_training_mode_is_refused_not_silently_different(x):
 def test_register_rule_needs_a_module_type():
     with pytest.raises(DeconvnetError, match="register_rule takes an nn.Module subclass"):
         deconvnet.register_rule(len, lambda m: None)
+
+
+def test_a_forward_with_side_effects_is_refused_and_the_model_left_as_it_was():
+    class Caching(nn.Module):  # like timm's LeViT attention: caches a tensor on first use
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.cache = {}
+
+        def forward(self, x):
+            if "bias" not in self.cache:
+                self.cache["bias"] = self.conv.bias * 2
+            return self.conv(x) + self.cache["bias"][:, None, None]
+
+    model = Caching().eval()
+    with pytest.raises(TracingError, match=r"changes its modules' own state while it runs \(Caching\.cache\)"):
+        DeconvNet(model)
+    assert model.cache == {}  # no tracing proxy left behind
+    assert model(torch.randn(1, 3, 4, 4)).shape == (1, 3, 4, 4)

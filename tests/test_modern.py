@@ -3,13 +3,10 @@ against the autograd oracle in float64, for both ``rectifiers`` settings and all
 
 from __future__ import annotations
 
-import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from modern import hand_reversed_except_untraceable, modern_nets
 from reference import assert_exact, channels_reference, classes_reference
-from torch import nn
 
 from deconvnet import DeconvNet
 
