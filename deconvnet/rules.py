@@ -246,10 +246,13 @@ def activation_kind(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any
 def rectifier_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Callable[[Tensor], Tensor], bool] | None:
     """For a rectifier call seen inside a general (VJP) node: (f as a pure, out-of-place
     function of its input, is ReLU), else None. Used to give those rectifiers the rule too."""
+    name = getattr(func, "__name__", "")
+    if name and getattr(Tensor, name, None) is func:  # a tensor method, x.relu_(): table key is its name
+        func = name
     kind = activation_kind(func, args, kwargs)
     if kind is None or not kind[0] or not args or not isinstance(args[0], Tensor):
         return None
-    function = out_of_place_function(func)
+    function = getattr(torch, func.rstrip("_")) if isinstance(func, str) else out_of_place_function(func)
     rest, options = args[1:], {k: v for k, v in kwargs.items() if k != "inplace"}
     return (lambda x: function(x, *rest, **options)), kind[1]
 

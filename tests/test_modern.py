@@ -3,10 +3,20 @@ against the autograd oracle in float64, for both ``rectifiers`` settings and all
 
 from __future__ import annotations
 
+import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from modern import hand_reversed_except_untraceable, modern_nets
+from modern import (
+    ACTIVATIONS,
+    Block,
+    DataDependent,
+    ModernNet,
+    hand_reversed_except_untraceable,
+    modern_nets,
+)
 from reference import assert_exact, channels_reference, classes_reference
+from torch import nn
 
 from deconvnet import DeconvNet
 
@@ -41,3 +51,19 @@ def test_modern_units_match_oracle(case, rule, rectifiers, data):
     ours = dn.reconstruct(x, name, mode=mode, rule=rule)
     reference = channels_reference(net, x, modules[name], channels, mode, "activation", rule=rule, rectifiers=rectifiers)
     assert_exact(ours, reference)
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_every_activation_inside_a_general_layer_takes_the_rule(activation):
+    # An untraceable module is reversed by its VJP; its activations, in every spelling (the
+    # tensor method x.relu_() included), must still take the rule like explicit ones.
+    torch.manual_seed(0)
+    act = ACTIVATIONS[activation](2)
+    inner = DataDependent(nn.Conv2d(2, 2, 3, padding=1), act)
+    net = ModernNet([Block("opaque", act, inner=inner)], "mean", 1, 2).double().eval()
+    x = torch.randn(2, 2, 7, 7, dtype=torch.float64)
+    for rule in ("deconvnet", "guided", "gradient"):
+        for rectifiers in ("all", "relu"):
+            dn = DeconvNet(net, rule=rule, rectifiers=rectifiers)
+            assert dn.general_layers == ["blocks.0.inner"]
+            assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, [0], rule, rectifiers))
