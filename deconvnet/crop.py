@@ -40,8 +40,10 @@ def project_units(
     slots: Tensor,
     start_channels: int,
     context: Context,
+    rows: Tensor | None = None,
 ) -> None:
-    """Project T single units, each on its own window, into ``out[images[t], slots[t]]``.
+    """Project T single units, each on its own window, into ``out[rows[t], slots[t]]``
+    (``rows`` defaults to ``images``).
 
     layers: the mirror layers from the start layer down to the input (all :func:`croppable`).
     values (Tensor[T]): the kept activation of each unit; units (LongTensor[T, 2]): its (i, j);
@@ -55,7 +57,7 @@ def project_units(
     origin = units.clone()
     for layer in layers:
         signal, origin = layer.forward_window(signal, origin, records[layer.source], images, context)
-    _paste(signal, origin, out, images, slots)
+    _paste(signal, origin, out, images if rows is None else rows, slots)
 
 
 def widest_window(layers: Sequence[MirrorLayer], records: dict[str, Record], start_channels: int) -> int:

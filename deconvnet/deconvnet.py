@@ -354,6 +354,82 @@ class DeconvNet:
             project_units(below, trace.records, values, units, channels, images, result, slots, channels_in, context)
         return result
 
+    @torch.no_grad()
+    def reconstruct_units(
+        self,
+        x: Tensor | Trace,
+        layer: str | nn.Module,
+        images: Tensor | Sequence[int],
+        channels: Tensor | Sequence[int],
+        positions: Tensor | Sequence[int],
+        values: Tensor | None = None,
+        *,
+        crop: bool | None = None,
+        chunk_size: int | None = None,
+        rule: str | None = None,
+    ) -> Tensor:
+        """Project T single units of ``layer``'s map, each alone: the top-9 figure's projections.
+
+        images, channels, positions (LongTensor[T] each): unit t is at flat spatial index
+        ``positions[t]`` of channel ``channels[t]`` of input ``images[t]`` of the batch.
+        values (Tensor[T] or None): the signal kept at each unit; None keeps its activation.
+        crop: as in :meth:`reconstruct` (each unit runs on its receptive field when possible).
+        returns Tensor[T, C, H, W].
+        """
+        _check_chunk_size(chunk_size)
+        if crop not in (None, True, False):
+            raise InputError(f"crop must be True, False or None, got {crop!r}")
+        trace = self._traced(x)
+        step = self._network.resolve(layer)
+        activation = trace.activations[step.name]
+        if activation.dim() != 4:
+            raise InputError(f"reconstruct_units needs a layer with spatial maps; {step.name} outputs {tuple(activation.shape)}")
+        n, count, height, width = activation.shape
+        device = activation.device
+        images_t = _indices("images", images, n, f"the batch has {n} inputs", device)
+        channels_t = _indices("channels", channels, count, f"{step.name} has {count} channels", device)
+        positions_t = _indices("positions", positions, height * width, f"{step.name} maps have {height * width} positions", device)
+        total = images_t.numel()
+        if not channels_t.numel() == positions_t.numel() == total:
+            raise InputError(f"images, channels and positions must have one entry per unit; got {total}, "
+                             f"{channels_t.numel()} and {positions_t.numel()}")
+        flat = activation.reshape(n, count, -1)
+        kept = flat[images_t, channels_t, positions_t]
+        if values is not None:
+            if not isinstance(values, Tensor) or values.shape != (total,):
+                raise InputError(f"values must be a Tensor[{total}] or None")
+            kept = values.to(device=device, dtype=flat.dtype)
+        context = self.context(rule)
+        below = self._crop_chain(step, activation, "max", crop, trace, context)
+        if below is not None:
+            result = flat.new_zeros(total, 1, *trace.input.shape[1:])
+            size = chunk_size or max(1, self._budget(device) // self._window_bytes(trace, below, 1, count))
+            for lo in range(0, total, size):
+                part = slice(lo, lo + size)
+                units = torch.stack([positions_t[part] // width, positions_t[part] % width], dim=1)
+                rows = torch.arange(lo, min(lo + size, total), device=device)
+                project_units(below, trace.records, kept[part], units, channels_t[part], images_t[part], result,
+                              torch.zeros_like(rows), count, context, rows=rows)
+            return result[:, 0]
+        # Uncropped: unit t is target slot[t] of its own input; inputs with fewer units get
+        # zero targets in the remaining slots (one unit per image, as in top-9, wastes none).
+        seen: dict[int, int] = {}
+        slots = []
+        for image in images_t.tolist():
+            slots.append(seen.get(image, 0))
+            seen[image] = slots[-1] + 1
+        slot_t = torch.tensor(slots, device=device)
+        width_k = max(seen.values())
+
+        def make(chunk: Tensor) -> Tensor:
+            out = flat.new_zeros(n, chunk.numel(), count, height * width)
+            chosen = (slot_t >= chunk[0]) & (slot_t <= chunk[-1])
+            out[images_t[chosen], slot_t[chosen] - chunk[0], channels_t[chosen], positions_t[chosen]] = kept[chosen]
+            return out.view(n, chunk.numel(), count, height, width)
+
+        projected = self._run(trace, step, torch.arange(width_k, device=device), make, chunk_size, context)
+        return projected[images_t, slot_t]
+
     @staticmethod
     def _window_bytes(trace: Trace, layers: list[MirrorLayer], n: int, channels: int) -> int:
         """Memory one target needs on the cropped path: its widest window and its pasted result."""
@@ -409,6 +485,18 @@ class DeconvNet:
             free, _ = torch.cuda.mem_get_info(device)
             return free // 2
         return _CPU_BUDGET
+
+
+def _indices(name: str, value: Tensor | Sequence[int], count: int, owner: str, device: torch.device) -> Tensor:
+    """A LongTensor[T] of indices below ``count``."""
+    tensor = torch.as_tensor(value, device=device) if not isinstance(value, Tensor) else value.to(device)
+    if tensor.dim() != 1 or tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.numel() == 0:
+        raise InputError(f"{name} must be a non-empty 1-D integer sequence or tensor, got shape {tuple(tensor.shape)} "
+                         f"of {tensor.dtype}")
+    if int(tensor.min()) < 0 or int(tensor.max()) >= count:
+        bad = int(tensor.max()) if int(tensor.max()) >= count else int(tensor.min())
+        raise TargetOutOfRangeError(f"{name[:-1]} {bad} is out of range: {owner} (0..{count - 1})")
+    return tensor.long()
 
 
 def _check_chunk_size(chunk_size: object) -> None:

@@ -105,28 +105,31 @@ def project_top_units(
     """Project every kept unit on its own: Tensor[len(channels), k, C, H, W].
 
     load(index) returns dataset image ``index`` as model input, Tensor[C, H, W]. Each unit keeps
-    its activation value (the paper's signal); slots with no unit stay zero.
+    its activation value (the paper's signal); slots with no unit stay zero. Runs on
+    :meth:`DeconvNet.reconstruct_units`, cropped to each unit's receptive field where it can be.
     """
     channels = list(range(top.values.shape[0])) if channels is None else list(channels)
     k = top.values.shape[1]
     entries = [(c, r) for c in channels for r in range(k) if torch.isfinite(top.values[c, r])]
+    if not entries:
+        raise InputError(f"no units were mined for {top.layer}")
+    # Trace each kept image once, batch_size images at a time, and project all of its units.
+    by_image: dict[int, list[tuple[int, int]]] = {}
+    for c, r in entries:
+        by_image.setdefault(int(top.images[c, r]), []).append((c, r))
+    order = list(by_image)
     result: Tensor | None = None
-    for start in range(0, len(entries), batch_size):
-        chunk = entries[start : start + batch_size]
-        x = torch.stack([load(int(top.images[c, r])) for c, r in chunk])
-        trace = dn.trace(x)
-        activation = dn.activation(trace, top.layer)
-        signal = torch.zeros(len(chunk), 1, *activation.shape[1:], dtype=activation.dtype,
-                             device=activation.device)
-        flat = signal.view(len(chunk), activation.shape[1], -1)
-        for b, (c, r) in enumerate(chunk):
-            position = int(top.positions[c, r])
-            flat[b, c, position] = activation[b, c].reshape(-1)[position]
-        projected = dn.reconstruct_from(trace, top.layer, signal)[:, 0]
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        chunk = [(b, c, r) for b, image in enumerate(batch) for c, r in by_image[image]]
+        projected = dn.reconstruct_units(
+            torch.stack([load(i) for i in batch]), top.layer,
+            images=[b for b, _, _ in chunk],
+            channels=[c for _, c, _ in chunk],
+            positions=[int(top.positions[c, r]) for _, c, r in chunk],
+        )
         if result is None:
             result = projected.new_zeros(len(channels), k, *projected.shape[1:])
-        for b, (c, r) in enumerate(chunk):
-            result[channels.index(c), r] = projected[b]
-    if result is None:
-        raise InputError(f"no units were mined for {top.layer}")
-    return result
+        for t, (_, c, r) in enumerate(chunk):
+            result[channels.index(c), r] = projected[t]
+    return result  # type: ignore[return-value]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
 from chains import chain_nets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import assert_exact
 from torch import nn
 
+import deconvnet
 from deconvnet import DeconvNet
 from deconvnet.figures import crop_to_field
 from deconvnet.receptive import ReceptiveField
@@ -140,3 +143,47 @@ def test_mining_rejects_bad_k_and_empty_data():
         mine_top_units(dn, [], ["4"])
     with pytest.raises(LayerNotFoundError, match="unknown layer '44'"):
         mine_top_units(dn, [(torch.randn(1, 3, 12, 12), torch.arange(1))], ["44"])
+
+
+@pytest.mark.parametrize("crop", [None, False])
+def test_reconstruct_units_equals_one_hot_signals(crop):
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 5, 3),
+                        nn.ReLU6()).double().eval()
+    x = torch.randn(3, 3, 20, 22, dtype=torch.float64)
+    dn = DeconvNet(net)
+    trace = dn.trace(x)
+    images, channels, positions = [2, 0, 2, 1, 2], [4, 0, 1, 4, 4], [5, 17, 0, 30, 5]  # image 2 three times
+    ours = dn.reconstruct_units(trace, "4", images, channels, positions, crop=crop, chunk_size=2)
+    act = dn.activation(trace, "4")
+    expected = []
+    for i, c, p in zip(images, channels, positions, strict=True):
+        signal = torch.zeros(3, 1, *act.shape[1:], dtype=torch.float64)
+        signal[i, 0, c].view(-1)[p] = act[i, c].reshape(-1)[p]
+        expected.append(dn.reconstruct_from(trace, "4", signal)[i, 0])
+    assert_exact(ours, torch.stack(expected), rtol=1e-12)
+    # Given values: the mirror is positively homogeneous, so each projection scales with its value.
+    values = torch.tensor([1.0, 2.0, 0.25, 0.5, 3.0], dtype=torch.float64)
+    scaled = dn.reconstruct_units(trace, "4", images, channels, positions, values, crop=crop)
+    unit = dn.reconstruct_units(trace, "4", images, channels, positions, torch.ones(5, dtype=torch.float64), crop=crop)
+    assert_exact(scaled, unit * values.view(-1, 1, 1, 1), rtol=1e-12)
+
+
+def test_reconstruct_units_errors():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten()).eval()
+    dn = DeconvNet(net)
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(deconvnet.TargetOutOfRangeError, match=r"image 2 is out of range: the batch has 2 inputs \(0..1\)"):
+        dn.reconstruct_units(x, "1", [2], [0], [0])
+    with pytest.raises(deconvnet.TargetOutOfRangeError, match=r"channel 4 is out of range: 1 has 4 channels"):
+        dn.reconstruct_units(x, "1", [0], [4], [0])
+    with pytest.raises(deconvnet.TargetOutOfRangeError, match=r"position 36 is out of range"):
+        dn.reconstruct_units(x, "1", [0], [0], [36])
+    with pytest.raises(deconvnet.InputError, match="one entry per unit; got 2, 1 and 1"):
+        dn.reconstruct_units(x, "1", [0, 1], [0], [0])
+    with pytest.raises(deconvnet.InputError, match="needs a layer with spatial maps"):
+        dn.reconstruct_units(x, "2", [0], [0], [0])
+    with pytest.raises(deconvnet.InputError, match=r"values must be a Tensor\[1\] or None"):
+        dn.reconstruct_units(x, "1", [0], [0], [0], values=torch.ones(2))
+    with pytest.raises(deconvnet.InputError, match="images must be a non-empty 1-D integer"):
+        dn.reconstruct_units(x, "1", [], [], [])
