@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from math import prod
 
 import torch
@@ -192,6 +192,40 @@ class DeconvNet:
             requires it.
         returns Tensor[N, K, C, H, W] with K the number of channels asked for.
         """
+        chunks, total = self._channel_chunks(x, layer, channels, mode, signal, chunk_size, crop, rule)
+        return _collect(chunks, total)
+
+    def iter_channels(
+        self,
+        x: Tensor | Trace,
+        layer: str | nn.Module,
+        channels: Targets = None,
+        *,
+        mode: str = "max",
+        signal: str = "activation",
+        chunk_size: int | None = None,
+        crop: bool | None = None,
+        rule: str | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """:meth:`reconstruct` a chunk at a time: yields (channels LongTensor[k],
+        Tensor[N, k, C, H, W]) so that all channels of a large batch can be written out or
+        reduced without holding Tensor[N, K, C, H, W] at once. Arguments are checked before the
+        first chunk is computed."""
+        chunks, _ = self._channel_chunks(x, layer, channels, mode, signal, chunk_size, crop, rule)
+        return chunks
+
+    @torch.no_grad()
+    def _channel_chunks(
+        self,
+        x: Tensor | Trace,
+        layer: str | nn.Module,
+        channels: Targets,
+        mode: str,
+        signal: str,
+        chunk_size: int | None,
+        crop: bool | None,
+        rule: str | None,
+    ) -> tuple[Iterator[tuple[Tensor, Tensor]], int]:
         _check_choice("mode", mode, ("max", "map"))
         _check_choice("signal", signal, ("activation", "unit"))
         _check_chunk_size(chunk_size)
@@ -211,7 +245,8 @@ class DeconvNet:
         context = self.context(rule)
         below = self._crop_chain(step, activation, mode, crop, trace, context)
         if below is not None:
-            return self._cropped(trace, below, activation, flat, strongest, targets, signal, chunk_size, context)
+            return self._cropped(trace, below, activation, flat, strongest, targets, signal, chunk_size,
+                                 context), targets.numel()
 
         def make(chunk: Tensor) -> Tensor:
             k = chunk.numel()
@@ -225,7 +260,7 @@ class DeconvNet:
                 out[:, slot, chunk] = flat[:, chunk] if signal == "activation" else 1.0
             return out.view(n, k, *activation.shape[1:])
 
-        return self._run(trace, step, targets, make, chunk_size, context)
+        return self._chunks(trace, step, targets, make, chunk_size, context), targets.numel()
 
     @torch.no_grad()
     def reconstruct_classes(
@@ -242,6 +277,22 @@ class DeconvNet:
         classes: an index, a sequence of indices, or ``None`` for every output.
         returns Tensor[N, K, C, H, W].
         """
+        chunks, total = self._class_chunks(x, classes, chunk_size, rule)
+        return _collect(chunks, total)
+
+    def iter_classes(
+        self, x: Tensor | Trace, classes: Targets = None, *, chunk_size: int | None = None, rule: str | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """:meth:`reconstruct_classes` a chunk at a time: yields (classes LongTensor[k],
+        Tensor[N, k, C, H, W]), e.g. all 1000 classes of 64 images streamed to disk or reduced
+        to per-class heatmaps without holding Tensor[N, 1000, C, H, W]."""
+        chunks, _ = self._class_chunks(x, classes, chunk_size, rule)
+        return chunks
+
+    @torch.no_grad()
+    def _class_chunks(
+        self, x: Tensor | Trace, classes: Targets, chunk_size: int | None, rule: str | None
+    ) -> tuple[Iterator[tuple[Tensor, Tensor]], int]:
         _check_chunk_size(chunk_size)
         trace = self._traced(x)
         output = trace.output
@@ -259,7 +310,7 @@ class DeconvNet:
             out[:, torch.arange(chunk.numel(), device=out.device), chunk] = 1.0
             return out
 
-        return self._run(trace, step, targets, make, chunk_size, self.context(rule))
+        return self._chunks(trace, step, targets, make, chunk_size, self.context(rule)), targets.numel()
 
     @torch.no_grad()
     def reconstruct_from(
@@ -292,7 +343,8 @@ class DeconvNet:
             raise SignalShapeError(f"signal is {signal.dtype} but the model computes in {trace.output.dtype}")
         signal = signal.to(trace.output.device)
         targets = torch.arange(signal.shape[1], device=signal.device)
-        return self._run(trace, step, targets, lambda chunk: signal[:, chunk], chunk_size, self.context(rule))
+        chunks = self._chunks(trace, step, targets, lambda chunk: signal[:, chunk], chunk_size, self.context(rule))
+        return _collect(chunks, targets.numel())
 
     def layer_name(self, layer: str | nn.Module) -> str:
         """The name in :attr:`layers` of ``layer`` (a name or a module of the model)."""
@@ -336,12 +388,18 @@ class DeconvNet:
         signal: str,
         chunk_size: int | None,
         context: Context,
-    ) -> Tensor:
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         n, width = activation.shape[0], activation.shape[-1]
-        total = targets.numel()
         channels_in = activation.shape[1]
         size = chunk_size or max(1, self._budget(trace.input.device) // self._window_bytes(trace, below, n, channels_in))
-        result = flat.new_zeros(n, total, *trace.input.shape[1:])
+        return self._cropped_chunks(trace, below, flat, strongest, targets, signal, size, context, width, channels_in)
+
+    @torch.no_grad()
+    def _cropped_chunks(
+        self, trace: Trace, below: list[MirrorLayer], flat: Tensor, strongest: Tensor, targets: Tensor, signal: str,
+        size: int, context: Context, width: int, channels_in: int,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        n, total = flat.shape[0], targets.numel()
         for lo in range(0, total, size):
             chunk = targets[lo : lo + size]
             k = chunk.numel()
@@ -350,9 +408,10 @@ class DeconvNet:
             where = strongest[images, channels]
             values = flat[images, channels, where] if signal == "activation" else torch.ones_like(where, dtype=flat.dtype)
             units = torch.stack([where // width, where % width], dim=1)
-            slots = (lo + torch.arange(k, device=flat.device)).repeat(n)
+            slots = torch.arange(k, device=flat.device).repeat(n)
+            result = flat.new_zeros(n, k, *trace.input.shape[1:])
             project_units(below, trace.records, values, units, channels, images, result, slots, channels_in, context)
-        return result
+            yield chunk, result
 
     @torch.no_grad()
     def reconstruct_units(
@@ -427,7 +486,8 @@ class DeconvNet:
             out[images_t[chosen], slot_t[chosen] - chunk[0], channels_t[chosen], positions_t[chosen]] = kept[chosen]
             return out.view(n, chunk.numel(), count, height, width)
 
-        projected = self._run(trace, step, torch.arange(width_k, device=device), make, chunk_size, context)
+        projected = _collect(self._chunks(trace, step, torch.arange(width_k, device=device), make, chunk_size, context),
+                             width_k)
         return projected[images_t, slot_t]
 
     @staticmethod
@@ -443,7 +503,7 @@ class DeconvNet:
 
     # --- batching -------------------------------------------------------------------------
 
-    def _run(
+    def _chunks(
         self,
         trace: Trace,
         start: Step,
@@ -451,18 +511,15 @@ class DeconvNet:
         make: Callable[[Tensor], Tensor],
         chunk_size: int | None,
         context: Context,
-    ) -> Tensor:
-        total = targets.numel()
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """The mirror over the targets, ``chunk_size`` at a time (default: as many as the memory
+        budget holds): yields (targets of the chunk, Tensor[N, k, ...])."""
         size = chunk_size or self._chunk_size(trace, start)
-        if size >= total:
-            return self.mirror(make(targets), trace.records, start.name, context).contiguous()
-        result: Tensor | None = None
-        for lo in range(0, total, size):
-            out = self.mirror(make(targets[lo : lo + size]), trace.records, start.name, context)
-            if result is None:
-                result = out.new_empty(out.shape[0], total, *out.shape[2:])
-            result[:, lo : lo + out.shape[1]] = out
-        return result  # type: ignore[return-value]
+        for lo in range(0, targets.numel(), size):
+            chunk = targets[lo : lo + size]
+            with torch.no_grad():  # not around the yield: the caller's loop keeps its own mode
+                out = self.mirror(make(chunk), trace.records, start.name, context)
+            yield chunk, out
 
     def _chunk_size(self, trace: Trace, start: Step) -> int:
         """How many targets fit the memory budget at once, from the recorded layer sizes."""
@@ -485,6 +542,20 @@ class DeconvNet:
             free, _ = torch.cuda.mem_get_info(device)
             return free // 2
         return _CPU_BUDGET
+
+
+def _collect(chunks: Iterator[tuple[Tensor, Tensor]], total: int) -> Tensor:
+    """The chunks of a reconstruction joined along the targets: Tensor[N, K, ...]."""
+    result: Tensor | None = None
+    lo = 0
+    for _, out in chunks:
+        if result is None:
+            if out.shape[1] == total:
+                return out.contiguous()
+            result = out.new_empty(out.shape[0], total, *out.shape[2:])
+        result[:, lo : lo + out.shape[1]] = out
+        lo += out.shape[1]
+    return result  # type: ignore[return-value]
 
 
 def _indices(name: str, value: Tensor | Sequence[int], count: int, owner: str, device: torch.device) -> Tensor:

@@ -299,3 +299,25 @@ def test_fine_tuning_changes_the_mirror_though_kernels_are_prepared_once():
     net[2].weight = nn.Parameter(torch.randn_like(net[2].weight))  # a new Parameter object
     dn = DeconvNet(net)  # the mirror shares Parameters: a replaced one needs a new DeconvNet
     assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, [0, 1, 2]))
+
+
+def test_iterators_yield_the_same_reconstructions_in_chunks():
+    net = small_net()
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    dn = DeconvNet(net)
+    trace = dn.trace(x)
+    whole = dn.reconstruct_classes(trace)
+    seen = []
+    for classes, part in dn.iter_classes(trace, chunk_size=2):
+        assert part.shape == (3, classes.numel(), 3, 16, 16) and classes.numel() <= 2
+        assert torch.equal(part, whole[:, classes])
+        assert torch.is_grad_enabled()  # the caller's loop body keeps its grad mode
+        seen += classes.tolist()
+    assert seen == list(range(whole.shape[1]))
+    for crop in (True, False):
+        every = dn.reconstruct(trace, "conv2", crop=crop)
+        chunks = list(dn.iter_channels(trace, "conv2", crop=crop, chunk_size=3))
+        assert torch.cat([c for c, _ in chunks]).tolist() == list(range(every.shape[1]))
+        assert_exact(torch.cat([p for _, p in chunks], dim=1), every, rtol=1e-12)
+    with pytest.raises(deconvnet.InputError, match="chunk_size must be"):
+        dn.iter_classes(trace, chunk_size=0)  # checked when called, not at the first chunk
