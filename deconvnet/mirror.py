@@ -435,8 +435,17 @@ class Activation(_Described):
     pointwise = True
     needs = frozenset({"input"})
 
-    def __init__(self, what: str, function: Callable[[Tensor], Tensor], rectifier: bool, relu: bool = False) -> None:
-        super().__init__(what, function=function)  # may be the user's module: not a child
+    def __init__(
+        self,
+        what: str,
+        function: Callable[[Tensor], Tensor],
+        rectifier: bool,
+        relu: bool = False,
+        slope: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        # function may be the user's module: kept, not registered as a child. slope: f'(x) in
+        # closed form, when known; forward-mode autograd through ``function`` otherwise.
+        super().__init__(what, function=function, closed_slope=slope)
         self.rectifier = rectifier
         self.is_relu = relu
 
@@ -451,6 +460,8 @@ class Activation(_Described):
         x = cast(Tensor, record.input)
         if self.is_relu:
             return (x > 0).to(x.dtype)
+        if self.closed_slope is not None:  # type: ignore[attr-defined]
+            return self.closed_slope(x)  # type: ignore[attr-defined]
         return _derivative(self.function, x)  # type: ignore[arg-type]
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:

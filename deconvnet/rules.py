@@ -205,7 +205,48 @@ def _mirror_activation(module: nn.Module) -> mirror.MirrorLayer:
     name = type(module).__name__
     if relu:
         return mirror.ReLU(name)
-    return mirror.Activation(name, out_of_place(module), rectifier=rectifier)
+    return mirror.Activation(name, out_of_place(module), rectifier=rectifier, slope=_module_slope(module))
+
+
+# f'(x) by the backward kernel autograd itself runs (the same conventions at kinks), for the
+# activations modern CNNs use: cheaper than forward-mode autograd through the function, which
+# the others fall back to.
+_aten = torch.ops.aten
+
+
+def _module_slope(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
+    if isinstance(module, nn.Hardtanh):  # ReLU6 too
+        return lambda x: _aten.hardtanh_backward(torch.ones_like(x), x, module.min_val, module.max_val)
+    if isinstance(module, nn.Hardswish):
+        return lambda x: _aten.hardswish_backward(torch.ones_like(x), x)
+    if isinstance(module, nn.SiLU):
+        return lambda x: _aten.silu_backward(torch.ones_like(x), x)
+    if isinstance(module, nn.GELU):
+        return lambda x: _aten.gelu_backward(torch.ones_like(x), x, approximate=module.approximate)
+    if isinstance(module, nn.Hardsigmoid):
+        return lambda x: _aten.hardsigmoid_backward(torch.ones_like(x), x)
+    return None
+
+
+def call_slope(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Callable[[Tensor], Tensor] | None:
+    """f'(x) of an activation call with constant arguments (``args`` after the input), by
+    autograd's own backward kernel; None where forward-mode autograd is used instead."""
+    options = dict(kwargs)
+    if target is F.relu6:
+        return lambda x: _aten.hardtanh_backward(torch.ones_like(x), x, 0.0, 6.0)
+    if target in (F.hardtanh, F.hardtanh_) and all(isinstance(a, (int, float)) for a in args[:2]):
+        low = args[0] if args else options.get("min_val", -1.0)
+        high = args[1] if len(args) > 1 else options.get("max_val", 1.0)
+        return lambda x: _aten.hardtanh_backward(torch.ones_like(x), x, float(low), float(high))
+    if target is F.hardswish:
+        return lambda x: _aten.hardswish_backward(torch.ones_like(x), x)
+    if target is F.silu:
+        return lambda x: _aten.silu_backward(torch.ones_like(x), x)
+    if target is F.hardsigmoid:
+        return lambda x: _aten.hardsigmoid_backward(torch.ones_like(x), x)
+    if target is F.gelu and not args:
+        return lambda x: _aten.gelu_backward(torch.ones_like(x), x, approximate=options.get("approximate", "none"))
+    return None
 
 
 # Functions and tensor methods of the activations: target -> (rectifier, relu, leading args).
