@@ -6,6 +6,7 @@
     python -m benchmarks modern              # mobilenet_v2, efficientnet_b0, convnext_tiny, vit_b_32
     python -m benchmarks channels            # every channel's strongest unit vs NeuronDeconvolution
     python -m benchmarks units               # top-9 projections: cropped units vs one-hot signals
+    python -m benchmarks precision           # bfloat16 autocast (float16 on CUDA) vs float32
     python -m benchmarks mining              # top-9 mining throughput vs the plain forward
     python -m benchmarks memory              # all 1000 VGG16 classes: peak memory and time
 
@@ -175,6 +176,35 @@ def bench_everyday(model_name: str, size: int, repeats: int, device: torch.devic
                 **{"captum / warm": seconds["captum"] / seconds["deconvnet warm"],
                    "captum / cold": seconds["captum"] / seconds["deconvnet cold"],
                    "relative error": error})
+
+
+# --- 1c. reduced precision -------------------------------------------------------------------
+
+
+def bench_precision(model_name: str, targets: int, size: int, repeats: int, device: torch.device) -> dict:
+    """reconstruct_classes with the mirror in bfloat16 (float16 on CUDA; ``mirror_dtype``, the
+    trace in float32) vs float32: time of the mirror, and the error against float32 as
+    max-relative and relative L2."""
+    model = _model(model_name, device)
+    x = torch.randn(1, 3, size, size, device=device)
+    classes = list(range(targets))
+    dn = DeconvNet(model)
+    low = torch.float16 if device.type == "cuda" else torch.bfloat16
+    reduced_dn = DeconvNet(model, mirror_dtype=low)
+    trace = dn.trace(x)
+    reference = dn.reconstruct_classes(trace, classes)
+    reduced_trace = reduced_dn.trace(x)
+
+    def reduced() -> torch.Tensor:
+        return reduced_dn.reconstruct_classes(reduced_trace, classes)
+
+    out = reduced().float()
+    l2 = ((out - reference).norm() / reference.norm()).item()
+    seconds = timed({"float32": lambda: dn.reconstruct_classes(trace, classes), str(low).replace("torch.", ""): reduced},
+                    repeats, device)
+    return _row("precision", model_name, size, targets, device, torch.float32, seconds,
+                **{"float32 / reduced": seconds["float32"] / seconds[str(low).replace("torch.", "")],
+                   "relative L2 error": l2, "relative error": relative_error(out, reference)})
 
 
 # --- 2. all channels -----------------------------------------------------------------------
@@ -380,14 +410,16 @@ def markdown(rows: list[dict]) -> str:
                              f"{r['machine']} |")
         else:
             ratios = [k for k in group[0] if "/" in k]
+            extra = ["relative L2 error"] if "relative L2 error" in group[0] else []
             names = list(group[0]["seconds"])
-            lines += ["| " + " | ".join([kind, "px", "K", *[f"{n} s" for n in names], *ratios, "rel. error",
+            lines += ["| " + " | ".join([kind, "px", "K", *[f"{n} s" for n in names], *ratios, *extra, "rel. error",
                                          "dtype", "machine", "torch"]) + " |",
-                      "|" + "---|" * (7 + len(names) + len(ratios))]
+                      "|" + "---|" * (7 + len(names) + len(ratios) + len(extra))]
             for r in group:
                 cells = [r["model"], str(r["size"]), str(r["targets"]),
                          *[f"{r['seconds'][n]:.3f}" for n in names],
                          *[f"{r[k]:.2f}x" if "throughput" not in k and "images" not in k else f"{r[k]:.2f}" for k in ratios],
+                         *[f"{r[k]:.1e}" for k in extra],
                          f"{r['relative error']:.1e}" if "relative error" in r else "n/a",
                          r["dtype"], r["machine"], r["torch"]]
                 lines.append("| " + " | ".join(cells) + " |")
@@ -404,8 +436,8 @@ def save(rows: list[dict], stem: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["everyday", "classes", "modern", "channels", "units", "mining", "memory",
-                                          "all"])
+    parser.add_argument("which", choices=["everyday", "classes", "modern", "precision", "channels", "units", "mining",
+                                          "memory", "all"])
     parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
     parser.add_argument("--size", type=int, default=224)
@@ -432,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.which in ("modern", "all"):
         for model_name in ("mobilenet_v2", "efficientnet_b0", "convnext_tiny", "vit_b_32"):
             emit(bench_classes(model_name, 16, args.size, args.repeats, device, rectifiers="relu"))
+    if args.which in ("precision", "all"):
+        for model_name in ("vgg16", "resnet50", "mobilenet_v2"):
+            emit(bench_precision(model_name, 16, args.size, args.repeats, device))
     if args.which in ("channels", "all"):
         for model_name, layer in [("vgg16", "features.15"), ("vgg16", "features.22"), ("alexnet", "features.7")]:
             emit(bench_channels(model_name, layer, args.channels or None, args.size, args.repeats, device))

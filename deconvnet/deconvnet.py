@@ -54,6 +54,9 @@ class DeconvNet:
         in no fixed order. ``True``: a fixed-order sum (a few more scatters); ``False``: the
         fast scatter-add; ``None`` (default): follow ``torch.use_deterministic_algorithms``.
         CPU results are reproducible either way.
+    mirror_dtype: run the mirror under ``torch.autocast`` in this dtype (``torch.bfloat16``, or
+        ``torch.float16`` on CUDA); results come in that dtype. The forward pass is always traced
+        in the model's own precision (no autocast), so switches and kept units are exact.
 
     Every ``reconstruct*`` method takes a batch ``x`` (Tensor[N, C, H, W]) or a :class:`Trace`
     of one and returns Tensor[N, K, C, H, W] (``K`` targets per input) on the model's device.
@@ -69,6 +72,7 @@ class DeconvNet:
         layer_rules: dict[type[nn.Module], Rule | Callable[[nn.Module], MirrorLayer]] | None = None,
         memory_budget: int | None = None,
         deterministic: bool | None = None,
+        mirror_dtype: torch.dtype | None = None,
     ) -> None:
         if memory_budget is not None and (
             isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
@@ -77,6 +81,9 @@ class DeconvNet:
             raise InputError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
         if deterministic not in (None, True, False):
             raise InputError(f"deterministic must be True, False or None, got {deterministic!r}")
+        if mirror_dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+            raise InputError(f"mirror_dtype must be torch.bfloat16, torch.float16, torch.float32 or None, got {mirror_dtype!r}")
+        self.mirror_dtype = mirror_dtype
         if strict not in (True, False):
             raise InputError(f"strict must be True or False, got {strict!r}")
         _check_choice("rectifiers", rectifiers, RECTIFIERS)
@@ -144,7 +151,8 @@ class DeconvNet:
                     f"convert x with x.to({parameter.dtype})"
                 )
             x = x.to(parameter.device)
-        return run(self._network, x)
+        with torch.autocast(x.device.type, enabled=False):  # switches and kept units in full precision
+            return run(self._network, x)
 
     def _rule(self, rule: str | None) -> str:
         if rule is None:
@@ -409,8 +417,10 @@ class DeconvNet:
             values = flat[images, channels, where] if signal == "activation" else torch.ones_like(where, dtype=flat.dtype)
             units = torch.stack([where // width, where % width], dim=1)
             slots = torch.arange(k, device=flat.device).repeat(n)
-            result = flat.new_zeros(n, k, *trace.input.shape[1:])
-            project_units(below, trace.records, values, units, channels, images, result, slots, channels_in, context)
+            with self._precision(trace):
+                result = flat.new_zeros(n, k, *trace.input.shape[1:], dtype=self.mirror_dtype or flat.dtype)
+                project_units(below, trace.records, values, units, channels, images, result, slots, channels_in,
+                              context)
             yield chunk, result
 
     @torch.no_grad()
@@ -461,14 +471,15 @@ class DeconvNet:
         context = self.context(rule)
         below = self._crop_chain(step, activation, "max", crop, trace, context)
         if below is not None:
-            result = flat.new_zeros(total, 1, *trace.input.shape[1:])
+            result = flat.new_zeros(total, 1, *trace.input.shape[1:], dtype=self.mirror_dtype or flat.dtype)
             size = chunk_size or max(1, self._budget(device) // self._window_bytes(trace, below, 1, count))
             for lo in range(0, total, size):
                 part = slice(lo, lo + size)
                 units = torch.stack([positions_t[part] // width, positions_t[part] % width], dim=1)
                 rows = torch.arange(lo, min(lo + size, total), device=device)
-                project_units(below, trace.records, kept[part], units, channels_t[part], images_t[part], result,
-                              torch.zeros_like(rows), count, context, rows=rows)
+                with self._precision(trace):
+                    project_units(below, trace.records, kept[part], units, channels_t[part], images_t[part], result,
+                                  torch.zeros_like(rows), count, context, rows=rows)
             return result[:, 0]
         # Uncropped: unit t is target slot[t] of its own input; inputs with fewer units get
         # zero targets in the remaining slots (one unit per image, as in top-9, wastes none).
@@ -517,9 +528,14 @@ class DeconvNet:
         size = chunk_size or self._chunk_size(trace, start)
         for lo in range(0, targets.numel(), size):
             chunk = targets[lo : lo + size]
-            with torch.no_grad():  # not around the yield: the caller's loop keeps its own mode
+            with torch.no_grad(), self._precision(trace):  # not around the yield: the caller keeps its modes
                 out = self.mirror(make(chunk), trace.records, start.name, context)
             yield chunk, out
+
+    def _precision(self, trace: Trace) -> torch.autocast:
+        """The mirror's compute precision: autocast to ``mirror_dtype``, or off."""
+        device = trace.input.device.type
+        return torch.autocast(device, dtype=self.mirror_dtype or torch.float32, enabled=self.mirror_dtype is not None)
 
     def _chunk_size(self, trace: Trace, start: Step) -> int:
         """How many targets fit the memory budget at once, from the recorded layer sizes."""

@@ -321,3 +321,22 @@ def test_iterators_yield_the_same_reconstructions_in_chunks():
         assert_exact(torch.cat([p for _, p in chunks], dim=1), every, rtol=1e-12)
     with pytest.raises(deconvnet.InputError, match="chunk_size must be"):
         dn.iter_classes(trace, chunk_size=0)  # checked when called, not at the first chunk
+
+
+def test_mirror_in_bfloat16_is_close_to_float32_and_the_trace_stays_exact():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    x = torch.randn(2, 3, 24, 24)
+    full = DeconvNet(net)
+    low = DeconvNet(net, mirror_dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # an ambient autocast does not reach the trace
+        trace = low.trace(x)
+    assert trace.output.dtype == torch.float32 and torch.equal(trace.output, full.trace(x).output)
+    for reduced, reference in ((low.reconstruct_classes(trace), full.reconstruct_classes(x)),
+                               (low.reconstruct(trace, "3", crop=True), full.reconstruct(x, "3", crop=True)),
+                               (low.reconstruct(trace, "3", crop=False), full.reconstruct(x, "3", crop=False))):
+        assert reduced.dtype == torch.bfloat16
+        assert ((reduced.float() - reference).norm() / reference.norm()).item() < 2e-2
+    with pytest.raises(deconvnet.InputError, match="mirror_dtype must be"):
+        DeconvNet(net, mirror_dtype=torch.int8)
