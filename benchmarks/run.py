@@ -2,6 +2,7 @@
 
     python -m benchmarks all                 # everything below, CPU-sized
     python -m benchmarks everyday            # one class of one image, warm and cold, vs Captum
+    python -m benchmarks trace               # dn.trace vs model(x), batch 8
     python -m benchmarks classes --model vgg11 vgg16 alexnet --targets 16 64
     python -m benchmarks modern              # mobilenet_v2, efficientnet_b0, convnext_tiny, vit_b_32
     python -m benchmarks channels            # every channel's strongest unit vs NeuronDeconvolution
@@ -205,6 +206,26 @@ def bench_precision(model_name: str, targets: int, size: int, repeats: int, devi
     return _row("precision", model_name, size, targets, device, torch.float32, seconds,
                 **{"float32 / reduced": seconds["float32"] / seconds[str(low).replace("torch.", "")],
                    "relative L2 error": l2, "relative error": relative_error(out, reference)})
+
+
+# --- 1d. the trace --------------------------------------------------------------------------
+
+
+def bench_trace(model_name: str, batch: int, size: int, repeats: int, device: torch.device) -> dict:
+    """dn.trace(x) (output, switches, activations) vs model(x) under no_grad, one batch."""
+    model = _model(model_name, device)
+    dn = DeconvNet(model)
+    x = torch.randn(batch, 3, size, size, device=device)
+    with torch.no_grad():
+        error = checked(relative_error(dn.trace(x).output, model(x)), f"trace {model_name}")
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    seconds = timed({"dn.trace": lambda: dn.trace(x), "model(x)": forward}, repeats, device)
+    return _row("trace", model_name, size, batch, device, torch.float32, seconds,
+                **{"trace / forward": seconds["dn.trace"] / seconds["model(x)"], "relative error": error})
 
 
 # --- 2. all channels -----------------------------------------------------------------------
@@ -436,8 +457,8 @@ def save(rows: list[dict], stem: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["everyday", "classes", "modern", "precision", "channels", "units", "mining",
-                                          "memory", "all"])
+    parser.add_argument("which", choices=["everyday", "trace", "classes", "modern", "precision", "channels", "units",
+                                          "mining", "memory", "all"])
     parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
     parser.add_argument("--size", type=int, default=224)
@@ -457,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.which in ("everyday", "all"):
         for model_name in ("vgg16", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"):
             emit(bench_everyday(model_name, args.size, max(args.repeats, 5), device))
+    if args.which in ("trace", "all"):
+        for model_name in ("resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"):
+            emit(bench_trace(model_name, 8, args.size, max(args.repeats, 5), device))
     if args.which in ("classes", "all"):
         for model_name in args.model:
             for k in args.targets:

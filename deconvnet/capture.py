@@ -8,13 +8,14 @@ layer's mirror declares it needs.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, fx
 
-from .builder import Network
+from .builder import Network, Step
 from .errors import UnsupportedLayerError
 from .mirror import Record
 
@@ -56,9 +57,105 @@ def _evaluate(node: fx.Node, args: Any, kwargs: Any, network: Network) -> Any:
     raise AssertionError(f"unexpected fx node kind {node.op}")  # pragma: no cover
 
 
+class _StepRun(torch.nn.Module):
+    """A layer that must record more than its output (a max-pool's switches), as a module of
+    the generated program: returns (output, switches)."""
+
+    def __init__(self, run: Any) -> None:
+        super().__init__()
+        self.step_run = run
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        return self.step_run(args, kwargs)
+
+
+@dataclass(eq=False)
+class _Program:
+    """The traced forward as generated Python (a torch.fx GraphModule): runs without
+    per-node interpretation and returns just what the mirror needs, in ``kept`` order."""
+
+    module: fx.GraphModule
+    kept: list[fx.Node]
+    switched: list[Step]
+    attributes: list[tuple[str, Any]]
+
+    def current(self, network: Network) -> bool:
+        """Whether the parameters and buffers it reads are still the model's (``model.to``
+        replaces buffers)."""
+        return all(network.attribute(target) is value for target, value in self.attributes)
+
+
+def _program(network: Network) -> _Program:
+    graph = fx.Graph()
+    mapping: dict[fx.Node, fx.Node] = {}
+    owners: dict[str, Any] = {}
+    attributes: list[tuple[str, Any]] = []
+    switches: dict[Step, fx.Node] = {}
+    for node in network.nodes:
+        step = network.steps.get(node)
+        if node.op == "placeholder":
+            new = graph.placeholder(node.name)
+        elif step is not None and step.run is not None:
+            name = f"run_{len(owners)}"
+            owners[name] = _StepRun(step.run)
+            args = fx.node.map_arg(node.args, mapping.__getitem__)
+            kwargs = fx.node.map_arg(node.kwargs, mapping.__getitem__)
+            pair = graph.call_module(name, args, kwargs)  # type: ignore[arg-type]
+            new = graph.call_function(operator.getitem, (pair, 0))
+            switches[step] = graph.call_function(operator.getitem, (pair, 1))
+        else:
+            new = graph.node_copy(node, mapping.__getitem__)
+            if node.op in ("call_module", "get_attr"):
+                target = str(node.target)
+                name = f"{'module' if node.op == 'call_module' else 'attribute'}_{len(owners)}"
+                if node.op == "call_module":
+                    owners[name] = network.substitutes.get(target) or network.model.get_submodule(target)
+                else:
+                    owners[name] = network.attribute(target)
+                    attributes.append((target, owners[name]))
+                new.target = name
+        mapping[node] = new
+    kept = list(dict.fromkeys(
+        [n for step in network.steps.values() for n in (step.node, *step.inputs, *step.refs)] + [network.output]
+    ))
+    switched = list(switches)
+    graph.output((tuple(mapping[n] for n in kept), tuple(switches[s] for s in switched)))
+    return _Program(fx.GraphModule(owners, graph), kept, switched, attributes)
+
+
 @torch.no_grad()
 def run(network: Network, x: Tensor) -> Trace:
     """Run the forward on x (Tensor[N, C, H, W]) and keep what the mirror needs."""
+    network.check_eval()
+    program = network.program
+    if program is None or not program.current(network):
+        program = network.program = _program(network)
+    placeholders = [n for n in network.nodes if n.op == "placeholder"]
+    inputs = [network.defaults[n.name] if n.name in network.defaults else x for n in placeholders]
+    values, switches = program.module(*inputs)
+    env = dict(zip(program.kept, values, strict=True))
+    recorded = dict(zip(program.switched, switches, strict=True))
+    records: dict[str, Record] = {}
+    activations: dict[str, Tensor] = {}
+    for node, step in network.steps.items():
+        out = env[node]
+        value: Tensor = env[step.inputs[0]]
+        if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != value.shape[0]:
+            raise UnsupportedLayerError(
+                f"{step.name} does not keep the batch dimension (input {tuple(value.shape)}, "
+                f"output {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}); "
+                "deconvnet needs every layer to map Tensor[N, ...] to Tensor[N, ...]"
+            )
+        shapes = tuple(tuple(env[i].shape) for i in step.inputs)
+        refs = tuple(env[r] for r in step.refs) if "values" in step.mirror.needs else ()
+        records[step.name] = Record(shapes[0], recorded.get(step), shapes, out, value, refs)
+        activations[step.name] = out
+    return Trace(x, env[network.output], activations, records, network)
+
+
+@torch.no_grad()
+def run_by_node(network: Network, x: Tensor) -> Trace:
+    """The same as :func:`run`, interpreting the graph node by node (a reference for tests)."""
     network.check_eval()
     env: dict[fx.Node, Any] = {}
     records: dict[str, Record] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from modern import (
@@ -67,3 +68,44 @@ def test_every_activation_inside_a_general_layer_takes_the_rule(activation):
             dn = DeconvNet(net, rule=rule, rectifiers=rectifiers)
             assert dn.general_layers == ["blocks.0.inner"]
             assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, [0], rule, rectifiers))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(modern_nets())
+def test_generated_trace_equals_node_by_node_interpretation(case):
+    from deconvnet.capture import run_by_node
+
+    net, x = case
+    dn = DeconvNet(net)
+    fast, slow = dn.trace(x), run_by_node(dn.network, x)
+    assert torch.equal(fast.output, slow.output)
+    assert fast.records.keys() == slow.records.keys()
+    for name, record in fast.records.items():
+        other = slow.records[name]
+        assert record.input_shapes == other.input_shapes and torch.equal(record.output, other.output)
+        assert (record.switches is None) == (other.switches is None)
+        if record.switches is not None:
+            assert torch.equal(record.switches, other.switches)
+
+
+def test_generated_trace_follows_buffers_replaced_by_to():
+    class FunctionalNorm(nn.Module):  # reads its buffers through get_attr nodes
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.register_buffer("mean", torch.zeros(4))
+            self.register_buffer("var", torch.ones(4))
+
+        def forward(self, x):
+            return F.batch_norm(self.conv(x), self.mean, self.var, None, None, False, 0.1, 1e-5)
+
+    net = FunctionalNorm().eval()
+    dn = DeconvNet(net)
+    x = torch.randn(1, 3, 8, 8)
+    dn.trace(x)
+    net.double()  # replaces the buffers (and converts the parameters in place)
+    with torch.no_grad():
+        net.var.fill_(4.0)
+    trace = dn.trace(x.double())
+    assert trace.output.dtype == torch.float64
+    assert torch.allclose(trace.output, net(x.double()))
