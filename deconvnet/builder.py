@@ -92,12 +92,7 @@ class Network:
 
     def attribute(self, target: str) -> Any:
         """A ``get_attr`` value: a parameter or buffer of the model, or a graph constant."""
-        if target in self.constants:
-            return self.constants[target]
-        value: Any = self.model
-        for part in target.split("."):
-            value = getattr(value, part)
-        return value
+        return fetch_attribute(self.model, self.constants, target)
 
     def resolve(self, layer: str | nn.Module) -> Step:
         """The step whose output is ``layer`` (a name in ``layers`` or a module of the model)."""
@@ -144,6 +139,16 @@ class Network:
                         f"{where} ({type(part).__name__}) is in training mode, where "
                         "it is random or uses batch statistics; call model.eval() first"
                     )
+
+
+def fetch_attribute(model: nn.Module, constants: dict[str, Any], target: str) -> Any:
+    """The value of a ``get_attr`` target: a graph constant, or a parameter or buffer of the model."""
+    if target in constants:
+        return constants[target]
+    value: Any = model
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _short_list(names: list[str], limit: int = 12) -> str:
@@ -404,16 +409,7 @@ class _Reader:
         """A parameter or buffer of the model (or a graph constant), fetched when the mirror
         runs (``.to()`` replaces buffers)."""
         target = str(node.target)
-
-        def fetch() -> Any:
-            if target in self.constants:
-                return self.constants[target]
-            value: Any = self.model
-            for part in target.split("."):
-                value = getattr(value, part)
-            return value
-
-        return fetch
+        return lambda: fetch_attribute(self.model, self.constants, target)
 
     def constant(self, value: Any) -> Callable[[], Any]:
         """A constant argument, or a parameter/buffer; anything computed in the forward -> general."""

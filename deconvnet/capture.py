@@ -138,19 +138,24 @@ def run(network: Network, x: Tensor) -> Trace:
     records: dict[str, Record] = {}
     activations: dict[str, Tensor] = {}
     for node, step in network.steps.items():
-        out = env[node]
-        value: Tensor = env[step.inputs[0]]
-        if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != value.shape[0]:
-            raise UnsupportedLayerError(
-                f"{step.name} does not keep the batch dimension (input {tuple(value.shape)}, "
-                f"output {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}); "
-                "deconvnet needs every layer to map Tensor[N, ...] to Tensor[N, ...]"
-            )
-        shapes = tuple(tuple(env[i].shape) for i in step.inputs)
-        refs = tuple(env[r] for r in step.refs) if "values" in step.mirror.needs else ()
-        records[step.name] = Record(shapes[0], recorded.get(step), shapes, out, value, refs)
-        activations[step.name] = out
+        records[step.name] = _record(step, env, recorded.get(step))
+        activations[step.name] = env[node]
     return Trace(x, env[network.output], activations, records, network)
+
+
+def _record(step: Step, env: dict[fx.Node, Any], switches: Tensor | None) -> Record:
+    """What the forward left for ``step``'s mirror, checked to keep the batch dimension."""
+    out = env[step.node]
+    value: Tensor = env[step.inputs[0]]
+    if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != value.shape[0]:
+        raise UnsupportedLayerError(
+            f"{step.name} does not keep the batch dimension (input {tuple(value.shape)}, "
+            f"output {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}); "
+            "deconvnet needs every layer to map Tensor[N, ...] to Tensor[N, ...]"
+        )
+    shapes = tuple(tuple(env[i].shape) for i in step.inputs)
+    refs = tuple(env[r] for r in step.refs) if "values" in step.mirror.needs else ()
+    return Record(shapes[0], switches, shapes, out, value, refs)
 
 
 @torch.no_grad()
@@ -175,15 +180,6 @@ def run_by_node(network: Network, x: Tensor) -> Trace:
         env[node] = out
         if step is None:
             continue
-        value: Tensor = env[step.inputs[0]]
-        if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != value.shape[0]:
-            raise UnsupportedLayerError(
-                f"{step.name} does not keep the batch dimension (input {tuple(value.shape)}, "
-                f"output {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}); "
-                "deconvnet needs every layer to map Tensor[N, ...] to Tensor[N, ...]"
-            )
-        shapes = tuple(tuple(env[i].shape) for i in step.inputs)
-        values = tuple(env[r] for r in step.refs) if "values" in step.mirror.needs else ()
-        records[step.name] = Record(shapes[0], switches, shapes, out, value, values)
+        records[step.name] = _record(step, env, switches)
         activations[step.name] = out
     return Trace(x, env[network.output], activations, records, network)
