@@ -87,8 +87,9 @@ class Network:
     """Placeholders of forward's optional arguments -> the default they are traced at."""
     constants: dict[str, Any] = field(default_factory=dict)
     """torch.fx's tensor constants (``_tensor_constant0``), kept here, not on the model."""
-    program: Any = None
-    """The generated forward (see :mod:`deconvnet.capture`), made at the first trace."""
+    programs: dict[Any, Any] = field(default_factory=dict)
+    """Generated forwards (see :mod:`deconvnet.capture`) by what they return, made when first
+    needed."""
 
     def attribute(self, target: str) -> Any:
         """A ``get_attr`` value: a parameter or buffer of the model, or a graph constant."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from .builder import Network, Step
 from .errors import UnsupportedLayerError
 from .mirror import Record
 
-__all__ = ["Trace", "run"]
+__all__ = ["Trace", "run", "run_layers"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +86,8 @@ class _Program:
         return all(network.attribute(target) is value for target, value in self.attributes)
 
 
-def _program(network: Network) -> _Program:
+def _program(network: Network, only: tuple[fx.Node, ...] | None = None) -> _Program:
+    """The generated forward; returning the values the mirror reads, or just ``only``."""
     graph = fx.Graph()
     mapping: dict[fx.Node, fx.Node] = {}
     owners: dict[str, Any] = {}
@@ -115,10 +117,13 @@ def _program(network: Network) -> _Program:
                     attributes.append((target, owners[name]))
                 new.target = name
         mapping[node] = new
-    kept = list(dict.fromkeys(
-        [n for step in network.steps.values() for n in (step.node, *step.inputs, *step.refs)] + [network.output]
-    ))
-    switched = list(switches)
+    if only is not None:
+        kept, switched = list(only), []
+    else:
+        kept = list(dict.fromkeys(
+            [n for step in network.steps.values() for n in (step.node, *step.inputs, *step.refs)] + [network.output]
+        ))
+        switched = list(switches)
     graph.output((tuple(mapping[n] for n in kept), tuple(switches[s] for s in switched)))
     return _Program(fx.GraphModule(owners, graph), kept, switched, attributes)
 
@@ -126,13 +131,7 @@ def _program(network: Network) -> _Program:
 @torch.no_grad()
 def run(network: Network, x: Tensor) -> Trace:
     """Run the forward on x (Tensor[N, C, H, W]) and keep what the mirror needs."""
-    network.check_eval()
-    program = network.program
-    if program is None or not program.current(network):
-        program = network.program = _program(network)
-    placeholders = [n for n in network.nodes if n.op == "placeholder"]
-    inputs = [network.defaults[n.name] if n.name in network.defaults else x for n in placeholders]
-    values, switches = program.module(*inputs)
+    values, switches, program = _execute(network, x, None)
     env = dict(zip(program.kept, values, strict=True))
     recorded = dict(zip(program.switched, switches, strict=True))
     records: dict[str, Record] = {}
@@ -141,6 +140,28 @@ def run(network: Network, x: Tensor) -> Trace:
         records[step.name] = _record(step, env, recorded.get(step))
         activations[step.name] = env[node]
     return Trace(x, env[network.output], activations, records, network)
+
+
+def _execute(network: Network, x: Tensor, only: tuple[fx.Node, ...] | None) -> tuple[Any, Any, _Program]:
+    network.check_eval()
+    program = network.programs.get(only)
+    if program is None or not program.current(network):
+        program = network.programs[only] = _program(network, only)
+    placeholders = [n for n in network.nodes if n.op == "placeholder"]
+    inputs = [network.defaults[n.name] if n.name in network.defaults else x for n in placeholders]
+    values, switches = program.module(*inputs)
+    return values, switches, program
+
+
+@torch.no_grad()
+def run_layers(network: Network, x: Tensor, steps: Sequence[Step]) -> list[Tensor]:
+    """Just the outputs of ``steps`` for x: a generated forward that keeps nothing else (mining
+    reads a few layers of many batches)."""
+    values, _, _ = _execute(network, x, tuple(step.node for step in steps))
+    for step, value in zip(steps, values, strict=True):
+        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != x.shape[0]:
+            raise UnsupportedLayerError(f"{step.name} does not keep the batch dimension")
+    return list(values)
 
 
 def _record(step: Step, env: dict[fx.Node, Any], switches: Tensor | None) -> Record:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .builder import Network, Step, build
-from .capture import Trace, run
+from .capture import Trace, run, run_layers
 from .crop import croppable, project_units, widest_window
 from .errors import InputError, SignalShapeError, TargetOutOfRangeError
 from .mirror import RECTIFIERS, RULES, Context, Mirror, MirrorLayer
@@ -127,6 +127,21 @@ class DeconvNet:
 
     def trace(self, x: Tensor) -> Trace:
         """Run one forward pass of x (Tensor[N, C, H, W]) and keep switches and activations."""
+        x = self._checked_input(x)
+        with torch.autocast(x.device.type, enabled=False):  # switches and kept units in full precision
+            return run(self._network, x)
+
+    def activations(self, x: Tensor, layers: Sequence[str | nn.Module]) -> dict[str, Tensor]:
+        """Just the outputs of ``layers`` for x (Tensor[N, C, H, W]): layer name -> Tensor[N, ...].
+        A forward pass that keeps nothing else (what mining over a dataset needs)."""
+        x = self._checked_input(x)
+        steps = [self._network.resolve(layer) for layer in layers]
+        with torch.autocast(x.device.type, enabled=False):
+            values = run_layers(self._network, x, steps)
+        return {step.name: value for step, value in zip(steps, values, strict=True)}
+
+    def _checked_input(self, x: Tensor) -> Tensor:
+        """x validated as a batch for the model, on the model's device."""
         if not isinstance(x, Tensor):
             raise InputError(f"x must be a Tensor[N, C, H, W], got {type(x).__name__}")
         if x.dim() != 4:
@@ -151,8 +166,7 @@ class DeconvNet:
                     f"convert x with x.to({parameter.dtype})"
                 )
             x = x.to(parameter.device)
-        with torch.autocast(x.device.type, enabled=False):  # switches and kept units in full precision
-            return run(self._network, x)
+        return x
 
     def _rule(self, rule: str | None) -> str:
         if rule is None:

@@ -66,10 +66,10 @@ def mine_top_units(
         dn.layer_name(layer)  # unknown layers fail before any batch is read
     best: dict[str, TopUnits] = {}
     for x, indices in batches:
-        trace = dn.trace(x)
-        indices = torch.as_tensor(indices, device=trace.output.device)
+        outputs = dn.activations(x, layers)
         for layer in layers:
-            activation = dn.activation(trace, layer)
+            activation = outputs[dn.layer_name(layer)]
+            indices = torch.as_tensor(indices, device=activation.device)
             flat = activation.reshape(*activation.shape[:2], -1)
             values, positions = flat.max(dim=2)  # [B, C]: each image's strongest unit
             images = indices[:, None].expand_as(values)

@@ -340,3 +340,16 @@ def test_mirror_in_bfloat16_is_close_to_float32_and_the_trace_stays_exact():
         assert ((reduced.float() - reference).norm() / reference.norm()).item() < 2e-2
     with pytest.raises(deconvnet.InputError, match="mirror_dtype must be"):
         DeconvNet(net, mirror_dtype=torch.int8)
+
+
+def test_activations_of_some_layers_equal_the_trace():
+    net = small_net()
+    dn = DeconvNet(net)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    trace = dn.trace(x)
+    some = dn.activations(x, ["conv2", net.conv1, "relu:1"])
+    assert list(some) == ["conv2", "conv1", "relu:1"]
+    for name, value in some.items():
+        assert torch.equal(value, trace.activations[name])
+    with pytest.raises(deconvnet.LayerNotFoundError, match="unknown layer 'conv9'"):
+        dn.activations(x, ["conv9"])
