@@ -93,6 +93,18 @@ def _row(benchmark: str, model: str, size: int, targets: int, device: torch.devi
     }
 
 
+def _captum_comparable(name: str, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The model and its row label. Captum misses DenseNet's final ``F.relu`` (it hooks
+    ``nn.ReLU`` modules): with that ReLU as a module, the same function, both compute the same
+    (see scripts/parity.py)."""
+    model = _model(name, device)
+    if not name.startswith("densenet"):
+        return model, name
+    from scripts.parity import DenseNetModuleReLU
+
+    return DenseNetModuleReLU(model).eval(), f"{name} (final ReLU as a module)"
+
+
 def _model(name: str, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval()
@@ -121,7 +133,7 @@ def bench_classes(model_name: str, targets: int, size: int, repeats: int, device
 
     Captum gives the rule to nn.ReLU modules only: on models with other activations the
     comparison runs with ``rectifiers="relu"``, which computes the same."""
-    model = _model(model_name, device)
+    model, model_name = _captum_comparable(model_name, device)
     x = torch.randn(1, 3, size, size, device=device)
     classes = list(range(targets))
     dn = DeconvNet(model, rectifiers=rectifiers)
@@ -150,14 +162,7 @@ def bench_classes(model_name: str, targets: int, size: int, repeats: int, device
 def bench_everyday(model_name: str, size: int, repeats: int, device: torch.device) -> dict:
     """One class of one fresh image per call: warm (DeconvNet built once) and cold (built inside
     the call) vs Captum's Deconvolution, with ``rectifiers="relu"`` (what Captum computes)."""
-    model = _model(model_name, device)
-    label = model_name
-    if model_name.startswith("densenet"):
-        # Captum misses DenseNet's final F.relu (it hooks nn.ReLU modules): as a module, the same
-        # function, both compute the same (see scripts/parity.py).
-        from scripts.parity import DenseNetModuleReLU
-
-        model, label = DenseNetModuleReLU(model).eval(), f"{model_name} (final ReLU as a module)"
+    model, label = _captum_comparable(model_name, device)
     images = [torch.randn(1, 3, size, size, device=device) for _ in range(repeats + 1)]
     dn = DeconvNet(model, rectifiers="relu")
     error = checked(relative_error(dn.reconstruct_classes(images[0], [3])[0], captum_classes(model, images[0], [3])),
