@@ -36,6 +36,7 @@ import torch
 import torchvision
 
 from deconvnet import DeconvNet
+from deconvnet.chunks import budget, mirror_chunk
 
 RESULTS = Path(__file__).parent / "results"
 TOLERANCE = 1e-4
@@ -402,8 +403,9 @@ def _all_classes_worker(model_name: str, size: int) -> None:
     peak = _peak_rss()
     print(json.dumps({"targets": out.shape[1], "seconds": seconds, "peak_bytes": peak,
                       "before_bytes": before, "result_bytes": out.numel() * out.element_size(),
-                      "chunk": dn._chunk_size(trace, dn.network.steps[dn.network.output]),
-                      "budget_bytes": dn._budget(x.device), "machine": machine(device)}))
+                      "chunk": mirror_chunk(dn.mirror, trace, dn.network.steps[dn.network.output].name,
+                                            budget(dn.memory_budget, x.device)),
+                      "budget_bytes": budget(dn.memory_budget, x.device), "machine": machine(device)}))
 
 
 def bench_memory(model_name: str, size: int) -> dict:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from math import prod
 
 import torch
 from torch import Tensor, nn
 
 from .builder import Network, Step, build
 from .capture import Trace, run, run_layers
-from .crop import croppable, project_units, widest_window
+from .chunks import budget, check_chunk_size, collect, mirror_chunk, window_chunk
+from .crop import croppable, project_units
 from .errors import InputError, SignalShapeError, TargetOutOfRangeError
 from .mirror import RECTIFIERS, RULES, Context, Mirror, MirrorLayer
 from .receptive import ReceptiveField, receptive_fields
@@ -21,12 +21,8 @@ __all__ = ["DeconvNet", "Targets"]
 Targets = int | Sequence[int] | Tensor | None
 """Which channels or classes: one index, a sequence of indices, or ``None`` for all."""
 
-_CPU_BUDGET = 2 * 1024**3
 # Crop single-unit projections when the receptive field covers at most this share of the input.
 _CROP_AREA = 0.5
-# Peak memory of one mirror layer per target, as a multiple of its input plus output signal:
-# room for the signal being built and for convolution workspaces.
-_WORKSPACE_FACTOR = 3
 
 
 class DeconvNet:
@@ -215,7 +211,7 @@ class DeconvNet:
         returns Tensor[N, K, C, H, W] with K the number of channels asked for.
         """
         chunks, total = self._channel_chunks(x, layer, channels, mode, signal, chunk_size, crop, rule)
-        return _collect(chunks, total)
+        return collect(chunks, total)
 
     def iter_channels(
         self,
@@ -250,7 +246,7 @@ class DeconvNet:
     ) -> tuple[Iterator[tuple[Tensor, Tensor]], int]:
         _check_choice("mode", mode, ("max", "map"))
         _check_choice("signal", signal, ("activation", "unit"))
-        _check_chunk_size(chunk_size)
+        check_chunk_size(chunk_size)
         if crop not in (None, True, False):
             raise InputError(f"crop must be True, False or None, got {crop!r}")
         trace = self._traced(x)
@@ -300,7 +296,7 @@ class DeconvNet:
         returns Tensor[N, K, C, H, W].
         """
         chunks, total = self._class_chunks(x, classes, chunk_size, rule)
-        return _collect(chunks, total)
+        return collect(chunks, total)
 
     def iter_classes(
         self, x: Tensor | Trace, classes: Targets = None, *, chunk_size: int | None = None, rule: str | None = None
@@ -315,7 +311,7 @@ class DeconvNet:
     def _class_chunks(
         self, x: Tensor | Trace, classes: Targets, chunk_size: int | None, rule: str | None
     ) -> tuple[Iterator[tuple[Tensor, Tensor]], int]:
-        _check_chunk_size(chunk_size)
+        check_chunk_size(chunk_size)
         trace = self._traced(x)
         output = trace.output
         if output.dim() != 2:
@@ -348,7 +344,7 @@ class DeconvNet:
 
         returns Tensor[N, K, C, H, W].
         """
-        _check_chunk_size(chunk_size)
+        check_chunk_size(chunk_size)
         trace = self._traced(x)
         step = self._network.resolve(layer)
         shape = tuple(trace.activations[step.name].shape)
@@ -366,7 +362,7 @@ class DeconvNet:
         signal = signal.to(trace.output.device)
         targets = torch.arange(signal.shape[1], device=signal.device)
         chunks = self._chunks(trace, step, targets, lambda chunk: signal[:, chunk], chunk_size, self.context(rule))
-        return _collect(chunks, targets.numel())
+        return collect(chunks, targets.numel())
 
     def layer_name(self, layer: str | nn.Module) -> str:
         """The name in :attr:`layers` of ``layer`` (a name or a module of the model)."""
@@ -413,7 +409,7 @@ class DeconvNet:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         n, width = activation.shape[0], activation.shape[-1]
         channels_in = activation.shape[1]
-        size = chunk_size or max(1, self._budget(trace.input.device) // self._window_bytes(trace, below, n, channels_in))
+        size = chunk_size or window_chunk(trace, below, n, channels_in, budget(self.memory_budget, trace.input.device))
         return self._cropped_chunks(trace, below, flat, strongest, targets, signal, size, context, width, channels_in)
 
     @torch.no_grad()
@@ -459,7 +455,7 @@ class DeconvNet:
         crop: as in :meth:`reconstruct` (each unit runs on its receptive field when possible).
         returns Tensor[T, C, H, W].
         """
-        _check_chunk_size(chunk_size)
+        check_chunk_size(chunk_size)
         if crop not in (None, True, False):
             raise InputError(f"crop must be True, False or None, got {crop!r}")
         trace = self._traced(x)
@@ -486,7 +482,7 @@ class DeconvNet:
         below = self._crop_chain(step, activation, "max", crop, trace, context)
         if below is not None:
             result = flat.new_zeros(total, 1, *trace.input.shape[1:], dtype=self.mirror_dtype or flat.dtype)
-            size = chunk_size or max(1, self._budget(device) // self._window_bytes(trace, below, 1, count))
+            size = chunk_size or window_chunk(trace, below, 1, count, budget(self.memory_budget, device))
             for lo in range(0, total, size):
                 part = slice(lo, lo + size)
                 units = torch.stack([positions_t[part] // width, positions_t[part] % width], dim=1)
@@ -511,15 +507,9 @@ class DeconvNet:
             out[images_t[chosen], slot_t[chosen] - chunk[0], channels_t[chosen], positions_t[chosen]] = kept[chosen]
             return out.view(n, chunk.numel(), count, height, width)
 
-        projected = _collect(self._chunks(trace, step, torch.arange(width_k, device=device), make, chunk_size, context),
+        projected = collect(self._chunks(trace, step, torch.arange(width_k, device=device), make, chunk_size, context),
                              width_k)
         return projected[images_t, slot_t]
-
-    @staticmethod
-    def _window_bytes(trace: Trace, layers: list[MirrorLayer], n: int, channels: int) -> int:
-        """Memory one target needs on the cropped path: its widest window and its pasted result."""
-        per_target = _WORKSPACE_FACTOR * widest_window(layers, trace.records, channels) + 2 * trace.input[0].numel()
-        return per_target * n * trace.output.element_size()
 
     def activation(self, x: Tensor | Trace, layer: str | nn.Module) -> Tensor:
         """The output of ``layer`` for x: Tensor[N, ...]."""
@@ -539,7 +529,7 @@ class DeconvNet:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """The mirror over the targets, ``chunk_size`` at a time (default: as many as the memory
         budget holds): yields (targets of the chunk, Tensor[N, k, ...])."""
-        size = chunk_size or self._chunk_size(trace, start)
+        size = chunk_size or mirror_chunk(self.mirror, trace, start.name, budget(self.memory_budget, trace.input.device))
         for lo in range(0, targets.numel(), size):
             chunk = targets[lo : lo + size]
             with torch.no_grad(), self._precision(trace):  # not around the yield: the caller keeps its modes
@@ -551,41 +541,6 @@ class DeconvNet:
         device = trace.input.device.type
         return torch.autocast(device, dtype=self.mirror_dtype or torch.float32, enabled=self.mirror_dtype is not None)
 
-    def _chunk_size(self, trace: Trace, start: Step) -> int:
-        """How many targets fit the memory budget at once, from the recorded layer sizes."""
-        n = len(trace)
-        first = self.mirror.index_of(start.name)
-        per_target = trace.input[0].numel()  # the result itself
-        widest = 0
-        for layer in self.mirror.layers[first:]:
-            record = trace.records[layer.source]
-            out_numel = trace.activations[layer.source][0].numel()
-            widest = max(widest, prod(record.input_shape[1:]) + out_numel)
-        per_target += _WORKSPACE_FACTOR * widest
-        per_target *= n * trace.output.element_size()
-        return max(1, self._budget(trace.input.device) // per_target)
-
-    def _budget(self, device: torch.device) -> int:
-        if self.memory_budget is not None:
-            return self.memory_budget
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            return free // 2
-        return _CPU_BUDGET
-
-
-def _collect(chunks: Iterator[tuple[Tensor, Tensor]], total: int) -> Tensor:
-    """The chunks of a reconstruction joined along the targets: Tensor[N, K, ...]."""
-    result: Tensor | None = None
-    lo = 0
-    for _, out in chunks:
-        if result is None:
-            if out.shape[1] == total:
-                return out.contiguous()
-            result = out.new_empty(out.shape[0], total, *out.shape[2:])
-        result[:, lo : lo + out.shape[1]] = out
-        lo += out.shape[1]
-    return result  # type: ignore[return-value]
 
 
 def _indices(name: str, value: Tensor | Sequence[int], count: int, owner: str, device: torch.device) -> Tensor:
@@ -598,14 +553,6 @@ def _indices(name: str, value: Tensor | Sequence[int], count: int, owner: str, d
         bad = int(tensor.max()) if int(tensor.max()) >= count else int(tensor.min())
         raise TargetOutOfRangeError(f"{name[:-1]} {bad} is out of range: {owner} (0..{count - 1})")
     return tensor.long()
-
-
-def _check_chunk_size(chunk_size: object) -> None:
-    """Every path (cropped or not) takes the same chunk sizes: a positive int or None."""
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise InputError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
