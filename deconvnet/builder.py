@@ -88,8 +88,8 @@ class Network:
     constants: dict[str, Any] = field(default_factory=dict)
     """torch.fx's tensor constants (``_tensor_constant0``), kept here, not on the model."""
     programs: dict[Any, Any] = field(default_factory=dict)
-    """Generated forwards (see :mod:`deconvnet.capture`) by what they return, made when first
-    needed."""
+    """Generated forwards (see :mod:`deconvnet.capture`) by what they return, made the second
+    time one is needed (``None`` after the first)."""
 
     def attribute(self, target: str) -> Any:
         """A ``get_attr`` value: a parameter or buffer of the model, or a graph constant."""

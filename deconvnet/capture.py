@@ -131,7 +131,10 @@ def _program(network: Network, only: tuple[fx.Node, ...] | None = None) -> _Prog
 @torch.no_grad()
 def run(network: Network, x: Tensor) -> Trace:
     """Run the forward on x (Tensor[N, C, H, W]) and keep what the mirror needs."""
-    values, switches, program = _execute(network, x, None)
+    executed = _execute(network, x, None)
+    if executed is None:
+        return run_by_node(network, x)
+    values, switches, program = executed
     env = dict(zip(program.kept, values, strict=True))
     recorded = dict(zip(program.switched, switches, strict=True))
     records: dict[str, Record] = {}
@@ -142,9 +145,14 @@ def run(network: Network, x: Tensor) -> Trace:
     return Trace(x, env[network.output], activations, records, network)
 
 
-def _execute(network: Network, x: Tensor, only: tuple[fx.Node, ...] | None) -> tuple[Any, Any, _Program]:
+def _execute(network: Network, x: Tensor, only: tuple[fx.Node, ...] | None) -> tuple[Any, Any, _Program] | None:
+    """Run the generated forward; None the first time it is asked for: generating it costs
+    about a forward pass, which a single trace (the everyday call) does not win back."""
     network.check_eval()
     program = network.programs.get(only)
+    if program is None and only not in network.programs:
+        network.programs[only] = None  # interpreted once; generated when asked again
+        return None
     if program is None or not program.current(network):
         program = network.programs[only] = _program(network, only)
     placeholders = [n for n in network.nodes if n.op == "placeholder"]
@@ -157,7 +165,11 @@ def _execute(network: Network, x: Tensor, only: tuple[fx.Node, ...] | None) -> t
 def run_layers(network: Network, x: Tensor, steps: Sequence[Step]) -> list[Tensor]:
     """Just the outputs of ``steps`` for x: a generated forward that keeps nothing else (mining
     reads a few layers of many batches)."""
-    values, _, _ = _execute(network, x, tuple(step.node for step in steps))
+    executed = _execute(network, x, tuple(step.node for step in steps))
+    if executed is None:
+        trace = run_by_node(network, x)
+        return [trace.activations[step.name] for step in steps]
+    values = executed[0]
     for step, value in zip(steps, values, strict=True):
         if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != x.shape[0]:
             raise UnsupportedLayerError(f"{step.name} does not keep the batch dimension")
