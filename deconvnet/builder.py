@@ -85,6 +85,8 @@ class Network:
     """Modules that work in place -> an out-of-place copy to run while tracing."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """Placeholders of forward's optional arguments -> the default they are traced at."""
+    ruleset: rules.RuleSet = rules.DEFAULT_RULES
+    """The rules it was built with (layer_rules over the defaults)."""
     constants: dict[str, Any] = field(default_factory=dict)
     """torch.fx's tensor constants (``_tensor_constant0``), kept here, not on the model."""
     programs: dict[Any, Any] = field(default_factory=dict)
@@ -133,7 +135,7 @@ class Network:
             if step.module is None:
                 continue
             for part_name, part in step.module.named_modules():
-                rule = rules.DEFAULT_RULES.rule_for(part) if part is not step.module else step.rule
+                rule = self.ruleset.rule_for(part) if part is not step.module else step.rule
                 if part.training and rule is not None and rule.eval_only:
                     where = step.name if not part_name else f"{step.name}.{part_name}"
                     raise TrainingModeError(
@@ -439,7 +441,7 @@ class _Reader:
             )
         return sources
 
-    def call(self, node: fx.Node, item: int | None = None, kind: str | None = None, target: Any = None) -> tuple[Call, list[fx.Node], list[fx.Node]]:
+    def call(self, node: fx.Node, item: int | None = None) -> tuple[Call, list[fx.Node], list[fx.Node]]:
         """The node as a replayable :class:`Call`, its signal inputs and its references."""
         refs: list[fx.Node] = []
 
@@ -460,9 +462,8 @@ class _Reader:
         kwargs = ref(dict(node.kwargs))
         inputs = [n for n in refs if n in self.signal]
         signals = tuple(refs.index(n) for n in inputs)
-        if kind is None:
-            kind = {"call_function": "function", "call_method": "method", "call_module": "module"}[node.op]
-            target = self.model.get_submodule(str(node.target)) if node.op == "call_module" else node.target
+        kind = {"call_function": "function", "call_method": "method", "call_module": "module"}[node.op]
+        target = self.model.get_submodule(str(node.target)) if node.op == "call_module" else node.target
         return Call(kind, target, args, kwargs, signals, item), inputs, refs
 
     def general(self, node: fx.Node, item: int | None = None, producer: fx.Node | None = None) -> _Built:
@@ -489,6 +490,12 @@ class _Reader:
         if rule.run is not rules.Rule.run:  # a rule that records more than the output
             run = _module_run(rule, module)
         return _Built(rule.mirror(module), inputs, module=module, rule=rule, run=run)
+
+    def as_module(self, module: nn.Module, inputs: list[fx.Node]) -> _Built:
+        """A functional call read as the module it equals (``F.max_pool2d`` as ``MaxPool2d``),
+        run and reversed by that module's rule."""
+        rule = cast(rules.Rule, self.ruleset.rule_for(module))
+        return _Built(rule.mirror(module), inputs, module=module, rule=rule, run=_module_run(rule, module))
 
     # calls
 
@@ -536,8 +543,7 @@ class _Reader:
             pool = _as_max_pool(*node.args[1:], **node.kwargs)
         except (TypeError, ValueError) as error:
             raise _General from error
-        rule = cast(rules.Rule, self.ruleset.rule_for(pool))
-        return _Built(rule.mirror(pool), inputs, module=pool, rule=rule, run=_module_run(rule, pool))
+        return self.as_module(pool, inputs)
 
     def _avg_pool(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
@@ -556,9 +562,7 @@ class _Reader:
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
         if node.kwargs.get("return_indices") or (len(node.args) > 2 and node.args[2]):
             raise _General
-        pool = nn.AdaptiveMaxPool2d(size)
-        rule = cast(rules.Rule, rules.DEFAULT_RULES.rule_for(pool))
-        return _Built(rule.mirror(pool), inputs, module=pool, rule=rule, run=_module_run(rule, pool))
+        return self.as_module(nn.AdaptiveMaxPool2d(size), inputs)
 
     def _reshape(self, node: fx.Node, name: str) -> _Built:
         return _Built(mirror_layers.Reshape(_describe(node)), self.first_only(node))
@@ -691,7 +695,7 @@ class _Reader:
     def _conv(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
         names = ("weight", "bias", "stride", "padding", "dilation", "groups")
-        given = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
+        given = _named(node, names)
         weight = given.get("weight")
         if not isinstance(weight, fx.Node) or weight.op != "get_attr":
             raise _General  # a weight computed in the forward
@@ -712,8 +716,7 @@ class _Reader:
 
     def _batch_norm(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
-        names = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-        given = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
+        given = _named(node, ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"))
         if given.get("training", False):
             raise TrainingModeError(
                 f"{name} (batch_norm) was traced with training=True; call model.eval() before DeconvNet(model)"
@@ -770,6 +773,11 @@ class _Reader:
 
         what = f"{_describe(producer)}{_format_args(producer.args[1:], producer.kwargs)}[{index}]"
         return _Built(mirror_layers.Scatter(what, take, call), inputs, refs=refs)
+
+
+def _named(node: fx.Node, names: tuple[str, ...]) -> dict[str, Any]:
+    """A call's arguments after the input, by parameter name (``names`` in order)."""
+    return dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
 
 
 def _module_run(rule: rules.Rule, module: nn.Module) -> Run:
@@ -945,6 +953,7 @@ def build(
         substitutes=substitutes,
         defaults={n.name: v for n, v in fixed.items()},
         constants=constants,
+        ruleset=ruleset,
     )
 
 

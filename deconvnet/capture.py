@@ -79,6 +79,8 @@ class _Program:
     kept: list[fx.Node]
     switched: list[Step]
     attributes: list[tuple[str, Any]]
+    placeholders: list[str]
+    """Its inputs: the image, and forward's optional arguments (at their defaults)."""
 
     def current(self, network: Network) -> bool:
         """Whether the parameters and buffers it reads are still the model's (``model.to``
@@ -125,15 +127,17 @@ def _program(network: Network, only: tuple[fx.Node, ...] | None = None) -> _Prog
         ))
         switched = list(switches)
     graph.output((tuple(mapping[n] for n in kept), tuple(switches[s] for s in switched)))
-    return _Program(fx.GraphModule(owners, graph), kept, switched, attributes)
+    placeholders = [n.name for n in network.nodes if n.op == "placeholder"]
+    return _Program(fx.GraphModule(owners, graph), kept, switched, attributes, placeholders)
 
 
 @torch.no_grad()
 def run(network: Network, x: Tensor) -> Trace:
     """Run the forward on x (Tensor[N, C, H, W]) and keep what the mirror needs."""
+    network.check_eval()
     executed = _execute(network, x, None)
     if executed is None:
-        return run_by_node(network, x)
+        return _interpret(network, x)
     values, switches, program = executed
     env = dict(zip(program.kept, values, strict=True))
     recorded = dict(zip(program.switched, switches, strict=True))
@@ -148,15 +152,13 @@ def run(network: Network, x: Tensor) -> Trace:
 def _execute(network: Network, x: Tensor, only: tuple[fx.Node, ...] | None) -> tuple[Any, Any, _Program] | None:
     """Run the generated forward; None the first time it is asked for: generating it costs
     about a forward pass, which a single trace (the everyday call) does not win back."""
-    network.check_eval()
     program = network.programs.get(only)
     if program is None and only not in network.programs:
         network.programs[only] = None  # interpreted once; generated when asked again
         return None
     if program is None or not program.current(network):
         program = network.programs[only] = _program(network, only)
-    placeholders = [n for n in network.nodes if n.op == "placeholder"]
-    inputs = [network.defaults[n.name] if n.name in network.defaults else x for n in placeholders]
+    inputs = [network.defaults.get(name, x) for name in program.placeholders]
     values, switches = program.module(*inputs)
     return values, switches, program
 
@@ -165,27 +167,32 @@ def _execute(network: Network, x: Tensor, only: tuple[fx.Node, ...] | None) -> t
 def run_layers(network: Network, x: Tensor, steps: Sequence[Step]) -> list[Tensor]:
     """Just the outputs of ``steps`` for x: a generated forward that keeps nothing else (mining
     reads a few layers of many batches)."""
+    network.check_eval()
     executed = _execute(network, x, tuple(step.node for step in steps))
     if executed is None:
-        trace = run_by_node(network, x)
+        trace = _interpret(network, x)
         return [trace.activations[step.name] for step in steps]
     values = executed[0]
     for step, value in zip(steps, values, strict=True):
-        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != x.shape[0]:
-            raise UnsupportedLayerError(f"{step.name} does not keep the batch dimension")
+        _check_batch(step, x, value)
     return list(values)
 
 
-def _record(step: Step, env: dict[fx.Node, Any], switches: Tensor | None) -> Record:
-    """What the forward left for ``step``'s mirror, checked to keep the batch dimension."""
-    out = env[step.node]
-    value: Tensor = env[step.inputs[0]]
+def _check_batch(step: Step, value: Tensor, out: Any) -> None:
+    """Refuse a layer whose output (``out``) does not keep its input's batch dimension."""
     if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != value.shape[0]:
         raise UnsupportedLayerError(
             f"{step.name} does not keep the batch dimension (input {tuple(value.shape)}, "
             f"output {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}); "
             "deconvnet needs every layer to map Tensor[N, ...] to Tensor[N, ...]"
         )
+
+
+def _record(step: Step, env: dict[fx.Node, Any], switches: Tensor | None) -> Record:
+    """What the forward left for ``step``'s mirror, checked to keep the batch dimension."""
+    out = env[step.node]
+    value: Tensor = env[step.inputs[0]]
+    _check_batch(step, value, out)
     shapes = tuple(tuple(env[i].shape) for i in step.inputs)
     refs = tuple(env[r] for r in step.refs) if "values" in step.mirror.needs else ()
     return Record(shapes[0], switches, shapes, out, value, refs)
@@ -193,8 +200,13 @@ def _record(step: Step, env: dict[fx.Node, Any], switches: Tensor | None) -> Rec
 
 @torch.no_grad()
 def run_by_node(network: Network, x: Tensor) -> Trace:
-    """The same as :func:`run`, interpreting the graph node by node (a reference for tests)."""
+    """The same as :func:`run`, interpreting the graph node by node (the first trace, and a
+    reference for tests)."""
     network.check_eval()
+    return _interpret(network, x)
+
+
+def _interpret(network: Network, x: Tensor) -> Trace:
     env: dict[fx.Node, Any] = {}
     records: dict[str, Record] = {}
     activations: dict[str, Tensor] = {}

@@ -17,6 +17,7 @@ Adding a layer type is one entry::
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import operator
 from collections.abc import Callable, Mapping
@@ -215,17 +216,13 @@ _aten = torch.ops.aten
 
 
 def _module_slope(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
+    """The module's f'(x) as that of the function it calls (see :func:`call_slope`)."""
     if isinstance(module, nn.Hardtanh):  # ReLU6 too
-        return lambda x: _aten.hardtanh_backward(torch.ones_like(x), x, module.min_val, module.max_val)
-    if isinstance(module, nn.Hardswish):
-        return lambda x: _aten.hardswish_backward(torch.ones_like(x), x)
-    if isinstance(module, nn.SiLU):
-        return lambda x: _aten.silu_backward(torch.ones_like(x), x)
+        return call_slope(F.hardtanh, (module.min_val, module.max_val), {})
     if isinstance(module, nn.GELU):
-        return lambda x: _aten.gelu_backward(torch.ones_like(x), x, approximate=module.approximate)
-    if isinstance(module, nn.Hardsigmoid):
-        return lambda x: _aten.hardsigmoid_backward(torch.ones_like(x), x)
-    return None
+        return call_slope(F.gelu, (), {"approximate": module.approximate})
+    function = {nn.Hardswish: F.hardswish, nn.SiLU: F.silu, nn.Hardsigmoid: F.hardsigmoid}.get(type(module))
+    return call_slope(function, (), {}) if function is not None else None
 
 
 def call_slope(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Callable[[Tensor], Tensor] | None:
@@ -238,18 +235,16 @@ def call_slope(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) ->
         low = args[0] if args else options.get("min_val", -1.0)
         high = args[1] if len(args) > 1 else options.get("max_val", 1.0)
         return lambda x: _aten.hardtanh_backward(torch.ones_like(x), x, float(low), float(high))
-    if target is F.hardswish:
-        return lambda x: _aten.hardswish_backward(torch.ones_like(x), x)
-    if target is F.silu:
-        return lambda x: _aten.silu_backward(torch.ones_like(x), x)
-    if target is F.hardsigmoid:
-        return lambda x: _aten.hardsigmoid_backward(torch.ones_like(x), x)
+    backward = {F.hardswish: _aten.hardswish_backward, F.silu: _aten.silu_backward,
+                F.hardsigmoid: _aten.hardsigmoid_backward}.get(target)
+    if backward is not None:
+        return lambda x: backward(torch.ones_like(x), x)
     if target is F.gelu and not args:
         return lambda x: _aten.gelu_backward(torch.ones_like(x), x, approximate=options.get("approximate", "none"))
     return None
 
 
-# Functions and tensor methods of the activations: target -> (rectifier, relu, leading args).
+# Functions and tensor methods (by name) of the activations: target -> (rectifier, relu).
 # The rectifier test for Hardtanh reads the lower bound from the call.
 _RECTIFIER_FUNCTIONS: dict[Any, tuple[bool, bool]] = {
     F.relu: (True, True), torch.relu: (True, True), F.relu_: (True, True), "relu": (True, True), "relu_": (True, True),
@@ -267,7 +262,6 @@ _RECTIFIER_FUNCTIONS: dict[Any, tuple[bool, bool]] = {
 }
 
 _HARDTANH = {F.hardtanh, F.hardtanh_}
-_RELU6 = {F.relu6}
 
 
 def activation_kind(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[bool, bool] | None:
@@ -383,6 +377,15 @@ def out_of_place_function(target: Any) -> Any:
 
 
 def _inplace_position(function: Any) -> int | None:
+    try:
+        return _inplace_position_of(function)
+    except TypeError:  # an unhashable target: look it up uncached
+        return _inplace_position_of.__wrapped__(function)
+
+
+@functools.lru_cache(maxsize=None)
+def _inplace_position_of(function: Any) -> int | None:
+    # Read once per function: building a mirror asks it for every call in the graph.
     try:
         parameters = list(inspect.signature(function).parameters)
     except (TypeError, ValueError):
