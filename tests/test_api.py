@@ -353,3 +353,22 @@ def test_activations_of_some_layers_equal_the_trace():
         assert torch.equal(value, trace.activations[name])
     with pytest.raises(deconvnet.LayerNotFoundError, match="unknown layer 'conv9'"):
         dn.activations(x, ["conv9"])
+
+
+def test_layer_rules_reach_functional_calls_read_as_modules():
+    # F.max_pool2d and F.adaptive_max_pool2d are read as their modules: an instance's rule for
+    # those module types applies to the calls too.
+    class Pools(nn.Module):
+        def forward(self, x):
+            return F.adaptive_max_pool2d(F.max_pool2d(x, 2), 2)
+
+    marked = []
+
+    def mirror_of(module):
+        marked.append(type(module).__name__)
+        return deconvnet.rules.DEFAULT_RULES.rule_for(module).mirror(module)
+
+    DeconvNet(Pools(), layer_rules={nn.MaxPool2d: deconvnet.Rule(mirror_of, run=deconvnet.rules._run_max_pool),
+                                    nn.AdaptiveMaxPool2d: deconvnet.Rule(
+                                        mirror_of, run=deconvnet.rules._run_adaptive_max_pool)})
+    assert marked == ["MaxPool2d", "AdaptiveMaxPool2d"]
