@@ -130,6 +130,11 @@ class DeconvNet:
     def activations(self, x: Tensor, layers: Sequence[str | nn.Module]) -> dict[str, Tensor]:
         """Just the outputs of ``layers`` for x (Tensor[N, C, H, W]): layer name -> Tensor[N, ...].
         A forward pass that keeps nothing else (what mining over a dataset needs)."""
+        if isinstance(layers, (str, nn.Module)) or not isinstance(layers, Sequence):
+            raise InputError(
+                f"layers must be a sequence of layer names or modules, got {type(layers).__name__}; "
+                "for one layer pass [layer] or use dn.activation(x, layer)"
+            )
         x = self._checked_input(x)
         steps = [self._network.resolve(layer) for layer in layers]
         with torch.autocast(x.device.type, enabled=False):

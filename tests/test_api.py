@@ -353,6 +353,9 @@ def test_activations_of_some_layers_equal_the_trace():
         assert torch.equal(value, trace.activations[name])
     with pytest.raises(deconvnet.LayerNotFoundError, match="unknown layer 'conv9'"):
         dn.activations(x, ["conv9"])
+    with pytest.raises(deconvnet.InputError, match=r"layers must be a sequence of layer names or modules, got str; "
+                                                   r"for one layer pass \[layer\] or use dn.activation"):
+        dn.activations(x, "conv2")
 
 
 def test_layer_rules_reach_functional_calls_read_as_modules():
