@@ -531,10 +531,10 @@ class _Reader:
             named = {k: f() for k, f in options.items()}
             return getattr(x, target)(*values, **named) if isinstance(target, str) else target(x, *values, **named)
 
-        slope = None
+        gradient = None
         if all(not isinstance(a, fx.Node) for a in (*rest, *kwargs.values())):
-            slope = rules.call_slope(target, tuple(rest), {k: v for k, v in kwargs.items() if k != "inplace"})
-        return _Built(mirror_layers.Activation(what, function, rectifier=rectifier, slope=slope), inputs)
+            gradient = rules.call_gradient(target, tuple(rest), {k: v for k, v in kwargs.items() if k != "inplace"})
+        return _Built(mirror_layers.Activation(what, function, rectifier=rectifier, gradient=gradient), inputs)
 
     def _max_pool(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)

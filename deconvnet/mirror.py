@@ -270,18 +270,21 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
         )
         self.weight = weight  # type: ignore[assignment]  # the forward's own Parameter
         self.pads = pads
-        self._kernel: tuple[tuple[Any, ...], Tensor] | None = None
+        self._kernels: dict[torch.memory_format, tuple[tuple[Any, ...], Tensor]] = {}
 
-    def kernel(self) -> Tensor:
-        """The weight rearranged for the transposed conv (channels_last, or sub-pixel phases),
-        prepared once and again only when the weight changes (its storage or version counter:
-        an optimizer step, ``load_state_dict``, ``model.to``)."""
+    def kernel(self, memory_format: torch.memory_format) -> Tensor:
+        """The weight rearranged for the transposed conv (in ``memory_format``, or as sub-pixel
+        phases), prepared once and again only when the weight changes (its storage or version
+        counter: an optimizer step, ``load_state_dict``, ``model.to``)."""
         weight = self.weight
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, tuple(weight.shape))
-        if self._kernel is None or self._kernel[0] != key:
-            kernel = functional.transpose_kernel(weight.detach(), pair(self.stride), pair(self.dilation), self.groups)
-            self._kernel = (key, kernel)
-        return self._kernel[1]
+        cached = self._kernels.get(memory_format)
+        if cached is None or cached[0] != key:
+            kernel = functional.transpose_kernel(
+                weight.detach(), pair(self.stride), pair(self.dilation), self.groups, memory_format
+            )
+            cached = self._kernels[memory_format] = (key, kernel)
+        return cached[1]
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> ConvTranspose2d:
@@ -292,7 +295,7 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
         """signal (Tensor[N, K, C_out, h, w]) -> Tensor[N, K, C_in, H, W]."""
         return functional.conv_transpose2d(
             signal, self.weight, record.input_shape[2:], pair(self.stride), self.pads, pair(self.dilation), self.groups,
-            self.kernel(),
+            self.kernel,
         )
 
     def window(self) -> Window:
@@ -307,7 +310,7 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
         self, signal: Tensor, origin: Tensor, record: Record, images: Tensor, context: Context
     ) -> tuple[Tensor, Tensor]:
         return functional.conv_transpose_window(
-            signal, self.weight, self.window(), self.groups, origin, record.input_shape[2:], self.kernel()
+            signal, self.weight, self.window(), self.groups, origin, record.input_shape[2:], self.kernel
         )
 
 
@@ -343,7 +346,7 @@ class SameConvTranspose2d(ConvTranspose2d):
             pads.append((total // 2, total - total // 2))
         return functional.conv_transpose2d(
             signal, self.weight, record.input_shape[2:], pair(self.stride), (pads[0], pads[1]),
-            pair(self.dilation), self.groups, self.kernel(),
+            pair(self.dilation), self.groups, self.kernel,
         )
 
     def window(self) -> None:
@@ -441,11 +444,14 @@ class Activation(_Described):
         function: Callable[[Tensor], Tensor],
         rectifier: bool,
         relu: bool = False,
-        slope: Callable[[Tensor], Tensor] | None = None,
+        gradient: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
-        # function may be the user's module: kept, not registered as a child. slope: f'(x) in
-        # closed form, when known; forward-mode autograd through ``function`` otherwise.
-        super().__init__(what, function=function, closed_slope=slope)
+        # function may be the user's module: kept, not registered as a child. gradient:
+        # (g, x) -> f'(x) * g in closed form for g and x of one shape, when known; forward-mode
+        # autograd through ``function`` otherwise.
+        if relu:
+            gradient = _relu_gradient
+        super().__init__(what, function=function, closed_gradient=gradient)
         self.rectifier = rectifier
         self.is_relu = relu
 
@@ -458,22 +464,32 @@ class Activation(_Described):
     def slope(self, record: Record) -> Tensor:
         """f'(x) at the recorded input, Tensor[N, ...]."""
         x = cast(Tensor, record.input)
-        if self.is_relu:
-            return (x > 0).to(x.dtype)
-        if self.closed_slope is not None:  # type: ignore[attr-defined]
-            return self.closed_slope(x)  # type: ignore[attr-defined]
+        if self.closed_gradient is not None:  # type: ignore[attr-defined]
+            return self.closed_gradient(torch.ones_like(x), x)  # type: ignore[attr-defined]
         return _derivative(self.function, x)  # type: ignore[arg-type]
+
+    def gradient(self, signal: Tensor, record: Record) -> Tensor:
+        """f'(x) * signal for signal (Tensor[N, K, ...]): in one pass for one target, else
+        f'(x) once, broadcast over the K targets."""
+        x = cast(Tensor, record.input)
+        if signal.shape[1] == 1 and signal.dtype == x.dtype and self.closed_gradient is not None:  # type: ignore[attr-defined]
+            return self.closed_gradient(signal.squeeze(1), x).unsqueeze(1)  # type: ignore[attr-defined]
+        return functional.multiply(signal, self.slope(record))
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         rule = context.rule if self.takes_rule(context) else "gradient"
         if rule == "deconvnet":
             return F.relu(signal)
-        out = functional.multiply(signal, self.slope(record))
+        out = self.gradient(signal, record)
         return F.relu(out) if rule == "guided" else out
 
     def croppable(self, context: Context) -> bool:
         # relu(g) reads nothing recorded; the other rules need f'(x) at every window position.
         return self.takes_rule(context) and context.rule == "deconvnet"
+
+
+def _relu_gradient(g: Tensor, x: Tensor) -> Tensor:
+    return torch.where(x > 0, g, 0.0)
 
 
 class ReLU(Activation):

@@ -206,41 +206,45 @@ def _mirror_activation(module: nn.Module) -> mirror.MirrorLayer:
     name = type(module).__name__
     if relu:
         return mirror.ReLU(name)
-    return mirror.Activation(name, out_of_place(module), rectifier=rectifier, slope=_module_slope(module))
+    return mirror.Activation(name, out_of_place(module), rectifier=rectifier, gradient=_module_gradient(module))
 
 
-# f'(x) by the backward kernel autograd itself runs (the same conventions at kinks), for the
-# activations modern CNNs use: cheaper than forward-mode autograd through the function, which
-# the others fall back to.
+# f'(x) * g by the backward kernel autograd itself runs (the same conventions at kinks), for the
+# activations modern CNNs use: one pass over the signal, cheaper than forward-mode autograd
+# through the function, which the others fall back to.
 _aten = torch.ops.aten
 
+Gradient = Callable[[Tensor, Tensor], Tensor]
+"""``(g, x) -> f'(x) * g`` for ``g`` and ``x`` of one shape (these kernels must not broadcast:
+``gelu_backward`` silently miscomputes an expanded ``x`` on CPU)."""
 
-def _module_slope(module: nn.Module) -> Callable[[Tensor], Tensor] | None:
-    """The module's f'(x) as that of the function it calls (see :func:`call_slope`)."""
+
+def _module_gradient(module: nn.Module) -> Gradient | None:
+    """The module's f'(x) * g as that of the function it calls (see :func:`call_gradient`)."""
     if isinstance(module, nn.Hardtanh):  # ReLU6 too
-        return call_slope(F.hardtanh, (module.min_val, module.max_val), {})
+        return call_gradient(F.hardtanh, (module.min_val, module.max_val), {})
     if isinstance(module, nn.GELU):
-        return call_slope(F.gelu, (), {"approximate": module.approximate})
+        return call_gradient(F.gelu, (), {"approximate": module.approximate})
     function = {nn.Hardswish: F.hardswish, nn.SiLU: F.silu, nn.Hardsigmoid: F.hardsigmoid}.get(type(module))
-    return call_slope(function, (), {}) if function is not None else None
+    return call_gradient(function, (), {}) if function is not None else None
 
 
-def call_slope(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Callable[[Tensor], Tensor] | None:
-    """f'(x) of an activation call with constant arguments (``args`` after the input), by
+def call_gradient(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Gradient | None:
+    """f'(x) * g of an activation call with constant arguments (``args`` after the input), by
     autograd's own backward kernel; None where forward-mode autograd is used instead."""
     options = dict(kwargs)
     if target is F.relu6:
-        return lambda x: _aten.hardtanh_backward(torch.ones_like(x), x, 0.0, 6.0)
+        return lambda g, x: _aten.hardtanh_backward(g, x, 0.0, 6.0)
     if target in (F.hardtanh, F.hardtanh_) and all(isinstance(a, (int, float)) for a in args[:2]):
         low = args[0] if args else options.get("min_val", -1.0)
         high = args[1] if len(args) > 1 else options.get("max_val", 1.0)
-        return lambda x: _aten.hardtanh_backward(torch.ones_like(x), x, float(low), float(high))
+        return lambda g, x: _aten.hardtanh_backward(g, x, float(low), float(high))
     backward = {F.hardswish: _aten.hardswish_backward, F.silu: _aten.silu_backward,
                 F.hardsigmoid: _aten.hardsigmoid_backward}.get(target)
     if backward is not None:
-        return lambda x: backward(torch.ones_like(x), x)
+        return backward
     if target is F.gelu and not args:
-        return lambda x: _aten.gelu_backward(torch.ones_like(x), x, approximate=options.get("approximate", "none"))
+        return lambda g, x: _aten.gelu_backward(g, x, approximate=options.get("approximate", "none"))
     return None
 
 

@@ -106,9 +106,14 @@ def test_channels_accept_int_sequence_tensor_and_none():
     trace = dn.trace(x)
     every = dn.reconstruct(trace, "conv2")
     assert every.shape[1] == 8
-    assert torch.equal(dn.reconstruct(trace, "conv2", 5)[:, 0], every[:, 5])
-    assert torch.equal(dn.reconstruct(trace, "conv2", (6, 2))[:, 1], every[:, 2])
-    assert torch.equal(dn.reconstruct(trace, "conv2", torch.tensor([4]))[:, 0], every[:, 4])
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> None:
+        # one target runs the convolutions in another memory layout than eight: rounding differs
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+    same(dn.reconstruct(trace, "conv2", 5)[:, 0], every[:, 5])
+    same(dn.reconstruct(trace, "conv2", (6, 2))[:, 1], every[:, 2])
+    same(dn.reconstruct(trace, "conv2", torch.tensor([4]))[:, 0], every[:, 4])
 
 
 def test_linear_layer_channels_are_units():

@@ -70,6 +70,24 @@ def test_every_activation_inside_a_general_layer_takes_the_rule(activation):
             assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, [0], rule, rectifiers))
 
 
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_one_target_takes_the_single_pass_activation_path_exactly(activation):
+    # One target passes f'(x) * g through autograd's backward kernel in one pass (and, for one
+    # image, runs the convs in the default layout): the same as the oracle and as K targets.
+    torch.manual_seed(1)
+    act = ACTIVATIONS[activation](3)
+    net = ModernNet([Block("conv", act, conv=nn.Conv2d(3, 3, 3, padding=1)),
+                     Block("conv", act, conv=nn.Conv2d(3, 3, 3, padding=1, groups=3))], "mean", 4, 3).double().eval()
+    for n in (1, 2):
+        x = torch.randn(n, 3, 8, 8, dtype=torch.float64) * 3
+        for rule in ("deconvnet", "guided", "gradient"):
+            for rectifiers in ("all", "relu"):
+                dn = DeconvNet(net, rule=rule, rectifiers=rectifiers)
+                one = dn.reconstruct_classes(x, [2])
+                assert_exact(one, classes_reference(net, x, [2], rule, rectifiers))
+                assert_exact(one, dn.reconstruct_classes(x)[:, 2:3])
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(modern_nets())
 def test_generated_trace_equals_node_by_node_interpretation(case):
