@@ -43,7 +43,8 @@ class Trace:
         return self.input.shape[0]
 
 
-def _evaluate(node: fx.Node, args: Any, kwargs: Any, network: Network) -> Any:
+def evaluate(node: fx.Node, args: Any, kwargs: Any, network: Network) -> Any:
+    """One node of the traced forward on concrete values (in-place calls already made out of place)."""
     if node.op == "get_attr":
         return network.attribute(str(node.target))
     if node.op == "call_function":
@@ -221,7 +222,7 @@ def _interpret(network: Network, x: Tensor) -> Trace:
         if step is not None and step.run is not None:
             out, switches = step.run(args, kwargs)
         else:
-            out = _evaluate(node, args, kwargs, network)
+            out = evaluate(node, args, kwargs, network)
         env[node] = out
         if step is None:
             continue

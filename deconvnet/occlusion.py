@@ -1,0 +1,546 @@
+"""Occlusion sensitivity (Zeiler & Fergus, Fig. 7): slide a grey square over the image and
+watch the classifier and one feature map.
+
+    result = occlusion(model, x, size=32, stride=16, layer="blocks.10")
+    result.probability   # Tensor[N, gh, gw]: P(target class) with the square at each position
+    result.label         # LongTensor[N, gh, gw]: the most probable class there
+    result.activation    # Tensor[N, gh, gw]: total activation of the strongest feature map
+
+One forward pass per position, made cheap by **exact incremental inference** (Nakandala et al.,
+SIGMOD 2019): an occluder changes only the units in its projective field, so each layer is
+recomputed on the region that can differ from the unoccluded pass, on a crop of that pass's own
+values, and the rest is reused. Convolutions, pooling and pads run on crops; element-wise layers
+(activations, batch-norm, residual adds) on the changed region alone; once a region covers most
+of its map (and for every other layer) the batch of positions runs whole. The results equal
+occluding and running the model, up to float rounding (tests compare them position by position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from .builder import Network
+from .capture import evaluate
+from .deconvnet import DeconvNet
+from .errors import InputError, TargetOutOfRangeError
+from .functional import Pair, pair
+from .mirror import conv_padding
+
+__all__ = ["Occlusion", "occluder_corners", "occlusion"]
+
+# A changed region covering more than this share of its map is computed whole from then on.
+_FULL_AREA = 0.5
+
+
+@dataclass(frozen=True)
+class Occlusion:
+    """What occluding each position did. ``grid`` is (gh, gw); position (i, j) puts the
+    occluder's top-left corner at (i * stride, j * stride) (see :func:`occluder_corners`)."""
+
+    size: int
+    stride: int
+    fill: float
+    grid: tuple[int, int]
+    target: Tensor
+    """LongTensor[N]: the class watched (default: predicted on the unoccluded image)."""
+    probability: Tensor
+    """Tensor[N, gh, gw]: softmax probability of ``target`` with the occluder at each position."""
+    label: Tensor
+    """LongTensor[N, gh, gw]: the most probable class with the occluder at each position."""
+    unoccluded: Tensor
+    """Tensor[N]: probability of ``target`` without occluder."""
+    layer: str | None = None
+    channel: Tensor | None = None
+    """LongTensor[N]: the feature map of ``layer`` whose single strongest activation on the
+    unoccluded image is largest."""
+    activation: Tensor | None = None
+    """Tensor[N, gh, gw]: the sum of that feature map with the occluder at each position."""
+    projection: Tensor | None = None
+    """Tensor[N, C, H, W]: that map's strongest unoccluded activation projected to pixels."""
+
+
+def occluder_corners(height: int, width: int, size: int, stride: int) -> Tensor:
+    """LongTensor[gh * gw, 2]: the occluder's (top, left) corners, row-major, for
+    gh = (height - size) // stride + 1 (likewise gw)."""
+    rows = torch.arange(0, height - size + 1, stride)
+    cols = torch.arange(0, width - size + 1, stride)
+    return torch.cartesian_prod(rows, cols).reshape(-1, 2)
+
+
+@torch.no_grad()
+def occlusion(
+    model: nn.Module | DeconvNet,
+    x: Tensor,
+    *,
+    size: int,
+    stride: int,
+    fill: float = 0.0,
+    target: int | Tensor | None = None,
+    layer: str | nn.Module | None = None,
+    batch_size: int | None = None,
+    incremental: bool = True,
+) -> Occlusion:
+    """Occlusion sensitivity of ``model`` (a classifier, or its :class:`DeconvNet`) on
+    x (Tensor[N, C, H, W]): a ``size`` x ``size`` square of ``fill`` (in every channel, in the
+    model's input space: 0 is the mean colour for mean-subtracted inputs) slid by ``stride``.
+
+    target: the class to watch, one for all images or LongTensor[N]; default the class
+        predicted on each unoccluded image.
+    layer: also report that layer's strongest feature map (see :class:`Occlusion`).
+    batch_size: occluder positions per forward pass (default: about 1 GiB of activations).
+    incremental: recompute only what each occluder can change (exact); ``False`` runs every
+        occluded image whole, as Captum's ``Occlusion`` does.
+    """
+    dn = model if isinstance(model, DeconvNet) else DeconvNet(model)
+    network = dn.network
+    network.check_eval()
+    x = _checked_input(x)
+    height, width = x.shape[-2:]
+    _check_geometry(size, stride, height, width)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    corners = occluder_corners(height, width, size, stride).to(x.device)
+    grid = ((height - size) // stride + 1, (width - size) // stride + 1)
+    step = network.resolve(layer) if layer is not None else None
+    watched = [network.output] + ([step.node] if step is not None else [])
+
+    probabilities, labels, targets, unoccluded, channels, sums = [], [], [], [], [], []
+    for n in range(x.shape[0]):
+        run = _Incremental(network, x[n : n + 1], _FULL_AREA if incremental else 0.0)
+        logits = _logits(run.base[network.output])
+        chosen = _target(target, n, x.shape[0], logits)
+        targets.append(chosen)
+        unoccluded.append(logits.softmax(-1)[0, chosen])
+        channel = None
+        if step is not None:
+            feature = _feature_map(run.base[step.node], step.name)
+            channel = int(feature[0].flatten(1).amax(1).argmax())
+            channels.append(channel)
+        chunk = batch_size or run.default_batch()
+        prob_parts, label_parts, sum_parts = [], [], []
+        for start in range(0, corners.shape[0], chunk):
+            values = run.occluded(corners[start : start + chunk], size, fill, watched)
+            out = _logits(values[0]).softmax(-1)
+            prob_parts.append(out[:, chosen])
+            label_parts.append(out.argmax(-1))
+            if step is not None:
+                sum_parts.append(values[1])
+        probabilities.append(torch.cat(prob_parts).view(grid))
+        labels.append(torch.cat(label_parts).view(grid))
+        if step is not None:
+            sums.append(torch.cat([run.channel_sum(v, step.node, channel) for v in sum_parts]).view(grid))
+
+    result: dict[str, Any] = {}
+    if step is not None:
+        channel_tensor = torch.tensor(channels, device=x.device)
+        result = dict(
+            layer=step.name,
+            channel=channel_tensor,
+            activation=torch.stack(sums),
+            projection=torch.cat([
+                dn.reconstruct(x[n : n + 1], step.name, channels[n], mode="max")[:, 0] for n in range(x.shape[0])
+            ]).detach(),
+        )
+    return Occlusion(
+        size, stride, float(fill), grid, torch.tensor(targets, device=x.device), torch.stack(probabilities),
+        torch.stack(labels), torch.stack(unoccluded), **result,
+    )
+
+
+# --- checks -----------------------------------------------------------------------------------
+
+
+def _checked_input(x: Any) -> Tensor:
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(f"x must be a batch of images, Tensor[N, C, H, W]; got {shape}")
+    return x
+
+
+def _check_geometry(size: Any, stride: Any, height: int, width: int) -> None:
+    for name, value in (("size", size), ("stride", stride)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"occluder {name} must be a positive int (pixels), got {value!r}")
+    if size > min(height, width):
+        raise InputError(f"occluder size {size} does not fit the {height}x{width} image")
+
+
+def _logits(output: Any) -> Tensor:
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise InputError(f"occlusion needs a classifier returning logits Tensor[N, classes]; the model returns {shape}")
+    return output
+
+
+def _target(target: int | Tensor | None, n: int, count: int, logits: Tensor) -> int:
+    classes = logits.shape[-1]
+    if target is None:
+        return int(logits[0].argmax())
+    if isinstance(target, Tensor):
+        if target.dim() == 0:
+            value = target
+        elif target.shape != (count,) or target.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16):
+            raise InputError(f"target must be an int or LongTensor[{count}] (one class per image), got {tuple(target.shape)} {target.dtype}")
+        else:
+            value = target[n]
+        chosen = int(value)
+    elif isinstance(target, int) and not isinstance(target, bool):
+        chosen = target
+    else:
+        raise InputError(f"target must be an int, LongTensor[N] or None, got {type(target).__name__}")
+    if not 0 <= chosen < classes:
+        raise TargetOutOfRangeError(f"target class {chosen} is out of range: the model has {classes} classes (0..{classes - 1})")
+    return chosen
+
+
+def _feature_map(value: Any, name: str) -> Tensor:
+    if not isinstance(value, Tensor) or value.dim() != 4:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise InputError(f"layer {name} gives {shape}, not feature maps Tensor[N, C, H, W]")
+    return value
+
+
+# --- incremental inference ----------------------------------------------------------------------
+
+
+@dataclass
+class _Local:
+    """Values that differ from the unoccluded pass only in a box: patch (Tensor[B, C, h, w])
+    with its top-left corner at (top[b], left[b]) (LongTensor[B] each)."""
+
+    patch: Tensor
+    top: Tensor
+    left: Tensor
+
+
+_SAME = object()
+"""A node's value equals the unoccluded pass's for every position."""
+
+
+@dataclass(frozen=True)
+class _Slide:
+    """A sliding-window layer that can run on a crop of its explicitly padded input."""
+
+    kernel: Pair
+    stride: Pair
+    dilation: Pair
+    pads: tuple[Pair, Pair]
+    """((top, bottom), (left, right)) for this input size."""
+    value: float
+    """What the padding holds: 0, or -inf for max-pooling."""
+    run: Callable[[Tensor], Tensor]
+    """The layer on a padded crop, without padding of its own."""
+
+    def span(self, axis: int) -> int:
+        return self.dilation[axis] * (self.kernel[axis] - 1) + 1
+
+
+def _tf_same(size: int, kernel: int, stride: int, dilation: int) -> Pair:
+    total = max((-(-size // stride) - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return (total // 2, total - total // 2)
+
+
+def _same_convs() -> tuple[type[nn.Module], ...]:
+    from .models import SameConv2d
+
+    try:
+        from timm.layers import Conv2dSame
+    except ImportError:
+        return (SameConv2d,)
+    return (SameConv2d, Conv2dSame)
+
+
+def _conv_slide(weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, dilation: Any, groups: int,
+                size: tuple[int, int], same: bool = False) -> _Slide:
+    kernel = pair(tuple(weight.shape[2:]))
+    stride, dilation = pair(stride), pair(dilation)
+    if same:
+        pads = (_tf_same(size[0], kernel[0], stride[0], dilation[0]), _tf_same(size[1], kernel[1], stride[1], dilation[1]))
+    else:
+        pads = conv_padding(padding, kernel, dilation)
+    return _Slide(kernel, stride, dilation, pads, 0.0,
+                  lambda crop: F.conv2d(crop, weight, bias, stride, 0, dilation, groups))
+
+
+def _slide(node: fx.Node, module: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Slide | None:
+    """The node as a sliding-window layer that can run on crops, or None."""
+    value = args[0] if args else None
+    if not isinstance(value, Tensor) or value.dim() != 4:
+        return None
+    size = (value.shape[-2], value.shape[-1])
+    if module is not None:
+        if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
+            if type(module).forward is nn.Conv2d.forward:
+                return _conv_slide(module.weight, module.bias, module.stride, module.padding, module.dilation,
+                                   module.groups, size)
+            if isinstance(module, _same_convs()):
+                return _conv_slide(module.weight, module.bias, module.stride, 0, module.dilation, module.groups,
+                                   size, same=True)
+            return None
+        if type(module) is nn.MaxPool2d and not module.return_indices:
+            return _pool_slide("max", module.kernel_size, module.stride, module.padding, module.dilation)
+        if type(module) is nn.AvgPool2d and module.count_include_pad and module.divisor_override is None \
+                and not module.ceil_mode:
+            return _pool_slide("avg", module.kernel_size, module.stride, module.padding, 1)
+        return None
+    if node.op != "call_function":
+        return None
+    if node.target in (F.conv2d, torch.conv2d):
+        named = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args, strict=False))
+        named.update(kwargs)
+        return _conv_slide(named["weight"], named.get("bias"), named.get("stride", 1), named.get("padding", 0),
+                           named.get("dilation", 1), named.get("groups", 1), size)
+    if node.target in (F.max_pool2d, torch.max_pool2d):
+        named = dict(zip(("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+                         args, strict=False))
+        named.update(kwargs)
+        if named.get("return_indices"):
+            return None
+        kernel = named["kernel_size"]
+        return _pool_slide("max", kernel, named.get("stride") or kernel, named.get("padding", 0), named.get("dilation", 1))
+    return None
+
+
+def _pool_slide(kind: str, kernel: Any, stride: Any, padding: Any, dilation: Any) -> _Slide:
+    kernel, stride, padding, dilation = pair(kernel), pair(stride or kernel), pair(padding), pair(dilation)
+    if kind == "max":
+        return _Slide(kernel, stride, dilation, ((padding[0], padding[0]), (padding[1], padding[1])), float("-inf"),
+                      lambda crop: F.max_pool2d(crop, kernel, stride, 0, dilation))
+    return _Slide(kernel, stride, dilation, ((padding[0], padding[0]), (padding[1], padding[1])), 0.0,
+                  lambda crop: F.avg_pool2d(crop, kernel, stride, 0))
+
+
+def _shift(node: fx.Node, module: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Pair | None:
+    """(top, left) offset of a constant, non-negative pad of the last two dims, or None."""
+    if module is not None:
+        if not isinstance(module, (nn.ZeroPad2d, nn.ConstantPad2d)):
+            return None
+        pads = tuple(module.padding)
+    elif node.op == "call_function" and node.target is F.pad:
+        pads = tuple(args[1] if len(args) > 1 else kwargs["pad"])
+        mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+        if mode != "constant" or len(pads) not in (2, 4):
+            return None
+    else:
+        return None
+    if len(pads) == 2:
+        pads = (*pads, 0, 0)
+    if any(p < 0 for p in pads):
+        return None
+    return (pads[2], pads[0])
+
+
+def _gather(value: Tensor, top: Tensor, left: Tensor, height: int, width: int) -> Tensor:
+    """value (Tensor[1, C, H, W]) -> the boxes Tensor[B, C, height, width] at (top, left)."""
+    rows = top[:, None] + torch.arange(height, device=top.device)
+    cols = left[:, None] + torch.arange(width, device=left.device)
+    return value[0][:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3).contiguous()
+
+
+def _paste(dest: Tensor, top: Tensor, left: Tensor, local: _Local) -> Tensor:
+    """Write ``local``'s patches into dest (Tensor[B, C, H, W], whose corner sits at (top, left)
+    of the map), dropping what falls outside it."""
+    batch, channels, height, width = dest.shape
+    ph, pw = local.patch.shape[-2:]
+    rows = (local.top - top)[:, None] + torch.arange(ph, device=dest.device)
+    cols = (local.left - left)[:, None] + torch.arange(pw, device=dest.device)
+    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+    index = torch.where(inside, rows[:, :, None] * width + cols[:, None, :], height * width)
+    flat = torch.cat([dest.flatten(2), dest.new_zeros(batch, channels, 1)], 2)
+    flat.scatter_(2, index.view(batch, 1, -1).expand(batch, channels, -1), local.patch.flatten(2).to(flat.dtype))
+    return flat[..., :-1].view(dest.shape)
+
+
+def _affected(start: Tensor, length: int, span: int, stride: int, before: int, outputs: int) -> tuple[Tensor, int]:
+    """First output (LongTensor[B]) and the count of a window layer's outputs along one axis
+    whose windows meet input positions [start, start + length): one count for the batch."""
+    first = torch.div(start + before - span + 1 + stride - 1, stride, rounding_mode="floor").clamp(min=0)
+    last = torch.div(start + length - 1 + before, stride, rounding_mode="floor").clamp(max=outputs - 1)
+    count = min(max(int((last - first + 1).max()), 1), outputs)
+    return first.clamp(max=outputs - count), count
+
+
+class _Incremental:
+    """The model's traced forward on one image (the unoccluded pass, kept whole) and on
+    batches of occluded copies of it, recomputing only what each occluder can change."""
+
+    def __init__(self, network: Network, x: Tensor, full_area: float) -> None:
+        self.network = network
+        self.full_area = full_area
+        self.base: dict[fx.Node, Any] = {}
+        self.padded: dict[fx.Node, Tensor] = {}
+        for node in network.nodes:
+            if node.op == "placeholder":
+                self.base[node] = network.defaults.get(node.name, x)
+                continue
+            args = fx.node.map_arg(node.args, self.base.__getitem__)
+            kwargs = fx.node.map_arg(node.kwargs, self.base.__getitem__)
+            self.base[node] = evaluate(node, args, kwargs, network)
+        self.input = next(n for n in network.nodes if n.op == "placeholder" and n.name not in network.defaults)
+        order = {node: i for i, node in enumerate(network.nodes)}
+        self.last_use = {node: max((order[u] for u in node.users if u in order), default=len(order))
+                         for node in network.nodes}
+
+    def default_batch(self) -> int:
+        """Positions per pass: about 1 GiB for the two largest activations, three times over."""
+        sizes = sorted((v.numel() * v.element_size() for v in self.base.values() if isinstance(v, Tensor)),
+                       reverse=True)
+        per_position = 3 * sum(sizes[:2]) or 1
+        return max(1, min(256, (1 << 30) // per_position))
+
+    def module(self, node: fx.Node) -> nn.Module | None:
+        if node.op != "call_module":
+            return None
+        target = str(node.target)
+        return self.network.substitutes.get(target) or self.network.model.get_submodule(target)
+
+    def occluded(self, corners: Tensor, size: int, fill: float, watched: list[fx.Node]) -> list[Any]:
+        """The watched nodes' values for occluders at ``corners`` (LongTensor[B, 2]): each a
+        Tensor[B, ...], a :class:`_Local`, or the unoccluded value."""
+        channels = self.base[self.input].shape[1]
+        patch = self.base[self.input].new_full((corners.shape[0], channels, size, size), fill)
+        env: dict[fx.Node, Any] = {self.input: _Local(patch, corners[:, 0], corners[:, 1])}
+        keep = set(watched)
+        if self.full_area == 0.0:
+            env[self.input] = self.whole(self.input, env[self.input])
+        for i, node in enumerate(self.network.nodes):
+            if node not in env:
+                env[node] = self.step(node, env)
+            for done in [n for n in node.all_input_nodes if self.last_use.get(n, -1) <= i and n not in keep]:
+                env.pop(done, None)
+        return [env.get(node, _SAME) for node in watched]
+
+    def whole(self, node: fx.Node, value: Any) -> Any:
+        """A value as Tensor[B, ...] (a :class:`_Local` pasted into the unoccluded value)."""
+        if not isinstance(value, _Local):
+            return value
+        base = self.base[node]
+        batch = value.patch.shape[0]
+        zero = torch.zeros(batch, dtype=torch.long, device=base.device)
+        return _paste(base.expand(batch, *base.shape[1:]).clone(), zero, zero, value)
+
+    def step(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
+        inputs = [env.get(n, _SAME) for n in node.all_input_nodes]
+        if all(v is _SAME for v in inputs):
+            return _SAME
+        base_out = self.base[node]
+        if any(isinstance(v, Tensor) for v in inputs) or not any(isinstance(v, _Local) for v in inputs) \
+                or not isinstance(base_out, Tensor):
+            return self.run_whole(node, env)
+        module = self.module(node)
+        args = fx.node.map_arg(node.args, self.base.__getitem__)
+        kwargs = fx.node.map_arg(node.kwargs, self.base.__getitem__)
+        step = self.network.steps.get(node)
+        if step is not None and step.mirror.pointwise and len(node.all_input_nodes) >= 1:
+            local = self.pointwise(node, env, base_out)
+            if local is not None:
+                return local
+        elif len(node.all_input_nodes) == 1 or (node.op == "call_function" and node.target in (F.conv2d, torch.conv2d)):
+            source = node.all_input_nodes[0]
+            value = env.get(source, _SAME)
+            if isinstance(value, _Local) and all(not isinstance(env.get(n, _SAME), _Local)
+                                                 for n in node.all_input_nodes[1:]):
+                shift = _shift(node, module, args, kwargs)
+                if shift is not None:
+                    return _Local(value.patch, value.top + shift[0], value.left + shift[1])
+                slide = _slide(node, module, args, kwargs)
+                if slide is not None and base_out.dim() == 4:
+                    local = self.slide(source, value, slide, base_out)
+                    if local is not None:
+                        return local
+        return self.run_whole(node, env)
+
+    def run_whole(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
+        def value(n: fx.Node) -> Any:
+            v = env.get(n, _SAME)
+            return self.base[n] if v is _SAME else self.whole(n, v)
+
+        args = fx.node.map_arg(node.args, value)
+        kwargs = fx.node.map_arg(node.kwargs, value)
+        return evaluate(node, args, kwargs, self.network)
+
+    def small(self, height: int, width: int, shape: torch.Size) -> bool:
+        return height * width <= self.full_area * shape[-2] * shape[-1]
+
+    def slide(self, source: fx.Node, value: _Local, slide: _Slide, base_out: Tensor) -> _Local | None:
+        """A window layer on the crops its changed outputs read."""
+        base_in = self.base[source]
+        height, width = base_in.shape[-2:]
+        (top_pad, bottom_pad), (left_pad, right_pad) = slide.pads
+        out_h, out_w = base_out.shape[-2:]
+        first_row, rows = _affected(value.top, value.patch.shape[-2], slide.span(0), slide.stride[0], top_pad, out_h)
+        first_col, cols = _affected(value.left, value.patch.shape[-1], slide.span(1), slide.stride[1], left_pad, out_w)
+        if not self.small(rows, cols, base_out.shape):
+            return None
+        padded = self.padded.get(source)
+        if padded is None:
+            need_h = (out_h - 1) * slide.stride[0] + slide.span(0) - (height + top_pad + bottom_pad)
+            need_w = (out_w - 1) * slide.stride[1] + slide.span(1) - (width + left_pad + right_pad)
+            padded = F.pad(base_in, (left_pad, right_pad + max(need_w, 0), top_pad, bottom_pad + max(need_h, 0)),
+                           value=slide.value)
+            self.padded[source] = padded
+        crop_h = (rows - 1) * slide.stride[0] + slide.span(0)
+        crop_w = (cols - 1) * slide.stride[1] + slide.span(1)
+        top, left = first_row * slide.stride[0], first_col * slide.stride[1]  # in padded coordinates
+        crop = _paste(_gather(padded, top, left, crop_h, crop_w), top - top_pad, left - left_pad, value)
+        return _Local(slide.run(crop), first_row, first_col)
+
+    def pointwise(self, node: fx.Node, env: dict[fx.Node, Any], base_out: Tensor) -> _Local | None:
+        """An element-wise layer on the union of its inputs' changed boxes."""
+        if base_out.dim() != 4:
+            return None
+        out_hw = base_out.shape[-2:]
+        locals_ = [env[n] for n in node.all_input_nodes if isinstance(env.get(n), _Local)]
+        for n in node.all_input_nodes:
+            base = self.base[n]
+            if isinstance(env.get(n), _Local) and base.shape[-2:] != out_hw:
+                return None
+        first = locals_[0]
+        same_box = all(v.patch.shape[-2:] == first.patch.shape[-2:] and torch.equal(v.top, first.top)
+                       and torch.equal(v.left, first.left) for v in locals_[1:])
+        if same_box:
+            top, left, (height, width) = first.top, first.left, first.patch.shape[-2:]
+        else:
+            top = torch.stack([v.top for v in locals_]).amin(0)
+            left = torch.stack([v.left for v in locals_]).amin(0)
+            bottom = torch.stack([v.top + v.patch.shape[-2] for v in locals_]).amax(0)
+            right = torch.stack([v.left + v.patch.shape[-1] for v in locals_]).amax(0)
+            height = min(int((bottom - top).max()), out_hw[0])
+            width = min(int((right - left).max()), out_hw[1])
+            top, left = top.clamp(max=out_hw[0] - height), left.clamp(max=out_hw[1] - width)
+        if not self.small(height, width, base_out.shape):
+            return None
+
+        def crop(n: fx.Node) -> Any:
+            value, base = env.get(n, _SAME), self.base[n]
+            if isinstance(value, _Local):
+                if same_box:
+                    return value.patch
+                return _paste(_gather(base, top, left, height, width), top, left, value)
+            if isinstance(base, Tensor) and base.dim() == 4 and base.shape[-2:] == out_hw:
+                return _gather(base, top, left, height, width) if base.shape[0] == 1 else None
+            return base
+
+        args = fx.node.map_arg(node.args, crop)
+        kwargs = fx.node.map_arg(node.kwargs, crop)
+        out = evaluate(node, args, kwargs, self.network)
+        if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[-2:] != (height, width):
+            return None
+        return _Local(out, top, left)
+
+    def channel_sum(self, value: Any, node: fx.Node, channel: int) -> Tensor:
+        """Tensor[B]: the sum of ``channel``'s map in a watched value."""
+        base = self.base[node][:, channel : channel + 1]
+        if value is _SAME:
+            raise AssertionError("unreachable: every layer downstream of the input changes")  # pragma: no cover
+        if isinstance(value, _Local):
+            height, width = value.patch.shape[-2:]
+            replaced = _gather(base, value.top, value.left, height, width).sum((1, 2, 3))
+            return base.sum() - replaced + value.patch[:, channel].sum((1, 2))
+        return value[:, channel].sum((1, 2))
