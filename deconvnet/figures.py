@@ -8,13 +8,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
 from . import image
 from .deconvnet import DeconvNet
 from .mirror import RULES
+from .occlusion import Occlusion
 from .receptive import ReceptiveField
 from .topk import TopUnits
 
@@ -25,6 +26,7 @@ __all__ = [
     "channels_figure",
     "top_units_figure",
     "crop_to_field",
+    "occlusion_figure",
     "strongest_units",
 ]
 
@@ -199,3 +201,87 @@ def top_units_figure(
 def _tile(pictures: Tensor, side: int) -> Tensor:
     """Tensor[k, 3, h, w] -> one picture of ``side`` columns with one-pixel white seams."""
     return make_grid(pictures, nrow=side, padding=1, pad_value=1.0)[:, 1:-1, 1:-1]
+
+
+# Label colours of the occlusion figure: distinct hues, readable on white; "other" is grey.
+_LABEL_COLOURS = torch.tensor([
+    [0.12, 0.47, 0.71], [1.00, 0.50, 0.05], [0.17, 0.63, 0.17], [0.84, 0.15, 0.16],
+    [0.58, 0.40, 0.74], [0.55, 0.34, 0.29], [0.89, 0.47, 0.76], [0.74, 0.74, 0.13],
+])
+_OTHER = torch.tensor([0.75, 0.75, 0.75])
+
+
+def occlusion_figure(
+    result: Occlusion,
+    x: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    categories: Sequence[str] | None = None,
+    index: int = 0,
+) -> Image.Image:
+    """The paper's Fig. 7 for image ``index`` of x (Tensor[N, 3, H, W]): (a) the image with the
+    occluder drawn at its centre position, (b) the total activation of the strongest feature
+    map at each occluder position (when ``result`` has a layer), (c) that map's strongest
+    unit projected down, (d) the probability of the target class (black 0 to pale yellow 1),
+    (e) the most probable label at each position, with a legend."""
+    picture = image.denormalize(x[index], mean, std).cpu()
+    height, width = picture.shape[-2:]
+    top, left = (height - result.size) // 2, (width - result.size) // 2
+    shown = picture.clone()
+    shown[:, top : top + result.size, left : left + result.size] = image.MID_GREY
+    panels, labels = [shown], [f"(a) {result.size} px occluder"]
+    if result.activation is not None and result.projection is not None and result.channel is not None:
+        activation = result.activation[index].float().cpu()
+        low, high = activation.min(), activation.max()
+        panels.append(_grid_picture(image.colormap((activation - low) / (high - low).clamp_min(1e-12)), height, width))
+        labels.append(f"(b) {result.layer} #{int(result.channel[index])} total")
+        panels.append(image.signed_to_unit(result.projection[index].float().cpu()))
+        labels.append("(c) its strongest unit")
+    target = int(result.target[index])
+    probability = result.probability[index].float().cpu()
+    peak = max(float(probability.max()), 1e-12)
+    panels.append(_grid_picture(image.colormap(probability / peak), height, width))
+    labels.append(f"(d) p({_name(categories, target)}) 0-{peak:.2f}")
+    label_map, legend = _label_colours(result.label[index].cpu(), categories)
+    panels.append(_grid_picture(label_map, height, width))
+    labels.append("(e) most probable label")
+    panels.append(_legend(legend, height, width))
+    labels.append("")
+    return image.labelled_grid(torch.stack(panels), labels, ncol=len(panels))
+
+
+def _grid_picture(colours: Tensor, height: int, width: int) -> Tensor:
+    """A grid of colours (Tensor[3, gh, gw], one per occluder position) blown up to the image
+    size, each cell a block (the positions are a grid, not a smooth field)."""
+    return F.interpolate(colours[None], size=(height, width), mode="nearest")[0]
+
+
+def _label_colours(labels: Tensor, categories: Sequence[str] | None) -> tuple[Tensor, list[tuple[Tensor, str]]]:
+    """The label grid (LongTensor[gh, gw]) coloured by its most frequent labels; the legend."""
+    counts = torch.bincount(labels.flatten())
+    frequent = counts.argsort(descending=True)[: len(_LABEL_COLOURS)]
+    frequent = [int(c) for c in frequent if counts[c] > 0]
+    colours = _OTHER.view(3, 1, 1).repeat(1, *labels.shape)
+    legend = []
+    for colour, label in zip(_LABEL_COLOURS, frequent, strict=False):
+        colours[:, labels == label] = colour[:, None]
+        share = float(counts[label]) / labels.numel()
+        legend.append((colour, f"{_name(categories, label)} {share:.0%}"))
+    if len(frequent) < int((counts > 0).sum()):
+        legend.append((_OTHER, "other labels"))
+    return colours, legend
+
+
+def _legend(entries: list[tuple[Tensor, str]], height: int, width: int) -> Tensor:
+    """Colour swatches with their names, as a picture (Tensor[3, height, width])."""
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for row, (colour, text) in enumerate(entries):
+        y = 6 + row * 18
+        fill = tuple(int(round(float(v) * 255)) for v in colour)
+        draw.rectangle((4, y, 16, y + 12), fill=fill)
+        draw.text((22, y), text, fill="black", font=font)
+    array = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(height, width, 3)
+    return array.permute(2, 0, 1).float() / 255

@@ -40,14 +40,23 @@ _COLORMAP = torch.tensor(
 )
 
 
-def signed_to_unit(reconstruction: Tensor) -> Tensor:
+def signed_to_unit(reconstruction: Tensor, percentile: float = 99.5) -> Tensor:
     """Contrast-normalise each reconstruction to [0, 1] with zero at mid-grey.
 
-    reconstruction (Tensor[..., C, H, W]) -> same shape; each [C, H, W] is divided by twice its
-    largest magnitude and shifted by 0.5. An all-zero reconstruction is uniformly mid-grey.
+    reconstruction (Tensor[..., C, H, W]) -> same shape; each [C, H, W] is divided by twice the
+    ``percentile`` of its non-zero magnitudes and shifted by 0.5, the few values beyond
+    saturating at 0 or 1. A robust scale, not the largest magnitude: reconstructions through
+    real networks have isolated extreme pixels that would otherwise turn the rest mid-grey.
+    ``percentile=100`` scales by the largest magnitude. An all-zero reconstruction is mid-grey.
     """
-    flat = reconstruction.flatten(-3)
-    scale = flat.abs().amax(dim=-1).clamp_min(torch.finfo(reconstruction.dtype).tiny)
+    flat = reconstruction.detach().flatten(-3).float()
+    rows = flat.reshape(-1, flat.shape[-1]).abs()
+    scales = []
+    for row in rows:
+        nonzero = row[row > 0]
+        scales.append(torch.quantile(nonzero, percentile / 100) if nonzero.numel() else row.new_zeros(()))
+    scale = torch.stack(scales).view(flat.shape[:-1]) if scales else flat.new_zeros(flat.shape[:-1])
+    scale = scale.to(reconstruction.dtype).clamp_min(torch.finfo(reconstruction.dtype).tiny)
     out = reconstruction / (2 * scale[..., None, None, None]) + MID_GREY
     return out.clamp(0, 1)
 

@@ -108,6 +108,7 @@ def occlusion(
     corners = occluder_corners(height, width, size, stride).to(x.device)
     grid = ((height - size) // stride + 1, (width - size) // stride + 1)
     step = network.resolve(layer) if layer is not None else None
+    layer_name = layer if isinstance(layer, str) else _module_name(dn.model, layer)
     watched = [network.output] + ([step.node] if step is not None else [])
 
     probabilities, labels, targets, unoccluded, channels, sums = [], [], [], [], [], []
@@ -140,11 +141,11 @@ def occlusion(
     if step is not None:
         channel_tensor = torch.tensor(channels, device=x.device)
         result = dict(
-            layer=step.name,
+            layer=layer_name,
             channel=channel_tensor,
             activation=torch.stack(sums),
             projection=torch.cat([
-                dn.reconstruct(x[n : n + 1], step.name, channels[n], mode="max")[:, 0] for n in range(x.shape[0])
+                dn.reconstruct(x[n : n + 1], layer, channels[n], mode="max")[:, 0] for n in range(x.shape[0])
             ]).detach(),
         )
     return Occlusion(
@@ -154,6 +155,10 @@ def occlusion(
 
 
 # --- checks -----------------------------------------------------------------------------------
+
+
+def _module_name(model: nn.Module, layer: Any) -> str | None:
+    return next((name for name, module in model.named_modules() if module is layer), None)
 
 
 def _checked_input(x: Any) -> Tensor:

@@ -48,6 +48,16 @@ def test_signed_to_unit_puts_zero_at_mid_grey():
     assert torch.equal(image.signed_to_unit(r), out)  # deterministic
 
 
+def test_signed_to_unit_is_not_washed_out_by_a_few_extreme_pixels():
+    r = torch.full((3, 20, 20), 0.1)
+    r[0, 0, 0] = 1000.0  # one extreme pixel among 1200
+    out = image.signed_to_unit(r)
+    assert out[1:].min() == 1.0  # the ordinary pixels reach full contrast, not 0.50005
+    assert out[0, 0, 0] == 1.0
+    # the largest magnitude is still available
+    assert torch.allclose(image.signed_to_unit(r, percentile=100)[1:], torch.tensor(0.5 + 0.1 / 2000))
+
+
 def test_heatmap_overlay_and_pictures():
     r = torch.randn(4, 3, 10, 12)
     heat = image.heatmap(r)
