@@ -350,16 +350,15 @@ def _gather(value: Tensor, top: Tensor, left: Tensor, height: int, width: int) -
 
 def _paste(dest: Tensor, top: Tensor, left: Tensor, local: _Local) -> Tensor:
     """Write ``local``'s patches into dest (Tensor[B, C, H, W], whose corner sits at (top, left)
-    of the map), dropping what falls outside it."""
-    batch, channels, height, width = dest.shape
+    of the map) in place, dropping what falls outside it; returns dest."""
+    height, width = dest.shape[-2:]
     ph, pw = local.patch.shape[-2:]
     rows = (local.top - top)[:, None] + torch.arange(ph, device=dest.device)
     cols = (local.left - left)[:, None] + torch.arange(pw, device=dest.device)
     inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    index = torch.where(inside, rows[:, :, None] * width + cols[:, None, :], height * width)
-    flat = torch.cat([dest.flatten(2), dest.new_zeros(batch, channels, 1)], 2)
-    flat.scatter_(2, index.view(batch, 1, -1).expand(batch, channels, -1), local.patch.flatten(2).to(flat.dtype))
-    return flat[..., :-1].view(dest.shape)
+    batch, i, j = inside.nonzero(as_tuple=True)
+    dest[batch, :, rows[batch, i], cols[batch, j]] = local.patch[batch, :, i, j].to(dest.dtype)
+    return dest
 
 
 def _affected(start: Tensor, length: int, span: int, stride: int, before: int, outputs: int) -> tuple[Tensor, int]:

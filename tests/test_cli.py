@@ -27,13 +27,19 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_demo_writes_every_figure_and_an_index(tmp_path):
     result = run("demo", "--out", str(tmp_path), "--images", "2", "--dataset", "20",
-                 "--pointing", "20", "--channels", "4")
+                 "--pointing", "20", "--channels", "4", "--occlusion-size", "64", "--occlusion-stride", "80")
     assert result.returncode == 0, result.stderr
+    real = ["real-rules.png", "real-classes.png", "real-layers-coffee.png", "real-layers-chelsea.png",
+            *(f"occlusion-{photo}.png" for photo in ("coffee", "chelsea", "motorcycle", "rocket")),
+            *(f"photos/{photo}.png" for photo in ("coffee", "chelsea", "motorcycle", "rocket"))]
     for name in ("classes.png", "rules.png", "layers.png", "channels-features.13.png", "top9-features.8.png",
-                 "top9-features.13.png", "index.md", "pointing.json"):
+                 "top9-features.13.png", "index.md", "pointing.json", *real):
         assert (tmp_path / name).is_file(), name
     index = (tmp_path / "index.md").read_text()
     assert "![classes](classes.png)" in index and "| deconvnet |" in index
+    # the real photographs come first
+    assert index.index("![real-rules](real-rules.png)") < index.index("![occlusion-coffee](occlusion-coffee.png)") \
+        < index.index("## The bundled ShapesNet")
     assert "pointing game on 20 held-out images, tolerance 0 px" in result.stdout
 
 
@@ -45,7 +51,10 @@ def test_figure_commands_in_process(folder, tmp_path, capsys):
     assert main(["channels", image, "--layer", "features.8", "--out", str(tmp_path)]) == 0
     assert main(["top9", str(folder), "--layers", "features.13", "--channels", "3", "--batch-size", "5",
                  "--out", str(tmp_path)]) == 0
-    for name in ("classes.png", "given/classes.png", "layers.png", "channels-features.8.png", "top9-features.13.png"):
+    assert main(["occlusion", image, "--size", "16", "--stride", "12", "--layer", "features.8",
+                 "--out", str(tmp_path)]) == 0
+    for name in ("classes.png", "given/classes.png", "layers.png", "channels-features.8.png", "top9-features.13.png",
+                 "occlusion-00.png"):
         assert (tmp_path / name).is_file(), name
 
 
@@ -67,6 +76,9 @@ def test_figure_commands_in_process(folder, tmp_path, capsys):
         (["classes", "IMAGE", "--model", "os:getcwd"], "returned str, not an nn.Module"),
         (["classes", "IMAGE", "--model", "vgg11", "--weights", "NOPE"], "unknown weights 'NOPE' for vgg11; choose one of DEFAULT, IMAGENET1K_V1"),
         (["classes", "IMAGE", "--model", "no_such_module_xyz:make"], "cannot import 'no_such_module_xyz'"),
+        (["occlusion", "IMAGE", "--size", "100"], "occluder size 100 does not fit the 64x64 image"),
+        (["occlusion", "IMAGE", "--stride", "0"], "occluder stride must be a positive int (pixels), got 0"),
+        (["occlusion", "IMAGE", "--target", "9"], "target class 9 is out of range: the model has 6 classes"),
     ],
 )
 def test_bad_input_ends_with_one_line(args, message, folder, tmp_path, capsys):
