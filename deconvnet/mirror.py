@@ -932,7 +932,9 @@ class VJP(MirrorLayer):
                 # An op without a batching rule: one pull-back per target, same forward.
                 per_target = [pullback(signal[:, k]) for k in range(signal.shape[1])]
                 grads = tuple(torch.stack(parts, dim=1) for parts in zip(*per_target, strict=True))
-        return list(grads)
+        # The pull-back also depends on the layer's parameters, which require grad: results must
+        # not carry that graph (it would keep every recorded input alive).
+        return [g.detach() for g in grads]
 
 
 def _takes_context(layer: MirrorLayer) -> bool:

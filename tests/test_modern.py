@@ -67,7 +67,9 @@ def test_every_activation_inside_a_general_layer_takes_the_rule(activation):
         for rectifiers in ("all", "relu"):
             dn = DeconvNet(net, rule=rule, rectifiers=rectifiers)
             assert dn.general_layers == ["blocks.0.inner"]
-            assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, [0], rule, rectifiers))
+            ours = dn.reconstruct_classes(x)
+            assert not ours.requires_grad  # no autograd graph through the layer's parameters
+            assert_exact(ours, classes_reference(net, x, [0], rule, rectifiers))
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
