@@ -234,27 +234,35 @@ def occlusion_figure(
     if result.activation is not None and result.projection is not None and result.channel is not None:
         activation = result.activation[index].float().cpu()
         low, high = activation.min(), activation.max()
-        panels.append(_grid_picture(image.colormap((activation - low) / (high - low).clamp_min(1e-12)), height, width))
+        panels.append(_grid_picture(image.colormap((activation - low) / (high - low).clamp_min(1e-12)), result,
+                                    height, width))
         labels.append(f"(b) {result.layer} #{int(result.channel[index])} total")
         panels.append(image.signed_to_unit(result.projection[index].float().cpu()))
         labels.append("(c) its strongest unit")
     target = int(result.target[index])
     probability = result.probability[index].float().cpu()
     peak = max(float(probability.max()), 1e-12)
-    panels.append(_grid_picture(image.colormap(probability / peak), height, width))
+    panels.append(_grid_picture(image.colormap(probability / peak), result, height, width))
     labels.append(f"(d) p({_name(categories, target)}) 0-{peak:.2f}")
     label_map, legend = _label_colours(result.label[index].cpu(), categories)
-    panels.append(_grid_picture(label_map, height, width))
+    panels.append(_grid_picture(label_map, result, height, width))
     labels.append("(e) most probable label")
     panels.append(_legend(legend, height, width))
     labels.append("")
     return image.labelled_grid(torch.stack(panels), labels, ncol=len(panels))
 
 
-def _grid_picture(colours: Tensor, height: int, width: int) -> Tensor:
-    """A grid of colours (Tensor[3, gh, gw], one per occluder position) blown up to the image
-    size, each cell a block (the positions are a grid, not a smooth field)."""
-    return F.interpolate(colours[None], size=(height, width), mode="nearest")[0]
+def _grid_picture(colours: Tensor, result: Occlusion, height: int, width: int) -> Tensor:
+    """A grid of colours (Tensor[3, gh, gw], one per occluder position) drawn over the image
+    frame: each position as a ``stride``-sided block at the occluder's centre (a grid, not a
+    smooth field); the border no centre reaches stays white."""
+    gh, gw = colours.shape[-2:]
+    blocks = colours.repeat_interleave(result.stride, -2).repeat_interleave(result.stride, -1)
+    canvas = torch.ones(3, height, width)
+    top = left = max(result.size // 2 - result.stride // 2, 0)
+    rows, cols = min(gh * result.stride, height - top), min(gw * result.stride, width - left)
+    canvas[:, top : top + rows, left : left + cols] = blocks[:, :rows, :cols]
+    return canvas
 
 
 def _label_colours(labels: Tensor, categories: Sequence[str] | None) -> tuple[Tensor, list[tuple[Tensor, str]]]:

@@ -379,6 +379,7 @@ class _Incremental:
         self.full_area = full_area
         self.base: dict[fx.Node, Any] = {}
         self.padded: dict[fx.Node, Tensor] = {}
+        """Window layer -> its input from the unoccluded pass, padded as the layer pads it."""
         for node in network.nodes:
             if node.op == "placeholder":
                 self.base[node] = network.defaults.get(node.name, x)
@@ -455,7 +456,7 @@ class _Incremental:
                     return _Local(value.patch, value.top + shift[0], value.left + shift[1])
                 slide = _slide(node, module, args, kwargs)
                 if slide is not None and base_out.dim() == 4:
-                    local = self.slide(source, value, slide, base_out)
+                    local = self.slide(node, source, value, slide, base_out)
                     if local is not None:
                         return local
         return self.run_whole(node, env)
@@ -472,8 +473,8 @@ class _Incremental:
     def small(self, height: int, width: int, shape: torch.Size) -> bool:
         return height * width <= self.full_area * shape[-2] * shape[-1]
 
-    def slide(self, source: fx.Node, value: _Local, slide: _Slide, base_out: Tensor) -> _Local | None:
-        """A window layer on the crops its changed outputs read."""
+    def slide(self, node: fx.Node, source: fx.Node, value: _Local, slide: _Slide, base_out: Tensor) -> _Local | None:
+        """A window layer (``node``) on the crops its changed outputs read."""
         base_in = self.base[source]
         height, width = base_in.shape[-2:]
         (top_pad, bottom_pad), (left_pad, right_pad) = slide.pads
@@ -482,13 +483,13 @@ class _Incremental:
         first_col, cols = _affected(value.left, value.patch.shape[-1], slide.span(1), slide.stride[1], left_pad, out_w)
         if not self.small(rows, cols, base_out.shape):
             return None
-        padded = self.padded.get(source)
+        padded = self.padded.get(node)  # per layer: layers reading one input pad it differently
         if padded is None:
             need_h = (out_h - 1) * slide.stride[0] + slide.span(0) - (height + top_pad + bottom_pad)
             need_w = (out_w - 1) * slide.stride[1] + slide.span(1) - (width + left_pad + right_pad)
             padded = F.pad(base_in, (left_pad, right_pad + max(need_w, 0), top_pad, bottom_pad + max(need_h, 0)),
                            value=slide.value)
-            self.padded[source] = padded
+            self.padded[node] = padded
         crop_h = (rows - 1) * slide.stride[0] + slide.span(0)
         crop_w = (cols - 1) * slide.stride[1] + slide.span(1)
         top, left = first_row * slide.stride[0], first_col * slide.stride[1]  # in padded coordinates

@@ -16,7 +16,7 @@ from deconvnet.errors import InputError, LayerNotFoundError, TargetOutOfRangeErr
 from deconvnet.models import EfficientNetLite0, ShapesNet
 from deconvnet.occlusion import occlusion
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def brute_force(model: nn.Module, x: torch.Tensor, size: int, stride: int, fill: float,
@@ -43,17 +43,18 @@ def brute_force(model: nn.Module, x: torch.Tensor, size: int, stride: int, fill:
 
 
 def check_against_brute_force(model, x, size, stride, fill, incremental=True):  # type: ignore[no-untyped-def]
-    result = occlusion(model, x, size=size, stride=stride, fill=fill, incremental=incremental)
+    # every model call gets a copy: some random nets apply in-place activations to views of their input
+    result = occlusion(model, x.clone(), size=size, stride=stride, fill=fill, incremental=incremental)
     probabilities, _ = brute_force(model, x, size, stride, fill)
     gh, gw = (x.shape[-2] - size) // stride + 1, (x.shape[-1] - size) // stride + 1
     assert result.grid == (gh, gw)
     with torch.no_grad():
-        predicted = model(x).argmax(-1)
+        predicted = model(x.clone()).argmax(-1)
     assert torch.equal(result.target, predicted)
     expected = probabilities[torch.arange(x.shape[0]), :, predicted].view(-1, gh, gw)
     torch.testing.assert_close(result.probability, expected, rtol=1e-9, atol=1e-12)
     with torch.no_grad():
-        unoccluded = model(x).softmax(-1)[torch.arange(x.shape[0]), predicted]
+        unoccluded = model(x.clone()).softmax(-1)[torch.arange(x.shape[0]), predicted]
     torch.testing.assert_close(result.unoccluded, unoccluded)
     # the most probable class, where it is not a near tie
     if probabilities.shape[-1] == 1:
@@ -86,7 +87,7 @@ def test_graphs_equal_brute_force(case, data):
     check_against_brute_force(net, x, size, stride, 0.0)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(modern_nets(), st.data())
 def test_modern_nets_equal_brute_force(case, data):
     # pads, slices, gates, permutes, norms, opaque blocks: whatever cannot run on crops runs whole
@@ -97,8 +98,8 @@ def test_modern_nets_equal_brute_force(case, data):
     check_against_brute_force(net, x, size, stride, 0.0)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(chain_nets(head=True), st.data())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dag_nets(head=True), st.data())
 def test_incremental_equals_whole_batches(case, data):
     net, x = case
     size = data.draw(st.integers(1, min(x.shape[-2:])), label="size")
