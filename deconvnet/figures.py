@@ -288,7 +288,7 @@ def _legend(entries: list[tuple[Tensor, str]], height: int, width: int) -> Tenso
     font = ImageFont.load_default()
     for row, (colour, text) in enumerate(entries):
         y = 6 + row * 18
-        fill = tuple(int(round(float(v) * 255)) for v in colour)
+        fill = tuple(round(float(v) * 255) for v in colour)
         draw.rectangle((4, y, 16, y + 12), fill=fill)
         draw.text((22, y), text, fill="black", font=font)
     array = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(height, width, 3)

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import InputError
-
 from .shapes import CLASSES
 
 __all__ = [

@@ -140,14 +140,14 @@ def occlusion(
     result: dict[str, Any] = {}
     if step is not None:
         channel_tensor = torch.tensor(channels, device=x.device)
-        result = dict(
-            layer=layer_name,
-            channel=channel_tensor,
-            activation=torch.stack(sums),
-            projection=torch.cat([
+        result = {
+            "layer": layer_name,
+            "channel": channel_tensor,
+            "activation": torch.stack(sums),
+            "projection": torch.cat([
                 dn.reconstruct(x[n : n + 1], layer, channels[n], mode="max")[:, 0] for n in range(x.shape[0])
             ]).detach(),
-        )
+        }
     return Occlusion(
         size, stride, float(fill), grid, torch.tensor(targets, device=x.device), torch.stack(probabilities),
         torch.stack(labels), torch.stack(unoccluded), **result,
