@@ -66,36 +66,31 @@ def check_against_brute_force(model, x, size, stride, fill, incremental=True):  
     return result
 
 
+def occlude_at_random(case, data, max_stride: int, fills=(0.0,)) -> None:  # type: ignore[no-untyped-def]
+    net, x = case
+    size = data.draw(st.integers(1, min(x.shape[-2:])), label="size")
+    stride = data.draw(st.integers(1, max_stride), label="stride")
+    fill = data.draw(st.sampled_from(fills), label="fill")
+    check_against_brute_force(net, x, size, stride, fill)
+
+
 @SETTINGS
 @given(chain_nets(head=True), st.data())
 def test_chains_equal_brute_force(case, data):
-    net, x = case
-    height, width = x.shape[-2:]
-    size = data.draw(st.integers(1, min(height, width)), label="size")
-    stride = data.draw(st.integers(1, 6), label="stride")
-    fill = data.draw(st.sampled_from([0.0, -1.5, 2.0]), label="fill")
-    check_against_brute_force(net, x, size, stride, fill)
+    occlude_at_random(case, data, 6, fills=(0.0, -1.5, 2.0))
 
 
 @SETTINGS
 @given(dag_nets(head=True), st.data())
 def test_graphs_equal_brute_force(case, data):
-    net, x = case
-    height, width = x.shape[-2:]
-    size = data.draw(st.integers(1, min(height, width)), label="size")
-    stride = data.draw(st.integers(1, 5), label="stride")
-    check_against_brute_force(net, x, size, stride, 0.0)
+    occlude_at_random(case, data, 5)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(modern_nets(), st.data())
 def test_modern_nets_equal_brute_force(case, data):
     # pads, slices, gates, permutes, norms, opaque blocks: whatever cannot run on crops runs whole
-    net, x = case
-    height, width = x.shape[-2:]
-    size = data.draw(st.integers(1, min(height, width)), label="size")
-    stride = data.draw(st.integers(1, 4), label="stride")
-    check_against_brute_force(net, x, size, stride, 0.0)
+    occlude_at_random(case, data, 4)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
