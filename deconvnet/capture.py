@@ -100,7 +100,7 @@ def _program(network: Network, only: tuple[fx.Node, ...] | None = None) -> _Prog
         step = network.steps.get(node)
         if node.op == "placeholder":
             new = graph.placeholder(node.name)
-        elif step is not None and step.run is not None:
+        elif step is not None and step.run is not None and only is None:  # switches only for a full trace
             name = f"run_{len(owners)}"
             owners[name] = _StepRun(step.run)
             args = fx.node.map_arg(node.args, mapping.__getitem__)
