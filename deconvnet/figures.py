@@ -275,10 +275,19 @@ def _label_colours(labels: Tensor, categories: Sequence[str] | None) -> tuple[Te
     for colour, label in zip(_LABEL_COLOURS, frequent, strict=False):
         colours[:, labels == label] = colour[:, None]
         share = float(counts[label]) / labels.numel()
-        legend.append((colour, f"{_name(categories, label)} {share:.0%}"))
+        legend.append((colour, f"{_name(categories, label)} {_share(share)}"))
     if len(frequent) < int((counts > 0).sum()):
         legend.append((_OTHER, "other labels"))
     return colours, legend
+
+
+def _share(share: float) -> str:
+    """A share of positions as a percentage that never rounds a minority away."""
+    if 0 < share < 0.01:
+        return "<1%"
+    if 0.99 < share < 1:
+        return ">99%"
+    return f"{share:.0%}"
 
 
 def _legend(entries: list[tuple[Tensor, str]], height: int, width: int) -> Tensor:
