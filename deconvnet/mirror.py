@@ -340,13 +340,10 @@ class SameConvTranspose2d(ConvTranspose2d):
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:  # type: ignore[override]
         window = Window(pair(self.weight.shape[2:]), pair(self.stride), (0, 0), pair(self.dilation))
-        pads = []
-        for size, stride, span in zip(record.input_shape[2:], window.stride, window.span(), strict=True):
-            total = max((-(-size // stride) - 1) * stride + span - size, 0)  # outputs = ceil(size / stride)
-            pads.append((total // 2, total - total // 2))
+        pads = functional.same_padding(record.input_shape[2:], window)
         return functional.conv_transpose2d(
-            signal, self.weight, record.input_shape[2:], pair(self.stride), (pads[0], pads[1]),
-            pair(self.dilation), self.groups, self.kernel,
+            signal, self.weight, record.input_shape[2:], pair(self.stride), pads, pair(self.dilation), self.groups,
+            self.kernel,
         )
 
     def window(self) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import InputError
+from .functional import Window, pair, same_padding
 from .shapes import CLASSES
 
 __all__ = [
@@ -86,24 +87,10 @@ class SameConv2d(nn.Conv2d):
     the odd extra row/column padded at the end, worked out for each input size."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(F.pad(x, self._pads(x.shape[-2], x.shape[-1])), self.weight, self.bias, self.stride, 0,
-                        self.dilation, self.groups)
-
-    def _pads(self, height: int, width: int) -> list[int]:
-        """F.pad's [left, right, top, bottom]."""
-        pads: list[int] = []
-        for size, k, s, d in ((width, *self._w), (height, *self._h)):
-            total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
-            pads += [total // 2, total - total // 2]
-        return pads
-
-    @property
-    def _h(self) -> tuple[int, int, int]:
-        return self.kernel_size[0], self.stride[0], self.dilation[0]
-
-    @property
-    def _w(self) -> tuple[int, int, int]:
-        return self.kernel_size[1], self.stride[1], self.dilation[1]
+        window = Window(pair(self.kernel_size), pair(self.stride), (0, 0), pair(self.dilation))
+        (top, bottom), (left, right) = same_padding(x.shape[-2:], window)
+        return F.conv2d(F.pad(x, [left, right, top, bottom]), self.weight, self.bias, self.stride, 0, self.dilation,
+                        self.groups)
 
 
 class ConvBN(nn.Module):

@@ -29,8 +29,8 @@ from .builder import Network
 from .capture import evaluate
 from .deconvnet import DeconvNet
 from .errors import InputError, TargetOutOfRangeError
-from .functional import Pair, pair
-from .mirror import conv_padding
+from .functional import Pair, Window, pair, same_padding
+from .mirror import SameConvTranspose2d, conv_padding
 
 __all__ = ["Occlusion", "occluder_corners", "occlusion"]
 
@@ -232,9 +232,7 @@ _SAME = object()
 class _Slide:
     """A sliding-window layer that can run on a crop of its explicitly padded input."""
 
-    kernel: Pair
-    stride: Pair
-    dilation: Pair
+    window: Window
     pads: tuple[Pair, Pair]
     """((top, bottom), (left, right)) for this input size."""
     value: float
@@ -242,51 +240,28 @@ class _Slide:
     run: Callable[[Tensor], Tensor]
     """The layer on a padded crop, without padding of its own."""
 
-    def span(self, axis: int) -> int:
-        return self.dilation[axis] * (self.kernel[axis] - 1) + 1
-
-
-def _tf_same(size: int, kernel: int, stride: int, dilation: int) -> Pair:
-    total = max((-(-size // stride) - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
-    return (total // 2, total - total // 2)
-
-
-def _same_convs() -> tuple[type[nn.Module], ...]:
-    from .models import SameConv2d
-
-    try:
-        from timm.layers import Conv2dSame
-    except ImportError:
-        return (SameConv2d,)
-    return (SameConv2d, Conv2dSame)
-
 
 def _conv_slide(weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, dilation: Any, groups: int,
                 size: tuple[int, int], same: bool = False) -> _Slide:
-    kernel = pair(tuple(weight.shape[2:]))
-    stride, dilation = pair(stride), pair(dilation)
-    if same:
-        pads = (_tf_same(size[0], kernel[0], stride[0], dilation[0]), _tf_same(size[1], kernel[1], stride[1], dilation[1]))
-    else:
-        pads = conv_padding(padding, kernel, dilation)
-    return _Slide(kernel, stride, dilation, pads, 0.0,
-                  lambda crop: F.conv2d(crop, weight, bias, stride, 0, dilation, groups))
+    window = Window(pair(tuple(weight.shape[2:])), pair(stride), dilation=pair(dilation))
+    pads = same_padding(size, window) if same else conv_padding(padding, window.kernel, window.dilation)
+    return _Slide(window, pads, 0.0,
+                  lambda crop: F.conv2d(crop, weight, bias, window.stride, 0, window.dilation, groups))
 
 
-def _slide(node: fx.Node, module: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Slide | None:
-    """The node as a sliding-window layer that can run on crops, or None."""
+def _slide(node: fx.Node, module: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any],
+           same: bool) -> _Slide | None:
+    """The node as a sliding-window layer that can run on crops, or None. same: its mirror
+    reverses a conv with TensorFlow "SAME" padding worked out per input size."""
     value = args[0] if args else None
     if not isinstance(value, Tensor) or value.dim() != 4:
         return None
     size = (value.shape[-2], value.shape[-1])
     if module is not None:
         if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
-            if type(module).forward is nn.Conv2d.forward:
+            if same or type(module).forward is nn.Conv2d.forward:
                 return _conv_slide(module.weight, module.bias, module.stride, module.padding, module.dilation,
-                                   module.groups, size)
-            if isinstance(module, _same_convs()):
-                return _conv_slide(module.weight, module.bias, module.stride, 0, module.dilation, module.groups,
-                                   size, same=True)
+                                   module.groups, size, same)
             return None
         if type(module) is nn.MaxPool2d and not module.return_indices:
             return _pool_slide("max", module.kernel_size, module.stride, module.padding, module.dilation)
@@ -313,12 +288,12 @@ def _slide(node: fx.Node, module: nn.Module | None, args: tuple[Any, ...], kwarg
 
 
 def _pool_slide(kind: str, kernel: Any, stride: Any, padding: Any, dilation: Any) -> _Slide:
-    kernel, stride, padding, dilation = pair(kernel), pair(stride or kernel), pair(padding), pair(dilation)
+    window = Window(pair(kernel), pair(stride or kernel), pair(padding), pair(dilation))
+    pads = ((window.padding[0], window.padding[0]), (window.padding[1], window.padding[1]))
     if kind == "max":
-        return _Slide(kernel, stride, dilation, ((padding[0], padding[0]), (padding[1], padding[1])), float("-inf"),
-                      lambda crop: F.max_pool2d(crop, kernel, stride, 0, dilation))
-    return _Slide(kernel, stride, dilation, ((padding[0], padding[0]), (padding[1], padding[1])), 0.0,
-                  lambda crop: F.avg_pool2d(crop, kernel, stride, 0))
+        return _Slide(window, pads, float("-inf"),
+                      lambda crop: F.max_pool2d(crop, window.kernel, window.stride, 0, window.dilation))
+    return _Slide(window, pads, 0.0, lambda crop: F.avg_pool2d(crop, window.kernel, window.stride, 0))
 
 
 def _shift(node: fx.Node, module: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Pair | None:
@@ -438,11 +413,8 @@ class _Incremental:
         if any(isinstance(v, Tensor) for v in inputs) or not any(isinstance(v, _Local) for v in inputs) \
                 or not isinstance(base_out, Tensor):
             return self.run_whole(node, env)
-        module = self.module(node)
-        args = fx.node.map_arg(node.args, self.base.__getitem__)
-        kwargs = fx.node.map_arg(node.kwargs, self.base.__getitem__)
         step = self.network.steps.get(node)
-        if step is not None and step.mirror.pointwise and len(node.all_input_nodes) >= 1:
+        if step is not None and step.mirror.pointwise:
             local = self.pointwise(node, env, base_out)
             if local is not None:
                 return local
@@ -451,10 +423,14 @@ class _Incremental:
             value = env.get(source, _SAME)
             if isinstance(value, _Local) and all(not isinstance(env.get(n, _SAME), _Local)
                                                  for n in node.all_input_nodes[1:]):
+                module = self.module(node)
+                args = fx.node.map_arg(node.args, self.base.__getitem__)
+                kwargs = fx.node.map_arg(node.kwargs, self.base.__getitem__)
                 shift = _shift(node, module, args, kwargs)
                 if shift is not None:
                     return _Local(value.patch, value.top + shift[0], value.left + shift[1])
-                slide = _slide(node, module, args, kwargs)
+                same = isinstance(step.mirror, SameConvTranspose2d) if step is not None else False
+                slide = _slide(node, module, args, kwargs, same)
                 if slide is not None and base_out.dim() == 4:
                     local = self.slide(node, source, value, slide, base_out)
                     if local is not None:
@@ -479,20 +455,22 @@ class _Incremental:
         height, width = base_in.shape[-2:]
         (top_pad, bottom_pad), (left_pad, right_pad) = slide.pads
         out_h, out_w = base_out.shape[-2:]
-        first_row, rows = _affected(value.top, value.patch.shape[-2], slide.span(0), slide.stride[0], top_pad, out_h)
-        first_col, cols = _affected(value.left, value.patch.shape[-1], slide.span(1), slide.stride[1], left_pad, out_w)
+        window = slide.window
+        span, stride = window.span(), window.stride
+        first_row, rows = _affected(value.top, value.patch.shape[-2], span[0], stride[0], top_pad, out_h)
+        first_col, cols = _affected(value.left, value.patch.shape[-1], span[1], stride[1], left_pad, out_w)
         if not self.small(rows, cols, base_out.shape):
             return None
         padded = self.padded.get(node)  # per layer: layers reading one input pad it differently
         if padded is None:
-            need_h = (out_h - 1) * slide.stride[0] + slide.span(0) - (height + top_pad + bottom_pad)
-            need_w = (out_w - 1) * slide.stride[1] + slide.span(1) - (width + left_pad + right_pad)
+            reach_h, reach_w = window.extent((out_h, out_w))  # what the whole output reads, padded
+            need_h = reach_h - (height + top_pad + bottom_pad)
+            need_w = reach_w - (width + left_pad + right_pad)
             padded = F.pad(base_in, (left_pad, right_pad + max(need_w, 0), top_pad, bottom_pad + max(need_h, 0)),
                            value=slide.value)
             self.padded[node] = padded
-        crop_h = (rows - 1) * slide.stride[0] + slide.span(0)
-        crop_w = (cols - 1) * slide.stride[1] + slide.span(1)
-        top, left = first_row * slide.stride[0], first_col * slide.stride[1]  # in padded coordinates
+        crop_h, crop_w = window.extent((rows, cols))
+        top, left = first_row * stride[0], first_col * stride[1]  # in padded coordinates
         crop = _paste(_gather(padded, top, left, crop_h, crop_w), top - top_pad, left - left_pad, value)
         return _Local(slide.run(crop), first_row, first_col)
 

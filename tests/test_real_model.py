@@ -10,6 +10,7 @@ from PIL import Image
 from reference import assert_exact, classes_reference
 
 from deconvnet import DeconvNet
+from deconvnet.functional import Window, same_padding
 from deconvnet.loading import load_model
 from deconvnet.models import EfficientNetLite0, SameConv2d
 
@@ -53,7 +54,7 @@ def test_same_padding_matches_tensorflow_for_odd_and_even_sizes():
     for size in (9, 10):
         # TensorFlow "SAME": ceil(size / 2) outputs, the extra pad at the end
         assert conv(torch.zeros(1, 1, size, size)).shape[-1] == -(-size // 2)
-    assert conv._pads(10, 9) == [2, 2, 1, 2]
+    assert same_padding((10, 9), Window((5, 5), (2, 2))) == ((1, 2), (2, 2))
 
 
 @pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
