@@ -5,6 +5,8 @@
     deconvnet channels IMG --layer L    every channel of one layer
     deconvnet top9 FOLDER --layers L..  the 9 strongest units per channel over a dataset
     deconvnet occlusion IMG...          occlusion sensitivity (the paper's Fig. 7)
+    deconvnet atlas DATA --layers L..   a browsable site of every channel's top-k over a dataset;
+                                        torchrun --nproc_per_node=N -m deconvnet atlas ... shards it
     deconvnet demo                      all of the above: a real ImageNet model on real photos,
                                         then the bundled ShapesNet
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -28,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import figures, image
+from .atlas import AtlasImages, build_atlas, rank_and_world
 from .deconvnet import DeconvNet
 from .errors import DeconvnetError, InputError
 from .loading import ImageFolder, LoadedModel, image_files, load_image, load_model
@@ -44,13 +48,15 @@ POINTING_TOLERANCES = (0, 4)  # px; 4 px at 64 px is the usual 15 px at 224 px
 
 def _device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as error:
         raise InputError(f"--device {name!r} is not a device: {error}") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA device is available")
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: each rank its own GPU
     return device
 
 
@@ -58,7 +64,7 @@ class Session:
     """A loaded model on its device, its DeconvNet, and where figures go."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        for option in ("batch_size", "top_k", "k", "channels", "images", "dataset", "pointing"):
+        for option in ("batch_size", "top_k", "k", "channels", "images", "dataset", "pointing", "checkpoint_every"):
             value = getattr(args, option, None)
             if isinstance(value, int) and value < 1:
                 raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
@@ -188,6 +194,46 @@ def occlusion_command(args: argparse.Namespace) -> list[Path]:
         picture = figures.occlusion_figure(result, x[n : n + 1], s.mean, s.std, categories=s.loaded.categories)
         written.append(s.save(picture, f"occlusion-{_slug(Path(path).stem)}.png"))
     return written
+
+
+def atlas_command(args: argparse.Namespace) -> list[Path]:
+    """Mine DATA, project, write the site. Under torchrun (WORLD_SIZE > 1) this process joins the
+    group (NCCL with CUDA, gloo otherwise), mines its shard, and rank 0 writes the site."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized()
+    if distributed:
+        cuda = args.device != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    try:
+        s = Session(args)
+        rank, world = rank_and_world()
+        images = AtlasImages(args.data, s.loaded.preprocessing)
+        return _atlas(s, images, args.layers, s.out, k=args.k, resume=args.resume, rank=rank, world=world)
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+
+
+def _atlas(s: Session, images: AtlasImages, layers: Sequence[str], out: Path, *, k: int, resume: bool = False,
+           rank: int = 0, world: int = 1) -> list[Path]:
+    if rank == 0 and world > 1:
+        print(f"atlas: {world} processes, each mining every {world}th batch of {s.args.batch_size}")
+    atlas = build_atlas(
+        s.dn, images, layers, out, k=k, model_name=s.args.model, batch_size=s.args.batch_size,
+        workers=getattr(s.args, "workers", 0), resume=resume,
+        checkpoint_every=getattr(s.args, "checkpoint_every", 500),
+        progress=functools.partial(tqdm, disable=rank != 0, mininterval=1.0),
+    )
+    if rank != 0:
+        return []
+    print(f"atlas: mined {atlas.mined} of {len(atlas.names)} images")
+    if atlas.skipped:
+        print(f"atlas: skipped {len(atlas.skipped)} image(s) that could not be read:")
+        for i, error in sorted(atlas.skipped.items()):
+            print(f"  {atlas.names[i]}: {error}")
+    print(f"wrote {out / 'index.html'}")
+    return [out / "index.html"]
 
 
 def demo_command(args: argparse.Namespace) -> list[Path]:
@@ -431,6 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=9)
     p.add_argument("--channels", type=int, default=16, help="how many channels to draw per layer")
     p.set_defaults(run=top9_command)
+
+    p = command("atlas", "a browsable site of every channel's k strongest units over a dataset (the paper's Fig. 2 "
+                         "for every unit); run under torchrun to shard it over processes")
+    p.set_defaults(out=Path("deconvnet-atlas"), run=atlas_command)
+    p.add_argument("data", type=Path, help="a folder of images (searched recursively)")
+    p.add_argument("--layers", nargs="+", required=True, help="layers with feature maps")
+    p.add_argument("--k", type=int, default=9, help="units kept per channel (default 9)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint in --out")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="images between checkpoints (default 500)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes reading images (default 0)")
 
     p = command("occlusion", "occlusion sensitivity: a grey square slid over each image (the paper's Fig. 7)")
     p.add_argument("images", type=Path, nargs="+")

@@ -17,7 +17,7 @@ from torch import Tensor
 from .deconvnet import DeconvNet
 from .errors import InputError
 
-__all__ = ["TopUnits", "mine_top_units", "project_top_units"]
+__all__ = ["TopUnits", "batch_top_units", "merge_top_units", "mine_top_units", "project_top_units"]
 
 
 @dataclass
@@ -50,6 +50,38 @@ class TopUnits:
         return tuple(int(v) for v in torch.unravel_index(torch.tensor(flat), spatial))
 
 
+def merge_top_units(parts: Sequence[TopUnits], k: int) -> TopUnits:
+    """The k strongest units per channel among ``parts`` (of one layer): by value, ties to the
+    earlier dataset index. The order is total, so merging is associative and commutative: streamed
+    batches, checkpoints and ranks all reach the same result."""
+    first = parts[0]
+    values = torch.cat([p.values for p in parts], dim=1)
+    images = torch.cat([p.images for p in parts], dim=1)
+    positions = torch.cat([p.positions for p in parts], dim=1)
+    empty = ~torch.isfinite(values)
+    images = images.masked_fill(empty, -1)
+    positions = positions.masked_fill(empty, 0)
+    order = torch.argsort(images, dim=1, stable=True)
+    values, images, positions = (t.gather(1, order) for t in (values, images, positions))
+    order = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
+    values, images, positions = (t.gather(1, order) for t in (values, images, positions))
+    if values.shape[1] < k:
+        pad = k - values.shape[1]
+        values = torch.cat([values, values.new_full((values.shape[0], pad), float("-inf"))], dim=1)
+        images = torch.cat([images, images.new_full((images.shape[0], pad), -1)], dim=1)
+        positions = torch.cat([positions, positions.new_zeros((positions.shape[0], pad))], dim=1)
+    return TopUnits(first.layer, values.contiguous(), images.contiguous(), positions.contiguous(), first.shape)
+
+
+def batch_top_units(layer: str, activation: Tensor, indices: Tensor) -> TopUnits:
+    """Each image's strongest unit per channel: activation (Tensor[B, C, ...]) of dataset images
+    ``indices`` (LongTensor[B]) -> TopUnits with k = B (unsorted)."""
+    flat = activation.reshape(*activation.shape[:2], -1)
+    values, positions = flat.max(dim=2)  # [B, C]
+    images = torch.as_tensor(indices, device=activation.device)[:, None].expand_as(values)
+    return TopUnits(layer, values.T, images.T, positions.T, tuple(activation.shape[1:]))
+
+
 def mine_top_units(
     dn: DeconvNet,
     batches: Iterable[tuple[Tensor, Tensor]],
@@ -68,28 +100,8 @@ def mine_top_units(
     for x, indices in batches:
         outputs = dn.activations(x, layers)
         for layer in layers:
-            activation = outputs[dn.layer_name(layer)]
-            indices = torch.as_tensor(indices, device=activation.device)
-            flat = activation.reshape(*activation.shape[:2], -1)
-            values, positions = flat.max(dim=2)  # [B, C]: each image's strongest unit
-            images = indices[:, None].expand_as(values)
-            if layer in best:
-                kept = best[layer]
-                values = torch.cat([kept.values.T, values])
-                images = torch.cat([kept.images.T, images])
-                positions = torch.cat([kept.positions.T, positions])
-            # Sort by value, then by earlier dataset index, so ties are reproducible.
-            order = torch.argsort(images, dim=0, stable=True)
-            values, images, positions = (t.gather(0, order) for t in (values, images, positions))
-            order = torch.argsort(values, dim=0, descending=True, stable=True)[:k]
-            values, images, positions = (t.gather(0, order) for t in (values, images, positions))
-            if values.shape[0] < k:
-                pad = k - values.shape[0]
-                values = torch.cat([values, values.new_full((pad, values.shape[1]), float("-inf"))])
-                images = torch.cat([images, images.new_full((pad, images.shape[1]), -1)])
-                positions = torch.cat([positions, positions.new_zeros((pad, positions.shape[1]))])
-            best[layer] = TopUnits(layer, values.T.contiguous(), images.T.contiguous(),
-                                   positions.T.contiguous(), tuple(activation.shape[1:]))
+            found = batch_top_units(layer, outputs[dn.layer_name(layer)], indices)
+            best[layer] = merge_top_units([best[layer], found] if layer in best else [found], k)
     if not best:
         raise InputError("no batches to mine: the dataset is empty")
     return best

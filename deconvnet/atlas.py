@@ -1,0 +1,466 @@
+"""A unit atlas: the paper's Fig. 2 for every channel of chosen layers, mined over a whole
+dataset, on one process or many (``torch.distributed``), resumable.
+
+    images = AtlasImages(folder, preprocessing)                  # or any torch Dataset
+    atlas = mine_atlas(dn, images, layers, k=9, state=folder)     # one streaming pass, sharded by rank
+    project_atlas(dn, images, atlas, write=...)                   # each rank projects its share
+    write_site(folder, atlas)                                     # rank 0 (deconvnet.site)
+
+:func:`build_atlas` does all three. Sharding is by whole batches, round robin (batch ``b`` goes
+to rank ``b % world``), so every image is mined exactly once, in exactly the batch a single
+process would put it in: the merged atlas is the single-process one, to the bit. The streaming
+state is saved atomically every ``checkpoint_every`` images; ``resume=True`` continues from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import image
+from .deconvnet import DeconvNet
+from .errors import InputError
+from .figures import crop_to_field
+from .loading import Preprocessing, image_files, load_image
+from .receptive import ReceptiveField
+from .topk import TopUnits, batch_top_units, merge_top_units
+
+__all__ = ["AtlasImages", "Atlas", "Tile", "build_atlas", "mine_atlas", "project_atlas", "rank_and_world"]
+
+STATE_FOLDER = ".atlas-state"
+
+
+class Progress(Protocol):
+    """What a progress bar needs to offer (``tqdm.tqdm`` does)."""
+
+    def update(self, n: int = 1) -> Any: ...
+    def close(self) -> Any: ...
+
+
+ProgressFactory = Callable[..., Progress]  # called as factory(total=, desc=, unit=)
+
+
+class _Silent:
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without ``torch.distributed``)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class AtlasImages(Dataset):
+    """What the atlas streams: index -> (index, Tensor[C, H, W] or None, why it could not be read).
+
+    source: a folder (searched recursively for common image formats, read through
+        ``preprocessing``) or any Dataset whose items are Tensor[C, H, W] or tuples starting with
+        one. An item that cannot be read is reported, not fatal.
+    names: one per item (default: paths relative to the folder, or ``"#i"``).
+    preprocessing: for a folder, how files become model input (required); for both, its
+        mean/std undo the normalisation when patches are drawn (default: values shown as they are).
+    """
+
+    def __init__(self, source: Path | str | Dataset, preprocessing: Preprocessing | None = None,
+                 names: Sequence[str] | None = None) -> None:
+        self.preprocessing = preprocessing
+        self.files: list[Path] | None = None
+        if isinstance(source, (str, Path)):
+            folder = Path(source)
+            if preprocessing is None:
+                raise InputError("reading a folder needs a preprocessing (how files become model input)")
+            self.files = image_files(folder)
+            self.dataset: Dataset | None = None
+            self.source = str(folder)
+            default = [p.relative_to(folder).as_posix() for p in self.files]
+        elif isinstance(source, Dataset):
+            self.dataset = source
+            try:
+                length = len(source)  # type: ignore[arg-type]
+            except TypeError as error:
+                raise InputError(f"the dataset ({type(source).__name__}) has no length; the atlas needs one") from error
+            self.source = f"{type(source).__name__} ({length} items)"
+            default = [f"#{i}" for i in range(length)]
+        else:
+            raise InputError(f"the atlas reads a folder or a torch Dataset, not {type(source).__name__}")
+        if names is not None and len(names) != len(default):
+            raise InputError(f"names has {len(names)} entries for {len(default)} images")
+        self.names = list(names) if names is not None else default
+        if not self.names:
+            raise InputError(f"{self.source} holds no images")
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocessing.mean if self.preprocessing else (0.0, 0.0, 0.0)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocessing.std if self.preprocessing else (1.0, 1.0, 1.0)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | None, str | None]:
+        if self.files is not None:
+            try:
+                return index, load_image(self.files[index], self.preprocessing), None  # type: ignore[arg-type]
+            except InputError as error:
+                return index, None, str(error)
+        try:
+            item = self.dataset[index]  # type: ignore[index]
+        except Exception as error:  # the user's dataset: any failure skips this item, reported
+            return index, None, f"{type(error).__name__}: {error}"
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            return index, None, f"item {index} is not a Tensor[C, H, W] (got {got})"
+        return index, x, None
+
+    def load(self, index: int) -> Tensor:
+        """Image ``index`` as model input; InputError if it cannot be read (any more)."""
+        _, x, error = self[index]
+        if x is None:
+            raise InputError(f"image {self.names[index]} could not be read: {error}")
+        return x
+
+
+def _collate(items: list[tuple[int, Tensor | None, str | None]]) -> tuple[Tensor, Tensor | None, dict[int, str]]:
+    good = [(i, x) for i, x, _ in items if x is not None]
+    skipped = {i: error for i, x, error in items if x is None}
+    if not good:
+        return torch.zeros(0, dtype=torch.long), None, skipped  # type: ignore[return-value]
+    shapes = {tuple(x.shape) for _, x in good}
+    if len(shapes) > 1:
+        raise InputError(f"images of one batch differ in shape {sorted(shapes)}; resize them to one size")
+    return torch.tensor([i for i, _ in good]), torch.stack([x for _, x in good]), skipped
+
+
+@dataclass
+class Atlas:
+    """The mined atlas: per layer, the k strongest units of every channel (see :class:`TopUnits`).
+
+    names: every dataset item's name (``TopUnits.images`` index into it); skipped: the items that
+    could not be read, with why; mined: how many were read and mined.
+    """
+
+    model: str
+    source: str
+    names: list[str]
+    k: int
+    layers: dict[str, TopUnits]
+    fields: dict[str, ReceptiveField | None]
+    skipped: dict[int, str] = field(default_factory=dict)
+    mined: int = 0
+
+    def to_json(self) -> dict:
+        """The ``atlas.json`` document (units strongest first; empty slots left out)."""
+        layers = {}
+        for name, top in self.layers.items():
+            f = self.fields[name]
+            units = []
+            for c in range(top.values.shape[0]):
+                units.append([
+                    {"image": int(top.images[c, r]), "value": float(top.values[c, r]),
+                     "position": list(top.unit(c, r))}
+                    for r in range(self.k) if torch.isfinite(top.values[c, r])
+                ])
+            layers[name] = {"channels": top.values.shape[0], "k": self.k, "shape": list(top.shape),
+                            "receptive_field": list(f.size) if f is not None else None, "units": units}
+        skipped = [{"image": i, "name": self.names[i], "error": e} for i, e in sorted(self.skipped.items())]
+        return {"model": self.model, "images": self.names,
+                "dataset": {"source": self.source, "count": len(self.names), "mined": self.mined, "skipped": skipped},
+                "layers": layers}
+
+
+@dataclass
+class _State:
+    """One rank's streaming state: batches done of its shard, top units so far, skipped items."""
+
+    done: int = 0
+    mined: int = 0
+    top: dict[str, TopUnits] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
+    finished: bool = False
+
+
+def _model_fingerprint(model: nn.Module) -> str:
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{float(tensor.double().sum())}".encode())
+    return digest.hexdigest()
+
+
+def _checkpoint_path(folder: Path, rank: int, world: int) -> Path:
+    return folder / STATE_FOLDER / f"rank-{rank}-of-{world}.pt"
+
+
+def _save_state(path: Path, key: dict, state: _State) -> None:
+    """Write to a temporary file, then rename over the old one: a kill leaves one whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".tmp{os.getpid()}")
+    top = {layer: {"values": t.values.cpu(), "images": t.images.cpu(), "positions": t.positions.cpu(),
+                   "shape": list(t.shape)} for layer, t in state.top.items()}
+    torch.save({"key": key, "done": state.done, "mined": state.mined, "top": top,
+                "skipped": state.skipped, "finished": state.finished}, temporary)
+    os.replace(temporary, path)
+
+
+def _load_state(path: Path, key: dict) -> _State | None:
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file fails in many ways; all mean the same here
+        raise InputError(f"cannot read the atlas checkpoint {path}: {error}; rerun without --resume") from error
+    if saved.get("key") != key:
+        changed = sorted(name for name in key if saved.get("key", {}).get(name) != key[name])
+        raise InputError(f"the atlas checkpoint {path} was written for a different run ({', '.join(changed)} "
+                         "changed); rerun without --resume to start over")
+    top = {layer: TopUnits(layer, t["values"], t["images"], t["positions"], tuple(t["shape"]))
+           for layer, t in saved["top"].items()}
+    return _State(saved["done"], saved["mined"], top, dict(saved["skipped"]), saved["finished"])
+
+
+def _batches(count: int, batch_size: int) -> list[list[int]]:
+    return [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+
+
+def mine_atlas(
+    dn: DeconvNet,
+    images: AtlasImages,
+    layers: Sequence[str],
+    *,
+    k: int = 9,
+    model_name: str = "model",
+    batch_size: int = 32,
+    workers: int = 0,
+    state: Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 500,
+    progress: ProgressFactory = _Silent,
+) -> Atlas:
+    """Stream ``images`` once (this rank's shard) and merge every rank's top-k.
+
+    layers: layers with spatial maps (Tensor[N, C, H, W] outputs). state: a folder for the
+    checkpoints (``<state>/.atlas-state/rank-R-of-W.pt``), written every ``checkpoint_every``
+    images and at the end; ``resume`` continues from them. Collective under torch.distributed:
+    every rank calls it and gets the same Atlas.
+    """
+    for name, value in (("k", k), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InputError(f"workers must be a non-negative integer, got {workers!r}")
+    if not layers:
+        raise InputError("name at least one layer to mine")
+    names = [dn.layer_name(layer) for layer in layers]  # unknown layers fail before any image is read
+    if len(set(names)) != len(names):
+        raise InputError(f"layers are named twice: {list(layers)}")
+    _check_spatial(dn, images, names)
+    rank, world = rank_and_world()
+    device = _device(dn)
+    key = {"model": _model_fingerprint(dn.model), "layers": names, "k": k, "batch_size": batch_size,
+           "images": hashlib.sha1("\n".join(images.names).encode()).hexdigest(), "world": world}
+    path = _checkpoint_path(state, rank, world) if state is not None else None
+    current = (_load_state(path, key) if resume and path is not None else None) or _State()
+    shard = _batches(len(images), batch_size)[rank::world]
+    bar = progress(total=sum(len(b) for b in shard), desc="mining", unit="img")
+    bar.update(sum(len(b) for b in shard[: current.done]))
+    since = 0
+    loader = DataLoader(images, batch_sampler=shard[current.done :], collate_fn=_collate, num_workers=workers)
+    for indices, x, skipped in loader:
+        current.skipped.update(skipped)
+        if x is not None:
+            outputs = dn.activations(x.to(device), names)
+            for name in names:
+                found = batch_top_units(name, outputs[name], indices.to(device))
+                kept = current.top.get(name)
+                current.top[name] = _cpu(merge_top_units([kept, _cpu(found)] if kept else [_cpu(found)], k))
+            current.mined += x.shape[0]
+        current.done += 1
+        since += indices.numel() + len(skipped)
+        bar.update(indices.numel() + len(skipped))
+        if path is not None and since >= checkpoint_every:
+            _save_state(path, key, current)
+            since = 0
+    bar.close()
+    current.finished = True
+    if path is not None:
+        _save_state(path, key, current)
+    return _merge_ranks(current, names, images, k, model_name, dn, world)
+
+
+def _cpu(top: TopUnits) -> TopUnits:
+    return TopUnits(top.layer, top.values.cpu(), top.images.cpu(), top.positions.cpu(), top.shape)
+
+
+def _device(dn: DeconvNet) -> torch.device:
+    parameter = next(dn.model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _check_spatial(dn: DeconvNet, images: AtlasImages, names: list[str]) -> None:
+    """Each layer must output feature maps; probed on the first readable image."""
+    for index in range(len(images)):
+        _, x, _ = images[index]
+        if x is not None:
+            break
+    else:
+        _, _, error = images[0]
+        raise InputError(f"no image of {images.source} could be read; the first: {error}")
+    outputs = dn.activations(x[None].to(_device(dn)), names)
+    for name in names:
+        if outputs[name].dim() != 4:
+            raise InputError(f"the atlas needs layers with feature maps; {name} outputs "
+                             f"{tuple(outputs[name].shape[1:])} per image")
+
+
+def _merge_ranks(state: _State, names: list[str], images: AtlasImages, k: int, model_name: str,
+                 dn: DeconvNet, world: int) -> Atlas:
+    states = [state]
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, (state.top, state.skipped, state.mined))
+        states = [_State(0, mined, top, skipped, True) for top, skipped, mined in gathered]
+    skipped = {i: e for s in states for i, e in s.skipped.items()}
+    mined = sum(s.mined for s in states)
+    if mined == 0:
+        first = min(skipped)
+        raise InputError(f"no image of {images.source} could be read; the first, {images.names[first]}: "
+                         f"{skipped[first]}")
+    layers = {name: merge_top_units([s.top[name] for s in states if name in s.top], k) for name in names}
+    fields = {name: dn.receptive_field(name) for name in names}
+    return Atlas(model_name, images.source, images.names, k, layers, fields, skipped, mined)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One kept unit drawn: its projection and its image patch, cropped to the receptive field,
+    as PNG bytes. rank: its place among the channel's units (0 = strongest)."""
+
+    layer: str
+    channel: int
+    rank: int
+    projection: bytes
+    patch: bytes
+
+
+def _png(picture: Tensor) -> bytes:
+    buffer = io.BytesIO()
+    image.to_pil(picture).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def project_atlas(
+    dn: DeconvNet,
+    images: AtlasImages,
+    atlas: Atlas,
+    write: Callable[[Tile], None],
+    *,
+    batch_size: int = 32,
+    progress: ProgressFactory = _Silent,
+) -> None:
+    """Project every kept unit alone (the cropped fast path of :meth:`DeconvNet.reconstruct_units`)
+    and hand each :class:`Tile` to ``write`` on rank 0. Collective under torch.distributed: the
+    kept images are shared round robin; rank 0 gathers each round's tiles."""
+    rank, world = rank_and_world()
+    by_image: dict[int, list[tuple[str, int, int]]] = {}
+    for name, top in atlas.layers.items():
+        for c in range(top.values.shape[0]):
+            for r in range(atlas.k):
+                if torch.isfinite(top.values[c, r]):
+                    by_image.setdefault(int(top.images[c, r]), []).append((name, c, r))
+    order = sorted(by_image)
+    mine = order[rank::world]
+    rounds = -(-len(order) // (batch_size * world))
+    bar = progress(total=sum(len(v) for v in by_image.values()), desc="projecting", unit="unit")
+    device = _device(dn)
+    for round_ in range(rounds):
+        batch = mine[round_ * batch_size : (round_ + 1) * batch_size]
+        tiles = list(_project(dn, images, atlas, batch, by_image, device)) if batch else []
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.gather_object(tiles, gathered if rank == 0 else None, dst=0)
+            tiles = [t for part in gathered for t in part] if rank == 0 else []
+        for tile in tiles:
+            write(tile)
+        bar.update(len(tiles))
+    bar.close()
+
+
+def _project(dn: DeconvNet, images: AtlasImages, atlas: Atlas, batch: list[int],
+             by_image: dict[int, list[tuple[str, int, int]]], device: torch.device) -> Iterator[Tile]:
+    x = torch.stack([images.load(i) for i in batch]).to(device)
+    trace = dn.trace(x)
+    shown = image.denormalize(x.float(), images.mean, images.std).cpu()
+    for name, top in atlas.layers.items():
+        units = [(b, c, r) for b, i in enumerate(batch) for layer, c, r in by_image[i] if layer == name]
+        if not units:
+            continue
+        projected = dn.reconstruct_units(
+            trace, name, images=[b for b, _, _ in units], channels=[c for _, c, _ in units],
+            positions=[int(top.positions[c, r]) for _, c, r in units],
+        ).float().cpu()
+        field_ = atlas.fields[name]
+        for t, (b, c, r) in enumerate(units):
+            unit = top.unit(c, r)
+            projection = image.signed_to_unit(crop_to_field(projected[t], field_, unit, 0.0))
+            patch = crop_to_field(shown[b], field_, unit, 1.0)
+            yield Tile(name, c, r, _png(projection), _png(patch))
+
+
+def build_atlas(
+    model: nn.Module | DeconvNet,
+    data: Path | str | Dataset | AtlasImages,
+    layers: Sequence[str],
+    out: Path | str,
+    *,
+    k: int = 9,
+    preprocessing: Preprocessing | None = None,
+    names: Sequence[str] | None = None,
+    model_name: str | None = None,
+    batch_size: int = 32,
+    workers: int = 0,
+    resume: bool = False,
+    checkpoint_every: int = 500,
+    progress: ProgressFactory = _Silent,
+) -> Atlas:
+    """Mine ``data`` for the top-k units of every channel of ``layers``, project them, and write
+    the static site to ``out`` (``index.html``, a page per layer and per channel, ``atlas.json``).
+
+    Under torch.distributed every rank calls this with the same arguments; rank 0 writes the
+    site. Returns the Atlas (on every rank).
+    """
+    from .site import SiteWriter
+
+    dn = model if isinstance(model, DeconvNet) else DeconvNet(model)
+    images = data if isinstance(data, AtlasImages) else AtlasImages(data, preprocessing, names)
+    out = Path(out)
+    name = model_name or type(dn.model).__name__
+    atlas = mine_atlas(dn, images, layers, k=k, model_name=name, batch_size=batch_size, workers=workers,
+                       state=out, resume=resume, checkpoint_every=checkpoint_every, progress=progress)
+    rank, _ = rank_and_world()
+    writer = SiteWriter(out, atlas) if rank == 0 else None
+    project_atlas(dn, images, atlas, writer.tile if writer else (lambda tile: None), batch_size=batch_size,
+                  progress=progress if rank == 0 else _Silent)
+    if writer is not None:
+        writer.pages(progress)
+    return atlas

@@ -1,0 +1,207 @@
+"""The atlas as a static site that opens from the file system, no server:
+
+    SITE/index.html            the model, the dataset, every layer with a strip of its strongest channels
+    SITE/<layer>/index.html    every channel's top projection; sort by strength, filter by number
+    SITE/<layer>/<c>.html      one channel's top-k projections next to their image patches
+    SITE/<layer>/img/<c>-<r>.png, <c>-<r>-patch.png
+    SITE/atlas.json            what was mined (see :meth:`deconvnet.atlas.Atlas.to_json`)
+
+Plain HTML and CSS; the layer page has a few lines of script for sorting and filtering.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .atlas import _Silent, Atlas, ProgressFactory, Tile
+
+__all__ = ["SiteWriter"]
+
+STRIP = 8  # strongest channels shown per layer on the index page
+
+_CSS = """\
+body { font: 15px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+a { color: #1f5fa8; text-decoration: none; } a:hover { text-decoration: underline; }
+h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { font-size: 1.15em; margin: 1.4em 0 .4em; }
+.muted { color: #666; } nav { margin: .5em 0 1em; } nav a { margin-right: 1.2em; }
+table { border-collapse: collapse; } th, td { text-align: left; padding: .35em .8em .35em 0; vertical-align: middle; }
+th { border-bottom: 1px solid #ccc; font-weight: 600; } tr + tr td { border-top: 1px solid #eee; }
+img.tile { width: 72px; height: 72px; object-fit: contain; image-rendering: pixelated; background: #eee; display: block; }
+img.big { width: 128px; height: 128px; }
+.strip { display: flex; gap: 4px; } .strip a { display: block; }
+.grid { display: flex; flex-wrap: wrap; gap: 10px; }
+.card { display: block; width: 72px; font-size: 12px; color: #222; } .card span { display: block; }
+.card .value, .unit .value { color: #666; }
+.card.empty img { visibility: hidden; }
+.controls { margin: .5em 0 1em; display: flex; gap: .6em; align-items: center; flex-wrap: wrap; }
+.controls button[aria-pressed="true"] { font-weight: 700; }
+.units { display: grid; grid-template-columns: repeat(auto-fill, minmax(290px, 1fr)); gap: 14px; }
+.unit { display: flex; gap: 6px; align-items: flex-start; font-size: 13px; }
+.unit .text { min-width: 0; overflow-wrap: anywhere; }
+details { margin: .5em 0; }
+"""
+
+_SCRIPT = """\
+<script>
+const grid = document.getElementById("grid"), cards = Array.from(grid.children);
+function order(key) {
+  cards.sort((a, b) => key === "value" ? b.dataset.value - a.dataset.value || a.dataset.channel - b.dataset.channel
+                                       : a.dataset.channel - b.dataset.channel);
+  cards.forEach(card => grid.appendChild(card));
+  document.querySelectorAll("[data-sort]").forEach(b => b.setAttribute("aria-pressed", b.dataset.sort === key));
+}
+document.querySelectorAll("[data-sort]").forEach(b => b.addEventListener("click", () => order(b.dataset.sort)));
+document.getElementById("filter").addEventListener("input", event => {
+  const wanted = new Set(), text = event.target.value;
+  for (const part of text.split(/[\\s,]+/).filter(Boolean)) {
+    const [lo, hi] = part.split("-").map(Number);
+    for (let c = lo; c <= (Number.isNaN(hi) || hi === undefined ? lo : hi); c++) wanted.add(c);
+  }
+  cards.forEach(card => card.hidden = text.trim() !== "" && !wanted.has(Number(card.dataset.channel)));
+});
+</script>
+"""
+
+
+def _page(title: str, body: str, css: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f'<link rel="stylesheet" href="{css}">\n</head>\n<body>\n{body}\n</body>\n</html>\n')
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+class SiteWriter:
+    """Writes the site of ``atlas`` under ``folder``: tiles as they arrive, then the pages."""
+
+    def __init__(self, folder: Path, atlas: Atlas) -> None:
+        self.folder = Path(folder)
+        self.atlas = atlas
+        self.slugs: dict[str, str] = {}
+        for layer in atlas.layers:
+            slug = re.sub(r"[^A-Za-z0-9_.-]", "_", layer).strip(".") or "layer"
+            while slug in self.slugs.values() or slug == "img":
+                slug += "_"
+            self.slugs[layer] = slug
+            (self.folder / slug / "img").mkdir(parents=True, exist_ok=True)
+
+    def tile(self, tile: Tile) -> None:
+        base = self.folder / self.slugs[tile.layer] / "img"
+        (base / f"{tile.channel}-{tile.rank}.png").write_bytes(tile.projection)
+        (base / f"{tile.channel}-{tile.rank}-patch.png").write_bytes(tile.patch)
+
+    def pages(self, progress: ProgressFactory = _Silent) -> None:
+        atlas = self.atlas
+        total = 1 + sum(1 + top.values.shape[0] for top in atlas.layers.values())
+        bar = progress(total=total, desc="writing", unit="page")
+        (self.folder / "style.css").write_text(_CSS)
+        (self.folder / "atlas.json").write_text(json.dumps(atlas.to_json(), indent=1) + "\n")
+        (self.folder / "index.html").write_text(self._index())
+        bar.update()
+        for layer, top in atlas.layers.items():
+            folder = self.folder / self.slugs[layer]
+            (folder / "index.html").write_text(self._layer(layer))
+            bar.update()
+            for c in range(top.values.shape[0]):
+                (folder / f"{c}.html").write_text(self._unit(layer, c))
+                bar.update()
+        bar.close()
+
+    def _field(self, layer: str) -> str:
+        f = self.atlas.fields[layer]
+        if f is None:
+            return "the whole image"
+        return f"{f.size[0]}&times;{f.size[1]} px, stride {f.stride[0]}"
+
+    def _index(self) -> str:
+        atlas = self.atlas
+        rows = []
+        for layer, top in atlas.layers.items():
+            slug = self.slugs[layer]
+            strongest = torch.argsort(top.values[:, 0], descending=True, stable=True)[:STRIP].tolist()
+            strip = "".join(
+                f'<a href="{slug}/{c}.html" title="channel {c}, max {_number(float(top.values[c, 0]))}">'
+                f'<img class="tile" src="{slug}/img/{c}-0.png" alt="{html.escape(layer)} channel {c}"></a>'
+                for c in strongest if torch.isfinite(top.values[c, 0])
+            )
+            size = "&times;".join(str(s) for s in top.shape[1:])
+            rows.append(f'<tr><td><a href="{slug}/index.html">{html.escape(layer)}</a></td><td>{top.values.shape[0]}</td>'
+                        f'<td>{size}</td><td>{self._field(layer)}</td><td><div class="strip">{strip}</div></td></tr>')
+        skipped = ""
+        if atlas.skipped:
+            items = "".join(f"<li>{html.escape(atlas.names[i])}: {html.escape(e)}</li>"
+                            for i, e in sorted(atlas.skipped.items()))
+            skipped = (f'<details><summary>{len(atlas.skipped)} image(s) could not be read and were skipped'
+                       f'</summary><ul>{items}</ul></details>')
+        body = (
+            f"<h1>Unit atlas: {html.escape(atlas.model)}</h1>\n"
+            f'<p class="muted">The {atlas.k} strongest activations of every channel over the dataset, each projected '
+            "back to pixels by the deconvnet and shown next to the image patch it saw (its receptive field).</p>\n"
+            f"<h2>Dataset</h2>\n<p>{html.escape(atlas.source)}: {len(atlas.names)} images, {atlas.mined} mined, "
+            f'<span id="skipped">{len(atlas.skipped)} skipped</span>.</p>\n{skipped}\n'
+            "<h2>Layers</h2>\n<table>\n<tr><th>layer</th><th>channels</th><th>map</th><th>receptive field</th>"
+            f"<th>strongest channels</th></tr>\n{''.join(rows)}\n</table>\n"
+            '<p class="muted">Data: <a href="atlas.json">atlas.json</a>.</p>'
+        )
+        return _page(f"Unit atlas: {atlas.model}", body, "style.css")
+
+    def _layer(self, layer: str) -> str:
+        top = self.atlas.layers[layer]
+        cards = []
+        for c in range(top.values.shape[0]):
+            value = float(top.values[c, 0])
+            if torch.isfinite(top.values[c, 0]):
+                cards.append(f'<a class="card" href="{c}.html" data-channel="{c}" data-value="{value!r}">'
+                             f'<img class="tile" src="img/{c}-0.png" alt="channel {c}" loading="lazy">'
+                             f'<span>#{c}</span><span class="value">{_number(value)}</span></a>')
+            else:
+                cards.append(f'<a class="card empty" href="{c}.html" data-channel="{c}" data-value="-Infinity">'
+                             f'<span>#{c}</span><span class="value">no units</span></a>')
+        body = (
+            f'<nav><a href="../index.html">&larr; all layers</a></nav>\n'
+            f"<h1>{html.escape(layer)}</h1>\n"
+            f'<p class="muted">{top.values.shape[0]} channels; receptive field {self._field(layer)}. '
+            "Each thumbnail is the channel's strongest unit over the dataset, projected down.</p>\n"
+            '<div class="controls">Sort: <button data-sort="channel" aria-pressed="true">channel</button>'
+            '<button data-sort="value" aria-pressed="false">strongest activation</button>'
+            '<label>Channels: <input id="filter" type="search" placeholder="e.g. 3, 10-20" size="14"></label></div>\n'
+            f'<div class="grid" id="grid">{"".join(cards)}</div>\n{_SCRIPT}'
+        )
+        return _page(f"{layer}: {self.atlas.model} atlas", body, "../style.css")
+
+    def _unit(self, layer: str, c: int) -> str:
+        atlas, top = self.atlas, self.atlas.layers[layer]
+        channels = top.values.shape[0]
+        links = ['<a href="index.html">&uarr; ' + html.escape(layer) + "</a>"]
+        if c > 0:
+            links.append(f'<a href="{c - 1}.html" rel="prev">&larr; channel {c - 1}</a>')
+        if c < channels - 1:
+            links.append(f'<a href="{c + 1}.html" rel="next">channel {c + 1} &rarr;</a>')
+        units = []
+        for r in range(atlas.k):
+            if not torch.isfinite(top.values[c, r]):
+                continue
+            index = int(top.images[c, r])
+            position = top.unit(c, r)
+            units.append(
+                f'<div class="unit"><img class="tile big" src="img/{c}-{r}.png" alt="projection {r + 1}">'
+                f'<img class="tile big" src="img/{c}-{r}-patch.png" alt="patch {r + 1}">'
+                f'<div class="text"><b>{r + 1}.</b> <span class="value">{_number(float(top.values[c, r]))}</span><br>'
+                f"{html.escape(atlas.names[index])}<br>row {position[0]}, col {position[1]}</div></div>"
+            )
+        found = len(units)
+        note = "" if found == atlas.k else f" (only {found} image(s) gave this channel a unit)"
+        body = (
+            f"<nav>{''.join(links)}</nav>\n<h1>{html.escape(layer)}, channel {c}</h1>\n"
+            f'<p class="muted">Its {found} strongest activations over the dataset{note}, strongest first: the projection '
+            f"(cropped to the receptive field, {self._field(layer)}) and the image patch; activation; image; unit "
+            "position in the feature map.</p>\n"
+            f'<div class="units">{"".join(units) or "<p>No image gave this channel a unit.</p>"}</div>'
+        )
+        return _page(f"{layer} channel {c}: {atlas.model} atlas", body, "../style.css")
