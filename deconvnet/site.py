@@ -44,6 +44,7 @@ img.big { width: 128px; height: 128px; }
 .unit { display: flex; gap: 6px; align-items: flex-start; font-size: 13px; }
 .unit .text { min-width: 0; overflow-wrap: anywhere; }
 details { margin: .5em 0; }
+[hidden] { display: none !important; }
 """
 
 _SCRIPT = """\
