@@ -11,6 +11,7 @@
     python -m benchmarks units               # top-9 projections: cropped units vs one-hot signals
     python -m benchmarks precision           # bfloat16 autocast (float16 on CUDA) vs float32
     python -m benchmarks mining              # top-9 mining throughput vs the plain forward
+    python -m benchmarks atlas               # atlas mining/projecting: 1 vs 2 gloo processes vs 2 threads
     python -m benchmarks memory              # all 1000 VGG16 classes: peak memory and time
 
 Methods are timed interleaved (A, B, C, A, B, C, ...) after a warm-up round; rows give the
@@ -454,6 +455,44 @@ def bench_mining(model_name: str, layers: list[str], images: int, batch_size: in
                    "mining / forward throughput": seconds["plain forward"] / seconds["deconvnet mining"]})
 
 
+def bench_atlas(model_name: str, layers: list[str], images: int, batch_size: int, repeats: int) -> list[dict]:
+    """The atlas on CPU: plain forward, mining and projecting, each timed inside the same process
+    (benchmarks/atlas_worker.py), for 1 process x 1 thread, 2 gloo processes x 1 thread (torchrun)
+    and 1 process x 2 threads; configurations interleaved, medians over ``repeats``."""
+    from deconvnet.shapes import render
+
+    size = 64 if model_name == "shapes" else 224
+    configs = {"1 process x 1 thread": (1, 1), "2 processes x 1 thread": (2, 1), "1 process x 2 threads": (1, 2)}
+    samples: dict[str, list[dict]] = {name: [] for name in configs}
+    with tempfile.TemporaryDirectory() as folder:
+        for i in range(images):
+            render(5, i).image.resize((size, size)).save(Path(folder) / f"{i:05d}.png")
+        for _ in range(repeats):
+            for name, (processes, threads) in configs.items():
+                launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+                run = subprocess.run([*launcher, "-m", "benchmarks.atlas_worker", folder, model_name, str(batch_size),
+                                      *layers], capture_output=True, text=True, check=True,
+                                     env={**__import__("os").environ, "OMP_NUM_THREADS": str(threads)})
+                samples[name].append(json.loads(run.stdout.strip().splitlines()[-1]))
+    rows = []
+    single = None
+    for name, runs in samples.items():
+        seconds = {phase: statistics.median(r["seconds"][phase] for r in runs) for phase in runs[0]["seconds"]}
+        if single is None:
+            single = seconds
+        rows.append({
+            "benchmark": "atlas", "model": f"{model_name} {' '.join(layers)}, {name}", "size": size,
+            "targets": images, "dtype": "float32", "machine": machine(torch.device("cpu")).rsplit(",", 1)[0],
+            "torch": torch.__version__, "seconds": seconds, "units": runs[0]["units"],
+            "images/s forward": images / seconds["forward"], "images/s mining": images / seconds["mining"],
+            "mining / forward throughput": seconds["forward"] / seconds["mining"],
+            "mining speed-up (1x1 / this)": single["mining"] / seconds["mining"],
+            "projecting speed-up (1x1 / this)": single["projecting"] / seconds["projecting"],
+        })
+    return rows
+
+
 # --- 4. memory -----------------------------------------------------------------------------
 
 
@@ -545,7 +584,7 @@ def save(rows: list[dict], stem: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["occlusion", "occlusion-sizes", "everyday", "trace", "classes", "modern", "precision", "channels", "units",
-                                          "mining", "memory", "all"])
+                                          "mining", "atlas", "memory", "all"])
     parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
     parser.add_argument("--size", type=int, default=224)
@@ -593,6 +632,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.which in ("mining", "all"):
         emit(bench_mining("shapes", ["features.8", "features.13"], 1024, 64, args.repeats, device))
         emit(bench_mining("alexnet", ["features.4", "features.7", "features.11"], 128, 32, args.repeats, device))
+    if args.which in ("atlas", "all"):
+        for row in bench_atlas("shapes", ["features.8", "features.13"], 2048, 64, args.repeats):
+            emit(row)
+        for row in bench_atlas("alexnet", ["features.11"], 128, 32, args.repeats):
+            emit(row)
     if args.which in ("memory", "all"):
         emit(bench_memory("vgg16", args.size))
     save(rows, args.name or args.which)

@@ -35,7 +35,7 @@ from .loading import Preprocessing, image_files, load_image
 from .receptive import ReceptiveField
 from .topk import TopUnits, batch_top_units, merge_top_units
 
-__all__ = ["AtlasImages", "Atlas", "Tile", "build_atlas", "mine_atlas", "project_atlas", "rank_and_world"]
+__all__ = ["Atlas", "AtlasImages", "Tile", "build_atlas", "mine_atlas", "project_atlas", "rank_and_world"]
 
 STATE_FOLDER = ".atlas-state"
 
@@ -279,6 +279,13 @@ def mine_atlas(
     device = _device(dn)
     key = {"model": _model_fingerprint(dn.model), "layers": names, "k": k, "batch_size": batch_size,
            "images": hashlib.sha1("\n".join(images.names).encode()).hexdigest(), "world": world}
+    if world > 1:  # every rank must mine the same thing, or the merge would be meaningless
+        keys: list[Any] = [None] * world
+        dist.all_gather_object(keys, key)
+        differ = sorted({name for other in keys for name in key if other[name] != key[name]})
+        if differ:
+            raise InputError(f"the ranks disagree on {', '.join(differ)}: give every rank the same model, "
+                             "images, layers, k and batch size")
     path = _checkpoint_path(state, rank, world) if state is not None else None
     current = (_load_state(path, key) if resume and path is not None else None) or _State()
     shard = _batches(len(images), batch_size)[rank::world]

@@ -218,7 +218,7 @@ def atlas_command(args: argparse.Namespace) -> list[Path]:
 def _atlas(s: Session, images: AtlasImages, layers: Sequence[str], out: Path, *, k: int, resume: bool = False,
            rank: int = 0, world: int = 1) -> list[Path]:
     if rank == 0 and world > 1:
-        print(f"atlas: {world} processes, each mining every {world}th batch of {s.args.batch_size}")
+        print(f"atlas: {world} processes; batch b (of {s.args.batch_size} images) is mined by rank b % {world}")
     atlas = build_atlas(
         s.dn, images, layers, out, k=k, model_name=s.args.model, batch_size=s.args.batch_size,
         workers=getattr(s.args, "workers", 0), resume=resume,
@@ -273,6 +273,8 @@ def demo_command(args: argparse.Namespace) -> list[Path]:
                            ["features.8", "features.13"], strict=True):
         pictures.append((path, f"Top-9 over {len(files)} images for {layer}: projections cropped to the "
                                "receptive field, next to the image patches."))
+    atlas_layers = ["features.3", "features.8", "features.13"]  # the last ReLU of each conv block
+    _atlas(s, AtlasImages(folder, s.loaded.preprocessing), atlas_layers, s.out / "atlas", k=9)
 
     pointing_samples = [render(POINTING_SEED, i) for i in range(args.pointing)]
     starts = range(0, len(pointing_samples), s.args.batch_size)
@@ -288,7 +290,7 @@ def demo_command(args: argparse.Namespace) -> list[Path]:
     for r in results:
         print(f"pointing game on {r.images} held-out images, tolerance {r.tolerance} px: "
               f"deconvnet {r.deconvnet:.3f}, centre {r.centre:.3f}, random {r.random:.3f}")
-    index = _index(real, pictures, results, info)
+    index = _index(real, pictures, results, info, atlas_layers)
     (s.out / "index.md").write_text(index)
     print(f"wrote {s.out / 'index.md'}")
     return [p for p, _ in real + pictures]
@@ -404,7 +406,7 @@ def _model_demo(args: argparse.Namespace) -> list[Path]:
 
 
 def _index(real: list[tuple[Path, str]], pictures: list[tuple[Path, str]], results: list[PointingResult],
-           info: dict) -> str:
+           info: dict, atlas_layers: Sequence[str]) -> str:
     lines = ["# deconvnet demo", ""]
     if real:
         lines += ["## A real ImageNet model on real photographs", "",
@@ -430,6 +432,9 @@ def _index(real: list[tuple[Path, str]], pictures: list[tuple[Path, str]], resul
     ]
     for path, caption in pictures:
         lines += [f"### {path.stem}", "", caption, "", f"![{path.stem}]({path.name})", ""]
+    lines += ["### atlas", "", f"[The unit atlas](atlas/index.html): every channel of {', '.join(atlas_layers)}, "
+              "its 9 strongest units over the same images projected down next to their patches; a page per "
+              "layer and per channel (open atlas/index.html in a browser).", ""]
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ nothing is written or printed."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,7 @@ from torchvision.utils import make_grid
 from . import image
 from .deconvnet import DeconvNet
 from .mirror import RULES
+from .invariance import Invariance, transform_image
 from .occlusion import Occlusion
 from .receptive import ReceptiveField
 from .topk import TopUnits
@@ -28,6 +30,8 @@ __all__ = [
     "crop_to_field",
     "occlusion_figure",
     "strongest_units",
+    "invariance_figure",
+    "stack_pictures",
 ]
 
 
@@ -302,3 +306,82 @@ def _legend(entries: list[tuple[Tensor, str]], height: int, width: int) -> Tenso
         draw.text((22, y), text, fill="black", font=font)
     array = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(height, width, 3)
     return array.permute(2, 0, 1).float() / 255
+
+
+_UNITS = {"translate": "shift (px)", "scale": "zoom ratio", "rotate": "rotation (degrees)"}
+
+
+def invariance_figure(
+    results: Sequence[Invariance],
+    x: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    categories: Sequence[str] | None = None,
+    thumbnail: int = 72,
+) -> Image.Image:
+    """The paper's Fig. 5: one row per transform. (a) each example image at the largest amount,
+    under the colour of its curves; (b) distance at the first layer, (c) at the last layer of
+    the result, both against the amount; (d) the probability of each image's target class.
+
+    x (Tensor[N, C, H, W]): the images the results were computed on.
+    """
+    rows = []
+    font = ImageFont.load_default()
+    for result in results:
+        amounts = result.amounts.tolist()
+        extreme = max(amounts, key=lambda a: _departure(result.transform, a))
+        shown = image.denormalize(transform_image(x, result.transform, extreme).float().cpu(), mean, std)
+        shown = F.interpolate(shown, size=(thumbnail, thumbnail), mode="bilinear", antialias=True, align_corners=False)
+        n = shown.shape[0]
+        strip = Image.new("RGB", (n * (thumbnail + 6) + 6, thumbnail + 40), "white")
+        draw = ImageDraw.Draw(strip)
+        draw.text((6, 2), f"{result.transform} {_tick_text(extreme)}", fill="black", font=font)
+        for i in range(n):
+            left = 6 + i * (thumbnail + 6)
+            strip.paste(image.to_pil(shown[i].clamp(0, 1)), (left, 16))
+            colour = image.SERIES_COLOURS[i % len(image.SERIES_COLOURS)]
+            draw.rectangle((left, thumbnail + 19, left + thumbnail - 1, thumbnail + 24), fill=colour)
+            if categories is not None:
+                label = _name(categories, int(result.target[i]))
+                draw.text((left, thumbnail + 26), image._fit(draw, label, thumbnail, font), fill="black", font=font)
+        xlabel = _UNITS[result.transform]
+        charts = [
+            image.line_chart(amounts, result.distance[0], title=f"(b) distance at {result.layers[0]}", xlabel=xlabel),
+            image.line_chart(amounts, result.distance[-1], title=f"(c) distance at {result.layers[-1]}", xlabel=xlabel),
+            image.line_chart(amounts, result.probability, title="(d) P(class)", xlabel=xlabel, ylim=(0.0, 1.0)),
+        ]
+        rows.append(stack_pictures([strip, *charts], horizontal=True))
+    return stack_pictures(rows)
+
+
+def _departure(transform: str, amount: float) -> float:
+    """How far an amount is from doing nothing (a full turn does nothing)."""
+    if transform == "rotate":
+        return abs((amount + 180) % 360 - 180)
+    if transform == "scale":
+        return abs(math.log(amount)) if amount > 0 else 0.0
+    return abs(amount)
+
+
+def _tick_text(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def stack_pictures(pictures: Sequence[Image.Image], *, horizontal: bool = False, gap: int = 8) -> Image.Image:
+    """PIL pictures side by side (or one above the other), top/left aligned, on white."""
+    if horizontal:
+        width = sum(p.width for p in pictures) + gap * (len(pictures) - 1)
+        canvas = Image.new("RGB", (width, max(p.height for p in pictures)), "white")
+        offset = 0
+        for p in pictures:
+            canvas.paste(p, (offset, 0))
+            offset += p.width + gap
+        return canvas
+    height = sum(p.height for p in pictures) + gap * (len(pictures) - 1)
+    canvas = Image.new("RGB", (max(p.width for p in pictures), height), "white")
+    offset = 0
+    for p in pictures:
+        canvas.paste(p, (0, offset))
+        offset += p.height + gap
+    return canvas

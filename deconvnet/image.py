@@ -23,7 +23,9 @@ __all__ = [
     "denormalize",
     "to_pil",
     "labelled_grid",
+    "line_chart",
     "MID_GREY",
+    "SERIES_COLOURS",
 ]
 
 MID_GREY = 0.5
@@ -149,3 +151,55 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.Image
     while text and draw.textlength(text, font=font) > width:
         text = text[:-1]
     return text
+
+
+# Line colours of charts: distinct hues, readable on white.
+SERIES_COLOURS = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)
+
+
+def line_chart(
+    xs: Sequence[float],
+    series: Tensor,
+    *,
+    title: str = "",
+    xlabel: str = "",
+    size: tuple[int, int] = (260, 190),
+    ylim: tuple[float, float] | None = None,
+) -> Image.Image:
+    """A small line chart: series (Tensor[S, A]) against xs (A values), one colour per series
+    (:data:`SERIES_COLOURS` in order), axes from 0 (or ``ylim``) with min/max tick labels."""
+    width, height = size
+    left, right, top, bottom = 56, 10, 18 if title else 8, 30 if xlabel else 18
+    canvas = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    values = series.detach().double().cpu()
+    x_lo, x_hi = float(min(xs)), float(max(xs))
+    y_lo, y_hi = ylim if ylim is not None else (min(0.0, float(values.min())), float(values.max()))
+    x_hi = x_hi if x_hi > x_lo else x_lo + 1
+    y_hi = y_hi if y_hi > y_lo else y_lo + 1
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def point(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x_lo) / (x_hi - x_lo) * plot_w, top + (1 - (y - y_lo) / (y_hi - y_lo)) * plot_h)
+
+    draw.rectangle((left, top, left + plot_w, top + plot_h), outline=(160, 160, 160))
+    for s, row in enumerate(values):
+        colour = SERIES_COLOURS[s % len(SERIES_COLOURS)]
+        draw.line([point(float(x), float(y)) for x, y in zip(xs, row, strict=True)], fill=colour, width=2)
+    for label, y in ((_tick(y_hi), top), (_tick(y_lo), top + plot_h - 10)):
+        draw.text((left - 4 - draw.textlength(label, font=font), y), label, fill="black", font=font)
+    for label, x in ((_tick(x_lo), left), (_tick(x_hi), left + plot_w - draw.textlength(_tick(x_hi), font=font))):
+        draw.text((x, top + plot_h + 3), label, fill="black", font=font)
+    if xlabel:
+        draw.text((left + (plot_w - draw.textlength(xlabel, font=font)) / 2, height - 13), xlabel, fill="black", font=font)
+    if title:
+        draw.text((left, 3), _fit(draw, title, width - left, font), fill="black", font=font)
+    return canvas
+
+
+def _tick(value: float) -> str:
+    return f"{value:.4g}"

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-__all__ = ["CLASSES", "MEAN", "STD", "Sample", "render", "ShapesDataset", "normalize"]
+__all__ = ["CLASSES", "MEAN", "STD", "PARTS", "Sample", "render", "part_box", "ShapesDataset", "normalize"]
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring", "star")
 MEAN = (0.5, 0.5, 0.5)
@@ -27,11 +27,36 @@ SIZE = 64
 
 @dataclass(frozen=True)
 class Sample:
-    """image (RGB), label (index into CLASSES), mask (L: 255 inside the object)."""
+    """image (RGB), label (index into CLASSES), mask (L: 255 inside the object); centre (x, y)
+    and radius of the object in pixels."""
 
     image: Image.Image
     label: int
     mask: Image.Image
+    centre: tuple[float, float] = (0.0, 0.0)
+    radius: float = 0.0
+
+
+# The part each class has, for the correspondence analysis: where it is relative to the
+# object's centre (in radii, x right, y down) and the side of a square box over it (in radii).
+PARTS = {
+    "triangle": ("apex", (0.0, -0.8), 0.6),  # the top vertex (at 1.15 radii); the box covers the tip
+    "ring": ("hole", (0.0, 0.0), 0.7),  # the empty centre (the hole's radius is about 0.6)
+    "cross": ("arm", (0.68, 0.0), 0.6),  # the end of the right arm
+}
+
+
+def part_box(sample: Sample) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a square box over the sample's part (see :data:`PARTS`),
+    clipped to the image. KeyError for a class without a part."""
+    _, (dx, dy), side = PARTS[CLASSES[sample.label]]
+    cx, cy = sample.centre
+    size = max(4, round(side * sample.radius))
+    left = round(cx + dx * sample.radius - size / 2)
+    top = round(cy + dy * sample.radius - size / 2)
+    width, height = sample.image.size
+    left, top = min(max(0, left), width - size), min(max(0, top), height - size)
+    return top, left, size, size
 
 
 def _colour(rng: random.Random) -> tuple[int, int, int]:
@@ -99,7 +124,7 @@ def render(seed: int, index: int, size: int = SIZE) -> Sample:
     _draw_shape(draw, label, cx, cy, r, colour)
     mask = Image.new("L", (size, size), 0)
     _draw_shape(ImageDraw.Draw(mask), label, cx, cy, r, 255)
-    return Sample(image, label, mask)
+    return Sample(image, label, mask, (cx, cy), r)
 
 
 def normalize(image: Image.Image) -> Tensor:

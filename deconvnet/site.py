@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .atlas import _Silent, Atlas, ProgressFactory, Tile
+from .atlas import Atlas, ProgressFactory, Tile, _Silent
 
 __all__ = ["SiteWriter"]
 
