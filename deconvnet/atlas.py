@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,33 +32,13 @@ from .deconvnet import DeconvNet
 from .errors import InputError
 from .figures import crop_to_field
 from .loading import Preprocessing, image_files, load_image
+from .progress import ProgressFactory, Silent
 from .receptive import ReceptiveField
 from .topk import TopUnits, batch_top_units, merge_top_units
 
 __all__ = ["Atlas", "AtlasImages", "Tile", "build_atlas", "mine_atlas", "project_atlas", "rank_and_world"]
 
 STATE_FOLDER = ".atlas-state"
-
-
-class Progress(Protocol):
-    """What a progress bar needs to offer (``tqdm.tqdm`` does)."""
-
-    def update(self, n: int = 1) -> Any: ...
-    def close(self) -> Any: ...
-
-
-ProgressFactory = Callable[..., Progress]  # called as factory(total=, desc=, unit=)
-
-
-class _Silent:
-    def __init__(self, **_: object) -> None:
-        pass
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -255,7 +235,7 @@ def mine_atlas(
     state: Path | None = None,
     resume: bool = False,
     checkpoint_every: int = 500,
-    progress: ProgressFactory = _Silent,
+    progress: ProgressFactory = Silent,
 ) -> Atlas:
     """Stream ``images`` once (this rank's shard) and merge every rank's top-k.
 
@@ -383,7 +363,7 @@ def project_atlas(
     write: Callable[[Tile], None],
     *,
     batch_size: int = 32,
-    progress: ProgressFactory = _Silent,
+    progress: ProgressFactory = Silent,
 ) -> None:
     """Project every kept unit alone (the cropped fast path of :meth:`DeconvNet.reconstruct_units`)
     and hand each :class:`Tile` to ``write`` on rank 0. Collective under torch.distributed: the
@@ -448,7 +428,7 @@ def build_atlas(
     workers: int = 0,
     resume: bool = False,
     checkpoint_every: int = 500,
-    progress: ProgressFactory = _Silent,
+    progress: ProgressFactory = Silent,
 ) -> Atlas:
     """Mine ``data`` for the top-k units of every channel of ``layers``, project them, and write
     the static site to ``out`` (``index.html``, a page per layer and per channel, ``atlas.json``).
@@ -467,7 +447,7 @@ def build_atlas(
     rank, _ = rank_and_world()
     writer = SiteWriter(out, atlas) if rank == 0 else None
     project_atlas(dn, images, atlas, writer.tile if writer else (lambda tile: None), batch_size=batch_size,
-                  progress=progress if rank == 0 else _Silent)
+                  progress=progress if rank == 0 else Silent)
     if writer is not None:
         writer.pages(progress)
     return atlas

@@ -7,6 +7,10 @@
     deconvnet occlusion IMG...          occlusion sensitivity (the paper's Fig. 7)
     deconvnet atlas DATA --layers L..   a browsable site of every channel's top-k over a dataset;
                                         torchrun --nproc_per_node=N -m deconvnet atlas ... shards it
+    deconvnet invariance IMG... --layers L1 L2   distance and P(class) under shifts, zooms, rotations (Fig. 5)
+    deconvnet correspondence IMG... --boxes ... --layer L   do parts correspond across images (Fig. 8)
+    deconvnet evolution FOLDER --layer L --checkpoints ...  a channel's top unit across training (Fig. 4)
+    deconvnet filters                   first-layer filters, and the paper's RMS renormalisation (Fig. 6)
     deconvnet demo                      all of the above: a real ImageNet model on real photos,
                                         then the bundled ShapesNet
 
@@ -27,18 +31,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from . import figures, image
 from .atlas import AtlasImages, build_atlas, rank_and_world
+from .correspondence import correspondence, random_boxes
 from .deconvnet import DeconvNet
 from .errors import DeconvnetError, InputError
-from .loading import ImageFolder, LoadedModel, image_files, load_image, load_model
-from .models import shapes_net_info
+from .evolution import evolution
+from .filters import filters_figure, first_conv, renormalize_filters
+from .invariance import TRANSFORMS, Invariance, invariance
+from .loading import (
+    ImageFolder,
+    LoadedModel,
+    image_files,
+    load_checkpoint,
+    load_image,
+    load_model,
+)
+from .models import EVOLUTION_STEPS, shapes_net_at, shapes_net_info
 from .occlusion import occlusion
 from .pointing import PointingResult, pointing_game
-from .shapes import CLASSES, render
+from .shapes import CLASSES, PARTS, normalize, part_box, render
 from .topk import mine_top_units, project_top_units
 
 DEMO_SEED = 3  # held out: training used seed 1, the recorded accuracy seed 2
@@ -64,7 +79,8 @@ class Session:
     """A loaded model on its device, its DeconvNet, and where figures go."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        for option in ("batch_size", "top_k", "k", "channels", "images", "dataset", "pointing", "checkpoint_every"):
+        for option in ("batch_size", "top_k", "k", "channels", "images", "dataset", "pointing", "checkpoint_every",
+                       "show", "random"):
             value = getattr(args, option, None)
             if isinstance(value, int) and value < 1:
                 raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
@@ -236,6 +252,129 @@ def _atlas(s: Session, images: AtlasImages, layers: Sequence[str], out: Path, *,
     return [out / "index.html"]
 
 
+def _amounts(transform: str, size: int) -> list[float]:
+    """Default amounts: shifts up to a quarter of the image, zooms 0.6-1.6, a full turn."""
+    if transform == "translate":
+        step = max(1, size // 24)
+        return [float(a) for a in range(-12 * step, 12 * step + 1, 2 * step)] if size >= 24 else [-2.0, -1.0, 0.0, 1.0, 2.0]
+    if transform == "scale":
+        return [round(0.6 + 0.1 * i, 1) for i in range(11)]
+    return [float(a) for a in range(0, 361, 15)]
+
+
+def _invariance(s: Session, x: torch.Tensor, layers: Sequence[str], transforms: Sequence[str],
+                target: int | None = None) -> list[Invariance]:
+    for layer in layers:
+        s.dn.layer_name(layer)  # a bad name fails before the progress bar starts
+    return [invariance(s.dn, x, layers, t, _amounts(t, x.shape[-1]), target=target, batch_size=s.args.batch_size)
+            for t in tqdm(transforms, desc="invariance", unit="transform")]
+
+
+def invariance_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images(args.images)
+    results = _invariance(s, x, args.layers, args.transforms, args.target)
+    picture = figures.invariance_figure(results, x, s.mean, s.std, categories=s.loaded.categories)
+    summary = [{"transform": r.transform, "amounts": r.amounts.tolist(), "layers": r.layers,
+                "distance": r.distance.tolist(), "probability": r.probability.tolist(), "target": r.target.tolist(),
+                "images": [str(p) for p in args.images]} for r in results]
+    (s.out / "invariance.json").write_text(json.dumps(summary) + "\n")
+    return [s.save(picture, "invariance.png")]
+
+
+def _box(text: str) -> tuple[int, int, int, int]:
+    try:
+        top, left, height, width = (int(v) for v in text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"a box is TOP,LEFT,HEIGHT,WIDTH in input pixels, got {text!r}") from error
+    return top, left, height, width
+
+
+def _baseline(dn: DeconvNet, x: torch.Tensor, boxes: torch.Tensor, layer: str, seeds: int) -> list[float]:
+    return [correspondence(dn, x, random_boxes(x, boxes, seed=seed), layer) for seed in range(seeds)]
+
+
+def correspondence_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images(args.images)
+    if len(args.boxes) != x.shape[0]:
+        raise InputError(f"give one --boxes entry per image: {x.shape[0]} images, {len(args.boxes)} boxes")
+    boxes = torch.tensor(args.boxes)
+    rows = []
+    for layer in args.layers:
+        score = correspondence(s.dn, x, boxes, layer, fill=args.fill)
+        baseline = torch.tensor(_baseline(s.dn, x, boxes, layer, args.random))
+        rows.append({"layer": layer, "parts": score, "random mean": float(baseline.mean()),
+                     "random std": float(baseline.std()) if baseline.numel() > 1 else 0.0, "random seeds": args.random})
+        print(f"{layer}: parts {score:.4f}, random boxes {float(baseline.mean()):.4f} "
+              f"(std {rows[-1]['random std']:.4f} over {args.random} seeds); lower means more consistent")
+    (s.out / "correspondence.json").write_text(json.dumps(rows, indent=2) + "\n")
+    picture = figures.boxes_figure(x, boxes, s.mean, s.std)
+    return [s.save(picture, "correspondence.png")]
+
+
+def _checkpoint_models(s: Session, paths: Sequence[Path]) -> list[torch.nn.Module]:
+    models = []
+    for path in paths:
+        model = load_model(s.args.model, weights=s.args.weights).model
+        load_checkpoint(model, path, s.args.model)
+        models.append(model.to(s.device).eval())
+    return models
+
+
+def _evolution(s: Session, x: torch.Tensor, layer: str, channels: Sequence[int] | None, models: Sequence[torch.nn.Module],
+               labels: Sequence[str], shown: int) -> Path:
+    if channels is None:  # the channels strongest under the last checkpoint
+        final = DeconvNet(models[-1], rule=s.args.rule)
+        strongest = final.activations(x, [layer])[final.layer_name(layer)].amax(dim=(0, 2, 3))
+        channels = torch.argsort(strongest, descending=True)[:shown].sort().values.tolist()
+    result = evolution([DeconvNet(m, rule=s.args.rule) for m in models], x, layer, channels, labels=labels,
+                       batch_size=s.args.batch_size, progress=tqdm)
+    picture = figures.evolution_figure(result, s.dn.receptive_field(layer), scale=s.scale)
+    return s.save(picture, f"evolution-{_slug(layer)}.png")
+
+
+def evolution_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images(image_files(args.folder))
+    if args.checkpoints:
+        models, labels = _checkpoint_models(s, args.checkpoints), [Path(p).stem for p in args.checkpoints]
+    elif args.model == "shapes":
+        steps = [*EVOLUTION_STEPS, shapes_net_info()["steps"]]
+        models, labels = [shapes_net_at(step).to(s.device) for step in steps], [f"step {step}" for step in steps]
+    else:
+        raise InputError("give --checkpoints (state dicts of the model, oldest first); only --model shapes ships its own")
+    return [_evolution(s, x, args.layer, args.channels, models, labels, args.show)]
+
+
+def filters_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    return _filters(s, args.layer, args.max_rms, _slug(args.model))
+
+
+def _filters(s: Session, layer: str | None, max_rms: float | None, name: str) -> list[Path]:
+    found, weight = first_conv(s.model, layer)
+    written = [s.save(figures.stack_pictures([_caption(f"{name} {found}: {weight.shape[0]} filters "
+                                                       f"{weight.shape[2]}x{weight.shape[3]}, one contrast for all "
+                                                       "(labels: index: RMS)"), filters_figure(weight, shared=True)]),
+                      f"filters-{name}.png")]
+    if max_rms is not None:
+        fixed = renormalize_filters(weight, max_rms)
+        changed = int((fixed != weight).flatten(1).any(dim=1).sum())
+        caption = (f"upper rows as trained, lower rows renormalised ({changed} filters with RMS over {max_rms:g} "
+                   "scaled down to it); one contrast for both")
+        both = figures.stack_pictures([_caption(caption), filters_figure(torch.cat([weight, fixed]), shared=True,
+                                                                         ncol=min(16, weight.shape[0]))])
+        written.append(s.save(both, f"filters-{name}-renormalized.png"))
+    return written
+
+
+def _caption(text: str) -> Image.Image:
+    picture = Image.new("RGB", (8 + 6 * len(text), 16), "white")
+    ImageDraw.Draw(picture).text((4, 2), text, fill="black")
+    return picture
+
+
 def demo_command(args: argparse.Namespace) -> list[Path]:
     """A real ImageNet model on real photographs, then every figure for the bundled model on
     generated held-out images, with an index page; with ``--model``, the figures that need no
@@ -275,6 +414,7 @@ def demo_command(args: argparse.Namespace) -> list[Path]:
                                "receptive field, next to the image patches."))
     atlas_layers = ["features.3", "features.8", "features.13"]  # the last ReLU of each conv block
     _atlas(s, AtlasImages(folder, s.loaded.preprocessing), atlas_layers, s.out / "atlas", k=9)
+    pictures += _paper_shapes(s, s.images(files), x)
 
     pointing_samples = [render(POINTING_SEED, i) for i in range(args.pointing)]
     starts = range(0, len(pointing_samples), s.args.batch_size)
@@ -359,7 +499,149 @@ def _real_demo(args: argparse.Namespace) -> list[tuple[Path, str]]:
                          "that is strongest on the unoccluded photo, (c) that map's strongest unit projected down (guided), "
                          "(d) the probability of the predicted class, (e) the most probable class, at each "
                          "position of the square."))
+    results = _invariance(s, x, _REAL_INVARIANCE, list(TRANSFORMS))
+    pictures.append((s.save(figures.invariance_figure(results, x, s.mean, s.std, categories=categories),
+                            "invariance-photos.png"),
+                     f"Invariance (the paper's Fig. 5) on the four photos: each row shifts (vertically), zooms or rotates "
+                     f"them; (a) each photo at the largest amount, (b) the Euclidean distance between the {_REAL_INVARIANCE[0]} "
+                     f"output of the moved and the original photo, (c) the same at {_REAL_INVARIANCE[1]} (the last "
+                     "feature layer), (d) the probability of the class predicted on the original. Curves are "
+                     "coloured as the bars under the photos."))
+    faces, boxes = _faces(skimage.data, s)
+    rows = _correspondence_table(s.dn, faces, boxes, _REAL_CORRESPONDENCE, sets=3)
+    names = list(faces)
+    shown = torch.cat([faces[n][:6] for n in names])
+    outlined = torch.cat([boxes[n][:6] for n in names])
+    pictures.append((s.save(figures.boxes_figure(shown, outlined, s.mean, s.std, ncol=6, scale=1,
+                                                 labels=[n for n in names for _ in range(6)]),
+                            "correspondence-faces.png"),
+                     "Correspondence (the paper's Fig. 8 / Table 1) with EfficientNet-Lite0: 12 aligned faces from "
+                     "scikit-image's LFW subset (25x25 grey, scaled to 224), in 3 sets of 4, each part boxed at one fixed "
+                     "position that I checked by eye on these faces (6 per part shown). Score: the mean fraction of a "
+                     "layer's entries whose change, when the part is filled with grey, has a different sign in two "
+                     "images (lower = the part is treated more consistently); random: boxes of the same size at random "
+                     "places (5 seeds per set). Mean and standard deviation over the 3 sets:\n\n" + _table(rows)))
+    _write_rows(s.out / "correspondence-faces.json", rows)
+    pictures += [(path, f"First-layer filters of EfficientNet-Lite0 ({_REAL_MODEL}'s stem, the paper's Fig. 6)"
+                        + (", with the paper's renormalisation applied at this layer's median RMS as the bound"
+                           if "renormalized" in path.stem else ", one contrast for all, labelled index: RMS"))
+                 for path in _filters(s, None, _median_rms(s), "efficientnet-lite0")]
     return pictures
+
+
+_REAL_INVARIANCE = ("blocks.1", "head")
+_REAL_CORRESPONDENCE = ("blocks.10", "head")
+# Parts of scikit-image's aligned LFW faces (25x25), as (top, left, height, width), checked by eye.
+_FACE_PARTS = {"right eye": (7, 4, 5, 7), "left eye": (7, 14, 5, 7), "nose": (12, 10, 4, 5), "mouth": (16, 8, 4, 9)}
+
+
+CORRESPONDENCE_SEED = 6
+_SHAPES_LAYERS = ("features.8", "features.13")
+
+
+def _paper_shapes(s: Session, dataset: torch.Tensor, x: torch.Tensor) -> list[tuple[Path, str]]:
+    """ShapesNet: evolution over the shipped training checkpoints, correspondence of generated
+    parts (Table 1), invariance, filters."""
+    pictures = []
+    steps = [*EVOLUTION_STEPS, shapes_net_info()["steps"]]
+    models = [shapes_net_at(step).to(s.device) for step in steps]
+    for layer in _SHAPES_LAYERS:
+        path = _evolution(s, dataset, layer, None, models, [f"step {step}" for step in steps], 6)
+        pictures.append((path, f"Feature evolution (the paper's Fig. 4) at {layer}: the 6 channels strongest after "
+                               f"training, each row one channel; each column a training step of scripts/train_shapes.py "
+                               f"(of {steps[-1]}), showing the channel's strongest unit over the {dataset.shape[0]} images "
+                               "under those weights, projected down and cropped to its receptive field, with its activation."))
+    parts, boxes = {}, {}
+    for cls, (part, _, _) in PARTS.items():
+        samples = _samples_of(CLASSES.index(cls), 25)
+        parts[f"{cls} {part}"] = torch.stack([normalize(sample.image) for sample in samples]).to(s.device)
+        boxes[f"{cls} {part}"] = torch.tensor([part_box(sample) for sample in samples])
+    rows = _correspondence_table(s.dn, parts, boxes, _SHAPES_LAYERS, sets=5)
+    _write_rows(s.out / "correspondence-shapes.json", rows)
+    names = list(parts)
+    pictures.append((s.save(figures.boxes_figure(torch.cat([parts[n][:8] for n in names]),
+                                                 torch.cat([boxes[n][:8] for n in names]), s.mean, s.std, ncol=8,
+                                                 scale=2, labels=[n for n in names for _ in range(8)]),
+                            "correspondence-shapes.png"),
+                     "Correspondence (the paper's Fig. 8 / Table 1) on generated images whose generator knows where "
+                     "each part is: the apex of triangles, the hole of rings, the right arm of crosses (8 of 25 per part "
+                     "shown). 5 sets of 5 images per part; the score is the mean fraction of a layer's entries whose "
+                     "change, when the box is filled with grey, differs in sign between two images of a set (lower = "
+                     "more consistent); random: boxes of the same size at random places (5 seeds per set). Mean and "
+                     "standard deviation over the 5 sets:\n\n" + _table(rows)))
+    results = _invariance(s, x, ("features.3", "features.13"), list(TRANSFORMS))
+    pictures.append((s.save(figures.invariance_figure(results, x, s.mean, s.std, categories=CLASSES), "invariance-shapes.png"),
+                     "Invariance (Fig. 5) of ShapesNet on the class figure's images: distance at features.3 and "
+                     "features.13 and P(class) as each image is shifted, zoomed and rotated."))
+    pictures += [(path, "First-layer filters of ShapesNet (features.0, 3x3), one contrast for all, labelled index: RMS.")
+                 for path in _filters(s, None, None, "shapes")]
+    return pictures
+
+
+def _samples_of(label: int, count: int) -> list:  # type: ignore[type-arg]
+    found = []
+    index = 0
+    while len(found) < count:
+        sample = render(CORRESPONDENCE_SEED, index)
+        if sample.label == label:
+            found.append(sample)
+        index += 1
+    return found
+
+
+def _faces(data, s: Session) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:  # type: ignore[no-untyped-def]
+    """12 LFW faces at the model's 224 px, and each part's box scaled to it."""
+    faces = torch.from_numpy(data.lfw_subset()[:12]).float()  # [12, 25, 25] in [0, 1]
+    size = 224
+    rgb = torch.nn.functional.interpolate(faces[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    x = ((rgb.clamp(0, 1) * 255 - 127) / 128).expand(-1, 3, -1, -1).contiguous().to(s.device)
+    ratio = size / faces.shape[-1]
+    boxes = {name: torch.tensor([[round(v * ratio) for v in box]] * x.shape[0]) for name, box in _FACE_PARTS.items()}
+    return {name: x for name in _FACE_PARTS}, boxes
+
+
+def _median_rms(s: Session) -> float:
+    from .filters import filter_rms
+
+    return float(filter_rms(first_conv(s.model)[1]).median())
+
+
+def _correspondence_table(dn: DeconvNet, x: dict[str, torch.Tensor], boxes: dict[str, torch.Tensor],
+                          layers: Sequence[str], *, sets: int, seeds: int = 5) -> list[dict]:
+    """Table 1: per part and layer, the score on the part boxes and on random boxes (mean over
+    ``seeds``), each as mean and standard deviation over ``sets`` equal sets of images."""
+    rows = []
+    for part in tqdm(x, desc="correspondence", unit="part"):
+        per = x[part].shape[0] // sets
+        for layer in layers:
+            parts, randoms = [], []
+            for k in range(sets):
+                xs, bs = x[part][k * per : (k + 1) * per], boxes[part][k * per : (k + 1) * per]
+                parts.append(correspondence(dn, xs, bs, layer))
+                randoms.append(sum(_baseline(dn, xs, bs, layer, seeds)) / seeds)
+            p, r = torch.tensor(parts), torch.tensor(randoms)
+            rows.append({"part": part, "layer": layer, "sets": sets, "images per set": per,
+                         "parts mean": float(p.mean()), "parts std": float(p.std()),
+                         "random mean": float(r.mean()), "random std": float(r.std())})
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    head = "| part | " + " | ".join(f"{layer}: part | {layer}: random" for layer in layers) + " |"
+    lines = [head, "|---|" + "---|---|" * len(layers)]
+    for part in dict.fromkeys(r["part"] for r in rows):
+        cells = []
+        for layer in layers:
+            r = next(r for r in rows if r["part"] == part and r["layer"] == layer)
+            cells += [f"{r['parts mean']:.4f} ± {r['parts std']:.4f}", f"{r['random mean']:.4f} ± {r['random std']:.4f}"]
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def _model_demo(args: argparse.Namespace) -> list[Path]:
@@ -502,6 +784,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=int, default=None, help="class to watch (default: the predicted one)")
     p.add_argument("--layer", default=None, help="feature layer for panels (b)-(c) (default: the last spatial one)")
     p.set_defaults(run=occlusion_command)
+
+    p = command("invariance", "how layer outputs and the class probability change as images are shifted, "
+                              "zoomed and rotated (the paper's Fig. 5)")
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--layers", nargs=2, required=True, metavar=("EARLY", "LATE"), help="an early and a late layer")
+    p.add_argument("--transforms", nargs="+", default=list(TRANSFORMS), choices=list(TRANSFORMS))
+    p.add_argument("--target", type=int, default=None, help="class to follow (default: each image's prediction)")
+    p.set_defaults(run=invariance_command)
+
+    p = command("correspondence", "do the same parts of different images change a layer alike when occluded "
+                                  "(the paper's Fig. 8 / Table 1), against random boxes")
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--boxes", type=_box, nargs="+", required=True, metavar="TOP,LEFT,HEIGHT,WIDTH",
+                   help="one box per image, in the model input's pixels (after resizing and cropping)")
+    p.add_argument("--layers", nargs="+", required=True)
+    p.add_argument("--fill", type=float, default=0.0, help="value the boxes are filled with (model input space)")
+    p.add_argument("--random", type=int, default=5, help="random-box seeds for the baseline (default 5)")
+    p.set_defaults(run=correspondence_command)
+
+    p = command("evolution", "chosen channels' strongest unit over a folder at each training checkpoint (the paper's Fig. 4)")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--layer", required=True)
+    p.add_argument("--channels", type=int, nargs="+", default=None, help="default: the --show strongest at the end")
+    p.add_argument("--show", type=int, default=6, help="channels shown when --channels is not given")
+    p.add_argument("--checkpoints", type=Path, nargs="+", default=None,
+                   help="state dicts of --model, oldest first (default for shapes: the shipped training steps)")
+    p.set_defaults(run=evolution_command)
+
+    p = command("filters", "first-layer filters, one contrast for all (the paper's Fig. 6)")
+    p.add_argument("--layer", default=None, help="a Conv2d module (default: the first)")
+    p.add_argument("--max-rms", type=float, default=None, help="also draw them renormalised to this RMS (paper: 0.1)")
+    p.set_defaults(run=filters_command)
 
     p = command("demo", "a real ImageNet model on real photos, then every figure for the bundled trained model "
                         "(or --model) on generated images")

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .deconvnet import DeconvNet
 from .errors import InputError
 
-__all__ = ["correspondence", "differences", "random_boxes", "fill_boxes"]
+__all__ = ["correspondence", "differences", "fill_boxes", "random_boxes"]
 
 
 def _check(x: Tensor, boxes: Tensor) -> Tensor:

@@ -15,23 +15,26 @@ from torchvision.utils import make_grid
 
 from . import image
 from .deconvnet import DeconvNet
-from .mirror import RULES
+from .evolution import Evolution
 from .invariance import Invariance, transform_image
+from .mirror import RULES
 from .occlusion import Occlusion
 from .receptive import ReceptiveField
 from .topk import TopUnits
 
 __all__ = [
-    "class_figure",
-    "rules_figure",
-    "layers_figure",
+    "boxes_figure",
     "channels_figure",
-    "top_units_figure",
+    "class_figure",
     "crop_to_field",
-    "occlusion_figure",
-    "strongest_units",
+    "evolution_figure",
     "invariance_figure",
+    "layers_figure",
+    "occlusion_figure",
+    "rules_figure",
     "stack_pictures",
+    "strongest_units",
+    "top_units_figure",
 ]
 
 
@@ -385,3 +388,40 @@ def stack_pictures(pictures: Sequence[Image.Image], *, horizontal: bool = False,
         canvas.paste(p, (0, offset))
         offset += p.height + gap
     return canvas
+
+
+def evolution_figure(result: Evolution, field: ReceptiveField | None, *, scale: int = 3) -> Image.Image:
+    """The paper's Fig. 4: one row per channel, one column per checkpoint; each tile is the
+    channel's strongest unit over the dataset under that checkpoint, projected down and cropped
+    to its receptive field, labelled with the channel, checkpoint and activation."""
+    tiles, labels = [], []
+    for row, c in enumerate(result.channels):
+        for step, label in enumerate(result.labels):
+            tiles.append(image.signed_to_unit(crop_to_field(result.projections[row, step], field,
+                                                            result.unit(row, step), 0.0)))
+            labels.append(f"#{c} {label} {float(result.values[row, step]):.3g}")
+    return image.labelled_grid(torch.stack(tiles), labels, ncol=len(result.labels), scale=scale, padding=4)
+
+
+def boxes_figure(
+    x: Tensor,
+    boxes: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    labels: Sequence[str] | None = None,
+    ncol: int | None = None,
+    scale: int = 1,
+    colour: tuple[float, float, float] = (1.0, 0.0, 0.0),
+) -> Image.Image:
+    """Images (Tensor[N, C, H, W], model input) with one box each (LongTensor[N, 4]: top, left,
+    height, width) outlined, as the paper's Fig. 8 shows the occluded parts."""
+    shown = image.denormalize(x.detach().float().cpu(), mean, std).clone()
+    paint = torch.tensor(colour).view(3, 1)
+    for i, (top, left, h, w) in enumerate(torch.as_tensor(boxes).tolist()):
+        bottom, right = top + h - 1, left + w - 1
+        shown[i, :, top, left : right + 1] = paint
+        shown[i, :, bottom, left : right + 1] = paint
+        shown[i, :, top : bottom + 1, left] = paint
+        shown[i, :, top : bottom + 1, right] = paint
+    return image.labelled_grid(shown, labels, ncol=ncol, scale=scale)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from . import image
 from .errors import InputError, LayerNotFoundError
 
-__all__ = ["first_conv", "filters_figure", "filter_rms", "renormalize_filters"]
+__all__ = ["filter_rms", "filters_figure", "first_conv", "renormalize_filters"]
 
 
 def first_conv(model: nn.Module, layer: str | None = None) -> tuple[str, Tensor]:

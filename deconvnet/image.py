@@ -17,15 +17,15 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 __all__ = [
-    "signed_to_unit",
-    "heatmap",
-    "overlay",
-    "denormalize",
-    "to_pil",
-    "labelled_grid",
-    "line_chart",
     "MID_GREY",
     "SERIES_COLOURS",
+    "denormalize",
+    "heatmap",
+    "labelled_grid",
+    "line_chart",
+    "overlay",
+    "signed_to_unit",
+    "to_pil",
 ]
 
 MID_GREY = 0.5

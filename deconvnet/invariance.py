@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from .deconvnet import DeconvNet
 from .errors import InputError, TargetOutOfRangeError
 
-__all__ = ["TRANSFORMS", "Invariance", "transform_image", "invariance"]
+__all__ = ["TRANSFORMS", "Invariance", "invariance", "transform_image"]
 
 TRANSFORMS = {
     "translate": "vertical shift in pixels (positive: down)",
@@ -123,7 +123,7 @@ def _targets(target: int | Sequence[int] | Tensor | None, logits: Tensor) -> Ten
     n, classes = logits.shape
     if target is None:
         return logits.argmax(dim=1)
-    if isinstance(target, bool) or isinstance(target, float):
+    if isinstance(target, (bool, float)):
         raise InputError(f"target must be a class index, got {target!r}")
     t = torch.as_tensor(target, device=logits.device)
     if t.is_floating_point():

@@ -24,12 +24,13 @@ from .errors import InputError
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "Preprocessing",
-    "LoadedModel",
-    "load_model",
-    "load_image",
     "ImageFolder",
+    "LoadedModel",
+    "Preprocessing",
     "image_files",
+    "load_checkpoint",
+    "load_image",
+    "load_model",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -157,12 +158,14 @@ def load_model(spec: str, *, weights: str | None = None, checkpoint: Path | None
     else:
         loaded = _torchvision_model(spec, weights)
     if checkpoint is not None:
-        _load_checkpoint(loaded.model, checkpoint, spec)
+        load_checkpoint(loaded.model, checkpoint, spec)
     loaded.model.eval()
     return loaded
 
 
-def _load_checkpoint(model: nn.Module, path: Path, spec: str) -> None:
+def load_checkpoint(model: nn.Module, path: Path, spec: str) -> None:
+    """Load a local state dict into ``model`` (read with ``weights_only=True``); one-line
+    InputError when it is missing, unreadable, or does not fit ``spec``."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as error:

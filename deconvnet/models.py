@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,16 +23,22 @@ from .functional import Window, pair, same_padding
 from .shapes import CLASSES
 
 __all__ = [
+    "EVOLUTION_STEPS",
     "EfficientNetLite0",
     "ShapesNet",
     "efficientnet_lite0",
+    "evolution_checkpoint",
     "imagenet_categories",
     "shapes_net",
+    "shapes_net_at",
     "shapes_net_info",
 ]
 
 _WEIGHTS = "shapes_net.pt"
 _INFO = "shapes_net.json"
+# Training steps (of 2000) whose ShapesNet weights ship for the feature-evolution figure;
+# scripts/train_shapes.py writes them, and the final step is the shipped model itself.
+EVOLUTION_STEPS = (20, 100, 300, 800)
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:
@@ -70,6 +77,25 @@ def shapes_net() -> ShapesNet:
     with resources.as_file(path) as file:
         state = torch.load(file, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval()
+
+
+def evolution_checkpoint(step: int, folder: Path | None = None) -> Path:
+    """Where the weights after training step ``step`` live (in the package, or under ``folder``)."""
+    name = f"shapes_net-step{step}.pt"
+    return folder / name if folder is not None else Path(str(resources.files("deconvnet") / "weights" / "evolution" / name))
+
+
+def shapes_net_at(step: int) -> ShapesNet:
+    """ShapesNet as it was after training step ``step`` (one of :data:`EVOLUTION_STEPS`, or the
+    final step, which is :func:`shapes_net`), in eval mode."""
+    final = shapes_net_info()["steps"]
+    if step == final:
+        return shapes_net()
+    if step not in EVOLUTION_STEPS:
+        raise InputError(f"no ShapesNet checkpoint at step {step}; shipped: {', '.join(map(str, EVOLUTION_STEPS))}, {final}")
+    model = ShapesNet()
+    model.load_state_dict(torch.load(evolution_checkpoint(step), map_location="cpu", weights_only=True))
     return model.eval()
 
 

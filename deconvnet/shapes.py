@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-__all__ = ["CLASSES", "MEAN", "STD", "PARTS", "Sample", "render", "part_box", "ShapesDataset", "normalize"]
+__all__ = ["CLASSES", "MEAN", "PARTS", "STD", "Sample", "ShapesDataset", "normalize", "part_box", "render"]
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring", "star")
 MEAN = (0.5, 0.5, 0.5)

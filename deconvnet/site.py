@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .atlas import Atlas, ProgressFactory, Tile, _Silent
+from .atlas import Atlas, ProgressFactory, Silent, Tile
 
 __all__ = ["SiteWriter"]
 
@@ -97,7 +97,7 @@ class SiteWriter:
         (base / f"{tile.channel}-{tile.rank}.png").write_bytes(tile.projection)
         (base / f"{tile.channel}-{tile.rank}-patch.png").write_bytes(tile.patch)
 
-    def pages(self, progress: ProgressFactory = _Silent) -> None:
+    def pages(self, progress: ProgressFactory = Silent) -> None:
         atlas = self.atlas
         total = 1 + sum(1 + top.values.shape[0] for top in atlas.layers.values())
         bar = progress(total=total, desc="writing", unit="page")

@@ -4,7 +4,10 @@
 
 Training images are drawn fresh every step from seed 1 (no image is seen twice); accuracy is
 measured on 2000 held-out images of seed 2. Writes ``shapes_net.pt`` (state dict) and
-``shapes_net.json`` (what was run and the accuracy reached) into ``--out``.
+``shapes_net.json`` (what was run and the accuracy reached) into ``--out``, and the weights at
+the ``--checkpoints`` steps into ``--out/evolution/`` (for the feature-evolution figure; saving
+copies changes nothing in training). ``--stop-after N`` ends after step N of the same schedule,
+writing only the checkpoints reached (a test reproduces the shipped early checkpoints this way).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from deconvnet.models import ShapesNet
+from deconvnet.models import EVOLUTION_STEPS, ShapesNet, evolution_checkpoint
 from deconvnet.shapes import CLASSES, ShapesDataset
 
 TRAIN_SEED, HELD_OUT_SEED = 1, 2
@@ -40,7 +43,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--held-out", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=Path("deconvnet/weights"))
+    parser.add_argument("--checkpoints", type=int, nargs="*", default=list(EVOLUTION_STEPS),
+                        help="steps whose weights are saved into OUT/evolution/")
+    parser.add_argument("--stop-after", type=int, default=None, help="stop after this step (same schedule)")
     args = parser.parse_args()
+    evolution = args.out / "evolution"
 
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
@@ -64,6 +71,12 @@ def main() -> None:
         schedule.step()
         if step % 100 == 0:
             print(f"step {step}/{args.steps} loss {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
+        if step in args.checkpoints:
+            evolution.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), evolution_checkpoint(step, evolution))
+            print(f"saved step {step} to {evolution_checkpoint(step, evolution)}", flush=True)
+        if step == args.stop_after:
+            return
     held_out = accuracy(model, HELD_OUT_SEED, args.held_out)
     print(f"held-out accuracy {held_out:.4f} on {args.held_out} images of seed {HELD_OUT_SEED}")
     args.out.mkdir(parents=True, exist_ok=True)
