@@ -32,11 +32,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
+from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
 from . import figures, image
 from .atlas import AtlasImages, build_atlas, rank_and_world
-from .correspondence import correspondence, random_boxes
+from .correspondence import correspondence, differences, disagreement, random_boxes
 from .deconvnet import DeconvNet
 from .errors import DeconvnetError, InputError
 from .evolution import evolution
@@ -255,11 +256,10 @@ def _atlas(s: Session, images: AtlasImages, layers: Sequence[str], out: Path, *,
 def _amounts(transform: str, size: int) -> list[float]:
     """Default amounts: shifts up to a quarter of the image, zooms 0.6-1.6, a full turn."""
     if transform == "translate":
-        step = max(1, size // 24)
-        return [float(a) for a in range(-12 * step, 12 * step + 1, 2 * step)] if size >= 24 else [-2.0, -1.0, 0.0, 1.0, 2.0]
+        return [float(round(size / 4 * (i - 6) / 6)) for i in range(13)]
     if transform == "scale":
         return [round(0.6 + 0.1 * i, 1) for i in range(11)]
-    return [float(a) for a in range(0, 361, 15)]
+    return [float(a) for a in range(0, 361, 30)]
 
 
 def _invariance(s: Session, x: torch.Tensor, layers: Sequence[str], transforms: Sequence[str],
@@ -340,7 +340,7 @@ def evolution_command(args: argparse.Namespace) -> list[Path]:
     if args.checkpoints:
         models, labels = _checkpoint_models(s, args.checkpoints), [Path(p).stem for p in args.checkpoints]
     elif args.model == "shapes":
-        steps = [*EVOLUTION_STEPS, shapes_net_info()["steps"]]
+        steps = list(EVOLUTION_STEPS)
         models, labels = [shapes_net_at(step).to(s.device) for step in steps], [f"step {step}" for step in steps]
     else:
         raise InputError("give --checkpoints (state dicts of the model, oldest first); only --model shapes ships its own")
@@ -361,10 +361,13 @@ def _filters(s: Session, layer: str | None, max_rms: float | None, name: str) ->
     if max_rms is not None:
         fixed = renormalize_filters(weight, max_rms)
         changed = int((fixed != weight).flatten(1).any(dim=1).sum())
-        caption = (f"upper rows as trained, lower rows renormalised ({changed} filters with RMS over {max_rms:g} "
-                   "scaled down to it); one contrast for both")
-        both = figures.stack_pictures([_caption(caption), filters_figure(torch.cat([weight, fixed]), shared=True,
-                                                                         ncol=min(16, weight.shape[0]))])
+        bound = float(weight.abs().max())
+        both = figures.stack_pictures([
+            _caption(f"{name} {found} as trained"), filters_figure(weight, shared=True, bound=bound),
+            _caption(f"renormalised: the {changed} filters with RMS over {max_rms:.3g} scaled down to it "
+                     "(the same contrast as above)"),
+            filters_figure(fixed, shared=True, bound=bound),
+        ])
         written.append(s.save(both, f"filters-{name}-renormalized.png"))
     return written
 
@@ -543,7 +546,7 @@ def _paper_shapes(s: Session, dataset: torch.Tensor, x: torch.Tensor) -> list[tu
     """ShapesNet: evolution over the shipped training checkpoints, correspondence of generated
     parts (Table 1), invariance, filters."""
     pictures = []
-    steps = [*EVOLUTION_STEPS, shapes_net_info()["steps"]]
+    steps = list(EVOLUTION_STEPS)
     models = [shapes_net_at(step).to(s.device) for step in steps]
     for layer in _SHAPES_LAYERS:
         path = _evolution(s, dataset, layer, None, models, [f"step {step}" for step in steps], 6)
@@ -551,12 +554,13 @@ def _paper_shapes(s: Session, dataset: torch.Tensor, x: torch.Tensor) -> list[tu
                                f"training, each row one channel; each column a training step of scripts/train_shapes.py "
                                f"(of {steps[-1]}), showing the channel's strongest unit over the {dataset.shape[0]} images "
                                "under those weights, projected down and cropped to its receptive field, with its activation."))
-    parts, boxes = {}, {}
+    parts, boxes, masks = {}, {}, {}
     for cls, (part, _, _) in PARTS.items():
         samples = _samples_of(CLASSES.index(cls), 25)
         parts[f"{cls} {part}"] = torch.stack([normalize(sample.image) for sample in samples]).to(s.device)
         boxes[f"{cls} {part}"] = torch.tensor([part_box(sample) for sample in samples])
-    rows = _correspondence_table(s.dn, parts, boxes, _SHAPES_LAYERS, sets=5)
+        masks[f"{cls} {part}"] = torch.stack([pil_to_tensor(sample.mask)[0] > 0 for sample in samples])
+    rows = _correspondence_table(s.dn, parts, boxes, _SHAPES_LAYERS, sets=5, masks=masks)
     _write_rows(s.out / "correspondence-shapes.json", rows)
     names = list(parts)
     pictures.append((s.save(figures.boxes_figure(torch.cat([parts[n][:8] for n in names]),
@@ -567,8 +571,9 @@ def _paper_shapes(s: Session, dataset: torch.Tensor, x: torch.Tensor) -> list[tu
                      "each part is: the apex of triangles, the hole of rings, the right arm of crosses (8 of 25 per part "
                      "shown). 5 sets of 5 images per part; the score is the mean fraction of a layer's entries whose "
                      "change, when the box is filled with grey, differs in sign between two images of a set (lower = "
-                     "more consistent); random: boxes of the same size at random places (5 seeds per set). Mean and "
-                     "standard deviation over the 5 sets:\n\n" + _table(rows)))
+                     "more consistent); random: boxes of the same size at random places (5 seeds per set); random on "
+                     "object: the same, centred on a random pixel of the object's mask. Mean and standard deviation "
+                     "over the 5 sets:\n\n" + _table(rows)))
     results = _invariance(s, x, ("features.3", "features.13"), list(TRANSFORMS))
     pictures.append((s.save(figures.invariance_figure(results, x, s.mean, s.std, categories=CLASSES), "invariance-shapes.png"),
                      "Invariance (Fig. 5) of ShapesNet on the class figure's images: distance at features.3 and "
@@ -607,34 +612,57 @@ def _median_rms(s: Session) -> float:
 
 
 def _correspondence_table(dn: DeconvNet, x: dict[str, torch.Tensor], boxes: dict[str, torch.Tensor],
-                          layers: Sequence[str], *, sets: int, seeds: int = 5) -> list[dict]:
+                          layers: Sequence[str], *, sets: int, seeds: int = 5,
+                          masks: dict[str, torch.Tensor] | None = None) -> list[dict]:
     """Table 1: per part and layer, the score on the part boxes and on random boxes (mean over
-    ``seeds``), each as mean and standard deviation over ``sets`` equal sets of images."""
+    ``seeds``), each as mean and standard deviation over ``sets`` equal sets of images; with
+    ``masks`` (BoolTensor[N, H, W] per part), also random boxes centred on the object."""
+    names = [dn.layer_name(layer) for layer in layers]
     rows = []
     for part in tqdm(x, desc="correspondence", unit="part"):
         per = x[part].shape[0] // sets
-        for layer in layers:
-            parts, randoms = [], []
-            for k in range(sets):
-                xs, bs = x[part][k * per : (k + 1) * per], boxes[part][k * per : (k + 1) * per]
-                parts.append(correspondence(dn, xs, bs, layer))
-                randoms.append(sum(_baseline(dn, xs, bs, layer, seeds)) / seeds)
-            p, r = torch.tensor(parts), torch.tensor(randoms)
-            rows.append({"part": part, "layer": layer, "sets": sets, "images per set": per,
-                         "parts mean": float(p.mean()), "parts std": float(p.std()),
-                         "random mean": float(r.mean()), "random std": float(r.std())})
+        parts: dict[str, list[float]] = {name: [] for name in names}
+        randoms: dict[str, list[float]] = {name: [] for name in names}
+        on_object: dict[str, list[float]] = {name: [] for name in names}
+        for k in range(sets):
+            xs, bs = x[part][k * per : (k + 1) * per], boxes[part][k * per : (k + 1) * per]
+            clean = dn.activations(xs, names)  # once per set: every box set occludes the same images
+            for name, eps in differences(dn, xs, bs, names, reference=clean).items():
+                parts[name].append(disagreement(eps))
+            scores = [differences(dn, xs, random_boxes(xs, bs, seed=seed), names, reference=clean)
+                      for seed in range(seeds)]
+            for name in names:
+                randoms[name].append(sum(disagreement(score[name]) for score in scores) / seeds)
+            if masks is not None:
+                inside = masks[part][k * per : (k + 1) * per]
+                scores = [differences(dn, xs, random_boxes(xs, bs, seed=seed, inside=inside), names, reference=clean)
+                          for seed in range(seeds)]
+                for name in names:
+                    on_object[name].append(sum(disagreement(score[name]) for score in scores) / seeds)
+        for name in names:
+            p, r = torch.tensor(parts[name]), torch.tensor(randoms[name])
+            row = {"part": part, "layer": name, "sets": sets, "images per set": per,
+                   "parts mean": float(p.mean()), "parts std": float(p.std()),
+                   "random mean": float(r.mean()), "random std": float(r.std())}
+            if masks is not None:
+                o = torch.tensor(on_object[name])
+                row |= {"random on object mean": float(o.mean()), "random on object std": float(o.std())}
+            rows.append(row)
     return rows
 
 
 def _table(rows: list[dict]) -> str:
     layers = list(dict.fromkeys(r["layer"] for r in rows))
-    head = "| part | " + " | ".join(f"{layer}: part | {layer}: random" for layer in layers) + " |"
-    lines = [head, "|---|" + "---|---|" * len(layers)]
+    kinds = [("parts", "part"), ("random", "random")]
+    if "random on object mean" in rows[0]:
+        kinds.append(("random on object", "random on object"))
+    head = "| part | " + " | ".join(f"{layer}: {title}" for layer in layers for _, title in kinds) + " |"
+    lines = [head, "|---|" + "---|" * (len(layers) * len(kinds))]
     for part in dict.fromkeys(r["part"] for r in rows):
         cells = []
         for layer in layers:
             r = next(r for r in rows if r["part"] == part and r["layer"] == layer)
-            cells += [f"{r['parts mean']:.4f} ± {r['parts std']:.4f}", f"{r['random mean']:.4f} ± {r['random std']:.4f}"]
+            cells += [f"{r[key + ' mean']:.4f} ± {r[key + ' std']:.4f}" for key, _ in kinds]
         lines.append(f"| {part} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

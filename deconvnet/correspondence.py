@@ -13,6 +13,8 @@ baseline is the same boxes at random positions (:func:`random_boxes`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -47,14 +49,33 @@ def fill_boxes(x: Tensor, boxes: Tensor, fill: float = 0.0) -> Tensor:
 
 
 @torch.no_grad()
-def differences(model: nn.Module | DeconvNet, x: Tensor, boxes: Tensor, layer: str, *, fill: float = 0.0) -> Tensor:
-    """eps (Tensor[N, D]): each image's ``layer`` output minus the output with its box filled."""
+def differences(
+    model: nn.Module | DeconvNet,
+    x: Tensor,
+    boxes: Tensor,
+    layers: Sequence[str],
+    *,
+    fill: float = 0.0,
+    reference: dict[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """eps per layer (Tensor[N, D]): each image's layer output minus the output with its box
+    filled. reference: ``dn.activations(x, layers)`` when already computed (several box sets
+    over the same images need the unoccluded pass once)."""
     dn = model if isinstance(model, DeconvNet) else DeconvNet(model)
-    name = dn.layer_name(layer)
-    occluded = fill_boxes(x, boxes, fill)
-    both = dn.activations(torch.cat([x, occluded]), [name])[name]
-    n = x.shape[0]
-    return (both[:n] - both[n:]).flatten(1)
+    names = [dn.layer_name(layer) for layer in layers]
+    occluded = dn.activations(fill_boxes(x, boxes, fill), names)
+    clean = reference if reference is not None else dn.activations(x, names)
+    return {name: (clean[name] - occluded[name]).flatten(1) for name in names}
+
+
+def disagreement(eps: Tensor) -> float:
+    """The mean over pairs i < j of the fraction of entries where sign(eps_i) != sign(eps_j).
+    eps (Tensor[N, D]), N >= 2."""
+    if eps.dim() != 2 or eps.shape[0] < 2:
+        raise InputError(f"correspondence compares images pairwise: give at least 2, got {eps.shape[0]}")
+    signs = eps.sign()
+    i, j = torch.triu_indices(signs.shape[0], signs.shape[0], offset=1)
+    return float((signs[i] != signs[j]).double().mean(dim=1).mean())
 
 
 def correspondence(model: nn.Module | DeconvNet, x: Tensor, boxes: Tensor, layer: str, *, fill: float = 0.0) -> float:
@@ -63,19 +84,29 @@ def correspondence(model: nn.Module | DeconvNet, x: Tensor, boxes: Tensor, layer
     N >= 2; boxes (LongTensor[N, 4]) as (top, left, height, width)."""
     if isinstance(x, Tensor) and x.dim() == 4 and x.shape[0] < 2:
         raise InputError(f"correspondence compares images pairwise: give at least 2, got {x.shape[0]}")
-    signs = differences(model, x, boxes, layer, fill=fill).sign()
-    i, j = torch.triu_indices(signs.shape[0], signs.shape[0], offset=1)
-    return float((signs[i] != signs[j]).double().mean(dim=1).mean())
+    return disagreement(next(iter(differences(model, x, boxes, [layer], fill=fill).values())))
 
 
-def random_boxes(x: Tensor, boxes: Tensor, *, seed: int = 0) -> Tensor:
+def random_boxes(x: Tensor, boxes: Tensor, *, seed: int = 0, inside: Tensor | None = None) -> Tensor:
     """The paper's random-occlusion baseline: box i's height and width at a uniformly random
-    position inside image i. Returns LongTensor[N, 4]; the same for the same seed."""
+    position inside image i. inside (BoolTensor[N, H, W] or None): only positions whose box
+    centre falls on a True pixel (e.g. random boxes on the object). Returns LongTensor[N, 4];
+    the same for the same seed."""
     boxes_t = _check(x, boxes)
     height, width = x.shape[-2:]
+    if inside is not None and (not isinstance(inside, Tensor) or inside.shape != (x.shape[0], height, width)):
+        raise InputError(f"inside must be a BoolTensor[{x.shape[0]}, {height}, {width}], got "
+                         f"{getattr(inside, 'shape', type(inside))}")
     generator = torch.Generator().manual_seed(seed)
     out = boxes_t.clone()
     for i, (_, _, h, w) in enumerate(boxes_t.tolist()):
-        out[i, 0] = int(torch.randint(0, height - h + 1, (), generator=generator))
-        out[i, 1] = int(torch.randint(0, width - w + 1, (), generator=generator))
+        if inside is None:
+            out[i, 0] = int(torch.randint(0, height - h + 1, (), generator=generator))
+            out[i, 1] = int(torch.randint(0, width - w + 1, (), generator=generator))
+            continue
+        allowed = inside[i].bool().cpu()[h // 2 : height - h + 1 + h // 2, w // 2 : width - w + 1 + w // 2]
+        places = allowed.nonzero()
+        if places.numel() == 0:
+            raise InputError(f"no {h}x{w} box in image {i} has its centre inside the allowed region")
+        out[i, :2] = places[int(torch.randint(0, places.shape[0], (), generator=generator))]
     return out

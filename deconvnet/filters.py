@@ -52,21 +52,21 @@ def renormalize_filters(weight: Tensor, max_rms: float = 0.1) -> Tensor:
 
 
 def filters_figure(weight: Tensor, *, labels: bool = True, scale: int | None = None, ncol: int | None = None,
-                   shared: bool = False) -> Image.Image:
+                   shared: bool = False, bound: float | None = None) -> Image.Image:
     """One tile per filter of weight (Tensor[O, I, kh, kw]), zero at mid-grey: RGB when I = 3,
     grey (the mean over inputs) otherwise.
 
     shared: one contrast for all filters, so their strengths compare (dominant filters stand out,
-    as in the paper's Fig. 6); otherwise each filter is stretched on its own. Labels give each
-    filter's index and RMS.
+    as in the paper's Fig. 6): the largest magnitude, or ``bound`` (to compare two figures);
+    otherwise each filter is stretched on its own. Labels give each filter's index and RMS.
     """
     if not isinstance(weight, Tensor) or weight.dim() != 4:
         raise InputError(f"filters_figure needs a Tensor[O, I, kh, kw], got {getattr(weight, 'shape', type(weight))}")
     w = weight.detach().float().cpu()
     w = w if w.shape[1] == 3 else w.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
     if shared:
-        bound = w.abs().max().clamp_min(1e-12)
-        tiles = (0.5 + 0.5 * w / bound).clamp(0, 1)
+        scale_ = torch.tensor(bound) if bound is not None else w.abs().max()
+        tiles = (0.5 + 0.5 * w / scale_.clamp_min(1e-12)).clamp(0, 1)
     else:
         tiles = image.signed_to_unit(w, percentile=100)
     side = max(w.shape[-2:])

@@ -134,6 +134,14 @@ def test_random_boxes_keep_sizes_stay_inside_and_repeat_with_the_seed():
     assert torch.equal(first, random_boxes(x, boxes, seed=3))
     assert not torch.equal(first, random_boxes(x, boxes, seed=4))
     assert torch.equal(fill_boxes(x, boxes)[0, :, 5:, :], x[0, :, 5:, :])
+    inside = torch.zeros(6, 20, 20, dtype=torch.bool)
+    inside[:, 12:15, 3:9] = True  # a small allowed region: every centre must land in it
+    for seed in range(10):
+        placed = random_boxes(x, boxes[[0, 1, 2, 5]].repeat(2, 1)[:6], seed=seed, inside=inside)
+        centres = placed[:, :2] + placed[:, 2:] // 2
+        assert all(inside[i, r, c] for i, (r, c) in enumerate(centres.tolist()))
+    with pytest.raises(InputError, match="no 20x1 box in image 3 has its centre inside"):
+        random_boxes(x, boxes, inside=inside)
 
 
 def test_correspondence_refuses_bad_boxes():
@@ -185,20 +193,19 @@ def test_evolution_errors():
         evolution([classifier()], x, "7", [0])
 
 
-def test_shipped_checkpoints_load_and_the_last_is_the_model():
-    final = shapes_net_at(2000)
-    assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), shapes_net().state_dict().values(),
-                                                  strict=True))
-    early = shapes_net_at(EVOLUTION_STEPS[0]).state_dict()
-    assert not torch.equal(early["features.0.weight"], final.state_dict()["features.0.weight"])
+def test_shipped_checkpoints_load_and_change_along_training():
+    weights = [shapes_net_at(step).state_dict()["features.0.weight"] for step in EVOLUTION_STEPS]
+    assert all(not torch.equal(a, b) for a, b in itertools.pairwise(weights))
     with pytest.raises(InputError, match="no ShapesNet checkpoint at step 7"):
         shapes_net_at(7)
 
 
 def test_train_shapes_reproduces_the_shipped_early_checkpoints(tmp_path):
     """The training script, stopped after step 100 of its 2000-step schedule, writes the shipped
-    step-20 and step-100 weights bit for bit (the full run reproducing the final weights takes
-    7 minutes; it was checked by hand, see the README)."""
+    step-20 and step-100 weights. Bit for bit on the machine that wrote them (checked by hand,
+    with the full run, see the README); to 1e-5 here, since other CPUs round the convolutions'
+    sums in other orders, while any change of data, seed, initialisation or schedule moves the
+    weights by far more (a learning rate 10% higher: 1.5e-2 at step 20, measured)."""
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_shapes.py"), "--out", str(tmp_path),
                           "--stop-after", "100"], capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
     assert run.returncode == 0, run.stderr
@@ -206,7 +213,8 @@ def test_train_shapes_reproduces_the_shipped_early_checkpoints(tmp_path):
         ours = torch.load(evolution_checkpoint(step, tmp_path / "evolution"), weights_only=True)
         shipped = torch.load(evolution_checkpoint(step), weights_only=True)
         assert ours.keys() == shipped.keys()
-        assert all(torch.equal(ours[k], shipped[k]) for k in ours), step
+        for key in ours:
+            torch.testing.assert_close(ours[key], shipped[key], rtol=0, atol=1e-5, msg=f"step {step} {key}")
     assert not (tmp_path / "shapes_net.pt").exists()
 
 
