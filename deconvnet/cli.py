@@ -639,9 +639,9 @@ def _correspondence_table(dn: DeconvNet, x: dict[str, torch.Tensor], boxes: dict
                           for seed in range(seeds)]
                 for name in names:
                     on_object[name].append(sum(disagreement(score[name]) for score in scores) / seeds)
-        for name in names:
+        for layer, name in zip(layers, names, strict=True):
             p, r = torch.tensor(parts[name]), torch.tensor(randoms[name])
-            row = {"part": part, "layer": name, "sets": sets, "images per set": per,
+            row = {"part": part, "layer": layer, "sets": sets, "images per set": per,
                    "parts mean": float(p.mean()), "parts std": float(p.std()),
                    "random mean": float(r.mean()), "random std": float(r.std())}
             if masks is not None:
