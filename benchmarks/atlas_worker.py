@@ -26,6 +26,7 @@ def main() -> None:
     if "WORLD_SIZE" in __import__("os").environ:
         dist.init_process_group("gloo")
     rank, world = rank_and_world()
+    torch.manual_seed(0)  # random weights: the same model on every rank
     loaded = load_model(model_name)
     dn = DeconvNet(loaded.model)
     images = AtlasImages(Path(folder), loaded.preprocessing)

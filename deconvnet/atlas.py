@@ -184,7 +184,7 @@ class _State:
 def _model_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha1()
     for name, tensor in model.state_dict().items():
-        digest.update(f"{name}{tuple(tensor.shape)}{float(tensor.double().sum())}".encode())
+        digest.update(f"{name}{tuple(tensor.shape)}{float(tensor.sum())}".encode())  # cheap: no copy
     return digest.hexdigest()
 
 
@@ -264,7 +264,8 @@ def mine_atlas(
         dist.all_gather_object(keys, key)
         differ = sorted({name for other in keys for name in key if other[name] != key[name]})
         if differ:
-            raise InputError(f"the ranks disagree on {', '.join(differ)}: give every rank the same model, "
+            hint = " (random weights? seed them alike on every rank)" if "model" in differ else ""
+            raise InputError(f"the ranks disagree on {', '.join(differ)}: give every rank the same model{hint}, "
                              "images, layers, k and batch size")
     path = _checkpoint_path(state, rank, world) if state is not None else None
     current = (_load_state(path, key) if resume and path is not None else None) or _State()

@@ -222,6 +222,7 @@ def atlas_command(args: argparse.Namespace) -> list[Path]:
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        torch.manual_seed(0)  # a model built with random weights comes out the same on every rank
     try:
         s = Session(args)
         rank, world = rank_and_world()

@@ -347,7 +347,7 @@ def invariance_figure(
             draw.rectangle((left, thumbnail + 19, left + thumbnail - 1, thumbnail + 24), fill=colour)
             if categories is not None:
                 label = _name(categories, int(result.target[i]))
-                draw.text((left, thumbnail + 26), image._fit(draw, label, thumbnail, font), fill="black", font=font)
+                draw.text((left, thumbnail + 26), image.fit_text(draw, label, thumbnail, font), fill="black", font=font)
         xlabel = _UNITS[result.transform]
         charts = [
             image.line_chart(amounts, result.distance[0], title=f"(b) distance at {result.layers[0]}", xlabel=xlabel),

@@ -20,6 +20,7 @@ __all__ = [
     "MID_GREY",
     "SERIES_COLOURS",
     "denormalize",
+    "fit_text",
     "heatmap",
     "labelled_grid",
     "line_chart",
@@ -143,11 +144,12 @@ def labelled_grid(
             index = row * ncol + col
             if index < count and index < len(labels):
                 x = col * (width + padding) + padding
-                draw.text((x, top + 1), _fit(draw, labels[index], width, font), fill="black", font=font)
+                draw.text((x, top + 1), fit_text(draw, labels[index], width, font), fill="black", font=font)
     return canvas
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.ImageFont) -> str:
+def fit_text(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.ImageFont) -> str:
+    """``text`` cut at the end until it fits ``width`` pixels in ``font``."""
     while text and draw.textlength(text, font=font) > width:
         text = text[:-1]
     return text
@@ -197,7 +199,7 @@ def line_chart(
     if xlabel:
         draw.text((left + (plot_w - draw.textlength(xlabel, font=font)) / 2, height - 13), xlabel, fill="black", font=font)
     if title:
-        draw.text((left, 3), _fit(draw, title, width - left, font), fill="black", font=font)
+        draw.text((left, 3), fit_text(draw, title, width - left, font), fill="black", font=font)
     return canvas
 
 

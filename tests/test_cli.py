@@ -31,9 +31,14 @@ def test_demo_writes_every_figure_and_an_index(tmp_path):
     assert result.returncode == 0, result.stderr
     real = ["real-rules.png", "real-classes.png", "real-layers-coffee.png", "real-layers-chelsea.png",
             *(f"occlusion-{photo}.png" for photo in ("coffee", "chelsea", "motorcycle", "rocket")),
-            *(f"photos/{photo}.png" for photo in ("coffee", "chelsea", "motorcycle", "rocket"))]
+            *(f"photos/{photo}.png" for photo in ("coffee", "chelsea", "motorcycle", "rocket")),
+            "invariance-photos.png", "correspondence-faces.png", "correspondence-faces.json",
+            "filters-efficientnet-lite0.png", "filters-efficientnet-lite0-renormalized.png"]
+    paper = ["evolution-features.8.png", "evolution-features.13.png", "correspondence-shapes.png",
+             "correspondence-shapes.json", "invariance-shapes.png", "filters-shapes.png", "atlas/index.html",
+             "atlas/atlas.json", "atlas/features.13/index.html", "atlas/features.13/63.html"]
     for name in ("classes.png", "rules.png", "layers.png", "channels-features.13.png", "top9-features.8.png",
-                 "top9-features.13.png", "index.md", "pointing.json", *real):
+                 "top9-features.13.png", "index.md", "pointing.json", *real, *paper):
         assert (tmp_path / name).is_file(), name
     index = (tmp_path / "index.md").read_text()
     assert "![classes](classes.png)" in index and "| deconvnet |" in index
@@ -41,6 +46,7 @@ def test_demo_writes_every_figure_and_an_index(tmp_path):
     assert index.index("![real-rules](real-rules.png)") < index.index("![occlusion-coffee](occlusion-coffee.png)") \
         < index.index("## The bundled ShapesNet")
     assert "pointing game on 20 held-out images, tolerance 0 px" in result.stdout
+    assert "[The unit atlas](atlas/index.html)" in index and "| triangle apex |" in index and "| right eye |" in index
 
 
 def test_figure_commands_in_process(folder, tmp_path, capsys):
