@@ -16,7 +16,13 @@ import torch
 import torch.distributed as dist
 
 from deconvnet import DeconvNet
-from deconvnet.atlas import AtlasImages, Tile, mine_atlas, project_atlas, rank_and_world
+from deconvnet.analysis.atlas import (
+    AtlasImages,
+    Tile,
+    mine_atlas,
+    project_atlas,
+    rank_and_world,
+)
 from deconvnet.loading import load_model
 
 

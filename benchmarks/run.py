@@ -190,7 +190,7 @@ def captum_occlusion(model: torch.nn.Module, x: torch.Tensor, size: int, stride:
 def per_pixel_drop(result, shape: torch.Size) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """Our grid as Captum reports it: Tensor[C, H, W], per pixel the mean of
     P_unoccluded - P_occluded over the positions covering it (0 where none does)."""
-    from deconvnet.occlusion import occluder_corners
+    from deconvnet.analysis.occlusion import occluder_corners
 
     total = torch.zeros(shape[-2:], dtype=torch.float64)
     count = torch.zeros(shape[-2:], dtype=torch.float64)
@@ -205,7 +205,7 @@ def bench_occlusion(model_name: str, size: int, stride: int, image_size: int, de
                     per_evals: tuple[int, ...] = (16, 64)) -> dict:
     """occlusion() (incremental, and whole batches) vs Captum's Occlusion at its best
     perturbations_per_eval, one image, each run once after a small warm-up (runs last seconds)."""
-    from deconvnet.occlusion import occlusion
+    from deconvnet.analysis.occlusion import occlusion
 
     model = _occlusion_model(model_name, device)
     torch.manual_seed(0)
@@ -392,7 +392,7 @@ def bench_units(model_name: str, layer: str, channels: int, images: int, size: i
                 device: torch.device) -> dict:
     """project_top_units (reconstruct_units, cropped) vs one-hot signals through the mirror, for
     the top-9 of ``channels`` channels mined over ``images`` random images."""
-    from deconvnet.topk import mine_top_units, project_top_units
+    from deconvnet.analysis.topk import mine_top_units, project_top_units
 
     model = _model(model_name, device)
     dn = DeconvNet(model)
@@ -422,10 +422,10 @@ def bench_mining(model_name: str, layers: list[str], images: int, batch_size: in
                  device: torch.device) -> dict:
     """Images per second of mine_top_units streaming a folder, vs the plain forward pass over
     the same loader (decoding and preprocessing included in both)."""
+    from deconvnet.analysis.topk import mine_top_units
     from deconvnet.loading import ImageFolder, Preprocessing, image_files
     from deconvnet.models import shapes_net
     from deconvnet.shapes import render
-    from deconvnet.topk import mine_top_units
 
     if model_name == "shapes":
         model, preprocessing, size = shapes_net().to(device), Preprocessing.shapes(), 64

@@ -11,8 +11,8 @@ every ReLU-family activation taking the method's rule (``rectifiers="relu"``: Re
 ``rule="guided"`` or ``"gradient"`` turns the same mirror into guided backpropagation or the
 plain gradient. Layers without a hand-written mirror are reversed by their exact
 vector-Jacobian product (``dn.general_layers``; ``strict=True`` refuses them). More layer types
-are one ``layer_rules=`` entry or :func:`register_rule` call. Pictures: :mod:`deconvnet.image`
-and :mod:`deconvnet.figures`; the command line: ``deconvnet --help``.
+are one ``layer_rules=`` entry or :func:`register_rule` call. Pictures: :mod:`deconvnet.pictures.image`
+and :mod:`deconvnet.pictures.figures`; the command line: ``deconvnet --help``.
 """
 
 from .capture import Trace

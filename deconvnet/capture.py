@@ -9,8 +9,8 @@ layer's mirror declares it needs.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -35,14 +35,21 @@ from PIL import Image, ImageDraw
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from . import figures, image
-from .atlas import AtlasImages, build_atlas, rank_and_world
-from .correspondence import correspondence, differences, disagreement, random_boxes
+from .analysis.atlas import AtlasImages, build_atlas, rank_and_world
+from .analysis.correspondence import (
+    correspondence,
+    differences,
+    disagreement,
+    random_boxes,
+)
+from .analysis.evolution import evolution
+from .analysis.filters import filters_figure, first_conv, renormalize_filters
+from .analysis.invariance import TRANSFORMS, Invariance, invariance
+from .analysis.occlusion import occlusion
+from .analysis.pointing import PointingResult, pointing_game
+from .analysis.topk import mine_top_units, project_top_units
 from .deconvnet import DeconvNet
 from .errors import DeconvnetError, InputError
-from .evolution import evolution
-from .filters import filters_figure, first_conv, renormalize_filters
-from .invariance import TRANSFORMS, Invariance, invariance
 from .loading import (
     ImageFolder,
     LoadedModel,
@@ -52,10 +59,8 @@ from .loading import (
     load_model,
 )
 from .models import EVOLUTION_STEPS, shapes_net_at, shapes_net_info
-from .occlusion import occlusion
-from .pointing import PointingResult, pointing_game
+from .pictures import figures, image
 from .shapes import CLASSES, PARTS, normalize, part_box, render
-from .topk import mine_top_units, project_top_units
 
 DEMO_SEED = 3  # held out: training used seed 1, the recorded accuracy seed 2
 POINTING_SEED = 4
@@ -607,7 +612,7 @@ def _faces(data, s: Session) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
 
 
 def _median_rms(s: Session) -> float:
-    from .filters import filter_rms
+    from .analysis.filters import filter_rms
 
     return float(filter_rms(first_conv(s.model)[1]).median())
 

@@ -17,7 +17,7 @@ from atlas_data import BAD, COPY, LAYERS, Troubled, small_net
 from PIL import Image
 
 from deconvnet import DeconvNet, InputError, LayerNotFoundError
-from deconvnet.atlas import AtlasImages, build_atlas, mine_atlas
+from deconvnet.analysis.atlas import AtlasImages, build_atlas, mine_atlas
 from deconvnet.cli import main
 from deconvnet.shapes import render
 
@@ -107,7 +107,7 @@ def test_resumed_after_a_kill_gives_the_same_atlas(tmp_path):
     build_atlas(small_net(), Troubled(), LAYERS, whole, k=3, batch_size=3, checkpoint_every=6)
     script = (
         "from atlas_data import LAYERS, Troubled, small_net\n"
-        "from deconvnet.atlas import build_atlas\n"
+        "from deconvnet.analysis.atlas import build_atlas\n"
         f"build_atlas(small_net(), Troubled(kill_at=22), LAYERS, {str(resumed)!r}, k=3, batch_size=3, checkpoint_every=6)\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}

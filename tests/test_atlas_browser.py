@@ -11,7 +11,7 @@ import pytest
 from atlas_data import LAYERS, Troubled, small_net
 from PIL import Image, ImageStat
 
-from deconvnet.atlas import build_atlas
+from deconvnet.analysis.atlas import build_atlas
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 from selenium.webdriver.chrome.service import Service

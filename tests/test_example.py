@@ -87,7 +87,7 @@ def test_demo_reconstructions_are_nonzero():
 def test_pointing_game_baselines_are_computed_from_the_masks():
     from torchvision.transforms.functional import pil_to_tensor
 
-    from deconvnet.pointing import pointing_game
+    from deconvnet.analysis.pointing import pointing_game
 
     samples = [render(31, i) for i in range(24)]
     strict, loose = pointing_game(DeconvNet(shapes_net()), samples, batch_size=10, tolerances=(0, 4))

@@ -12,9 +12,9 @@ from modern import modern_nets
 from torch import nn
 
 from deconvnet import DeconvNet
+from deconvnet.analysis.occlusion import occlusion
 from deconvnet.errors import InputError, LayerNotFoundError, TargetOutOfRangeError
 from deconvnet.models import EfficientNetLite0, ShapesNet
-from deconvnet.occlusion import occlusion
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

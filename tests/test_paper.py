@@ -16,16 +16,16 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from deconvnet import InputError, TargetOutOfRangeError
-from deconvnet.cli import main
-from deconvnet.correspondence import correspondence, fill_boxes, random_boxes
-from deconvnet.evolution import evolution
-from deconvnet.filters import (
+from deconvnet.analysis.correspondence import correspondence, fill_boxes, random_boxes
+from deconvnet.analysis.evolution import evolution
+from deconvnet.analysis.filters import (
     filter_rms,
     filters_figure,
     first_conv,
     renormalize_filters,
 )
-from deconvnet.invariance import invariance, transform_image
+from deconvnet.analysis.invariance import invariance, transform_image
+from deconvnet.cli import main
 from deconvnet.models import (
     EVOLUTION_STEPS,
     evolution_checkpoint,

@@ -13,9 +13,9 @@ from torch import nn
 
 import deconvnet
 from deconvnet import DeconvNet
-from deconvnet.figures import crop_to_field
+from deconvnet.analysis.topk import mine_top_units, project_top_units
+from deconvnet.pictures.figures import crop_to_field
 from deconvnet.receptive import ReceptiveField
-from deconvnet.topk import mine_top_units, project_top_units
 
 
 def test_vgg16_receptive_fields_by_hand():

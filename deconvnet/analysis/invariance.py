@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .deconvnet import DeconvNet
-from .errors import InputError, TargetOutOfRangeError
+from ..deconvnet import DeconvNet
+from ..errors import InputError, TargetOutOfRangeError
 
 __all__ = ["TRANSFORMS", "Invariance", "invariance", "transform_image"]
 

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from . import image
-from .errors import InputError, LayerNotFoundError
+from ..errors import InputError, LayerNotFoundError
+from ..pictures import image
 
 __all__ = ["filter_rms", "filters_figure", "first_conv", "renormalize_filters"]
 

@@ -13,14 +13,14 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from ..analysis.evolution import Evolution
+from ..analysis.invariance import Invariance, transform_image
+from ..analysis.occlusion import Occlusion
+from ..analysis.topk import TopUnits
+from ..deconvnet import DeconvNet
+from ..mirror import RULES
+from ..receptive import ReceptiveField
 from . import image
-from .deconvnet import DeconvNet
-from .evolution import Evolution
-from .invariance import Invariance, transform_image
-from .mirror import RULES
-from .occlusion import Occlusion
-from .receptive import ReceptiveField
-from .topk import TopUnits
 
 __all__ = [
     "boxes_figure",

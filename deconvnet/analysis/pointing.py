@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import pil_to_tensor
 
-from .deconvnet import DeconvNet
-from .shapes import Sample, normalize
+from ..deconvnet import DeconvNet
+from ..shapes import Sample, normalize
 
 __all__ = ["PointingResult", "pointing_game"]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .deconvnet import DeconvNet
-from .errors import InputError
+from ..deconvnet import DeconvNet
+from ..errors import InputError
 
 __all__ = ["TopUnits", "batch_top_units", "merge_top_units", "mine_top_units", "project_top_units"]
 

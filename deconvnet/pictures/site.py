@@ -4,7 +4,7 @@
     SITE/<layer>/index.html    every channel's top projection; sort by strength, filter by number
     SITE/<layer>/<c>.html      one channel's top-k projections next to their image patches
     SITE/<layer>/img/<c>-<r>.png, <c>-<r>-patch.png
-    SITE/atlas.json            what was mined (see :meth:`deconvnet.atlas.Atlas.to_json`)
+    SITE/atlas.json            what was mined (see :meth:`deconvnet.analysis.atlas.Atlas.to_json`)
 
 Plain HTML and CSS; the layer page has a few lines of script for sorting and filtering.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .atlas import Atlas, ProgressFactory, Silent, Tile
+from ..analysis.atlas import Atlas, ProgressFactory, Silent, Tile
 
 __all__ = ["SiteWriter"]
 

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from .builder import Network
-from .capture import evaluate
-from .deconvnet import DeconvNet
-from .errors import InputError, TargetOutOfRangeError
-from .functional import Pair, Window, pair, same_padding
-from .mirror import SameConvTranspose2d, conv_padding
+from ..builder import Network
+from ..capture import evaluate
+from ..deconvnet import DeconvNet
+from ..errors import InputError, TargetOutOfRangeError
+from ..functional import Pair, Window, pair, same_padding
+from ..mirror import SameConvTranspose2d, conv_padding
 
 __all__ = ["Occlusion", "occluder_corners", "occlusion"]
 

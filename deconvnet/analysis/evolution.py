@@ -4,7 +4,7 @@ strongest activation over a dataset at each training checkpoint, projected down.
     result = evolution([model_at_step_20, ..., final], x, "features.13", channels=[0, 5, 9])
     result.projections   # Tensor[C, S, 3, H, W]: channel c's strongest unit under checkpoint s
 
-Each checkpoint is mined on its own (:func:`deconvnet.topk.mine_top_units` with k = 1) and its
+Each checkpoint is mined on its own (:func:`deconvnet.analysis.topk.mine_top_units` with k = 1) and its
 unit projected alone with that checkpoint's weights, as the paper does for each epoch.
 """
 
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .deconvnet import DeconvNet
-from .errors import InputError
-from .progress import ProgressFactory, Silent
+from ..deconvnet import DeconvNet
+from ..errors import InputError
+from ..progress import ProgressFactory, Silent
 from .topk import mine_top_units
 
 __all__ = ["Evolution", "evolution"]

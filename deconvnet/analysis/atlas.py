@@ -4,7 +4,7 @@ dataset, on one process or many (``torch.distributed``), resumable.
     images = AtlasImages(folder, preprocessing)                  # or any torch Dataset
     atlas = mine_atlas(dn, images, layers, k=9, state=folder)     # one streaming pass, sharded by rank
     project_atlas(dn, images, atlas, write=...)                   # each rank projects its share
-    write_site(folder, atlas)                                     # rank 0 (deconvnet.site)
+    write_site(folder, atlas)                                     # rank 0 (deconvnet.pictures.site)
 
 :func:`build_atlas` does all three. Sharding is by whole batches, round robin (batch ``b`` goes
 to rank ``b % world``), so every image is mined exactly once, in exactly the batch a single
@@ -27,13 +27,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import image
-from .deconvnet import DeconvNet
-from .errors import InputError
-from .figures import crop_to_field
-from .loading import Preprocessing, image_files, load_image
-from .progress import ProgressFactory, Silent
-from .receptive import ReceptiveField
+from ..deconvnet import DeconvNet
+from ..errors import InputError
+from ..loading import Preprocessing, image_files, load_image
+from ..pictures import image
+from ..pictures.figures import crop_to_field
+from ..progress import ProgressFactory, Silent
+from ..receptive import ReceptiveField
 from .topk import TopUnits, batch_top_units, merge_top_units
 
 __all__ = ["Atlas", "AtlasImages", "Tile", "build_atlas", "mine_atlas", "project_atlas", "rank_and_world"]
@@ -437,7 +437,7 @@ def build_atlas(
     Under torch.distributed every rank calls this with the same arguments; rank 0 writes the
     site. Returns the Atlas (on every rank).
     """
-    from .site import SiteWriter
+    from ..pictures.site import SiteWriter
 
     dn = model if isinstance(model, DeconvNet) else DeconvNet(model)
     images = data if isinstance(data, AtlasImages) else AtlasImages(data, preprocessing, names)

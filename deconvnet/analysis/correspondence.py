@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .deconvnet import DeconvNet
-from .errors import InputError
+from ..deconvnet import DeconvNet
+from ..errors import InputError
 
 __all__ = ["correspondence", "differences", "fill_boxes", "random_boxes"]
 
