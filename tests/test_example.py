@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from deconvnet import DeconvNet, image
+from deconvnet import DeconvNet
 from deconvnet.models import shapes_net, shapes_net_info
+from deconvnet.pictures import image
 from deconvnet.shapes import CLASSES, ShapesDataset, render
 
 
