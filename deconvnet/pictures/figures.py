@@ -210,11 +210,8 @@ def _tile(pictures: Tensor, side: int) -> Tensor:
     return make_grid(pictures, nrow=side, padding=1, pad_value=1.0)[:, 1:-1, 1:-1]
 
 
-# Label colours of the occlusion figure: distinct hues, readable on white; "other" is grey.
-_LABEL_COLOURS = torch.tensor([
-    [0.12, 0.47, 0.71], [1.00, 0.50, 0.05], [0.17, 0.63, 0.17], [0.84, 0.15, 0.16],
-    [0.58, 0.40, 0.74], [0.55, 0.34, 0.29], [0.89, 0.47, 0.76], [0.74, 0.74, 0.13],
-])
+# Label colours of the occlusion figure: the chart colours without their grey, which is "other".
+_LABEL_COLOURS = torch.tensor([c for c in image.SERIES_COLOURS if len(set(c)) > 1][:8]) / 255
 _OTHER = torch.tensor([0.75, 0.75, 0.75])
 
 
