@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from .analysis.atlas import AtlasImages, build_atlas, rank_and_world
+from .analysis.atlas import STATE_FOLDER, AtlasImages, build_atlas, rank_and_world
 from .analysis.correspondence import (
     correspondence,
     differences,
@@ -242,6 +242,10 @@ def _atlas(s: Session, images: AtlasImages, layers: Sequence[str], out: Path, *,
            rank: int = 0, world: int = 1) -> list[Path]:
     if rank == 0 and world > 1:
         print(f"atlas: {world} processes; batch b (of {s.args.batch_size} images) is mined by rank b % {world}")
+    if rank == 0 and resume:
+        saved = out / STATE_FOLDER / f"rank-0-of-{world}.pt"
+        print(f"atlas: resuming from {saved}" if saved.exists() else
+              f"atlas: --resume found no checkpoint at {saved}; starting from the beginning")
     atlas = build_atlas(
         s.dn, images, layers, out, k=k, model_name=s.args.model, batch_size=s.args.batch_size,
         workers=getattr(s.args, "workers", 0), resume=resume,
