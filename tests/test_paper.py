@@ -29,7 +29,6 @@ from deconvnet.cli import main
 from deconvnet.models import (
     EVOLUTION_STEPS,
     evolution_checkpoint,
-    shapes_net,
     shapes_net_at,
 )
 from deconvnet.shapes import render
