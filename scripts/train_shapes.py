@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
 from pathlib import Path
 
@@ -25,6 +26,18 @@ from deconvnet.models import EVOLUTION_STEPS, ShapesNet, evolution_checkpoint
 from deconvnet.shapes import CLASSES, ShapesDataset
 
 TRAIN_SEED, HELD_OUT_SEED = 1, 2
+
+
+def machine() -> dict:
+    """What bit-for-bit reproduction of a run depends on."""
+    cpu, simd = platform.processor() or platform.machine(), []
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        lines = cpuinfo.read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        simd = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4")))  # which kernels run
+    return {"cpu": cpu, "simd": simd, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 @torch.no_grad()
@@ -74,6 +87,8 @@ def main() -> None:
         if step in args.checkpoints:
             evolution.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), evolution_checkpoint(step, evolution))
+            # Training is bit-reproducible only with the same CPU kind, thread count and torch.
+            (evolution / "machine.json").write_text(json.dumps(machine(), indent=2) + "\n")
             print(f"saved step {step} to {evolution_checkpoint(step, evolution)}", flush=True)
         if step == args.stop_after:
             return
