@@ -22,6 +22,7 @@ from deconvnet.analysis.atlas import (
     mine_atlas,
     project_atlas,
     rank_and_world,
+    shard,
 )
 from deconvnet.loading import load_model
 
@@ -42,9 +43,9 @@ def main() -> None:
             dist.barrier()
 
     def forward() -> None:  # the plain forward over this rank's shard, same loader, same batches
-        shard = [list(range(s, min(s + batch_size, len(images)))) for s in range(0, len(images), batch_size)][rank::world]
-        loader = torch.utils.data.DataLoader(images, batch_sampler=shard, collate_fn=lambda items: torch.stack(
-            [x for _, x, _ in items]))
+        batches = shard(len(images), batch_size, rank, world)
+        loader = torch.utils.data.DataLoader(images, batch_sampler=batches,
+                                             collate_fn=lambda items: torch.stack([x for _, x, _ in items]))
         with torch.no_grad():
             for x in loader:
                 loaded.model(x)

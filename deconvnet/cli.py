@@ -8,7 +8,7 @@
     deconvnet atlas DATA --layers L..   a browsable site of every channel's top-k over a dataset;
                                         torchrun --nproc_per_node=N -m deconvnet atlas ... shards it
     deconvnet invariance IMG... --layers L1 L2   distance and P(class) under shifts, zooms, rotations (Fig. 5)
-    deconvnet correspondence IMG... --boxes ... --layer L   do parts correspond across images (Fig. 8)
+    deconvnet correspondence IMG... --boxes ... --layers L..  do parts correspond across images (Fig. 8)
     deconvnet evolution FOLDER --layer L --checkpoints ...  a channel's top unit across training (Fig. 4)
     deconvnet filters                   first-layer filters, and the paper's RMS renormalisation (Fig. 6)
     deconvnet demo                      all of the above: a real ImageNet model on real photos,
@@ -25,7 +25,6 @@ import argparse
 import functools
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,13 +36,17 @@ from tqdm import tqdm
 
 from .analysis.atlas import STATE_FOLDER, AtlasImages, build_atlas, rank_and_world
 from .analysis.correspondence import (
-    correspondence,
     differences,
     disagreement,
     random_boxes,
 )
 from .analysis.evolution import evolution
-from .analysis.filters import filters_figure, first_conv, renormalize_filters
+from .analysis.filters import (
+    filter_rms,
+    filters_figure,
+    first_conv,
+    renormalize_filters,
+)
 from .analysis.invariance import TRANSFORMS, Invariance, invariance
 from .analysis.occlusion import occlusion
 from .analysis.pointing import PointingResult, pointing_game
@@ -60,6 +63,7 @@ from .loading import (
 )
 from .models import EVOLUTION_STEPS, shapes_net_at, shapes_net_info
 from .pictures import figures, image
+from .pictures.site import slug
 from .shapes import CLASSES, PARTS, normalize, part_box, render
 
 DEMO_SEED = 3  # held out: training used seed 1, the recorded accuracy seed 2
@@ -108,10 +112,6 @@ class Session:
         picture.save(path)
         print(f"wrote {path}")
         return path
-
-
-def _slug(layer: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", layer)
 
 
 def classes_command(args: argparse.Namespace) -> list[Path]:
@@ -165,7 +165,7 @@ def channels_command(args: argparse.Namespace) -> list[Path]:
     s = Session(args)
     x = s.images([args.image])
     picture = figures.channels_figure(s.dn, x, args.layer, channels=args.channels, scale=s.scale)
-    return [s.save(picture, f"channels-{_slug(args.layer)}.png")]
+    return [s.save(picture, f"channels-{slug(args.layer)}.png")]
 
 
 def top9_command(args: argparse.Namespace) -> list[Path]:
@@ -201,7 +201,7 @@ def _top9(s: Session, files: list[Path], layers: Sequence[str], k: int, shown: i
             units, projections, patches, s.dn.receptive_field(layer), channels,
             scale=max(2, s.scale) if s.args.model == "shapes" else 1,
         )
-        written.append(s.save(picture, f"top{k}-{_slug(layer)}.png"))
+        written.append(s.save(picture, f"top{k}-{slug(layer)}.png"))
     return written
 
 
@@ -214,7 +214,7 @@ def occlusion_command(args: argparse.Namespace) -> list[Path]:
         result = occlusion(s.dn, x[n : n + 1], size=args.size, stride=args.stride, fill=args.fill,
                            target=args.target, layer=layer, batch_size=args.batch_size)
         picture = figures.occlusion_figure(result, x[n : n + 1], s.mean, s.std, categories=s.loaded.categories)
-        written.append(s.save(picture, f"occlusion-{_slug(Path(path).stem)}.png"))
+        written.append(s.save(picture, f"occlusion-{slug(Path(path).stem)}.png"))
     return written
 
 
@@ -300,20 +300,21 @@ def _box(text: str) -> tuple[int, int, int, int]:
     return top, left, height, width
 
 
-def _baseline(dn: DeconvNet, x: torch.Tensor, boxes: torch.Tensor, layer: str, seeds: int) -> list[float]:
-    return [correspondence(dn, x, random_boxes(x, boxes, seed=seed), layer) for seed in range(seeds)]
-
-
 def correspondence_command(args: argparse.Namespace) -> list[Path]:
     s = Session(args)
     x = s.images(args.images)
     if len(args.boxes) != x.shape[0]:
         raise InputError(f"give one --boxes entry per image: {x.shape[0]} images, {len(args.boxes)} boxes")
     boxes = torch.tensor(args.boxes)
+    names = [s.dn.layer_name(layer) for layer in args.layers]
+    clean = s.dn.activations(x, names)  # one unoccluded pass for the parts and every random box set
+    parts = differences(s.dn, x, boxes, names, fill=args.fill, reference=clean)
+    randoms = [differences(s.dn, x, random_boxes(x, boxes, seed=seed), names, fill=args.fill, reference=clean)
+               for seed in range(args.random)]
     rows = []
-    for layer in args.layers:
-        score = correspondence(s.dn, x, boxes, layer, fill=args.fill)
-        baseline = torch.tensor(_baseline(s.dn, x, boxes, layer, args.random))
+    for layer, name in zip(args.layers, names, strict=True):
+        score = disagreement(parts[name])
+        baseline = torch.tensor([disagreement(r[name]) for r in randoms])
         rows.append({"layer": layer, "parts": score, "random mean": float(baseline.mean()),
                      "random std": float(baseline.std()) if baseline.numel() > 1 else 0.0, "random seeds": args.random})
         print(f"{layer}: parts {score:.4f}, random boxes {float(baseline.mean()):.4f} "
@@ -341,7 +342,7 @@ def _evolution(s: Session, x: torch.Tensor, layer: str, channels: Sequence[int] 
     result = evolution([DeconvNet(m, rule=s.args.rule) for m in models], x, layer, channels, labels=labels,
                        batch_size=s.args.batch_size, progress=tqdm)
     picture = figures.evolution_figure(result, s.dn.receptive_field(layer), scale=s.scale)
-    return s.save(picture, f"evolution-{_slug(layer)}.png")
+    return s.save(picture, f"evolution-{slug(layer)}.png")
 
 
 def evolution_command(args: argparse.Namespace) -> list[Path]:
@@ -359,7 +360,7 @@ def evolution_command(args: argparse.Namespace) -> list[Path]:
 
 def filters_command(args: argparse.Namespace) -> list[Path]:
     s = Session(args)
-    return _filters(s, args.layer, args.max_rms, _slug(args.model))
+    return _filters(s, args.layer, args.max_rms, slug(args.model))
 
 
 def _filters(s: Session, layer: str | None, max_rms: float | None, name: str) -> list[Path]:
@@ -616,8 +617,6 @@ def _faces(data, s: Session) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
 
 
 def _median_rms(s: Session) -> float:
-    from .analysis.filters import filter_rms
-
     return float(filter_rms(first_conv(s.model)[1]).median())
 
 
@@ -709,7 +708,7 @@ def _model_demo(args: argparse.Namespace) -> list[Path]:
     last = panels[-1]
     count = s.dn.activation(x[:1], last).shape[1]
     channels = list(range(min(count, 64)))
-    pictures.append((s.save(figures.channels_figure(s.dn, x[:1], last, channels=channels), f"channels-{_slug(last)}.png"),
+    pictures.append((s.save(figures.channels_figure(s.dn, x[:1], last, channels=channels), f"channels-{slug(last)}.png"),
                      f"The first {len(channels)} channels of {last} for the same image."))
     mined = panels[-3:-1] if len(panels) >= 3 else panels[-1:]
     for path, layer in zip(_top9(s, files, mined, 9, args.channels), mined, strict=True):

@@ -36,7 +36,7 @@ from ..progress import ProgressFactory, Silent
 from ..receptive import ReceptiveField
 from .topk import TopUnits, batch_top_units, merge_top_units
 
-__all__ = ["Atlas", "AtlasImages", "Tile", "build_atlas", "mine_atlas", "project_atlas", "rank_and_world"]
+__all__ = ["Atlas", "AtlasImages", "Tile", "build_atlas", "mine_atlas", "project_atlas", "rank_and_world", "shard"]
 
 STATE_FOLDER = ".atlas-state"
 
@@ -219,8 +219,11 @@ def _load_state(path: Path, key: dict) -> _State | None:
     return _State(saved["done"], saved["mined"], top, dict(saved["skipped"]), saved["finished"])
 
 
-def _batches(count: int, batch_size: int) -> list[list[int]]:
-    return [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+def shard(count: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """The dataset indices ``rank`` mines, as batches: batch b of ``batch_size`` consecutive
+    indices goes to rank b % world, so every batch is the one a single process would form."""
+    batches = [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+    return batches[rank::world]
 
 
 def mine_atlas(
@@ -256,7 +259,6 @@ def mine_atlas(
         raise InputError(f"layers are named twice: {list(layers)}")
     _check_spatial(dn, images, names)
     rank, world = rank_and_world()
-    device = _device(dn)
     key = {"model": _model_fingerprint(dn.model), "layers": names, "k": k, "batch_size": batch_size,
            "images": hashlib.sha1("\n".join(images.names).encode()).hexdigest(), "world": world}
     if world > 1:  # every rank must mine the same thing, or the merge would be meaningless
@@ -269,19 +271,20 @@ def mine_atlas(
                              "images, layers, k and batch size")
     path = _checkpoint_path(state, rank, world) if state is not None else None
     current = (_load_state(path, key) if resume and path is not None else None) or _State()
-    shard = _batches(len(images), batch_size)[rank::world]
-    bar = progress(total=sum(len(b) for b in shard), desc="mining", unit="img")
-    bar.update(sum(len(b) for b in shard[: current.done]))
+    batches = shard(len(images), batch_size, rank, world)
+    bar = progress(total=sum(len(b) for b in batches), desc="mining", unit="img")
+    bar.update(sum(len(b) for b in batches[: current.done]))
     since = 0
-    loader = DataLoader(images, batch_sampler=shard[current.done :], collate_fn=_collate, num_workers=workers)
+    loader = DataLoader(images, batch_sampler=batches[current.done :], collate_fn=_collate, num_workers=workers)
     for indices, x, skipped in loader:
         current.skipped.update(skipped)
         if x is not None:
-            outputs = dn.activations(x.to(device), names)
+            outputs = dn.activations(x, names)  # moved to the model's device there
             for name in names:
-                found = batch_top_units(name, outputs[name], indices.to(device))
+                # Kept on the CPU: checkpoints and the gather between ranks need no device.
+                found = _cpu(batch_top_units(name, outputs[name], indices))
                 kept = current.top.get(name)
-                current.top[name] = _cpu(merge_top_units([kept, _cpu(found)] if kept else [_cpu(found)], k))
+                current.top[name] = merge_top_units([kept, found] if kept else [found], k)
             current.mined += x.shape[0]
         current.done += 1
         since += indices.numel() + len(skipped)
@@ -300,11 +303,6 @@ def _cpu(top: TopUnits) -> TopUnits:
     return TopUnits(top.layer, top.values.cpu(), top.images.cpu(), top.positions.cpu(), top.shape)
 
 
-def _device(dn: DeconvNet) -> torch.device:
-    parameter = next(dn.model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 def _check_spatial(dn: DeconvNet, images: AtlasImages, names: list[str]) -> None:
     """Each layer must output feature maps; probed on the first readable image."""
     for index in range(len(images)):
@@ -314,7 +312,7 @@ def _check_spatial(dn: DeconvNet, images: AtlasImages, names: list[str]) -> None
     else:
         _, _, error = images[0]
         raise InputError(f"no image of {images.source} could be read; the first: {error}")
-    outputs = dn.activations(x[None].to(_device(dn)), names)
+    outputs = dn.activations(x[None], names)
     for name in names:
         if outputs[name].dim() != 4:
             raise InputError(f"the atlas needs layers with feature maps; {name} outputs "
@@ -329,11 +327,7 @@ def _merge_ranks(state: _State, names: list[str], images: AtlasImages, k: int, m
         dist.all_gather_object(gathered, (state.top, state.skipped, state.mined))
         states = [_State(0, mined, top, skipped, True) for top, skipped, mined in gathered]
     skipped = {i: e for s in states for i, e in s.skipped.items()}
-    mined = sum(s.mined for s in states)
-    if mined == 0:
-        first = min(skipped)
-        raise InputError(f"no image of {images.source} could be read; the first, {images.names[first]}: "
-                         f"{skipped[first]}")
+    mined = sum(s.mined for s in states)  # at least 1: _check_spatial found a readable image
     layers = {name: merge_top_units([s.top[name] for s in states if name in s.top], k) for name in names}
     fields = {name: dn.receptive_field(name) for name in names}
     return Atlas(model_name, images.source, images.names, k, layers, fields, skipped, mined)
@@ -380,10 +374,9 @@ def project_atlas(
     mine = order[rank::world]
     rounds = -(-len(order) // (batch_size * world))
     bar = progress(total=sum(len(v) for v in by_image.values()), desc="projecting", unit="unit")
-    device = _device(dn)
     for round_ in range(rounds):
         batch = mine[round_ * batch_size : (round_ + 1) * batch_size]
-        tiles = list(_project(dn, images, atlas, batch, by_image, device)) if batch else []
+        tiles = list(_project(dn, images, atlas, batch, by_image)) if batch else []
         if world > 1:
             gathered: list[Any] = [None] * world
             dist.gather_object(tiles, gathered if rank == 0 else None, dst=0)
@@ -395,10 +388,10 @@ def project_atlas(
 
 
 def _project(dn: DeconvNet, images: AtlasImages, atlas: Atlas, batch: list[int],
-             by_image: dict[int, list[tuple[str, int, int]]], device: torch.device) -> Iterator[Tile]:
-    x = torch.stack([images.load(i) for i in batch]).to(device)
-    trace = dn.trace(x)
-    shown = image.denormalize(x.float(), images.mean, images.std).cpu()
+             by_image: dict[int, list[tuple[str, int, int]]]) -> Iterator[Tile]:
+    x = torch.stack([images.load(i) for i in batch])
+    trace = dn.trace(x)  # on the model's device
+    shown = image.denormalize(x.float(), images.mean, images.std)
     for name, top in atlas.layers.items():
         units = [(b, c, r) for b, i in enumerate(batch) for layer, c, r in by_image[i] if layer == name]
         if not units:

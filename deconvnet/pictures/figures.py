@@ -336,7 +336,7 @@ def invariance_figure(
         n = shown.shape[0]
         strip = Image.new("RGB", (n * (thumbnail + 6) + 6, thumbnail + 40), "white")
         draw = ImageDraw.Draw(strip)
-        draw.text((6, 2), f"{result.transform} {_tick_text(extreme)}", fill="black", font=font)
+        draw.text((6, 2), f"{result.transform} {extreme:.3g}", fill="black", font=font)
         for i in range(n):
             left = 6 + i * (thumbnail + 6)
             strip.paste(image.to_pil(shown[i].clamp(0, 1)), (left, 16))
@@ -364,26 +364,16 @@ def _departure(transform: str, amount: float) -> float:
     return abs(amount)
 
 
-def _tick_text(value: float) -> str:
-    return f"{value:.3g}"
-
-
 def stack_pictures(pictures: Sequence[Image.Image], *, horizontal: bool = False, gap: int = 8) -> Image.Image:
     """PIL pictures side by side (or one above the other), top/left aligned, on white."""
-    if horizontal:
-        width = sum(p.width for p in pictures) + gap * (len(pictures) - 1)
-        canvas = Image.new("RGB", (width, max(p.height for p in pictures)), "white")
-        offset = 0
-        for p in pictures:
-            canvas.paste(p, (offset, 0))
-            offset += p.width + gap
-        return canvas
-    height = sum(p.height for p in pictures) + gap * (len(pictures) - 1)
-    canvas = Image.new("RGB", (max(p.width for p in pictures), height), "white")
+    lengths = [p.width if horizontal else p.height for p in pictures]
+    depth = max(p.height if horizontal else p.width for p in pictures)
+    total = sum(lengths) + gap * (len(pictures) - 1)
+    canvas = Image.new("RGB", (total, depth) if horizontal else (depth, total), "white")
     offset = 0
-    for p in pictures:
-        canvas.paste(p, (0, offset))
-        offset += p.height + gap
+    for p, length in zip(pictures, lengths, strict=True):
+        canvas.paste(p, (offset, 0) if horizontal else (0, offset))
+        offset += length + gap
     return canvas
 
 

@@ -20,7 +20,7 @@ import torch
 
 from ..analysis.atlas import Atlas, ProgressFactory, Silent, Tile
 
-__all__ = ["SiteWriter"]
+__all__ = ["SiteWriter", "slug"]
 
 STRIP = 8  # strongest channels shown per layer on the index page
 
@@ -69,6 +69,11 @@ document.getElementById("filter").addEventListener("input", event => {
 """
 
 
+def slug(name: str) -> str:
+    """``name`` (a layer, a model, an image stem) as a safe file-name part."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
 def _page(title: str, body: str, css: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
             f'<link rel="stylesheet" href="{css}">\n</head>\n<body>\n{body}\n</body>\n</html>\n')
@@ -86,11 +91,11 @@ class SiteWriter:
         self.atlas = atlas
         self.slugs: dict[str, str] = {}
         for layer in atlas.layers:
-            slug = re.sub(r"[^A-Za-z0-9_.-]", "_", layer).strip(".") or "layer"
-            while slug in self.slugs.values() or slug == "img":
-                slug += "_"
-            self.slugs[layer] = slug
-            (self.folder / slug / "img").mkdir(parents=True, exist_ok=True)
+            folder = slug(layer).strip(".") or "layer"  # never "." or ".."
+            while folder in self.slugs.values() or folder == "img":
+                folder += "_"
+            self.slugs[layer] = folder
+            (self.folder / folder / "img").mkdir(parents=True, exist_ok=True)
 
     def tile(self, tile: Tile) -> None:
         base = self.folder / self.slugs[tile.layer] / "img"
