@@ -189,6 +189,14 @@ def test_errors_are_one_line(tmp_path):
         AtlasImages([1, 2, 3])  # type: ignore[arg-type]
     with pytest.raises(InputError, match="names has 2 entries for 30 images"):
         AtlasImages(data, names=["a", "b"])
+    with pytest.raises(InputError, match="the dataset \\(Endless\\) has no length; the atlas needs one"):
+        AtlasImages(Endless())
+    with pytest.raises(InputError, match="TensorDataset \\(0 items\\) holds no images"):
+        AtlasImages(torch.utils.data.TensorDataset(torch.zeros(0, 3, 4, 4)))
+    with pytest.raises(InputError, match="checkpoint_every must be a positive integer, got 0"):
+        build_atlas(net, data, LAYERS, tmp_path, checkpoint_every=0)
+    with pytest.raises(InputError, match="batch_size must be a positive integer, got True"):
+        build_atlas(net, data, LAYERS, tmp_path, batch_size=True)
     with pytest.raises(InputError, match="workers must be a non-negative integer"):
         build_atlas(net, data, LAYERS, tmp_path, workers=-1)
     flat = torch.nn.Sequential(*small_net(), torch.nn.Flatten()).double()
@@ -201,6 +209,25 @@ def test_errors_are_one_line(tmp_path):
 
     with pytest.raises(InputError, match="no image of Unreadable .* could be read; the first: OSError: disk gone"):
         mine_atlas(DeconvNet(net), AtlasImages(Unreadable()), LAYERS)
+
+
+class Endless(torch.utils.data.IterableDataset):
+    def __iter__(self):  # noqa: ANN204
+        yield torch.zeros(3, 4, 4)
+
+
+class Ragged(Troubled):
+    """Image 3 has another size: a batch holding it cannot be stacked."""
+
+    def __getitem__(self, index):  # noqa: ANN001
+        x, label = super().__getitem__(index)
+        return (x[:, :8, :8] if index == 3 else x), label
+
+
+def test_images_of_different_sizes_in_one_batch_are_refused(tmp_path):
+    with pytest.raises(InputError, match=r"images of one batch differ in shape \[\(3, 8, 8\), \(3, 16, 16\)\]; "
+                                         "resize them to one size"):
+        build_atlas(small_net(), Ragged(), LAYERS, tmp_path, batch_size=4)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

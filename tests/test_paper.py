@@ -106,6 +106,16 @@ def test_invariance_follows_a_given_target_and_refuses_bad_input():
         invariance(net, x, ["4"], "scale", [])
     with pytest.raises(InputError, match="Tensor\\[N, C, H, W\\]"):
         invariance(net, x[0], ["4"], "scale", [1.0])
+    with pytest.raises(InputError, match="name at least one layer"):
+        invariance(net, x, [], "scale", [1.0])
+    with pytest.raises(InputError, match="batch_size must be a positive integer, got 0"):
+        invariance(net, x, ["4"], "scale", [1.0], batch_size=0)
+    with pytest.raises(InputError, match="target must be a class index, got 1.5"):
+        invariance(net, x, ["4"], "scale", [1.0], target=1.5)
+    with pytest.raises(InputError, match="target must be class indices, got torch.float32"):
+        invariance(net, x, ["4"], "scale", [1.0], target=torch.tensor([1.0, 2.0, 0.0]))
+    with pytest.raises(InputError, match=r"the model must return logits Tensor\[N, classes\], got \(3, 8, 6, 6\)"):
+        invariance(net[:5], x, ["1"], "scale", [1.0])
 
 
 # --- correspondence -----------------------------------------------------------------------
@@ -155,6 +165,10 @@ def test_correspondence_refuses_bad_boxes():
         correspondence(net, x, torch.zeros(3, 4), "4")
     with pytest.raises(InputError, match="at least 2, got 1"):
         correspondence(net, x[:1], torch.tensor([[0, 0, 2, 2]]), "4")
+    with pytest.raises(InputError, match="x must be a Tensor\\[N, C, H, W\\]"):
+        correspondence(net, x[0], torch.zeros(3, 4, dtype=torch.long), "4")
+    with pytest.raises(InputError, match=r"inside must be a BoolTensor\[3, 16, 16\]"):
+        random_boxes(x, torch.tensor([[0, 0, 2, 2]] * 3), inside=torch.ones(3, 8, 8, dtype=torch.bool))
 
 
 # --- evolution ----------------------------------------------------------------------------
@@ -192,6 +206,14 @@ def test_evolution_errors():
         evolution([classifier(), classifier(1)], x, "4", [0], labels=["only"])
     with pytest.raises(InputError, match="needs a layer with feature maps"):
         evolution([classifier()], x, "7", [0])
+    with pytest.raises(InputError, match="give at least one checkpoint's model"):
+        evolution([], x, "4", [0])
+    with pytest.raises(InputError, match="x must be a non-empty Tensor\\[N, C, H, W\\]"):
+        evolution([classifier()], x[:0], "4", [0])
+    with pytest.raises(InputError, match="batch_size must be a positive integer, got 0"):
+        evolution([classifier()], x, "4", [0], batch_size=0)
+    with pytest.raises(InputError, match="give at least one channel"):
+        evolution([classifier()], x, "4", [])
 
 
 def test_shipped_checkpoints_load_and_change_along_training():
@@ -249,6 +271,10 @@ def test_renormalize_scales_only_the_filters_over_the_bound():
         first_conv(nn.Sequential(*[nn.Conv2d(3, 3, 1)] * 7, nn.ReLU()), "7")
     with pytest.raises(InputError, match="has no Conv2d layer"):
         first_conv(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(LayerNotFoundError, match="no module 'nope' in Sequential"):
+        first_conv(net, "nope")
+    with pytest.raises(InputError, match=r"filters_figure needs a Tensor\[O, I, kh, kw\], got torch.Size\(\[6, 27\]\)"):
+        filters_figure(weight.flatten(1))
 
 
 # --- the command line ---------------------------------------------------------------------
