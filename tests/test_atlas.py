@@ -212,14 +212,14 @@ def test_errors_are_one_line(tmp_path):
 
 
 class Endless(torch.utils.data.IterableDataset):
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         yield torch.zeros(3, 4, 4)
 
 
 class Ragged(Troubled):
     """Image 3 has another size: a batch holding it cannot be stacked."""
 
-    def __getitem__(self, index):  # noqa: ANN001
+    def __getitem__(self, index):
         x, label = super().__getitem__(index)
         return (x[:, :8, :8] if index == 3 else x), label
 

@@ -17,7 +17,7 @@ from reference import assert_exact, deconv_gradient
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from deconvnet import InputError, TargetOutOfRangeError
+from deconvnet import InputError, LayerNotFoundError, TargetOutOfRangeError
 from deconvnet.analysis.correspondence import correspondence, fill_boxes, random_boxes
 from deconvnet.analysis.evolution import evolution
 from deconvnet.analysis.filters import (
