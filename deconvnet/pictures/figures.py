@@ -377,16 +377,22 @@ def stack_pictures(pictures: Sequence[Image.Image], *, horizontal: bool = False,
     return canvas
 
 
+_LABEL_WIDTH = 96  # px: what a caption such as "#31 step 2000 225" needs in the default font
+
+
 def evolution_figure(result: Evolution, field: ReceptiveField | None, *, scale: int = 3) -> Image.Image:
     """The paper's Fig. 4: one row per channel, one column per checkpoint; each tile is the
     channel's strongest unit over the dataset under that checkpoint, projected down and cropped
-    to its receptive field, labelled with the channel, checkpoint and activation."""
+    to its receptive field, labelled with the channel, checkpoint and activation. Small fields
+    are scaled up further, so the captions fit."""
     tiles, labels = [], []
     for row, c in enumerate(result.channels):
         for step, label in enumerate(result.labels):
             tiles.append(image.signed_to_unit(crop_to_field(result.projections[row, step], field,
                                                             result.unit(row, step), 0.0)))
             labels.append(f"#{c} {label} {float(result.values[row, step]):.3g}")
+    width = tiles[0].shape[-1]
+    scale = max(scale, -(-_LABEL_WIDTH // width))
     return image.labelled_grid(torch.stack(tiles), labels, ncol=len(result.labels), scale=scale, padding=4)
 
 
