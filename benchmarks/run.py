@@ -13,6 +13,7 @@
     python -m benchmarks mining              # top-9 mining throughput vs the plain forward
     python -m benchmarks atlas               # atlas mining/projecting: 1 vs 2 gloo processes vs 2 threads
     python -m benchmarks memory              # all 1000 VGG16 classes: peak memory and time
+    python -m benchmarks chunks              # per-target time against the chunk size (the planner's cap)
 
 Methods are timed interleaved (A, B, C, A, B, C, ...) after a warm-up round; rows give the
 median and the ratios, which are what to compare on shared, noisy machines. Outputs are checked
@@ -33,6 +34,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from math import prod
 from pathlib import Path
 
 import torch
@@ -158,6 +160,28 @@ def bench_classes(model_name: str, targets: int, size: int, repeats: int, device
                 **{"captum / deconvnet": seconds["captum"] / seconds["deconvnet"],
                    "deconvnet / floor": seconds["deconvnet"] / seconds["forward floor"],
                    "relative error": error})
+
+
+def bench_chunks(model_name: str, sizes: list[int], size: int, repeats: int, device: torch.device) -> dict:
+    """Per-target time of the class mirror against the chunk size, from one trace: where it
+    stops falling is the planner's throughput cap (``deconvnet.chunks.THROUGHPUT_ELEMENTS``).
+    Also the chunk the planner picks for 1000 classes, and its widest tensor in elements."""
+    model = _model(model_name, device)
+    x = torch.randn(1, 3, size, size, device=device)
+    dn = DeconvNet(model)
+    trace = dn.trace(x)
+    start = dn.network.steps[dn.network.output].name
+    reference = dn.reconstruct_classes(trace, list(range(max(sizes))), chunk_size=1)
+    error = checked(relative_error(dn.reconstruct_classes(trace, list(range(max(sizes))), chunk_size=max(sizes)),
+                                   reference), f"chunks {model_name}")
+    seconds = timed({f"chunk {k}": (lambda k=k: dn.reconstruct_classes(trace, list(range(k)), chunk_size=k))
+                     for k in sizes}, repeats, device)
+    widest = max(prod(trace.records[layer.source].input_shape[1:]) + trace.activations[layer.source][0].numel()
+                 for layer in dn.mirror.layers[dn.mirror.index_of(start):])
+    planned = mirror_chunk(dn.mirror, trace, start, budget(dn.memory_budget, device), 1000)
+    return _row("chunks", model_name, size, max(sizes), device, torch.float32, seconds,
+                per_target_ms={k: 1000 * seconds[f"chunk {k}"] / k for k in sizes},
+                widest_elements_per_target=widest, planned_chunk_for_1000=planned, **{"relative error": error})
 
 
 # --- 1a. occlusion sensitivity ------------------------------------------------------------------
@@ -555,6 +579,16 @@ def markdown(rows: list[dict]) -> str:
                              f"{r['peak_bytes'] / gib:.2f} GiB | {r['before_bytes'] / gib:.2f} GiB | "
                              f"{r['result_bytes'] / gib:.2f} GiB | {r['chunk']} | {r['budget_bytes'] / gib:.1f} GiB | "
                              f"{r['machine']} |")
+        elif kind == "chunks":
+            sizes = list(group[0]["per_target_ms"])
+            lines += ["| chunks | px | " + " | ".join(f"ms/target @{k}" for k in sizes)
+                      + " | widest tensor per target | planned chunk, 1000 classes | rel. error | machine | torch |",
+                      "|" + "---|" * (len(sizes) + 7)]
+            for r in group:
+                lines.append(f"| {r['model']} | {r['size']} | "
+                             + " | ".join(f"{r['per_target_ms'][k]:.2f}" for k in sizes)
+                             + f" | {r['widest_elements_per_target']:.2e} | {r['planned_chunk_for_1000']} | "
+                             f"{r['relative error']:.1e} | {r['machine']} | {r['torch']} |")
         else:
             ratios = [k for k in group[0] if "/" in k]
             extra = ["relative L2 error"] if "relative L2 error" in group[0] else []
@@ -584,7 +618,7 @@ def save(rows: list[dict], stem: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["occlusion", "occlusion-sizes", "everyday", "trace", "classes", "modern", "precision", "channels", "units",
-                                          "mining", "atlas", "memory", "all"])
+                                          "mining", "atlas", "memory", "chunks", "all"])
     parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
     parser.add_argument("--size", type=int, default=224)
@@ -639,5 +673,9 @@ def main(argv: list[str] | None = None) -> int:
             emit(row)
     if args.which in ("memory", "all"):
         emit(bench_memory("vgg16", args.size))
+    if args.which == "chunks":  # not in "all": it only calibrates the planner
+        sizes = [16, 32, 64, 128, 256, 512] if device.type == "cuda" else [1, 2, 4, 8, 16, 32]
+        for model_name in ("vgg16", "resnet50"):
+            emit(bench_chunks(model_name, sizes, args.size, args.repeats, device))
     save(rows, args.name or args.which)
     return 0

@@ -1,14 +1,29 @@
-"""Chunk planning: how many targets go through the mirror at once, and joining the chunks.
+"""Chunk planning: how many targets (or occluder positions) go through at once, and joining
+the chunks. One planner for every device and every batched call (classes, channels, units,
+occlusion).
 
-The K targets of a reconstruction run as one batch when they fit a memory budget (2 GiB on CPU,
-half the free memory on CUDA, or ``DeconvNet(memory_budget=...)``), else in chunks sized from the
-recorded layer sizes. Results never depend on the chunk size.
+A chunk size is the smallest of three caps:
+
+- **memory**: the bytes a chunk may use (``DeconvNet(memory_budget=...)``; by default 2 GiB on
+  CPU, half of the CUDA memory this process can use: the device's free memory *plus* what
+  PyTorch's caching allocator holds unused, so memory cached by one call never shrinks the next
+  call's plan);
+- **indexing**: no tensor of a chunk passes 2^31 elements (past it, CUDA kernels fall back to
+  64-bit indexing or refuse);
+- **throughput**: no tensor of a chunk passes the size where per-target time stops falling on
+  that kind of device (measured with ``python -m benchmarks chunks``); larger chunks only add
+  memory traffic, allocator pressure and, under ``cudnn.benchmark``, autotuning of huge shapes.
+
+Then the targets are split into equal chunks (``ceil(K / ceil(K / cap))`` each), so a call
+runs at most two shapes, and the same call plans the same shapes every time. Results never
+depend on the chunk size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from math import prod
+from dataclasses import dataclass
+from math import ceil, prod
 
 import torch
 from torch import Tensor
@@ -18,12 +33,44 @@ from .crop import widest_window
 from .errors import InputError
 from .mirror import Mirror, MirrorLayer
 
-__all__ = ["check_chunk_size", "budget", "mirror_chunk", "window_chunk", "collect"]
+__all__ = [
+    "CPU_BUDGET", "INDEX_LIMIT", "THROUGHPUT_ELEMENTS", "DeviceMemory", "budget", "check_chunk_size", "collect",
+    "device_memory", "mirror_chunk", "mirror_needs", "plan", "window_chunk", "window_needs",
+]
 
 CPU_BUDGET = 2 * 1024**3
+INDEX_LIMIT = 2**31 - 1
+"""No tensor of a chunk holds more elements than this."""
+THROUGHPUT_ELEMENTS = {"cuda": 2**29, "cpu": 2**24}
+"""Elements of a chunk's widest tensor past which per-target time stops falling, per device
+type (``python -m benchmarks chunks`` measures it; see benchmarks/results/chunks.md). On CUDA,
+VGG16's 1000 classes ran at the same per-target time from 100 to 956 targets per chunk
+(3.2e8 to 3.1e9 elements, one H200); 2^29 keeps a margin to the index limit."""
 # Peak memory of one mirror layer per target, as a multiple of its input plus output signal:
 # room for the signal being built and for convolution workspaces.
 WORKSPACE_FACTOR = 3
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """What a device offers a call, in bytes: ``free`` (not held by anyone), ``cached`` (held by
+    PyTorch's caching allocator but not in use: free to this process). ``None`` for a CPU."""
+
+    free: int
+    cached: int
+
+    @property
+    def usable(self) -> int:
+        return self.free + self.cached
+
+
+def device_memory(device: torch.device) -> DeviceMemory | None:
+    """The device's memory now, or None on a CPU."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return DeviceMemory(free, max(cached, 0))
 
 
 def check_chunk_size(chunk_size: object) -> None:
@@ -34,34 +81,64 @@ def check_chunk_size(chunk_size: object) -> None:
         raise InputError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 
 
-def budget(memory_budget: int | None, device: torch.device) -> int:
-    """Bytes a chunk may use: the given budget, half the free CUDA memory, or 2 GiB on CPU."""
+def budget(memory_budget: int | None, device: torch.device, memory: DeviceMemory | None = None) -> int:
+    """Bytes a chunk may use: the given budget, half of what CUDA memory this process can use
+    (``memory``, read from the device when not given), or 2 GiB on CPU."""
     if memory_budget is not None:
         return memory_budget
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free // 2
+        memory = memory or device_memory(device)
+        return memory.usable // 2  # type: ignore[union-attr]
     return CPU_BUDGET
 
 
-def mirror_chunk(mirror: Mirror, trace: Trace, start: str, memory: int) -> int:
-    """How many targets fit ``memory`` bytes through the mirror from layer ``start`` down."""
-    per_target = trace.input[0].numel()  # the result itself
+def plan(count: int, bytes_per_target: int, widest_per_target: int, memory: int, device_type: str) -> int:
+    """Targets per chunk for ``count`` targets, each needing ``bytes_per_target`` bytes and a
+    widest tensor of ``widest_per_target`` elements, within ``memory`` bytes (see the module
+    docstring). At least 1; equal chunks."""
+    if count < 1:
+        return 1
+    widest = max(1, widest_per_target)
+    cap = min(
+        memory // max(1, bytes_per_target),
+        INDEX_LIMIT // widest,
+        THROUGHPUT_ELEMENTS.get(device_type, THROUGHPUT_ELEMENTS["cpu"]) // widest,
+        count,
+    )
+    cap = max(1, cap)
+    return ceil(count / ceil(count / cap))
+
+
+def mirror_needs(mirror: Mirror, trace: Trace, start: str) -> tuple[int, int]:
+    """(bytes, elements of the widest tensor) one target needs through the mirror from layer
+    ``start`` down, for every input of the trace."""
+    images = len(trace)
+    result = trace.input[0].numel()
     widest = 0
     for layer in mirror.layers[mirror.index_of(start):]:
         record = trace.records[layer.source]
-        out_numel = trace.activations[layer.source][0].numel()
-        widest = max(widest, prod(record.input_shape[1:]) + out_numel)
-    per_target += WORKSPACE_FACTOR * widest
-    per_target *= len(trace) * trace.output.element_size()
-    return max(1, memory // per_target)
+        widest = max(widest, prod(record.input_shape[1:]) + trace.activations[layer.source][0].numel())
+    return (result + WORKSPACE_FACTOR * widest) * images * trace.output.element_size(), max(widest, result) * images
 
 
-def window_chunk(trace: Trace, layers: Sequence[MirrorLayer], images: int, channels: int, memory: int) -> int:
-    """How many targets fit ``memory`` on the cropped path: each needs its widest window and its
-    pasted result, for ``images`` inputs."""
-    per_target = WORKSPACE_FACTOR * widest_window(layers, trace.records, channels) + 2 * trace.input[0].numel()
-    return max(1, memory // (per_target * images * trace.output.element_size()))
+def window_needs(trace: Trace, layers: Sequence[MirrorLayer], images: int, channels: int) -> tuple[int, int]:
+    """(bytes, elements of the widest tensor) one target needs on the cropped path: its widest
+    window and its pasted result, for ``images`` inputs."""
+    widest = widest_window(layers, trace.records, channels)
+    result = trace.input[0].numel()
+    return (WORKSPACE_FACTOR * widest + 2 * result) * images * trace.output.element_size(), max(widest, result) * images
+
+
+def mirror_chunk(mirror: Mirror, trace: Trace, start: str, memory: int, count: int | None = None) -> int:
+    """How many of ``count`` targets (default: no limit from the count) to run at once through
+    the mirror from layer ``start`` down, within ``memory`` bytes."""
+    return plan(count or INDEX_LIMIT, *mirror_needs(mirror, trace, start), memory, trace.input.device.type)
+
+
+def window_chunk(trace: Trace, layers: Sequence[MirrorLayer], images: int, channels: int, memory: int,
+                 count: int | None = None) -> int:
+    """How many of ``count`` targets to run at once on the cropped path, within ``memory`` bytes."""
+    return plan(count or INDEX_LIMIT, *window_needs(trace, layers, images, channels), memory, trace.input.device.type)
 
 
 def collect(chunks: Iterator[tuple[Tensor, Tensor]], total: int) -> Tensor:

@@ -414,7 +414,8 @@ class DeconvNet:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         n, width = activation.shape[0], activation.shape[-1]
         channels_in = activation.shape[1]
-        size = chunk_size or window_chunk(trace, below, n, channels_in, budget(self.memory_budget, trace.input.device))
+        size = chunk_size or window_chunk(trace, below, n, channels_in, budget(self.memory_budget, trace.input.device),
+                                          targets.numel())
         return self._cropped_chunks(trace, below, flat, strongest, targets, signal, size, context, width, channels_in)
 
     @torch.no_grad()
@@ -487,7 +488,7 @@ class DeconvNet:
         below = self._crop_chain(step, activation, "max", crop, trace, context)
         if below is not None:
             result = flat.new_zeros(total, 1, *trace.input.shape[1:], dtype=self.mirror_dtype or flat.dtype)
-            size = chunk_size or window_chunk(trace, below, 1, count, budget(self.memory_budget, device))
+            size = chunk_size or window_chunk(trace, below, 1, count, budget(self.memory_budget, device), total)
             for lo in range(0, total, size):
                 part = slice(lo, lo + size)
                 units = torch.stack([positions_t[part] // width, positions_t[part] % width], dim=1)
@@ -534,7 +535,8 @@ class DeconvNet:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """The mirror over the targets, ``chunk_size`` at a time (default: as many as the memory
         budget holds): yields (targets of the chunk, Tensor[N, k, ...])."""
-        size = chunk_size or mirror_chunk(self.mirror, trace, start.name, budget(self.memory_budget, trace.input.device))
+        size = chunk_size or mirror_chunk(self.mirror, trace, start.name, budget(self.memory_budget, trace.input.device),
+                                          targets.numel())
         for lo in range(0, targets.numel(), size):
             chunk = targets[lo : lo + size]
             with torch.no_grad(), self._precision(trace):  # not around the yield: the caller keeps its modes
