@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -46,10 +47,17 @@ class DeconvNet:
         the defaults (see :func:`deconvnet.register_rule`).
     memory_budget: bytes a batch of targets may use in the mirror; it sizes the chunks when
         ``chunk_size`` is not given. Default: half the free memory on CUDA, 2 GiB on CPU.
-    deterministic: how overlapping max-pool windows sum on CUDA, where ``scatter_add_`` adds
-        in no fixed order. ``True``: a fixed-order sum (a few more scatters); ``False``: the
-        fast scatter-add; ``None`` (default): follow ``torch.use_deterministic_algorithms``.
-        CPU results are reproducible either way.
+    deterministic: bitwise reproducible results on CUDA. ``True``: overlapping max-pool windows
+        sum in a fixed order (a few more scatters) and the mirror's convolutions use cuDNN's
+        deterministic algorithms while it runs (``cudnn.deterministic`` on, ``cudnn.benchmark``
+        off, both restored after); ``False``: the fast scatter-add, whose order varies; ``None``
+        (default): follow ``torch.use_deterministic_algorithms``. CPU results are reproducible
+        either way.
+    Precision follows PyTorch's global settings, as the model's own forward does: on CUDA,
+    convolutions use TF32 unless ``torch.backends.cudnn.allow_tf32 = False`` (PyTorch's
+    default is on), matrix products unless ``torch.backends.cuda.matmul.allow_tf32`` is off
+    (default off). TF32 keeps 10 bits of mantissa: results then differ from float32 ones (and
+    from Captum's, which runs under the same settings) by about 1e-3 relative per layer.
     mirror_dtype: run the mirror under ``torch.autocast`` in this dtype (``torch.bfloat16``, or
         ``torch.float16`` on CUDA); results come in that dtype. The forward pass is always traced
         in the model's own precision (no autocast), so switches and kept units are exact.
@@ -543,11 +551,26 @@ class DeconvNet:
                 out = self.mirror(make(chunk), trace.records, start.name, context)
             yield chunk, out
 
-    def _precision(self, trace: Trace) -> torch.autocast:
-        """The mirror's compute precision: autocast to ``mirror_dtype``, or off."""
+    @contextmanager
+    def _precision(self, trace: Trace) -> Iterator[None]:
+        """While the mirror runs: autocast to ``mirror_dtype`` (or off) and, with
+        ``deterministic=True`` on CUDA, cuDNN's deterministic algorithms (no autotuning), restored
+        after. TF32 follows PyTorch's own settings (``torch.backends.cudnn.allow_tf32``,
+        ``torch.backends.cuda.matmul.allow_tf32``), as the model's forward does."""
         device = trace.input.device.type
-        return torch.autocast(device, dtype=self.mirror_dtype or torch.float32, enabled=self.mirror_dtype is not None)
-
+        cast = torch.autocast(device, dtype=self.mirror_dtype or torch.float32, enabled=self.mirror_dtype is not None)
+        if not (self.deterministic and device == "cuda"):
+            with cast:
+                yield
+            return
+        cudnn = torch.backends.cudnn
+        saved = cudnn.deterministic, cudnn.benchmark
+        cudnn.deterministic, cudnn.benchmark = True, False
+        try:
+            with cast:
+                yield
+        finally:
+            cudnn.deterministic, cudnn.benchmark = saved
 
 
 def _indices(name: str, value: Tensor | Sequence[int], count: int, owner: str, device: torch.device) -> Tensor:
