@@ -18,7 +18,8 @@
 Methods are timed interleaved (A, B, C, A, B, C, ...) after a warm-up round; rows give the
 median and the ratios, which are what to compare on shared, noisy machines. Outputs are checked
 against each other (relative error below 1e-4; 1e-2 on CUDA with TF32 convolutions, PyTorch's
-default) before any time counts. Results go to ``benchmarks/results/<name>.json`` and ``.md``; each row names the machine, torch and dtype.
+default) before any time counts. Results go to ``benchmarks/results/<name>.json`` and ``.md``;
+each row names the machine, torch and dtype.
 """
 
 from __future__ import annotations
