@@ -194,6 +194,33 @@ def bench_chunks(model_name: str, sizes: list[int], size: int, repeats: int, dev
                 widest_elements_per_target=widest, planned_chunk_for_1000=planned, **{"relative error": error})
 
 
+def bench_occlusion_batches(model_name: str, sizes: list[int], size: int, device: torch.device) -> dict:
+    """Per-position time of incremental occlusion (16 px, stride 8) against the positions per
+    pass, each run once: the planner's occlusion cap. Also the batch the planner picks."""
+    from deconvnet.analysis.occlusion import _Incremental, occlusion
+
+    model = _occlusion_model(model_name, device)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, size, size, device=device)
+    occlusion(model, x[..., :64, :64], size=16, stride=16)  # warm-up
+    seconds, results = {}, []
+    for batch in sizes:
+        start = time.perf_counter()
+        results.append(occlusion(model, x, size=16, stride=8, target=3, batch_size=batch).probability)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds[f"batch {batch}"] = time.perf_counter() - start
+    error = max(checked(device, relative_error(r, results[0]), f"occlusion batches {model_name}") for r in results)
+    dn = DeconvNet(model)
+    run = _Incremental(dn.network, x, 0.5)
+    positions = ((size - 16) // 8 + 1) ** 2
+    widest = max(v.numel() for v in run.base.values() if isinstance(v, torch.Tensor))
+    return _row("chunks", f"{model_name} occlusion (per position)", size, positions, device, torch.float32, seconds,
+                per_target_ms={k: 1000 * seconds[f"batch {k}"] / positions for k in sizes},
+                widest_elements_per_target=widest, planned_chunk_for_1000=run.default_batch(positions, None),
+                **{"relative error": error})
+
+
 # --- 1a. occlusion sensitivity ------------------------------------------------------------------
 
 
@@ -592,7 +619,8 @@ def markdown(rows: list[dict]) -> str:
         elif kind == "chunks":
             sizes = list(group[0]["per_target_ms"])
             lines += ["| chunks | px | " + " | ".join(f"ms/target @{k}" for k in sizes)
-                      + " | widest tensor per target | planned chunk, 1000 classes | rel. error | machine | torch |",
+                      + " | widest tensor per target | planned chunk (1000 classes; occlusion: all positions) | rel. error"
+                      " | machine | torch |",
                       "|" + "---|" * (len(sizes) + 7)]
             for r in group:
                 lines.append(f"| {r['model']} | {r['size']} | "
@@ -687,5 +715,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [16, 32, 64, 128, 256, 512] if device.type == "cuda" else [1, 2, 4, 8, 16, 32]
         for model_name in ("vgg16", "resnet50"):
             emit(bench_chunks(model_name, sizes, args.size, args.repeats, device))
+        positions = [64, 128, 256, 365, 729] if device.type == "cuda" else [8, 16, 32, 64, 128]
+        for model_name in ("efficientnet-lite0", "vgg11"):
+            emit(bench_occlusion_batches(model_name, positions, args.size, device))
     save(rows, args.name or args.which)
     return 0

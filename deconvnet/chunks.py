@@ -41,11 +41,18 @@ __all__ = [
 CPU_BUDGET = 2 * 1024**3
 INDEX_LIMIT = 2**31 - 1
 """No tensor of a chunk holds more elements than this."""
-THROUGHPUT_ELEMENTS = {"cuda": 2**29, "cpu": 2**24}
+THROUGHPUT_ELEMENTS = {
+    ("cuda", "mirror"): 2**29, ("cpu", "mirror"): 2**24,
+    ("cuda", "occlusion"): 2**29, ("cpu", "occlusion"): 2**25,
+}
 """Elements of a chunk's widest tensor past which per-target time stops falling, per device
-type (``python -m benchmarks chunks`` measures it; see benchmarks/results/chunks.md). On CUDA,
-VGG16's 1000 classes ran at the same per-target time from 100 to 956 targets per chunk
-(3.2e8 to 3.1e9 elements, one H200); 2^29 keeps a margin to the index limit."""
+type and workload (the mirror; occlusion's forward passes, whose incremental layers mostly run
+on crops far smaller than the widest map). ``python -m benchmarks chunks`` measures them; see
+benchmarks/results/chunks.md. On CUDA, VGG16's 1000 classes ran at the same per-target time from
+100 to 956 targets per chunk (3.2e8 to 3.1e9 elements, one H200); 2^29 keeps a margin to the
+index limit. On this project's 2-core CPU the mirror's per-target time is lowest at 2-4 targets
+on VGG16 and ResNet50 (1.3e7 and 6.4e6 elements) and occlusion's at 27-37 positions on
+EfficientNet-Lite0 and 24 on VGG11 (3e7 to 7.7e7 elements)."""
 # Peak memory of one mirror layer per target, as a multiple of its input plus output signal:
 # room for the signal being built and for convolution workspaces.
 WORKSPACE_FACTOR = 3
@@ -92,17 +99,18 @@ def budget(memory_budget: int | None, device: torch.device, memory: DeviceMemory
     return CPU_BUDGET
 
 
-def plan(count: int, bytes_per_target: int, widest_per_target: int, memory: int, device_type: str) -> int:
+def plan(count: int, bytes_per_target: int, widest_per_target: int, memory: int, device_type: str,
+         workload: str = "mirror") -> int:
     """Targets per chunk for ``count`` targets, each needing ``bytes_per_target`` bytes and a
-    widest tensor of ``widest_per_target`` elements, within ``memory`` bytes (see the module
-    docstring). At least 1; equal chunks."""
+    widest tensor of ``widest_per_target`` elements, within ``memory`` bytes, for a ``workload``
+    of :data:`THROUGHPUT_ELEMENTS` (see the module docstring). At least 1; equal chunks."""
     if count < 1:
         return 1
     widest = max(1, widest_per_target)
     cap = min(
         memory // max(1, bytes_per_target),
         INDEX_LIMIT // widest,
-        THROUGHPUT_ELEMENTS.get(device_type, THROUGHPUT_ELEMENTS["cpu"]) // widest,
+        THROUGHPUT_ELEMENTS.get((device_type, workload), THROUGHPUT_ELEMENTS["cpu", workload]) // widest,
         count,
     )
     cap = max(1, cap)

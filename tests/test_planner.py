@@ -46,7 +46,7 @@ def test_no_tensor_passes_two_to_the_31_elements(vgg16_needs):
     for memory in (80 * GIB, 139 * GIB, 1024 * GIB):
         chunk = plan(1000, *vgg16_needs, budget(None, CUDA, DeviceMemory(memory, 0)), "cuda")
         assert chunk * widest <= INDEX_LIMIT
-        assert chunk * widest <= THROUGHPUT_ELEMENTS["cuda"]
+        assert chunk * widest <= THROUGHPUT_ELEMENTS["cuda", "mirror"]
     # The old plan (half the free memory of an H200) put ~956 targets in a chunk: 3.1e9 elements
     # in the first layer's signal alone.
     assert (139 * GIB // 2) // vgg16_needs[0] * widest > INDEX_LIMIT
@@ -55,7 +55,7 @@ def test_no_tensor_passes_two_to_the_31_elements(vgg16_needs):
 def test_chunks_are_equal_and_cover_the_targets(vgg16_needs):
     memory = budget(None, CUDA, DeviceMemory(139 * GIB, 0))
     chunk = plan(1000, *vgg16_needs, memory, "cuda")
-    cap = THROUGHPUT_ELEMENTS["cuda"] // vgg16_needs[1]
+    cap = THROUGHPUT_ELEMENTS["cuda", "mirror"] // vgg16_needs[1]
     assert chunk == ceil(1000 / ceil(1000 / cap))  # 6 chunks of 167 rather than 5 of 167 and one of 165
     pieces = [min(chunk, 1000 - lo) for lo in range(0, 1000, chunk)]
     assert sum(pieces) == 1000 and len(set(pieces)) <= 2
@@ -74,7 +74,7 @@ def test_small_requests_run_whole(vgg16_needs):
 
 def test_cpu_plan_follows_the_cpu_cap(vgg16_needs):
     chunk = plan(1000, *vgg16_needs, budget(None, torch.device("cpu")), "cpu")
-    assert chunk * vgg16_needs[1] <= THROUGHPUT_ELEMENTS["cpu"] or chunk == 1
+    assert chunk * vgg16_needs[1] <= THROUGHPUT_ELEMENTS["cpu", "mirror"] or chunk == 1
     assert budget(None, torch.device("cpu")) == CPU_BUDGET
     assert budget(12345, CUDA, DeviceMemory(139 * GIB, 0)) == 12345  # an explicit budget wins
 

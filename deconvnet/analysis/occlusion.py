@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..builder import Network
+from ..chunks import budget, plan
 from ..capture import evaluate
 from ..deconvnet import DeconvNet
 from ..errors import InputError, TargetOutOfRangeError
@@ -93,7 +94,8 @@ def occlusion(
     target: the class to watch, one for all images or LongTensor[N]; default the class
         predicted on each unoccluded image.
     layer: also report that layer's strongest feature map (see :class:`Occlusion`).
-    batch_size: occluder positions per forward pass (default: about 1 GiB of activations).
+    batch_size: occluder positions per forward pass (default: planned by ``deconvnet.chunks``
+        for the device, in equal batches; the memory budget is the DeconvNet's).
     incremental: recompute only what each occluder can change (exact); ``False`` runs every
         occluded image whole, as Captum's ``Occlusion`` does.
     """
@@ -123,7 +125,7 @@ def occlusion(
             feature = _feature_map(run.base[step.node], step.name)
             channel = int(feature[0].flatten(1).amax(1).argmax())
             channels.append(channel)
-        chunk = batch_size or run.default_batch()
+        chunk = batch_size or run.default_batch(corners.shape[0], dn.memory_budget)
         prob_parts, label_parts, sum_parts = [], [], []
         for start in range(0, corners.shape[0], chunk):
             values = run.occluded(corners[start : start + chunk], size, fill, watched)
@@ -324,24 +326,28 @@ def _gather(value: Tensor, top: Tensor, left: Tensor, height: int, width: int) -
 
 
 def _paste(dest: Tensor, top: Tensor, left: Tensor, local: _Local) -> Tensor:
-    """Write ``local``'s patches into dest (Tensor[B, C, H, W], whose corner sits at (top, left)
-    of the map) in place, dropping what falls outside it; returns dest."""
+    """dest (Tensor[B or 1, C, H, W], whose corner sits at (top, left) of the map, LongTensor[B]
+    each) with ``local``'s patches written over it, dropping what falls outside: a new
+    Tensor[B, C, H, W]. One gather and one select, no host synchronisation: every shape here
+    is known before the values are."""
     height, width = dest.shape[-2:]
     ph, pw = local.patch.shape[-2:]
-    rows = (local.top - top)[:, None] + torch.arange(ph, device=dest.device)
-    cols = (local.left - left)[:, None] + torch.arange(pw, device=dest.device)
-    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    batch, i, j = inside.nonzero(as_tuple=True)
-    dest[batch, :, rows[batch, i], cols[batch, j]] = local.patch[batch, :, i, j].to(dest.dtype)
-    return dest
+    rows = (top - local.top)[:, None] + torch.arange(height, device=dest.device)  # [B, H] in the patch
+    cols = (left - local.left)[:, None] + torch.arange(width, device=dest.device)  # [B, W]
+    inside = ((rows >= 0) & (rows < ph))[:, :, None] & ((cols >= 0) & (cols < pw))[:, None, :]  # [B, H, W]
+    where = rows.clamp(0, ph - 1)[:, :, None] * pw + cols.clamp(0, pw - 1)[:, None, :]  # [B, H, W]
+    patch = local.patch.flatten(2)
+    picked = patch.gather(2, where.flatten(1)[:, None].expand(-1, patch.shape[1], -1))
+    return torch.where(inside[:, None], picked.view(-1, patch.shape[1], height, width).to(dest.dtype), dest)
 
 
 def _affected(start: Tensor, length: int, span: int, stride: int, before: int, outputs: int) -> tuple[Tensor, int]:
     """First output (LongTensor[B]) and the count of a window layer's outputs along one axis
-    whose windows meet input positions [start, start + length): one count for the batch."""
+    whose windows meet input positions [start, start + length). The count is the most any
+    start can need, ``(length + span - 2) // stride + 1``, known without reading ``start``
+    (no host synchronisation, one shape for every batch)."""
     first = torch.div(start + before - span + 1 + stride - 1, stride, rounding_mode="floor").clamp(min=0)
-    last = torch.div(start + length - 1 + before, stride, rounding_mode="floor").clamp(max=outputs - 1)
-    count = min(max(int((last - first + 1).max()), 1), outputs)
+    count = min((length + span - 2) // stride + 1, outputs)
     return first.clamp(max=outputs - count), count
 
 
@@ -367,12 +373,14 @@ class _Incremental:
         self.last_use = {node: max((order[u] for u in node.users if u in order), default=len(order))
                          for node in network.nodes}
 
-    def default_batch(self) -> int:
-        """Positions per pass: about 1 GiB for the two largest activations, three times over."""
-        sizes = sorted((v.numel() * v.element_size() for v in self.base.values() if isinstance(v, Tensor)),
-                       reverse=True)
-        per_position = 3 * sum(sizes[:2]) or 1
-        return max(1, min(256, (1 << 30) // per_position))
+    def default_batch(self, positions: int, memory_budget: int | None) -> int:
+        """Positions per pass, from the planner (``deconvnet.chunks``): each position needs its
+        two largest activations three times over, and its largest is the widest tensor."""
+        sizes = sorted((v.numel() for v in self.base.values() if isinstance(v, Tensor)), reverse=True)
+        element = self.base[self.input].element_size()
+        device = self.base[self.input].device
+        return plan(positions, 3 * sum(sizes[:2]) * element, sizes[0] if sizes else 1,
+                    budget(memory_budget, device), device.type, "occlusion")
 
     def module(self, node: fx.Node) -> nn.Module | None:
         if node.op != "call_module":
@@ -401,9 +409,8 @@ class _Incremental:
         if not isinstance(value, _Local):
             return value
         base = self.base[node]
-        batch = value.patch.shape[0]
-        zero = torch.zeros(batch, dtype=torch.long, device=base.device)
-        return _paste(base.expand(batch, *base.shape[1:]).clone(), zero, zero, value)
+        zero = torch.zeros(value.patch.shape[0], dtype=torch.long, device=base.device)
+        return _paste(base, zero, zero, value)
 
     def step(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
         inputs = [env.get(n, _SAME) for n in node.all_input_nodes]
