@@ -14,6 +14,7 @@
     python -m benchmarks atlas               # atlas mining/projecting: 1 vs 2 gloo processes vs 2 threads
     python -m benchmarks memory              # all 1000 VGG16 classes: peak memory and time
     python -m benchmarks chunks              # per-target time against the chunk size (the planner's cap)
+    python -m benchmarks gpu                 # every GPU row of the README (see benchmarks/gpu.py)
 
 Methods are timed interleaved (A, B, C, A, B, C, ...) after a warm-up round; rows give the
 median and the ratios, which are what to compare on shared, noisy machines. Outputs are checked
@@ -499,15 +500,16 @@ def bench_mining(model_name: str, layers: list[str], images: int, batch_size: in
         dataset = ImageFolder(image_files(Path(folder)), preprocessing)
 
         def loader():  # type: ignore[no-untyped-def]
-            return torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+            return torch.utils.data.DataLoader(dataset, batch_size=batch_size, pin_memory=device.type == "cuda")
 
         def mine() -> None:
-            mine_top_units(dn, ((x.to(device), i) for x, i in loader()), layers, k=9)
+            mine_top_units(dn, ((x.to(device, non_blocking=True), i.to(device, non_blocking=True)) for x, i in loader()),
+                           layers, k=9)
 
         def forward() -> None:
             with torch.no_grad():
                 for x, _ in loader():
-                    model(x.to(device))
+                    model(x.to(device, non_blocking=True))
 
         seconds = timed({"deconvnet mining": mine, "plain forward": forward}, repeats, device)
     return _row("mining", f"{model_name} {' '.join(layers)}", size, images, device, torch.float32, seconds,
@@ -617,16 +619,13 @@ def markdown(rows: list[dict]) -> str:
                              f"{r['result_bytes'] / gib:.2f} GiB | {r['chunk']} | {r['budget_bytes'] / gib:.1f} GiB | "
                              f"{r['machine']} |")
         elif kind == "chunks":
-            sizes = list(group[0]["per_target_ms"])
-            lines += ["| chunks | px | " + " | ".join(f"ms/target @{k}" for k in sizes)
-                      + " | widest tensor per target | planned chunk (1000 classes; occlusion: all positions) | rel. error"
-                      " | machine | torch |",
-                      "|" + "---|" * (len(sizes) + 7)]
+            lines += ["| chunks | px | ms per target at each chunk size (targets or positions: ms) "
+                      "| widest tensor per target | planned chunk (1000 classes; occlusion: all positions) "
+                      "| rel. error | machine | torch |", "|---|---|---|---|---|---|---|---|"]
             for r in group:
-                lines.append(f"| {r['model']} | {r['size']} | "
-                             + " | ".join(f"{r['per_target_ms'][k]:.2f}" for k in sizes)
-                             + f" | {r['widest_elements_per_target']:.2e} | {r['planned_chunk_for_1000']} | "
-                             f"{r['relative error']:.1e} | {r['machine']} | {r['torch']} |")
+                times = ", ".join(f"{k}: {v:.2f}" for k, v in r["per_target_ms"].items())
+                lines.append(f"| {r['model']} | {r['size']} | {times} | {r['widest_elements_per_target']:.2e} | "
+                             f"{r['planned_chunk_for_1000']} | {r['relative error']:.1e} | {r['machine']} | {r['torch']} |")
         else:
             ratios = [k for k in group[0] if "/" in k]
             extra = ["relative L2 error"] if "relative L2 error" in group[0] else []
@@ -646,17 +645,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def save(rows: list[dict], stem: str) -> None:
+def save(rows: list[dict], stem: str, header: str = "") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(rows))
+    (RESULTS / f"{stem}.md").write_text((header + "\n\n" if header else "") + markdown(rows))
     print(f"\nwrote {RESULTS / stem}.json and .md")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["occlusion", "occlusion-sizes", "everyday", "trace", "classes", "modern", "precision", "channels", "units",
-                                          "mining", "atlas", "memory", "chunks", "all"])
+                                          "mining", "atlas", "memory", "chunks", "gpu", "all"])
     parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
     parser.add_argument("--size", type=int, default=224)
@@ -665,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="channels per layer for the channels benchmark (0: all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--name", default=None, help="results file stem (default: the comparison)")
+    parser.add_argument("--quick", action="store_true", help="gpu: fewer models (a check of the script)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     rows: list[dict] = []
@@ -711,6 +711,12 @@ def main(argv: list[str] | None = None) -> int:
             emit(row)
     if args.which in ("memory", "all"):
         emit(bench_memory("vgg16", args.size))
+    if args.which == "gpu":  # not in "all": its own file, on its own machine
+        from .gpu import run
+
+        header = run(device, args.size, args.repeats, args.quick, emit)
+        save(rows, args.name or "gpu", f"Measured with `python -m benchmarks gpu` on: {header}.")
+        return 0
     if args.which == "chunks":  # not in "all": it only calibrates the planner
         sizes = [16, 32, 64, 128, 256, 512] if device.type == "cuda" else [1, 2, 4, 8, 16, 32]
         for model_name in ("vgg16", "resnet50"):

@@ -42,15 +42,16 @@ CPU_BUDGET = 2 * 1024**3
 INDEX_LIMIT = 2**31 - 1
 """No tensor of a chunk holds more elements than this."""
 THROUGHPUT_ELEMENTS = {
-    ("cuda", "mirror"): 2**29, ("cpu", "mirror"): 2**24,
-    ("cuda", "occlusion"): 2**29, ("cpu", "occlusion"): 2**25,
+    ("cuda", "mirror"): 2**30, ("cpu", "mirror"): 2**24,
+    ("cuda", "occlusion"): 2**30, ("cpu", "occlusion"): 2**25,
 }
 """Elements of a chunk's widest tensor past which per-target time stops falling, per device
 type and workload (the mirror; occlusion's forward passes, whose incremental layers mostly run
 on crops far smaller than the widest map). ``python -m benchmarks chunks`` measures them; see
-benchmarks/results/chunks.md. On CUDA, VGG16's 1000 classes ran at the same per-target time from
-100 to 956 targets per chunk (3.2e8 to 3.1e9 elements, one H200); 2^29 keeps a margin to the
-index limit. On this project's 2-core CPU the mirror's per-target time is lowest at 2-4 targets
+benchmarks/results/chunks.md. On CUDA, VGG16's 1000 classes ran at the same per-target time
+from 100 to 956 targets per chunk (one H200; input plus output signal of its first layer 6.4e8 to
+6.1e9 elements); 2^30 is 167 targets there, inside that range, and keeps each tensor under half
+the index limit. On this project's 2-core CPU the mirror's per-target time is lowest at 2-4 targets
 on VGG16 and ResNet50 (1.3e7 and 6.4e6 elements) and occlusion's at 27-37 positions on
 EfficientNet-Lite0 and 24 on VGG11 (3e7 to 7.7e7 elements)."""
 # Peak memory of one mirror layer per target, as a multiple of its input plus output signal:

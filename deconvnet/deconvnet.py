@@ -174,7 +174,8 @@ class DeconvNet:
                     f"x is {x.dtype} but the model's parameters are {parameter.dtype}; "
                     f"convert x with x.to({parameter.dtype})"
                 )
-            x = x.to(parameter.device)
+            # From pinned memory to a GPU the copy need not wait for the device (mining streams).
+            x = x.to(parameter.device, non_blocking=parameter.device.type == "cuda")
         return x
 
     def _rule(self, rule: str | None) -> str:

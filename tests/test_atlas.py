@@ -4,6 +4,7 @@ from a killed-and-resumed run, bad images counted, errors, and the site's links 
 from __future__ import annotations
 
 import json
+import socket
 import os
 import subprocess
 import sys
@@ -247,3 +248,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
             assert code == 0 and "--resume found no checkpoint" in captured.out
             continue
         assert code == 1 and err[-1].startswith("deconvnet: error: ") and message in err[-1], err
+
+
+def test_a_rank_that_fails_alone_stops_the_other_with_its_message(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    script = Path(__file__).parent / "atlas_ranks.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    ranks = [subprocess.Popen([sys.executable, str(script), str(r), port, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for r in (0, 1)]
+    # Without the ranks telling each other, rank 0 would read its whole shard and then wait in
+    # the final gather until the process group's timeout (120 s here), failing this timeout.
+    outputs = [rank.communicate(timeout=90) for rank in ranks]
+    (out0, err0), (_, err1) = outputs
+    assert ranks[1].returncode == 1 and "images of one batch differ in shape" in err1, err1
+    assert ranks[0].returncode == 3, err0
+    assert "rank 1 failed: InputError: images of one batch differ in shape" in out0
+    read = int(out0.split("after reading ")[1].split()[0])
+    assert read < 100 // 2, out0  # stopped within a few batches, not at the end of its 100 images

@@ -56,7 +56,7 @@ def test_chunks_are_equal_and_cover_the_targets(vgg16_needs):
     memory = budget(None, CUDA, DeviceMemory(139 * GIB, 0))
     chunk = plan(1000, *vgg16_needs, memory, "cuda")
     cap = THROUGHPUT_ELEMENTS["cuda", "mirror"] // vgg16_needs[1]
-    assert chunk == ceil(1000 / ceil(1000 / cap))  # 6 chunks of 167 rather than 5 of 167 and one of 165
+    assert chunk == ceil(1000 / ceil(1000 / cap)) == 167  # 6 chunks of 167 rather than 5 of 167 and one of 165
     pieces = [min(chunk, 1000 - lo) for lo in range(0, 1000, chunk)]
     assert sum(pieces) == 1000 and len(set(pieces)) <= 2
 

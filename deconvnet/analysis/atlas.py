@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..deconvnet import DeconvNet
-from ..errors import InputError
+from ..errors import DeconvnetError, InputError
 from ..loading import Preprocessing, image_files, load_image
 from ..pictures import image
 from ..pictures.figures import crop_to_field
@@ -36,7 +37,8 @@ from ..progress import ProgressFactory, Silent
 from ..receptive import ReceptiveField
 from .topk import TopUnits, batch_top_units, merge_top_units
 
-__all__ = ["Atlas", "AtlasImages", "Tile", "build_atlas", "mine_atlas", "project_atlas", "rank_and_world", "shard"]
+__all__ = ["Atlas", "AtlasImages", "RankFailedError", "Tile", "build_atlas", "mine_atlas", "project_atlas",
+           "rank_and_world", "shard"]
 
 STATE_FOLDER = ".atlas-state"
 
@@ -46,6 +48,57 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+class RankFailedError(DeconvnetError, RuntimeError):
+    """Another rank of a distributed atlas run failed; its message is in this one's."""
+
+
+class _Ranks:
+    """What the ranks of one distributed run tell each other outside the collectives: a rank
+    that fails writes its message to the process group's key-value store, and every rank looks
+    for one after each batch (a small TCP request, no device synchronisation) and before each
+    collective, which it enters only once every rank has arrived. So one rank's failure (a bad
+    batch, an out-of-memory) stops every rank within a batch, with its message, instead of
+    leaving them in a collective until its timeout (30 minutes by default)."""
+
+    _runs = 0  # calls of this process; every rank makes the same calls, so the keys agree
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+        self.store = dist.distributed_c10d._get_default_store() if world > 1 else None
+        _Ranks._runs += 1
+        self.prefix = f"deconvnet-atlas/{_Ranks._runs}"
+        self.stages = 0
+
+    def fail(self, error: BaseException) -> None:
+        """Tell the others why this rank stops (the first failure is the one reported)."""
+        if self.store is not None and not isinstance(error, RankFailedError):
+            message = f"rank {self.rank} failed: {type(error).__name__}: {error}"
+            self.store.compare_set(f"{self.prefix}/failed", "", message)
+
+    def check(self) -> None:
+        """Raise RankFailedError when another rank has failed."""
+        if self.store is not None and self.store.check([f"{self.prefix}/failed"]):
+            message = self.store.get(f"{self.prefix}/failed").decode()
+            raise RankFailedError(f"stopping: {message}")
+
+    def arrive(self, poll: float = 0.02) -> None:
+        """Wait until every rank reaches this point (then a collective cannot hang), or raise
+        when one has failed. Waits at most the process group's own timeout."""
+        if self.store is None:
+            return
+        self.stages += 1
+        key = f"{self.prefix}/stage-{self.stages}"
+        self.store.add(key, 1)
+        deadline = time.monotonic() + self.store.timeout.total_seconds()
+        while self.store.add(key, 0) < self.world:
+            self.check()
+            if time.monotonic() > deadline:
+                raise RankFailedError(f"stopping: not every rank reached stage {self.stages} within "
+                                      f"{self.store.timeout}; one may have been killed")
+            time.sleep(poll)
+        self.check()
 
 
 class AtlasImages(Dataset):
@@ -245,7 +298,8 @@ def mine_atlas(
     layers: layers with spatial maps (Tensor[N, C, H, W] outputs). state: a folder for the
     checkpoints (``<state>/.atlas-state/rank-R-of-W.pt``), written every ``checkpoint_every``
     images and at the end; ``resume`` continues from them. Collective under torch.distributed:
-    every rank calls it and gets the same Atlas.
+    every rank calls it and gets the same Atlas; a rank that fails (a bad batch, out of memory)
+    stops the others within a batch, each raising :class:`RankFailedError` with its message.
     """
     for name, value in (("k", k), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -257,11 +311,25 @@ def mine_atlas(
     names = [dn.layer_name(layer) for layer in layers]  # unknown layers fail before any image is read
     if len(set(names)) != len(names):
         raise InputError(f"layers are named twice: {list(layers)}")
-    _check_spatial(dn, images, names)
     rank, world = rank_and_world()
+    ranks = _Ranks(rank, world)
+    try:
+        return _mine(dn, images, names, ranks, k, model_name, batch_size, workers, state, resume, checkpoint_every,
+                     progress)
+    except BaseException as error:
+        ranks.fail(error)
+        raise
+
+
+def _mine(dn: DeconvNet, images: AtlasImages, names: list[str], ranks: _Ranks, k: int, model_name: str,
+          batch_size: int, workers: int, state: Path | None, resume: bool, checkpoint_every: int,
+          progress: ProgressFactory) -> Atlas:
+    _check_spatial(dn, images, names)
+    rank, world = ranks.rank, ranks.world
     key = {"model": _model_fingerprint(dn.model), "layers": names, "k": k, "batch_size": batch_size,
            "images": hashlib.sha1("\n".join(images.names).encode()).hexdigest(), "world": world}
     if world > 1:  # every rank must mine the same thing, or the merge would be meaningless
+        ranks.arrive()
         keys: list[Any] = [None] * world
         dist.all_gather_object(keys, key)
         differ = sorted({name for other in keys for name in key if other[name] != key[name]})
@@ -275,14 +343,20 @@ def mine_atlas(
     bar = progress(total=sum(len(b) for b in batches), desc="mining", unit="img")
     bar.update(sum(len(b) for b in batches[: current.done]))
     since = 0
-    loader = DataLoader(images, batch_sampler=batches[current.done :], collate_fn=_collate, num_workers=workers)
+    device = _device(dn)
+    # The top units stay on the model's device between batches: no copy back, no wait on the
+    # device per batch. Pinned batches are copied to a GPU without waiting either.
+    current.top = {name: _on(top, device) for name, top in current.top.items()}
+    loader = DataLoader(images, batch_sampler=batches[current.done :], collate_fn=_collate, num_workers=workers,
+                        pin_memory=device.type == "cuda")
     for indices, x, skipped in loader:
+        ranks.check()
         current.skipped.update(skipped)
         if x is not None:
             outputs = dn.activations(x, names)  # moved to the model's device there
+            on_device = indices.to(device, non_blocking=True)
             for name in names:
-                # Kept on the CPU: checkpoints and the gather between ranks need no device.
-                found = _cpu(batch_top_units(name, outputs[name], indices))
+                found = batch_top_units(name, outputs[name], on_device)
                 kept = current.top.get(name)
                 current.top[name] = merge_top_units([kept, found] if kept else [found], k)
             current.mined += x.shape[0]
@@ -296,11 +370,18 @@ def mine_atlas(
     current.finished = True
     if path is not None:
         _save_state(path, key, current)
+    current.top = {name: _on(top, torch.device("cpu")) for name, top in current.top.items()}
+    ranks.arrive()
     return _merge_ranks(current, names, images, k, model_name, dn, world)
 
 
-def _cpu(top: TopUnits) -> TopUnits:
-    return TopUnits(top.layer, top.values.cpu(), top.images.cpu(), top.positions.cpu(), top.shape)
+def _device(dn: DeconvNet) -> torch.device:
+    parameter = next(dn.model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _on(top: TopUnits, device: torch.device) -> TopUnits:
+    return TopUnits(top.layer, top.values.to(device), top.images.to(device), top.positions.to(device), top.shape)
 
 
 def _check_spatial(dn: DeconvNet, images: AtlasImages, names: list[str]) -> None:
@@ -362,8 +443,20 @@ def project_atlas(
 ) -> None:
     """Project every kept unit alone (the cropped fast path of :meth:`DeconvNet.reconstruct_units`)
     and hand each :class:`Tile` to ``write`` on rank 0. Collective under torch.distributed: the
-    kept images are shared round robin; rank 0 gathers each round's tiles."""
+    kept images are shared round robin; rank 0 gathers each round's tiles. A rank that fails
+    stops the others with its message (:class:`RankFailedError`)."""
     rank, world = rank_and_world()
+    ranks = _Ranks(rank, world)
+    try:
+        _project_rounds(dn, images, atlas, write, batch_size, progress, ranks)
+    except BaseException as error:
+        ranks.fail(error)
+        raise
+
+
+def _project_rounds(dn: DeconvNet, images: AtlasImages, atlas: Atlas, write: Callable[[Tile], None],
+                    batch_size: int, progress: ProgressFactory, ranks: _Ranks) -> None:
+    rank, world = ranks.rank, ranks.world
     by_image: dict[int, list[tuple[str, int, int]]] = {}
     for name, top in atlas.layers.items():
         for c in range(top.values.shape[0]):
@@ -378,6 +471,7 @@ def project_atlas(
         batch = mine[round_ * batch_size : (round_ + 1) * batch_size]
         tiles = list(_project(dn, images, atlas, batch, by_image)) if batch else []
         if world > 1:
+            ranks.arrive()
             gathered: list[Any] = [None] * world
             dist.gather_object(tiles, gathered if rank == 0 else None, dst=0)
             tiles = [t for part in gathered for t in part] if rank == 0 else []
