@@ -258,8 +258,9 @@ def test_a_rank_that_fails_alone_stops_the_other_with_its_message(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     ranks = [subprocess.Popen([sys.executable, str(script), str(r), port, str(tmp_path)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for r in (0, 1)]
-    # Without the ranks telling each other, rank 0 would read its whole shard and then wait in
-    # the final gather until the process group's timeout (120 s here), failing this timeout.
+    # Without the ranks telling each other, rank 0 read its whole shard and only then failed, in
+    # the final gather: with gloo "Connection closed by peer" (rank 1's message lost), with NCCL
+    # after the process group's timeout.
     outputs = [rank.communicate(timeout=90) for rank in ranks]
     (out0, err0), (_, err1) = outputs
     assert ranks[1].returncode == 1 and "images of one batch differ in shape" in err1, err1
