@@ -75,7 +75,19 @@ def widest_window(layers: Sequence[MirrorLayer], records: dict[str, Record], sta
 
 
 def _paste(window: Tensor, origin: Tensor, out: Tensor, images: Tensor, slots: Tensor) -> None:
-    """Copy each window (Tensor[T, C, h, w] at ``origin``) into ``out[images[t], slots[t]]``."""
+    """Copy each window (Tensor[T, C, h, w] at ``origin``) into ``out[images[t], slots[t]]``: on a
+    GPU in one indexed add (no per-window launches, no host synchronisation); on a CPU window by
+    window, which measured faster there (``python -m benchmarks channels``: 0.10 vs 0.12 s for
+    AlexNet's 64 channels)."""
+    if out.device.type == "cpu":
+        _paste_each(window, origin, out, images, slots)
+    else:
+        _paste_all(window, origin, out, images, slots)
+
+
+def _paste_each(window: Tensor, origin: Tensor, out: Tensor, images: Tensor, slots: Tensor) -> None:
+    """Copy each window (Tensor[T, C, h, w] at ``origin``) into ``out[images[t], slots[t]]``, one
+    slice copy per window, dropping what falls outside the image."""
     height, width = window.shape[-2:]
     full_h, full_w = out.shape[-2:]
     for t, (top, left, n, slot) in enumerate(zip(*origin.T.tolist(), images.tolist(), slots.tolist(), strict=True)):
@@ -87,3 +99,21 @@ def _paste(window: Tensor, origin: Tensor, out: Tensor, images: Tensor, slots: T
             out[n, slot, :, dst_top : dst_top + rows, dst_left : dst_left + cols] = window[
                 t, :, src_top : src_top + rows, src_left : src_left + cols
             ]
+
+
+def _paste_all(window: Tensor, origin: Tensor, out: Tensor, images: Tensor, slots: Tensor) -> None:
+    """Add each window (Tensor[T, C, h, w] at ``origin``) into ``out[images[t], slots[t]]``,
+    which holds zeros there, dropping what falls outside the image: one indexed add for all
+    windows, no host synchronisation. Parts outside are zeroed and land on clamped positions,
+    where adding zero changes nothing."""
+    count, channels, height, width = window.shape
+    full_h, full_w = out.shape[-2:]
+    rows = origin[:, :1] + torch.arange(height, device=out.device)  # [T, h]
+    cols = origin[:, 1:] + torch.arange(width, device=out.device)  # [T, w]
+    inside = ((rows >= 0) & (rows < full_h))[:, :, None] & ((cols >= 0) & (cols < full_w))[:, None, :]
+    where = rows.clamp(0, full_h - 1)[:, :, None] * full_w + cols.clamp(0, full_w - 1)[:, None, :]  # [T, h, w]
+    values = torch.where(inside[:, None], window, 0).to(out.dtype).flatten(2)  # [T, C, h * w]
+    planes = out.view(-1, channels, full_h * full_w)  # [N * K, C, H * W]
+    plane = images * out.shape[1] + slots
+    planes.index_put_((plane[:, None, None], torch.arange(channels, device=out.device)[None, :, None],
+                       where.flatten(1)[:, None, :]), values, accumulate=True)

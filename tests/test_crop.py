@@ -71,3 +71,19 @@ def test_cropping_through_pads_and_every_rectifier(activation, stride, size, see
     # Where only ReLU takes the rule, the others need f'(x) at every position: no cropping.
     with pytest.raises(InputError, match="crop=True needs"):
         DeconvNet(net, rectifiers="relu").reconstruct(x, "5", crop=True)
+
+
+def test_the_gpu_paste_equals_the_cpu_paste():
+    """The one-call paste (used on GPUs) against the window-by-window one, on windows that
+    stick out of the image on every side, in two slots of two images."""
+    from deconvnet.crop import _paste_all, _paste_each
+
+    torch.manual_seed(0)
+    window = torch.randn(6, 3, 7, 5, dtype=torch.float64)
+    origin = torch.tensor([[-3, -2], [0, 0], [5, 8], [9, -4], [-6, 10], [2, 3]])
+    images, slots = torch.tensor([0, 1, 0, 1, 0, 1]), torch.tensor([0, 0, 1, 1, 2, 2])
+    each, together = (torch.zeros(2, 3, 3, 12, 11, dtype=torch.float64) for _ in range(2))
+    _paste_each(window, origin, each, images, slots)
+    _paste_all(window, origin, together, images, slots)
+    assert torch.equal(each, together)
+    assert each[0, 0].count_nonzero() > 0 and each[1, 1].count_nonzero() > 0  # windows partly inside land
