@@ -1,0 +1,363 @@
+"""What each ``deconvnet`` command does, once its arguments are parsed: load the model
+(:class:`Session`), run the analysis, write the figures. :mod:`deconvnet.cli` parses and
+dispatches; :mod:`deconvnet.demo` strings these together into the demo."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from .analysis.atlas import STATE_FOLDER, AtlasImages, build_atlas, rank_and_world
+from .analysis.correspondence import (
+    differences,
+    disagreement,
+    random_boxes,
+)
+from .analysis.evolution import evolution
+from .analysis.filters import (
+    filters_figure,
+    first_conv,
+    renormalize_filters,
+)
+from .analysis.invariance import Invariance, invariance
+from .analysis.occlusion import occlusion
+from .analysis.topk import mine_top_units, project_top_units
+from .deconvnet import DeconvNet
+from .errors import InputError
+from .loading import (
+    ImageFolder,
+    LoadedModel,
+    image_files,
+    load_checkpoint,
+    load_image,
+    load_model,
+)
+from .models import EVOLUTION_STEPS, shapes_net_at
+from .pictures import figures, image
+from .pictures.site import slug
+
+
+def _caption(text: str) -> Image.Image:
+    picture = Image.new("RGB", (8 + 6 * len(text), 16), "white")
+    ImageDraw.Draw(picture).text((4, 2), text, fill="black")
+    return picture
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise InputError(f"--device {name!r} is not a device: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA device is available")
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # torchrun: each rank its own GPU
+    return device
+
+
+class Session:
+    """A loaded model on its device, its DeconvNet, and where figures go."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        for option in ("batch_size", "top_k", "k", "channels", "images", "dataset", "pointing", "checkpoint_every",
+                       "show", "random"):
+            value = getattr(args, option, None)
+            if isinstance(value, int) and value < 1:
+                raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+        self.args = args
+        self.device = _device(args.device)
+        self.loaded: LoadedModel = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
+        self.model = self.loaded.model.to(self.device)
+        self.dn = DeconvNet(self.model, rule=args.rule, rectifiers=args.rectifiers)
+        self.out: Path = args.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.mean, self.std = self.loaded.preprocessing.mean, self.loaded.preprocessing.std
+        self.scale = 3 if args.model == "shapes" else 1
+
+    def images(self, paths: Sequence[Path]) -> torch.Tensor:
+        return torch.stack([load_image(p, self.loaded.preprocessing) for p in paths]).to(self.device)
+
+    def save(self, picture: Image.Image, name: str) -> Path:
+        path = self.out / name
+        picture.save(path)
+        print(f"wrote {path}")
+        return path
+
+
+def classes_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images(args.images)
+    written = []
+    for start in range(0, x.shape[0], args.batch_size):
+        picture = figures.class_figure(
+            s.dn, x[start : start + args.batch_size], s.mean, s.std, categories=s.loaded.categories,
+            top_k=args.top_k, classes=args.classes, scale=s.scale,
+        )
+        suffix = "" if x.shape[0] <= args.batch_size else f"-{start // args.batch_size}"
+        written.append(s.save(picture, f"classes{suffix}.png"))
+    return written
+
+
+def layers_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images([args.image])
+    layers = args.layers or _map_layers(s, x)
+    return [s.save(figures.layers_figure(s.dn, x, s.mean, s.std, layers, scale=s.scale), "layers.png")]
+
+
+_PANELS = 12
+
+
+def _map_layers(s: Session, x: torch.Tensor) -> list[str]:
+    """Default panels: the module outputs that keep a spatial map larger than 1x1 (not heads,
+    gates or containers),
+    thinned evenly to at most a dozen across the depth (modern nets have hundreds)."""
+    trace = s.dn.trace(x)
+    modules = dict(s.dn.model.named_modules())
+    names = [
+        name for name in s.dn.layers
+        if s.dn.layer_name(name) == name and trace.activations[name].dim() == 4
+        and trace.activations[name].shape[-2:].numel() > 1 and name in modules and not list(modules[name].children())
+    ]
+    if len(names) <= _PANELS:
+        return names
+    step = (len(names) - 1) / (_PANELS - 1)
+    return [names[round(i * step)] for i in range(_PANELS)]
+
+
+def _is_conv_output(s: Session, name: str) -> bool:
+    """Default panels: the leaf layers that keep a spatial map (not heads or containers)."""
+    field = s.dn.receptive_field(name)
+    return field is not None and s.dn.layer_name(name) == name
+
+
+def channels_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images([args.image])
+    picture = figures.channels_figure(s.dn, x, args.layer, channels=args.channels, scale=s.scale)
+    return [s.save(picture, f"channels-{slug(args.layer)}.png")]
+
+
+def top9_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    files = image_files(args.folder)
+    return _top9(s, files, args.layers, args.k, args.channels)
+
+
+def _top9(s: Session, files: list[Path], layers: Sequence[str], k: int, shown: int) -> list[Path]:
+    for layer in layers:
+        s.dn.layer_name(layer)  # fail on a bad name before streaming the folder
+    dataset = ImageFolder(files, s.loaded.preprocessing)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=s.args.batch_size)
+    batches = ((x.to(s.device), i) for x, i in tqdm(loader, desc="mining top units", unit="batch"))
+    top = mine_top_units(s.dn, batches, layers, k=k)
+
+    @functools.cache
+    def load(index: int) -> torch.Tensor:
+        # Each kept image is read once: for its projection and again for its patch.
+        return dataset[index][0].to(s.device)
+
+    written = []
+    for layer in layers:
+        units = top[layer]
+        channels = list(range(min(shown, units.values.shape[0])))
+        projections = project_top_units(s.dn, units, load, channels, batch_size=s.args.batch_size)
+        patches = torch.zeros_like(projections)
+        for j, c in enumerate(channels):
+            for r in range(k):
+                if torch.isfinite(units.values[c, r]):
+                    patches[j, r] = image.denormalize(load(int(units.images[c, r])), s.mean, s.std)
+        picture = figures.top_units_figure(
+            units, projections, patches, s.dn.receptive_field(layer), channels,
+            scale=max(2, s.scale) if s.args.model == "shapes" else 1,
+        )
+        written.append(s.save(picture, f"top{k}-{slug(layer)}.png"))
+    return written
+
+
+def occlusion_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images(args.images)
+    layer = args.layer or _map_layers(s, x[:1])[-1]
+    written = []
+    for n, path in enumerate(args.images):
+        result = occlusion(s.dn, x[n : n + 1], size=args.size, stride=args.stride, fill=args.fill,
+                           target=args.target, layer=layer, batch_size=args.batch_size)
+        picture = figures.occlusion_figure(result, x[n : n + 1], s.mean, s.std, categories=s.loaded.categories)
+        written.append(s.save(picture, f"occlusion-{slug(Path(path).stem)}.png"))
+    return written
+
+
+def atlas_command(args: argparse.Namespace) -> list[Path]:
+    """Mine DATA, project, write the site. Under torchrun (WORLD_SIZE > 1) this process joins the
+    group (NCCL with CUDA, gloo otherwise), mines its shard, and rank 0 writes the site."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized()
+    if distributed:
+        cuda = args.device != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        torch.manual_seed(0)  # a model built with random weights comes out the same on every rank
+    try:
+        s = Session(args)
+        rank, world = rank_and_world()
+        images = AtlasImages(args.data, s.loaded.preprocessing)
+        return _atlas(s, images, args.layers, s.out, k=args.k, resume=args.resume, rank=rank, world=world)
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+
+
+def _atlas(s: Session, images: AtlasImages, layers: Sequence[str], out: Path, *, k: int, resume: bool = False,
+           rank: int = 0, world: int = 1) -> list[Path]:
+    if rank == 0 and world > 1:
+        print(f"atlas: {world} processes; batch b (of {s.args.batch_size} images) is mined by rank b % {world}")
+    if rank == 0 and resume:
+        saved = out / STATE_FOLDER / f"rank-0-of-{world}.pt"
+        print(f"atlas: resuming from {saved}" if saved.exists() else
+              f"atlas: --resume found no checkpoint at {saved}; starting from the beginning")
+    atlas = build_atlas(
+        s.dn, images, layers, out, k=k, model_name=s.args.model, batch_size=s.args.batch_size,
+        workers=getattr(s.args, "workers", 0), resume=resume,
+        checkpoint_every=getattr(s.args, "checkpoint_every", 500),
+        progress=functools.partial(tqdm, disable=rank != 0, mininterval=1.0),
+    )
+    if rank != 0:
+        return []
+    print(f"atlas: mined {atlas.mined} of {len(atlas.names)} images")
+    if atlas.skipped:
+        print(f"atlas: skipped {len(atlas.skipped)} image(s) that could not be read:")
+        for i, error in sorted(atlas.skipped.items()):
+            print(f"  {atlas.names[i]}: {error}")
+    print(f"wrote {out / 'index.html'}")
+    return [out / "index.html"]
+
+
+def _amounts(transform: str, size: int) -> list[float]:
+    """Default amounts: shifts up to a quarter of the image, zooms 0.6-1.6, a full turn."""
+    if transform == "translate":
+        return [float(round(size / 4 * (i - 6) / 6)) for i in range(13)]
+    if transform == "scale":
+        return [round(0.6 + 0.1 * i, 1) for i in range(11)]
+    return [float(a) for a in range(0, 361, 30)]
+
+
+def _invariance(s: Session, x: torch.Tensor, layers: Sequence[str], transforms: Sequence[str],
+                target: int | None = None) -> list[Invariance]:
+    for layer in layers:
+        s.dn.layer_name(layer)  # a bad name fails before the progress bar starts
+    return [invariance(s.dn, x, layers, t, _amounts(t, x.shape[-1]), target=target, batch_size=s.args.batch_size)
+            for t in tqdm(transforms, desc="invariance", unit="transform")]
+
+
+def invariance_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images(args.images)
+    results = _invariance(s, x, args.layers, args.transforms, args.target)
+    picture = figures.invariance_figure(results, x, s.mean, s.std, categories=s.loaded.categories)
+    summary = [{"transform": r.transform, "amounts": r.amounts.tolist(), "layers": r.layers,
+                "distance": r.distance.tolist(), "probability": r.probability.tolist(), "target": r.target.tolist(),
+                "images": [str(p) for p in args.images]} for r in results]
+    (s.out / "invariance.json").write_text(json.dumps(summary) + "\n")
+    return [s.save(picture, "invariance.png")]
+
+
+def _box(text: str) -> tuple[int, int, int, int]:
+    try:
+        top, left, height, width = (int(v) for v in text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"a box is TOP,LEFT,HEIGHT,WIDTH in input pixels, got {text!r}") from error
+    return top, left, height, width
+
+
+def correspondence_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images(args.images)
+    if len(args.boxes) != x.shape[0]:
+        raise InputError(f"give one --boxes entry per image: {x.shape[0]} images, {len(args.boxes)} boxes")
+    boxes = torch.tensor(args.boxes)
+    names = [s.dn.layer_name(layer) for layer in args.layers]
+    clean = s.dn.activations(x, names)  # one unoccluded pass for the parts and every random box set
+    parts = differences(s.dn, x, boxes, names, fill=args.fill, reference=clean)
+    randoms = [differences(s.dn, x, random_boxes(x, boxes, seed=seed), names, fill=args.fill, reference=clean)
+               for seed in range(args.random)]
+    rows = []
+    for layer, name in zip(args.layers, names, strict=True):
+        score = disagreement(parts[name])
+        baseline = torch.tensor([disagreement(r[name]) for r in randoms])
+        rows.append({"layer": layer, "parts": score, "random mean": float(baseline.mean()),
+                     "random std": float(baseline.std()) if baseline.numel() > 1 else 0.0, "random seeds": args.random})
+        print(f"{layer}: parts {score:.4f}, random boxes {float(baseline.mean()):.4f} "
+              f"(std {rows[-1]['random std']:.4f} over {args.random} seeds); lower means more consistent")
+    (s.out / "correspondence.json").write_text(json.dumps(rows, indent=2) + "\n")
+    picture = figures.boxes_figure(x, boxes, s.mean, s.std)
+    return [s.save(picture, "correspondence.png")]
+
+
+def _checkpoint_models(s: Session, paths: Sequence[Path]) -> list[torch.nn.Module]:
+    models = []
+    for path in paths:
+        model = load_model(s.args.model, weights=s.args.weights).model
+        load_checkpoint(model, path, s.args.model)
+        models.append(model.to(s.device).eval())
+    return models
+
+
+def _evolution(s: Session, x: torch.Tensor, layer: str, channels: Sequence[int] | None, models: Sequence[torch.nn.Module],
+               labels: Sequence[str], shown: int) -> Path:
+    if channels is None:  # the channels strongest under the last checkpoint
+        final = DeconvNet(models[-1], rule=s.args.rule)
+        strongest = final.activations(x, [layer])[final.layer_name(layer)].amax(dim=(0, 2, 3))
+        channels = torch.argsort(strongest, descending=True)[:shown].sort().values.tolist()
+    result = evolution([DeconvNet(m, rule=s.args.rule) for m in models], x, layer, channels, labels=labels,
+                       batch_size=s.args.batch_size, progress=tqdm)
+    picture = figures.evolution_figure(result, s.dn.receptive_field(layer), scale=s.scale)
+    return s.save(picture, f"evolution-{slug(layer)}.png")
+
+
+def evolution_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images(image_files(args.folder))
+    if args.checkpoints:
+        models, labels = _checkpoint_models(s, args.checkpoints), [Path(p).stem for p in args.checkpoints]
+    elif args.model == "shapes":
+        steps = list(EVOLUTION_STEPS)
+        models, labels = [shapes_net_at(step).to(s.device) for step in steps], [f"step {step}" for step in steps]
+    else:
+        raise InputError("give --checkpoints (state dicts of the model, oldest first); only --model shapes ships its own")
+    return [_evolution(s, x, args.layer, args.channels, models, labels, args.show)]
+
+
+def filters_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    return _filters(s, args.layer, args.max_rms, slug(args.model))
+
+
+def _filters(s: Session, layer: str | None, max_rms: float | None, name: str) -> list[Path]:
+    found, weight = first_conv(s.model, layer)
+    written = [s.save(figures.stack_pictures([_caption(f"{name} {found}: {weight.shape[0]} filters "
+                                                       f"{weight.shape[2]}x{weight.shape[3]}, one contrast for all "
+                                                       "(labels: index: RMS)"), filters_figure(weight, shared=True)]),
+                      f"filters-{name}.png")]
+    if max_rms is not None:
+        fixed = renormalize_filters(weight, max_rms)
+        changed = int((fixed != weight).flatten(1).any(dim=1).sum())
+        bound = float(weight.abs().max())
+        both = figures.stack_pictures([
+            _caption(f"{name} {found} as trained"), filters_figure(weight, shared=True, bound=bound),
+            _caption(f"renormalised: the {changed} filters with RMS over {max_rms:.3g} scaled down to it "
+                     "(the same contrast as above)"),
+            filters_figure(fixed, shared=True, bound=bound),
+        ])
+        written.append(s.save(both, f"filters-{name}-renormalized.png"))
+    return written
