@@ -586,7 +586,7 @@ def _all_classes_worker(model_name: str, size: int) -> None:
     print(json.dumps({"targets": out.shape[1], "seconds": seconds, "peak_bytes": peak,
                       "before_bytes": before, "result_bytes": out.numel() * out.element_size(),
                       "chunk": mirror_chunk(dn.mirror, trace, dn.network.steps[dn.network.output].name,
-                                            budget(dn.memory_budget, x.device)),
+                                            budget(dn.memory_budget, x.device), out.shape[1]),
                       "budget_bytes": budget(dn.memory_budget, x.device), "machine": machine(device)}))
 
 
