@@ -61,8 +61,8 @@ WORKSPACE_FACTOR = 3
 
 @dataclass(frozen=True)
 class DeviceMemory:
-    """What a device offers a call, in bytes: ``free`` (not held by anyone), ``cached`` (held by
-    PyTorch's caching allocator but not in use: free to this process). ``None`` for a CPU."""
+    """What a CUDA device offers a call, in bytes: ``free`` (not held by anyone), ``cached``
+    (held by PyTorch's caching allocator but not in use: free to this process)."""
 
     free: int
     cached: int

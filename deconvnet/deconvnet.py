@@ -45,22 +45,25 @@ class DeconvNet:
         VJP layer (its exact vector-Jacobian product) rather than by a hand-written mirror layer.
     layer_rules: ``{module type: Rule or mirror factory}`` for this instance only, on top of
         the defaults (see :func:`deconvnet.register_rule`).
-    memory_budget: bytes a batch of targets may use in the mirror; it sizes the chunks when
-        ``chunk_size`` is not given. Default: half the free memory on CUDA, 2 GiB on CPU.
+    memory_budget: bytes a batch of targets may use in the mirror; with the device's throughput
+        and index caps it sizes the chunks when ``chunk_size`` is not given (see
+        :mod:`deconvnet.chunks`). Default: 2 GiB on CPU; on CUDA half of the free memory plus
+        what PyTorch's caching allocator holds unused.
     deterministic: bitwise reproducible results on CUDA. ``True``: overlapping max-pool windows
         sum in a fixed order (a few more scatters) and the mirror's convolutions use cuDNN's
         deterministic algorithms while it runs (``cudnn.deterministic`` on, ``cudnn.benchmark``
         off, both restored after); ``False``: the fast scatter-add, whose order varies; ``None``
         (default): follow ``torch.use_deterministic_algorithms``. CPU results are reproducible
         either way.
+    mirror_dtype: run the mirror under ``torch.autocast`` in this dtype (``torch.bfloat16``, or
+        ``torch.float16`` on CUDA); results come in that dtype. The forward pass is always traced
+        in the model's own precision (no autocast), so switches and kept units are exact.
+
     Precision follows PyTorch's global settings, as the model's own forward does: on CUDA,
     convolutions use TF32 unless ``torch.backends.cudnn.allow_tf32 = False`` (PyTorch's
     default is on), matrix products unless ``torch.backends.cuda.matmul.allow_tf32`` is off
     (default off). TF32 keeps 10 bits of mantissa: results then differ from float32 ones (and
     from Captum's, which runs under the same settings) by about 1e-3 relative per layer.
-    mirror_dtype: run the mirror under ``torch.autocast`` in this dtype (``torch.bfloat16``, or
-        ``torch.float16`` on CUDA); results come in that dtype. The forward pass is always traced
-        in the model's own precision (no autocast), so switches and kept units are exact.
 
     Every ``reconstruct*`` method takes a batch ``x`` (Tensor[N, C, H, W]) or a :class:`Trace`
     of one and returns Tensor[N, K, C, H, W] (``K`` targets per input) on the model's device.
@@ -101,6 +104,12 @@ class DeconvNet:
 
     def __repr__(self) -> str:
         return f"DeconvNet({type(self.model).__name__}, {len(self.mirror)} mirror layers)"
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live (the CPU for a model without any): inputs move there."""
+        parameter = next(self.model.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
 
     @property
     def mirror(self) -> Mirror:
@@ -559,19 +568,17 @@ class DeconvNet:
         after. TF32 follows PyTorch's own settings (``torch.backends.cudnn.allow_tf32``,
         ``torch.backends.cuda.matmul.allow_tf32``), as the model's forward does."""
         device = trace.input.device.type
-        cast = torch.autocast(device, dtype=self.mirror_dtype or torch.float32, enabled=self.mirror_dtype is not None)
-        if not (self.deterministic and device == "cuda"):
-            with cast:
-                yield
-            return
         cudnn = torch.backends.cudnn
         saved = cudnn.deterministic, cudnn.benchmark
-        cudnn.deterministic, cudnn.benchmark = True, False
+        switch = bool(self.deterministic) and device == "cuda"
+        if switch:
+            cudnn.deterministic, cudnn.benchmark = True, False
         try:
-            with cast:
+            with torch.autocast(device, dtype=self.mirror_dtype or torch.float32, enabled=self.mirror_dtype is not None):
                 yield
         finally:
-            cudnn.deterministic, cudnn.benchmark = saved
+            if switch:
+                cudnn.deterministic, cudnn.benchmark = saved
 
 
 def _indices(name: str, value: Tensor | Sequence[int], count: int, owner: str, device: torch.device) -> Tensor:

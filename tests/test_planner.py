@@ -88,3 +88,8 @@ def test_results_do_not_depend_on_the_plan():
     whole = DeconvNet(model).reconstruct_classes(x, list(range(24)), chunk_size=24)
     torch.testing.assert_close(planned, whole, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(tiny, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_device_is_where_the_parameters_are():
+    assert DeconvNet(torchvision.models.alexnet(weights=None).eval()).device == torch.device("cpu")
+    assert DeconvNet(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(2)).eval()).device == torch.device("cpu")

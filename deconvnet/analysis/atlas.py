@@ -343,7 +343,7 @@ def _mine(dn: DeconvNet, images: AtlasImages, names: list[str], ranks: _Ranks, k
     bar = progress(total=sum(len(b) for b in batches), desc="mining", unit="img")
     bar.update(sum(len(b) for b in batches[: current.done]))
     since = 0
-    device = _device(dn)
+    device = dn.device
     # The top units stay on the model's device between batches: no copy back, no wait on the
     # device per batch. Pinned batches are copied to a GPU without waiting either.
     current.top = {name: _on(top, device) for name, top in current.top.items()}
@@ -373,11 +373,6 @@ def _mine(dn: DeconvNet, images: AtlasImages, names: list[str], ranks: _Ranks, k
     current.top = {name: _on(top, torch.device("cpu")) for name, top in current.top.items()}
     ranks.arrive()
     return _merge_ranks(current, names, images, k, model_name, dn, world)
-
-
-def _device(dn: DeconvNet) -> torch.device:
-    parameter = next(dn.model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def _on(top: TopUnits, device: torch.device) -> TopUnits:
