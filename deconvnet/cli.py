@@ -11,6 +11,7 @@
     deconvnet correspondence IMG... --boxes ... --layers L..  do parts correspond across images (Fig. 8)
     deconvnet evolution FOLDER --layer L --checkpoints ...  a channel's top unit across training (Fig. 4)
     deconvnet filters                   first-layer filters, and the paper's RMS renormalisation (Fig. 6)
+    deconvnet serve [--atlas SITE]      a live explorer in the browser: classes, layers, units, occlusion
     deconvnet demo                      all of the above: a real ImageNet model on real photos,
                                         then the bundled ShapesNet
 
@@ -38,6 +39,7 @@ from .commands import (
     evolution_command,
     filters_command,
     invariance_command,
+    serve_command,
     layers_command,
     occlusion_command,
     top9_command,
@@ -142,6 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None, help="a Conv2d module (default: the first)")
     p.add_argument("--max-rms", type=float, default=None, help="also draw them renormalised to this RMS (paper: 0.1)")
     p.set_defaults(run=filters_command)
+
+    p = commands.add_parser("serve", help="a live explorer in the browser (the serve extra)",
+                            description="Serve a page and a JSON API to explore one model: upload an image, click a "
+                                        "class, a layer, a channel or a unit, run occlusion (API docs at /docs).")
+    p.add_argument("--model", default="shapes",
+                   help="'shapes' (bundled), a torchvision name, or module:factory (default: shapes)")
+    p.add_argument("--weights", default=None, help="torchvision weights name, e.g. DEFAULT (downloads)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="a local state dict (.pt)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
+    p.add_argument("--rule", default="deconvnet", choices=["deconvnet", "guided", "gradient"],
+                   help="the page's starting rule (default: deconvnet)")
+    p.add_argument("--rectifiers", default="all", choices=["all", "relu"])
+    p.add_argument("--atlas", type=Path, default=None, help="a site of the same model from `deconvnet atlas`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--cache-mb", type=int, default=1024, help="memory for traced images, least recently used out")
+    p.add_argument("--max-upload-mb", type=int, default=20, help="largest upload accepted (default 20)")
+    p.add_argument("--max-positions", type=int, default=4096, help="most occluder positions per occlusion run")
+    p.set_defaults(run=serve_command)
 
     p = command("demo", "a real ImageNet model on real photos, then every figure for the bundled trained model "
                         "(or --model) on generated images")

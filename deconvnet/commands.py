@@ -361,3 +361,59 @@ def _filters(s: Session, layer: str | None, max_rms: float | None, name: str) ->
         ])
         written.append(s.save(both, f"filters-{name}-renormalized.png"))
     return written
+
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _shapes_samples() -> dict:
+    """Generated pictures of the bundled ShapesNet's classes, one each, held out from training."""
+    from .demo import DEMO_SEED
+    from .shapes import CLASSES, render
+
+    samples: dict = {}
+    index = 0
+    while len(samples) < len(CLASSES):
+        sample = render(DEMO_SEED, index)
+        samples.setdefault(f"shapes-{CLASSES[sample.label]}", functools.partial(lambda s: s.image, sample))
+        index += 1
+    return dict(sorted(samples.items()))
+
+
+def explorer_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The :class:`deconvnet.serve.Explorer` that ``deconvnet serve`` runs, from its arguments."""
+    from .serve import Explorer
+
+    for option in ("cache_mb", "max_upload_mb", "max_positions"):
+        value = getattr(args, option)
+        if value < 1:
+            raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+    device = _device(args.device)
+    loaded = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
+    loaded = LoadedModel(loaded.model.to(device), loaded.preprocessing, loaded.categories)
+    return Explorer(loaded, name=args.model, rule=args.rule, rectifiers=args.rectifiers, atlas=args.atlas,
+                    cache_bytes=args.cache_mb << 20, max_upload_bytes=args.max_upload_mb << 20,
+                    max_positions=args.max_positions,
+                    samples=_shapes_samples() if args.model == "shapes" else None)
+
+
+def serve_command(args: argparse.Namespace) -> list[Path]:
+    """Load the model and serve the explorer until interrupted."""
+    try:
+        import uvicorn
+
+        from .serve.app import create_app
+    except ImportError as error:
+        raise InputError(f'the explorer needs the serve extra: pip install "deconvnet[serve]" ({error})') from error
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be 0..65535, got {args.port}")
+    explorer = explorer_for(args)
+    if args.host not in _LOOPBACK:
+        print(f"deconvnet serve: listening on {args.host}, not only this machine: anyone who can reach port "
+              f"{args.port} can upload images and use {args.model}")
+    print(f"deconvnet serve: {args.model} on {explorer.dn.device}, {len(explorer.layers)} layers with feature maps; "
+          f"open http://{'localhost' if args.host in _LOOPBACK else args.host}:{args.port}/ (API: /docs)")
+    if explorer.atlas is not None:
+        print(f"deconvnet serve: atlas {args.atlas} ({len(explorer.atlas.layers)} layers) at /atlas/")
+    uvicorn.run(create_app(explorer), host=args.host, port=args.port, log_level="warning")
+    return []

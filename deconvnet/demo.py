@@ -38,6 +38,7 @@ from .commands import (
 )
 from .deconvnet import DeconvNet
 from .errors import InputError
+from .loading import PHOTOS, photo
 from .models import EVOLUTION_STEPS, shapes_net_at, shapes_net_info
 from .pictures import figures
 from .pictures.site import slug
@@ -109,13 +110,6 @@ def demo_command(args: argparse.Namespace) -> list[Path]:
     return [p for p, _ in real + pictures]
 
 
-# scikit-image's photographs (inside its wheel) -> the name they are saved under
-_PHOTOS = {
-    "coffee": lambda data: data.coffee(),
-    "chelsea": lambda data: data.chelsea(),
-    "motorcycle": lambda data: data.stereo_motorcycle()[0],
-    "rocket": lambda data: data.rocket(),
-}
 _REAL_MODEL = "efficientnet-lite0"
 _REAL_LAYER = "blocks.10"  # 14x14 maps at stride 16: where the paper's Fig. 7 looks (its layer 5)
 
@@ -135,9 +129,9 @@ def _real_demo(args: argparse.Namespace) -> list[tuple[Path, str]]:
     folder = s.out / "photos"
     folder.mkdir(exist_ok=True)
     files = []
-    for name, photo in _PHOTOS.items():
+    for name in PHOTOS:
         path = folder / f"{name}.png"
-        Image.fromarray(photo(skimage.data)).save(path)
+        photo(name).save(path)
         files.append(path)
     x = s.images(files)
     categories = s.loaded.categories

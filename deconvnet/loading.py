@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -26,15 +27,24 @@ __all__ = [
     "IMAGENET_STD",
     "ImageFolder",
     "LoadedModel",
+    "PHOTOS",
     "Preprocessing",
     "image_files",
     "load_checkpoint",
     "load_image",
     "load_model",
+    "photo",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# scikit-image's photographs, inside its wheel (the ``real`` extra): name -> how to take it from skimage.data
+PHOTOS: dict[str, Callable[[Any], Any]] = {
+    "coffee": lambda data: data.coffee(),
+    "chelsea": lambda data: data.chelsea(),
+    "motorcycle": lambda data: data.stereo_motorcycle()[0],
+    "rocket": lambda data: data.rocket(),
+}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
@@ -220,3 +230,15 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return load_image(self.files[index], self.preprocessing), index
+
+
+def photo(name: str) -> Image.Image:
+    """One of :data:`PHOTOS` as an RGB image; InputError when the name is unknown or
+    scikit-image is not installed."""
+    if name not in PHOTOS:
+        raise InputError(f"no photo {name!r}; the photos are {', '.join(PHOTOS)}")
+    try:
+        import skimage.data
+    except ImportError as error:
+        raise InputError('the photos need scikit-image: pip install "deconvnet[real]"') from error
+    return Image.fromarray(PHOTOS[name](skimage.data)).convert("RGB")

@@ -32,6 +32,7 @@ from ..deconvnet import DeconvNet
 from ..errors import InputError, TargetOutOfRangeError
 from ..functional import Pair, Window, pair, same_padding
 from ..mirror import SameConvTranspose2d, conv_padding
+from ..progress import ProgressFactory, Silent
 
 __all__ = ["Occlusion", "occluder_corners", "occlusion"]
 
@@ -86,6 +87,7 @@ def occlusion(
     layer: str | nn.Module | None = None,
     batch_size: int | None = None,
     incremental: bool = True,
+    progress: ProgressFactory = Silent,
 ) -> Occlusion:
     """Occlusion sensitivity of ``model`` (a classifier, or its :class:`DeconvNet`) on
     x (Tensor[N, C, H, W]): a ``size`` x ``size`` square of ``fill`` (in every channel, in the
@@ -114,6 +116,7 @@ def occlusion(
     watched = [network.output] + ([step.node] if step is not None else [])
 
     probabilities, labels, targets, unoccluded, channels, sums = [], [], [], [], [], []
+    bar = progress(total=x.shape[0] * corners.shape[0], desc="occlusion", unit="position")
     for n in range(x.shape[0]):
         run = _Incremental(network, x[n : n + 1], _FULL_AREA if incremental else 0.0)
         logits = _logits(run.base[network.output])
@@ -134,11 +137,13 @@ def occlusion(
             label_parts.append(out.argmax(-1))
             if step is not None:
                 sum_parts.append(values[1])
+            bar.update(min(chunk, corners.shape[0] - start))
         probabilities.append(torch.cat(prob_parts).view(grid))
         labels.append(torch.cat(label_parts).view(grid))
         if step is not None:
             sums.append(torch.cat([run.channel_sum(v, step.node, channel) for v in sum_parts]).view(grid))
 
+    bar.close()
     result: dict[str, Any] = {}
     if step is not None:
         channel_tensor = torch.tensor(channels, device=x.device)

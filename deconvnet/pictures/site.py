@@ -14,13 +14,14 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from ..analysis.atlas import Atlas, ProgressFactory, Silent, Tile
 
-__all__ = ["SiteWriter", "slug"]
+__all__ = ["SiteWriter", "layer_folders", "slug"]
 
 STRIP = 8  # strongest channels shown per layer on the index page
 
@@ -74,6 +75,18 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+def layer_folders(layers: Iterable[str]) -> dict[str, str]:
+    """Each layer's folder in the site: its slug, never ".", ".." or "img", made unique in
+    order (the explorer links into a site by the same rule)."""
+    folders: dict[str, str] = {}
+    for layer in layers:
+        folder = slug(layer).strip(".") or "layer"
+        while folder in folders.values() or folder == "img":
+            folder += "_"
+        folders[layer] = folder
+    return folders
+
+
 def _page(title: str, body: str, css: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
             f'<link rel="stylesheet" href="{css}">\n</head>\n<body>\n{body}\n</body>\n</html>\n')
@@ -89,12 +102,8 @@ class SiteWriter:
     def __init__(self, folder: Path, atlas: Atlas) -> None:
         self.folder = Path(folder)
         self.atlas = atlas
-        self.slugs: dict[str, str] = {}
-        for layer in atlas.layers:
-            folder = slug(layer).strip(".") or "layer"  # never "." or ".."
-            while folder in self.slugs.values() or folder == "img":
-                folder += "_"
-            self.slugs[layer] = folder
+        self.slugs = layer_folders(atlas.layers)
+        for folder in self.slugs.values():
             (self.folder / folder / "img").mkdir(parents=True, exist_ok=True)
 
     def tile(self, tile: Tile) -> None:

@@ -1,0 +1,664 @@
+"""The explorer's engine, without the web: one model and its DeconvNet, a bounded cache of traced
+images, and one worker thread that runs every request on the model, batching the requests that
+can share a mirror pass. :mod:`deconvnet.serve.app` puts the JSON API and the page in front of it.
+
+Every answer is plain data (numbers, lists, pictures as ``data:image/png`` URLs), so the API that
+wraps it is JSON throughout.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import math
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from ..analysis.occlusion import Occlusion, occlusion
+from ..capture import Trace
+from ..deconvnet import DeconvNet
+from ..errors import DeconvnetError, InputError, LayerNotFoundError, TargetOutOfRangeError
+from ..loading import PHOTOS, LoadedModel, photo
+from ..mirror import MaxUnpool2d, RULES
+from ..pictures import image
+from ..pictures.figures import crop_to_field
+from ..pictures.site import layer_folders
+from ..receptive import ReceptiveField
+
+__all__ = [
+    "BadImageError",
+    "Explorer",
+    "ExplorerError",
+    "NotFoundError",
+    "TooLargeError",
+    "TraceCache",
+    "decode_image",
+]
+
+# Uploads Pillow may decode: the common photo formats, nothing exotic (each decoder is attack surface).
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM")
+TILE = 48  # largest side of a channel's thumbnail in a layer's grid (maps are max-pooled down to it)
+NO_SWITCHES_HINT = (
+    "This model has no max-pooling, so the deconvnet rule has no switches to carry the image: its "
+    "projections look alike for every photo (often a checkerboard). Try the guided rule."
+)
+
+
+class ExplorerError(DeconvnetError):
+    """A request the explorer cannot serve; ``status`` is its HTTP status."""
+
+    status = 400
+
+
+class NotFoundError(ExplorerError, LookupError):
+    """An image, photo, job or atlas entry the server does not have."""
+
+    status = 404
+
+
+class TooLargeError(ExplorerError, ValueError):
+    """An upload over the server's byte or pixel limit."""
+
+    status = 413
+
+
+class BadImageError(ExplorerError, ValueError):
+    """Bytes that are not an image Pillow can decode (or only part of one)."""
+
+    status = 422
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Uploaded bytes as an RGB image. The header's size is checked against ``max_pixels``
+    before any pixel is decoded (decompression bombs stop there); only :data:`IMAGE_FORMATS`."""
+    if not data:
+        raise BadImageError("the upload is empty: send the image file's bytes as the request body")
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as opened:
+            width, height = opened.size
+            if width * height > max_pixels:
+                raise TooLargeError(f"the image is {width}x{height} = {width * height} pixels; "
+                                    f"this server takes at most {max_pixels}")
+            opened.load()
+            return opened.convert("RGB")
+    except UnidentifiedImageError as error:
+        raise BadImageError(f"not an image this server reads ({', '.join(IMAGE_FORMATS)})") from error
+    except Image.DecompressionBombError as error:
+        raise TooLargeError(f"the image is too large to decode safely: {error}") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data
+        raise BadImageError(f"cannot decode the image: {str(error).splitlines()[0] if str(error) else error!r}") from error
+
+
+def data_url(picture: Tensor) -> str:
+    """picture (Tensor[3, H, W] in [0, 1]) as a ``data:image/png;base64,...`` URL."""
+    buffer = io.BytesIO()
+    image.to_pil(picture).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _bytes(trace: Trace) -> int:
+    """Bytes held by a trace's tensors, each storage counted once."""
+    seen: set[int] = set()
+    total = 0
+
+    def add(value: Any) -> None:
+        nonlocal total
+        if isinstance(value, Tensor):
+            storage = value.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                add(item)
+
+    add([trace.input, trace.output, *trace.activations.values()])
+    for record in trace.records.values():
+        add([record.switches, record.output, record.input, record.values])
+    return total
+
+
+@dataclass(eq=False)
+class Picture:
+    """One traced image: what every click on it reads."""
+
+    id: str
+    name: str
+    trace: Trace
+    shown: Tensor
+    """Tensor[3, H, W] in [0, 1]: the model's input, its normalisation undone, on the CPU."""
+    probabilities: Tensor | None
+    """Tensor[classes] on the CPU, when the model is a classifier."""
+    nbytes: int
+
+
+class TraceCache:
+    """Traced images by id, the least recently used dropped once their traces hold more than
+    ``capacity`` bytes (the newest is always kept). Safe to use from several threads."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._pictures: OrderedDict[str, Picture] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Picture:
+        with self._lock:
+            picture = self._pictures.get(key)
+            if picture is None:
+                raise NotFoundError(f"image {key!r} is not on this server (never uploaded, or dropped from its "
+                                    "cache of recent images): upload it again")
+            self._pictures.move_to_end(key)
+            return picture
+
+    def peek(self, key: str) -> Picture | None:
+        with self._lock:
+            return self._pictures.get(key)
+
+    def put(self, picture: Picture) -> None:
+        with self._lock:
+            self._pictures[picture.id] = picture
+            self._pictures.move_to_end(picture.id)
+            while len(self._pictures) > 1 and self.nbytes > self.capacity:
+                self._pictures.popitem(last=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self._pictures.values())
+
+    def __len__(self) -> int:
+        return len(self._pictures)
+
+
+@dataclass(eq=False)
+class _Task:
+    key: tuple
+    item: Any
+    run: Callable[[list[Any]], list[Any]]
+    future: Future = field(default_factory=Future)
+
+
+class _Worker:
+    """One thread runs every task on the model, oldest first. Tasks waiting with the same key
+    (the same image, layer and rule) run as one batch: ``run`` takes all their items at once."""
+
+    def __init__(self) -> None:
+        self._tasks: list[_Task] = []
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="deconvnet-explorer", daemon=True)
+        self._thread.start()
+        self.batches = 0  # mirror runs made, for tests and the benchmark
+        self.tasks = 0
+
+    def submit(self, key: tuple, item: Any, run: Callable[[list[Any]], list[Any]]) -> Future:
+        task = _Task(key, item, run)
+        with self._ready:
+            if self._closed:
+                raise ExplorerError("the explorer is shutting down")
+            self._tasks.append(task)
+            self._ready.notify()
+        return task.future
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while not self._tasks and not self._closed:
+                    self._ready.wait()
+                if self._closed and not self._tasks:
+                    return
+                waiting, self._tasks = self._tasks, []
+            groups: dict[tuple, list[_Task]] = {}
+            for task in waiting:
+                groups.setdefault(task.key, []).append(task)
+            for tasks in groups.values():
+                self.batches += 1
+                self.tasks += len(tasks)
+                try:
+                    results = tasks[0].run([t.item for t in tasks])
+                except BaseException as error:  # handed to every request of the batch
+                    for task in tasks:
+                        task.future.set_exception(error)
+                else:
+                    for task, result in zip(tasks, results, strict=True):
+                        task.future.set_result(result)
+
+
+@dataclass(eq=False)
+class Job:
+    """An occlusion run in the background: progress, then its result or its error."""
+
+    id: str
+    total: int
+    done: int = 0
+    state: str = "queued"  # queued, running, done, failed
+    error: str | None = None
+    result: dict | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def status(self) -> dict:
+        return {"job": self.id, "state": self.state, "done": self.done, "total": self.total,
+                "error": self.error, "result": self.result}
+
+
+class _JobProgress:
+    """The tqdm-like progress :func:`occlusion` advances, counting into a job."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def __call__(self, **_: object) -> _JobProgress:
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.job.done += n
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    channels: int
+    shape: tuple[int, int]
+    field: ReceptiveField | None
+
+    def to_json(self) -> dict:
+        f = self.field
+        return {"name": self.name, "channels": self.channels, "shape": list(self.shape),
+                "field": None if f is None else {"size": list(f.size), "stride": list(f.stride), "offset": list(f.offset)}}
+
+
+class AtlasLink:
+    """A unit atlas site of the same model (``deconvnet atlas``): its top units per channel, and
+    where its pages and pictures are, relative to where the server mounts it (``/atlas``)."""
+
+    def __init__(self, folder: Path, layers: dict[str, LayerInfo], mount: str = "/atlas") -> None:
+        self.folder = Path(folder)
+        try:
+            document = json.loads((self.folder / "atlas.json").read_text())
+        except FileNotFoundError as error:
+            raise InputError(f"--atlas {folder}: no atlas.json there; give the folder `deconvnet atlas` wrote") from error
+        except (OSError, ValueError) as error:
+            raise InputError(f"--atlas {folder}: cannot read its atlas.json: {error}") from error
+        self.model = document.get("model", "?")
+        self.names: list[str] = document["images"]
+        self.layers: dict[str, dict] = document["layers"]
+        for name, entry in self.layers.items():
+            if name not in layers:
+                raise InputError(f"--atlas {folder} was made for another model: its layer {name!r} is not a layer "
+                                 "with feature maps of this one")
+            if entry["channels"] != layers[name].channels:
+                raise InputError(f"--atlas {folder} was made for another model: its {name} has {entry['channels']} "
+                                 f"channels, this model's has {layers[name].channels}")
+        self.folders = layer_folders(self.layers)
+        self.mount = mount
+
+    def channel(self, layer: str, channel: int) -> dict:
+        if layer not in self.layers:
+            raise NotFoundError(f"the atlas has no layer {layer!r}; it holds {', '.join(self.layers)}")
+        entry = self.layers[layer]
+        if not 0 <= channel < entry["channels"]:
+            raise TargetOutOfRangeError(f"channel {channel} is out of range: {layer} has {entry['channels']} "
+                                        f"channels (0..{entry['channels'] - 1})")
+        base = f"{self.mount}/{self.folders[layer]}"
+        units = [{"rank": r, "value": u["value"], "image": self.names[u["image"]], "position": u["position"],
+                  "projection": f"{base}/img/{channel}-{r}.png", "patch": f"{base}/img/{channel}-{r}-patch.png"}
+                 for r, u in enumerate(entry["units"][channel])]
+        return {"layer": layer, "channel": channel, "model": self.model, "page": f"{base}/{channel}.html",
+                "layer_page": f"{base}/index.html", "units": units}
+
+
+class Explorer:
+    """Serves one model: add images (each traced once), then project classes, channels and units
+    of any layer from the cached trace, and run occlusion in the background.
+
+    loaded: the model and its preprocessing (:func:`deconvnet.load_model`); name: what pages call
+    it; rule/rectifiers: as :class:`DeconvNet`; atlas: a site folder of the same model;
+    cache_bytes: memory the cached traces may hold; max_upload_bytes/max_pixels: upload limits;
+    max_positions: the most occluder positions one occlusion request may ask for.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        name: str,
+        rectifiers: str = "all",
+        rule: str = "deconvnet",
+        atlas: Path | None = None,
+        cache_bytes: int = 1 << 30,
+        max_upload_bytes: int = 20 << 20,
+        max_pixels: int = 40_000_000,
+        max_positions: int = 4096,
+        photos: Sequence[str] | None = None,
+        samples: dict[str, Callable[[], Image.Image]] | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.name = name
+        self.dn = DeconvNet(loaded.model, rule=rule, rectifiers=rectifiers)
+        self.cache = TraceCache(cache_bytes)
+        self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
+        self.max_positions = max_positions
+        self._worker = _Worker()
+        self._occluder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deconvnet-occlusion")
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._jobs_lock = threading.Lock()
+        self._sources: dict[str, Callable[[], Image.Image]] = dict(samples or {})
+        for name_ in photos if photos is not None else _installed_photos():
+            self._sources[name_] = lambda name_=name_: photo(name_)
+        probe = self._probe()
+        self.input_shape = tuple(probe.input.shape[1:])
+        self.classes = probe.output.shape[1] if probe.output.dim() == 2 else None
+        self.layers = {
+            layer: LayerInfo(layer, a.shape[1], (a.shape[2], a.shape[3]), self.dn.receptive_field(layer))
+            for layer in self.dn.layers
+            if self.dn.layer_name(layer) == layer and (a := probe.activations[layer]).dim() == 4
+        }
+        if not self.layers:
+            raise InputError(f"{name} has no layer with feature maps (Tensor[N, C, H, W] outputs) to explore")
+        self.switches = any(isinstance(layer, MaxUnpool2d) for layer in self.dn.mirror.modules())
+        self.atlas = AtlasLink(atlas, self.layers) if atlas is not None else None
+
+    def close(self) -> None:
+        self._worker.close()
+        self._occluder.shutdown(wait=False, cancel_futures=True)
+
+    # --- what the page asks first --------------------------------------------------------------
+
+    def info(self) -> dict:
+        categories = self.loaded.categories
+        return {
+            "model": self.name, "input": list(self.input_shape), "classes": self.classes,
+            "categories": list(categories) if categories is not None else None,
+            "rules": list(RULES), "rule": self.dn.rule, "rectifiers": self.dn.rectifiers,
+            "layers": [info.to_json() for info in self.layers.values()],
+            "photos": list(self._sources), "atlas": None if self.atlas is None else {
+                "model": self.atlas.model, "layers": list(self.atlas.layers), "index": f"{self.atlas.mount}/index.html"},
+            "switches": self.switches, "hint": None if self.switches else NO_SWITCHES_HINT,
+            "limits": {"upload_bytes": self.max_upload_bytes, "pixels": self.max_pixels,
+                       "occlusion_positions": self.max_positions},
+        }
+
+    # --- images ----------------------------------------------------------------------------------
+
+    def add_upload(self, data: bytes, name: str = "upload") -> dict:
+        """Decode, preprocess and trace uploaded bytes (once: the same bytes get the same id)."""
+        if len(data) > self.max_upload_bytes:
+            raise TooLargeError(f"the upload is {len(data)} bytes; this server takes at most {self.max_upload_bytes}")
+        key = hashlib.sha256(data).hexdigest()[:20]
+        if self.cache.peek(key) is None:
+            rgb = decode_image(data, self.max_pixels)
+            self._wait(self._worker.submit(("add", key), (key, name, rgb), self._add))
+        return self.describe(key)
+
+    def add_photo(self, name: str) -> dict:
+        """Trace one of the bundled pictures (see ``info()["photos"]``)."""
+        if name not in self._sources:
+            raise NotFoundError(f"no photo {name!r}; this server has {', '.join(self._sources) or 'none'}")
+        key = hashlib.sha256(f"photo:{name}".encode()).hexdigest()[:20]
+        if self.cache.peek(key) is None:
+            self._wait(self._worker.submit(("add", key), (key, name, self._sources[name]()), self._add))
+        return self.describe(key)
+
+    def describe(self, key: str) -> dict:
+        picture = self.cache.get(key)
+        top = []
+        if picture.probabilities is not None:
+            values, classes = picture.probabilities.topk(min(5, picture.probabilities.numel()))
+            top = [{"class": int(c), "label": self._label(int(c)), "probability": float(v)}
+                   for v, c in zip(values, classes, strict=True)]
+        return {"image": picture.id, "name": picture.name, "shape": list(picture.shown.shape), "top": top,
+                "input": data_url(picture.shown)}
+
+    def _add(self, items: list[tuple[str, str, Image.Image]]) -> list[None]:
+        for key, name, rgb in items:
+            if self.cache.peek(key) is not None:
+                continue
+            x = self.loaded.preprocessing.transform(rgb)
+            if tuple(x.shape) != self.input_shape:
+                raise BadImageError(f"the model's preprocessing made this image {tuple(x.shape)}, not "
+                                    f"{self.input_shape} as for other images; the server's model needs one input size")
+            trace = self.dn.trace(x.unsqueeze(0).to(self._dtype()))
+            shown = image.denormalize(x.float(), self.loaded.preprocessing.mean, self.loaded.preprocessing.std)
+            probabilities = trace.output[0].float().softmax(-1).cpu() if trace.output.dim() == 2 else None
+            self.cache.put(Picture(key, name, trace, shown, probabilities, _bytes(trace)))
+        return [None] * len(items)
+
+    def _probe(self) -> Trace:
+        """A grey image through the preprocessing: the input size, the layers' shapes, a warm start."""
+        x = self.loaded.preprocessing.transform(Image.new("RGB", (256, 256), (128, 128, 128)))
+        return self.dn.trace(x.unsqueeze(0).to(self._dtype()))
+
+    def _dtype(self) -> torch.dtype:
+        parameter = next(self.dn.model.parameters(), None)
+        return parameter.dtype if parameter is not None else torch.float32
+
+    def _label(self, c: int) -> str:
+        categories = self.loaded.categories
+        return str(categories[c]) if categories is not None and c < len(categories) else f"class {c}"
+
+    # --- classes ---------------------------------------------------------------------------------
+
+    def class_projection(self, key: str, target: int, rule: str | None = None) -> dict:
+        """The reconstruction of class ``target`` (from 1 at its output unit)."""
+        picture = self.cache.get(key)
+        rule = self._rule(rule)
+        if self.classes is None:
+            raise InputError(f"{self.name} is not a classifier (its output is not [N, classes])")
+        _check_index("class", target, self.classes, f"the model has {self.classes} classes")
+        return self._wait(self._worker.submit(("classes", key, rule), target,
+                                              lambda items: self._classes(picture, rule, items)))
+
+    def _classes(self, picture: Picture, rule: str, targets: list[int]) -> list[dict]:
+        unique = list(dict.fromkeys(targets))
+        projected = self.dn.reconstruct_classes(picture.trace, unique, rule=rule)[0].float().cpu()
+        by_class = {}
+        for k, c in enumerate(unique):
+            by_class[c] = {"class": c, "label": self._label(c), "rule": rule,
+                           "probability": float(picture.probabilities[c]) if picture.probabilities is not None else None,
+                           "picture": data_url(image.signed_to_unit(projected[k]))}
+        return [by_class[c] for c in targets]
+
+    # --- layers, channels, units -----------------------------------------------------------------
+
+    def layer(self, key: str, layer: str) -> dict:
+        """Every channel of ``layer`` as a thumbnail of its map (one sprite, channels row-major,
+        one scale for the whole layer), with each channel's strongest activation and where."""
+        picture = self.cache.get(key)
+        info = self._layer_info(layer)
+        return self._wait(self._worker.submit(("layer", key, layer), None, lambda items: [self._grid(picture, info)] * len(items)))
+
+    def _grid(self, picture: Picture, info: LayerInfo) -> dict:
+        maps = picture.trace.activations[info.name][0].detach().float().cpu()  # [C, h, w]
+        flat = maps.flatten(1)
+        values, where = flat.max(dim=1)
+        h, w = info.shape
+        tile = (min(h, TILE), min(w, TILE))
+        small = F.adaptive_max_pool2d(maps[None], tile)[0] if tile != (h, w) else maps
+        peak = float(small.max())
+        # One scale for the layer (strong channels look strong), square-rooted so weak maps still show.
+        scaled = (small.clamp_min(0) / peak).sqrt() if peak > 0 else torch.zeros_like(small)
+        columns = max(1, math.ceil(math.sqrt(info.channels)))
+        sprite = make_grid(scaled[:, None], nrow=columns, padding=0)[0]
+        return {"layer": info.name, "channels": info.channels, "shape": list(info.shape), "tile": list(tile),
+                "columns": columns, "sprite": data_url(image.colormap(sprite)),
+                "values": [float(v) for v in values], "units": [[int(p) // w, int(p) % w] for p in where]}
+
+    def channel(self, key: str, layer: str, channel: int, rule: str | None = None) -> dict:
+        """The strongest unit of ``channel`` of ``layer``, projected alone (see :meth:`unit`)."""
+        picture = self.cache.get(key)
+        info = self._layer_info(layer)
+        _check_index("channel", channel, info.channels, f"{layer} has {info.channels} channels")
+        position = int(picture.trace.activations[layer][0, channel].flatten().argmax())
+        return self._unit(picture, info, channel, position, rule)
+
+    def unit(self, key: str, layer: str, channel: int, row: int, col: int, rule: str | None = None) -> dict:
+        """Unit (row, col) of ``channel`` of ``layer`` projected alone, cropped to its receptive
+        field (the box, in input pixels, is in the answer), with the channel's map."""
+        picture = self.cache.get(key)
+        info = self._layer_info(layer)
+        _check_index("channel", channel, info.channels, f"{layer} has {info.channels} channels")
+        _check_index("row", row, info.shape[0], f"{layer}'s maps have {info.shape[0]} rows")
+        _check_index("col", col, info.shape[1], f"{layer}'s maps have {info.shape[1]} columns")
+        return self._unit(picture, info, channel, row * info.shape[1] + col, rule)
+
+    def _unit(self, picture: Picture, info: LayerInfo, channel: int, position: int, rule: str | None) -> dict:
+        rule = self._rule(rule)
+        return self._wait(self._worker.submit(("units", picture.id, info.name, rule), (channel, position),
+                                              lambda items: self._units(picture, info, rule, items)))
+
+    def _units(self, picture: Picture, info: LayerInfo, rule: str, items: list[tuple[int, int]]) -> list[dict]:
+        """All waiting clicks on one image and layer: one reconstruct_units call."""
+        unique = list(dict.fromkeys(items))
+        projected = self.dn.reconstruct_units(
+            picture.trace, info.name, images=[0] * len(unique), channels=[c for c, _ in unique],
+            positions=[p for _, p in unique], rule=rule,
+        ).float().cpu()
+        activation = picture.trace.activations[info.name][0]
+        height, width = picture.shown.shape[-2:]
+        answers = {}
+        for k, (c, p) in enumerate(unique):
+            unit = (p // info.shape[1], p % info.shape[1])
+            field_ = info.field
+            box = list(field_.box(*unit, height, width)) if field_ is not None else [0, 0, height, width]
+            channel_map = activation[c].detach().float().cpu()
+            peak = float(channel_map.max())
+            shown_map = channel_map.clamp_min(0) / peak if peak > 0 else torch.zeros_like(channel_map)
+            answers[(c, p)] = {
+                "layer": info.name, "channel": c, "unit": list(unit), "value": float(activation[c].flatten()[p]),
+                "rule": rule, "box": box, "field": None if field_ is None else list(field_.size),
+                "projection": data_url(image.signed_to_unit(crop_to_field(projected[k], field_, unit, 0.0))),
+                "patch": data_url(crop_to_field(picture.shown, field_, unit, 1.0)),
+                "map": data_url(image.colormap(shown_map)),
+            }
+        return [answers[item] for item in items]
+
+    def atlas_channel(self, layer: str, channel: int) -> dict:
+        if self.atlas is None:
+            raise NotFoundError("this server was started without --atlas")
+        return self.atlas.channel(layer, channel)
+
+    # --- occlusion -------------------------------------------------------------------------------
+
+    def start_occlusion(self, key: str, size: int, stride: int, target: int | None = None,
+                        layer: str | None = None) -> dict:
+        """Queue an occlusion run (one at a time per server); poll :meth:`job` for progress."""
+        picture = self.cache.get(key)
+        height, width = picture.shown.shape[-2:]
+        if not 1 <= size <= min(height, width):
+            raise InputError(f"size must be 1..{min(height, width)} (the input is {height}x{width}), got {size}")
+        if stride < 1:
+            raise InputError(f"stride must be at least 1, got {stride}")
+        if self.classes is None:
+            raise InputError(f"{self.name} is not a classifier: occlusion watches a class probability")
+        if target is not None:
+            _check_index("target", target, self.classes, f"the model has {self.classes} classes")
+        info = self._layer_info(layer) if layer is not None else self._last_map()
+        grid = ((height - size) // stride + 1, (width - size) // stride + 1)
+        if grid[0] * grid[1] > self.max_positions:
+            raise InputError(f"size {size} and stride {stride} give {grid[0] * grid[1]} positions; this server runs "
+                             f"at most {self.max_positions}: raise the stride")
+        job = Job(uuid.uuid4().hex[:16], grid[0] * grid[1])
+        with self._jobs_lock:
+            self._jobs[job.id] = job
+            while len(self._jobs) > 32:
+                self._jobs.popitem(last=False)
+        self._occluder.submit(self._occlude, job, picture, size, stride, target, info)
+        return job.status()
+
+    def job(self, key: str) -> dict:
+        with self._jobs_lock:
+            job = self._jobs.get(key)
+        if job is None:
+            raise NotFoundError(f"no occlusion job {key!r} (finished long ago, or never started)")
+        return job.status()
+
+    def _occlude(self, job: Job, picture: Picture, size: int, stride: int, target: int | None, info: LayerInfo) -> None:
+        job.state = "running"
+        try:
+            result = occlusion(self.dn, picture.trace.input, size=size, stride=stride, target=target, layer=info.name,
+                               progress=_JobProgress(job))
+            job.result = self._occlusion_answer(result)
+            job.state = "done"
+        except Exception as error:  # reported to the page through the job
+            job.error = str(error).splitlines()[0] if str(error) else type(error).__name__
+            job.state = "failed"
+
+    def _occlusion_answer(self, result: Occlusion) -> dict:
+        labels = result.label[0].cpu()
+        names = {int(c): self._label(int(c)) for c in labels.unique()}
+        target = int(result.target[0])
+        activation, projection, channel = result.activation, result.projection, result.channel
+        if activation is None or projection is None or channel is None:  # occlusion was given a layer
+            raise ExplorerError("occlusion returned no feature map")
+        return {
+            "size": result.size, "stride": result.stride, "grid": list(result.grid), "target": target,
+            "target_label": self._label(target), "unoccluded": float(result.unoccluded[0]),
+            "probability": result.probability[0].float().cpu().tolist(), "label": labels.tolist(),
+            "labels": {str(c): n for c, n in names.items()}, "layer": result.layer, "channel": int(channel[0]),
+            "activation": activation[0].float().cpu().tolist(),
+            "projection": data_url(image.signed_to_unit(projection[0].float().cpu())),
+        }
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _layer_info(self, layer: str) -> LayerInfo:
+        info = self.layers.get(layer)
+        if info is None:
+            self.dn.layer_name(layer)  # a name that is no layer at all: its own error, with suggestions
+            raise LayerNotFoundError(f"{layer} has no feature maps (Tensor[N, C, H, W]) to explore")
+        return info
+
+    def _last_map(self) -> LayerInfo:
+        """The deepest layer whose maps are more than one unit: occlusion's default."""
+        spatial = [info for info in self.layers.values() if info.shape[0] * info.shape[1] > 1]
+        return (spatial or list(self.layers.values()))[-1]
+
+    def _rule(self, rule: str | None) -> str:
+        if rule is None:
+            return self.dn.rule
+        if rule not in RULES:
+            raise InputError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
+        return rule
+
+    @staticmethod
+    def _wait(future: Future) -> Any:
+        return future.result()
+
+
+def _check_index(what: str, value: int, count: int, owner: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{what} must be an integer, got {value!r}")
+    if not 0 <= value < count:
+        raise TargetOutOfRangeError(f"{what} {value} is out of range: {owner} (0..{count - 1})")
+
+
+def _installed_photos() -> list[str]:
+    try:
+        import skimage.data  # noqa: F401
+    except ImportError:
+        return []
+    return list(PHOTOS)
