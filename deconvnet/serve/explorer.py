@@ -99,7 +99,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError as error:
         raise BadImageError(f"not an image this server reads ({', '.join(IMAGE_FORMATS)})") from error
     except Image.DecompressionBombError as error:
-        raise TooLargeError(f"the image is too large to decode safely: {error}") from error
+        raise TooLargeError(f"the image is too large to decode safely ({error}); this server takes at most "
+                            f"{max_pixels} pixels") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data
         raise BadImageError(f"cannot decode the image: {str(error).splitlines()[0] if str(error) else error!r}") from error
 
