@@ -15,6 +15,7 @@
     python -m benchmarks memory              # all 1000 VGG16 classes: peak memory and time
     python -m benchmarks chunks              # per-target time against the chunk size (the planner's cap)
     python -m benchmarks gpu                 # every GPU row of the README (see benchmarks/gpu.py)
+    python -m benchmarks serve               # the explorer: latency per endpoint, 16 clients (benchmarks/serve.py)
 
 Methods are timed interleaved (A, B, C, A, B, C, ...) after a warm-up round; rows give the
 median and the ratios, which are what to compare on shared, noisy machines. Outputs are checked
@@ -655,7 +656,7 @@ def save(rows: list[dict], stem: str, header: str = "") -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["occlusion", "occlusion-sizes", "everyday", "trace", "classes", "modern", "precision", "channels", "units",
-                                          "mining", "atlas", "memory", "chunks", "gpu", "all"])
+                                          "mining", "atlas", "memory", "chunks", "gpu", "serve", "all"])
     parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
     parser.add_argument("--size", type=int, default=224)
@@ -716,6 +717,15 @@ def main(argv: list[str] | None = None) -> int:
 
         header = run(device, args.size, args.repeats, args.quick, emit)
         save(rows, args.name or "gpu", f"Measured with `python -m benchmarks gpu` on: {header}.")
+        return 0
+    if args.which == "serve":  # not in "all": its own table
+        from . import serve
+
+        header = serve.run(device, max(args.repeats, 20), emit=lambda row: (rows.append(row), print(row, flush=True)))
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "serve.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (RESULTS / "serve.md").write_text(serve.markdown(rows, header))
+        print(serve.markdown(rows, header))
         return 0
     if args.which == "chunks":  # not in "all": it only calibrates the planner
         sizes = [16, 32, 64, 128, 256, 512] if device.type == "cuda" else [1, 2, 4, 8, 16, 32]

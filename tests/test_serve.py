@@ -449,3 +449,20 @@ def test_serve_rejects_bad_options(capsys):
     assert "--cache-mb must be at least 1" in capsys.readouterr().err
     assert main(["serve", "--atlas", "/nonexistent-atlas"]) == 1
     assert "no atlas.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layer", ["features.8", "features.13"])
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_units_of_any_field_size_and_rule_equal_the_library(client, star, star_input, layer, rule):
+    """Cropped to the field even where it covers most of the image (features.13), and the whole
+    mirror where the rule cannot be cropped (guided): the same pictures as the library's call."""
+    dn = DeconvNet(load_model("shapes").model)
+    field = dn.receptive_field(layer)
+    h, w = dn.activation(star_input, layer).shape[-2:]
+    position = (h // 2) * w + w // 3
+    answer = client.get(f"/api/images/{star['image']}/layers/{layer}/channels/1/units/{h // 2}/{w // 3}",
+                        params={"rule": rule}).json()
+    projected = dn.reconstruct_units(star_input, layer, [0], [1], [position], rule=rule, crop=False)[0]
+    unit = (h // 2, w // 3)
+    expected = pixels(image.signed_to_unit(crop_to_field(projected, field, unit, 0.0)))
+    assert np.abs(png(answer["projection"]).astype(int) - expected.astype(int)).max() <= 1  # float rounding

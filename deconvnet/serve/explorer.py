@@ -108,7 +108,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 def data_url(picture: Tensor) -> str:
     """picture (Tensor[3, H, W] in [0, 1]) as a ``data:image/png;base64,...`` URL."""
     buffer = io.BytesIO()
-    image.to_pil(picture).save(buffer, format="PNG")
+    # The fastest zlib level: a photo encodes 3x faster than at Pillow's default, 10% larger.
+    image.to_pil(picture).save(buffer, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -534,10 +535,15 @@ class Explorer:
     def _units(self, picture: Picture, info: LayerInfo, rule: str, items: list[tuple[int, int]]) -> list[dict]:
         """All waiting clicks on one image and layer: one reconstruct_units call."""
         unique = list(dict.fromkeys(items))
-        projected = self.dn.reconstruct_units(
-            picture.trace, info.name, images=[0] * len(unique), channels=[c for c, _ in unique],
-            positions=[p for _, p in unique], rule=rule,
-        ).float().cpu()
+        units = {"images": [0] * len(unique), "channels": [c for c, _ in unique], "positions": [p for _, p in unique]}
+        try:
+            # The answer is cut to the receptive field anyway: compute on the field alone even where it
+            # covers most of the image (the library's default crops only under half of it).
+            projected = self.dn.reconstruct_units(picture.trace, info.name, **units, rule=rule,
+                                                  crop=True if info.field is not None else None)
+        except InputError:  # not croppable here (another rule, or layers below that need the whole map)
+            projected = self.dn.reconstruct_units(picture.trace, info.name, **units, rule=rule)
+        projected = projected.float().cpu()
         activation = picture.trace.activations[info.name][0]
         height, width = picture.shown.shape[-2:]
         answers = {}
