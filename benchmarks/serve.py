@@ -3,8 +3,8 @@
 VGG16 (random weights) at 224 px on the machine's device, served by ``deconvnet serve``'s own
 application under uvicorn in this process; a client in the same process times each endpoint
 (p50/p95 of ``--repeats``-fold requests, fresh arguments each time: a new class, channel or unit
-per request, a new image per upload) beside the plain forward pass ``model(x)`` timed in the same
-run. Then a load test: 16 client threads clicking channels and units of a middle and a deep layer
+per request, a new image per upload) beside the plain forward pass ``model(x)`` timed between
+the requests. Then a load test: 16 client threads clicking channels and units of a middle and a deep layer
 of the same image, bounded in count and time, counting errors. Written to
 ``benchmarks/results/serve.md`` and ``serve.json``.
 """
@@ -51,14 +51,19 @@ def _percentiles(seconds: list[float]) -> dict:
     return {"p50_ms": 1000 * statistics.median(ordered), "p95_ms": 1000 * p95, "n": len(ordered)}
 
 
-def _time(call: Callable[[int], object], repeats: int) -> dict:
+def _time(call: Callable[[int], object], repeats: int, forward: Callable[[], None]) -> dict:
+    """The call's p50/p95, and the median of a plain forward pass timed between its runs (the
+    same moments of a noisy machine)."""
     call(-1)  # warm-up
-    seconds = []
+    seconds, forwards = [], []
     for k in range(repeats):
+        start = time.perf_counter()
+        forward()
+        forwards.append(time.perf_counter() - start)
         start = time.perf_counter()
         call(k)
         seconds.append(time.perf_counter() - start)
-    return _percentiles(seconds)
+    return {**_percentiles(seconds), "forward_ms": 1000 * statistics.median(forwards)}
 
 
 def run(device: torch.device, repeats: int, emit: Callable[[dict], None]) -> str:
@@ -72,12 +77,14 @@ def run(device: torch.device, repeats: int, emit: Callable[[dict], None]) -> str
     def forward() -> None:
         with torch.no_grad():
             model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
-    forward_s = timed({"forward": forward}, max(repeats, 5), device)["forward"]
+    timed({"forward": forward}, 2, device)  # warm
     header = f"{machine(device)}, torch {torch.__version__}, VGG16 (random weights) at 224 px, float32"
     data = _photo()
     rng = random.Random(0)
-    base = {"model": "vgg16", "machine": machine(device), "torch": torch.__version__, "forward_ms": 1000 * forward_s}
+    base = {"model": "vgg16", "machine": machine(device), "torch": torch.__version__}
     with BackgroundServer(create_app(explorer)) as server, httpx.Client(base_url=server.url, timeout=120) as client:
 
         def ok(response: httpx.Response) -> dict:
@@ -92,9 +99,9 @@ def run(device: torch.device, repeats: int, emit: Callable[[dict], None]) -> str
             ok(client.post("/api/images", content=data + k.to_bytes(4, "little", signed=True)))
 
         def row(endpoint: str, layer: str, call: Callable[[int], object], count: int = repeats) -> None:
-            measured = _time(call, count)
+            measured = _time(call, count, forward)
             emit({**base, "benchmark": "serve", "endpoint": endpoint, "layer": layer, **measured,
-                  "p50 / forward": measured["p50_ms"] / (1000 * forward_s)})
+                  "p50 / forward": measured["p50_ms"] / measured["forward_ms"]})
 
         row("POST /api/images (decode, trace, top-5)", "", upload)
         image = ok(client.post("/api/images", content=data))["image"]  # after the uploads: still cached

@@ -366,22 +366,9 @@ def _filters(s: Session, layer: str | None, max_rms: float | None, name: str) ->
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def _shapes_samples() -> dict:
-    """Generated pictures of the bundled ShapesNet's classes, one each, held out from training."""
-    from .demo import DEMO_SEED
-    from .shapes import CLASSES, render
-
-    samples: dict = {}
-    index = 0
-    while len(samples) < len(CLASSES):
-        sample = render(DEMO_SEED, index)
-        samples.setdefault(f"shapes-{CLASSES[sample.label]}", functools.partial(lambda s: s.image, sample))
-        index += 1
-    return dict(sorted(samples.items()))
-
-
 def explorer_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The :class:`deconvnet.serve.Explorer` that ``deconvnet serve`` runs, from its arguments."""
+    from .demo import shapes_samples
     from .serve import Explorer
 
     for option in ("cache_mb", "max_upload_mb", "max_positions"):
@@ -394,7 +381,7 @@ def explorer_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return Explorer(loaded, name=args.model, rule=args.rule, rectifiers=args.rectifiers, atlas=args.atlas,
                     cache_bytes=args.cache_mb << 20, max_upload_bytes=args.max_upload_mb << 20,
                     max_positions=args.max_positions,
-                    samples=_shapes_samples() if args.model == "shapes" else None)
+                    samples=shapes_samples() if args.model == "shapes" else None)
 
 
 def serve_command(args: argparse.Namespace) -> list[Path]:

@@ -4,8 +4,12 @@ bundled ShapesNet (the paper's analyses, a small atlas, the pointing game) with 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-from collections.abc import Sequence
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -38,7 +42,7 @@ from .commands import (
 )
 from .deconvnet import DeconvNet
 from .errors import InputError
-from .loading import PHOTOS, photo
+from .loading import PHOTOS, load_model, photo
 from .models import EVOLUTION_STEPS, shapes_net_at, shapes_net_info
 from .pictures import figures
 from .pictures.site import slug
@@ -88,6 +92,7 @@ def demo_command(args: argparse.Namespace) -> list[Path]:
                                "receptive field, next to the image patches."))
     atlas_layers = ["features.3", "features.8", "features.13"]  # the last ReLU of each conv block
     _atlas(s, AtlasImages(folder, s.loaded.preprocessing), atlas_layers, s.out / "atlas", k=9)
+    pictures += _explorer_pictures(s, s.out / "atlas", real=not args.no_real)
     pictures += _paper_shapes(s, s.images(files), x)
 
     pointing_samples = [render(POINTING_SEED, i) for i in range(args.pointing)]
@@ -408,3 +413,70 @@ def _index(real: list[tuple[Path, str]], pictures: list[tuple[Path, str]], resul
               "its 9 strongest units over the same images projected down next to their patches; a page per "
               "layer and per channel (open atlas/index.html in a browser).", ""]
     return "\n".join(lines)
+
+
+def _chromium() -> str | None:
+    return next((found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))),
+                None)
+
+
+def _explorer_pictures(s: Session, atlas: Path, real: bool) -> list[tuple[Path, str]]:
+    """Screenshots of ``deconvnet serve``: the real model on a photo (with --no-real, none), and
+    ShapesNet with the atlas just written beside it. Taken by headless Chromium from the real
+    server on a loopback port; skipped, saying why, without the serve extra or a Chromium."""
+    try:
+        from .serve import Explorer
+        from .serve.app import BackgroundServer, create_app
+    except ImportError:
+        print('demo: no explorer screenshots: the explorer needs the serve extra (pip install "deconvnet[real,serve]")')
+        return []
+    browser = _chromium()
+    if browser is None:
+        print("demo: no explorer screenshots: no Chromium to take them (apt-get install chromium)")
+        return []
+    shots = []
+    if real:
+        explorer = Explorer(load_model(_REAL_MODEL), name=_REAL_MODEL, rule="guided", photos=["chelsea"])
+        shots.append((explorer, "chelsea", _REAL_LAYER, "explorer-real.png",
+                      f"The live explorer (`deconvnet serve --model {_REAL_MODEL} --rule guided`) on a photo: its "
+                      f"top-5 classes, the strongest channel of {_REAL_LAYER} (sorted by strength) projected on its "
+                      "receptive field next to the patch it saw, and occlusion's maps (hovering one in the page reads out "
+                      "the probability and label with the occluder there)."))
+    explorer = Explorer(s.loaded, name="shapes", atlas=atlas, photos=[], samples=shapes_samples())
+    shots.append((explorer, "shapes-star", "features.13", "explorer-shapes.png",
+                  "The explorer on the bundled ShapesNet with `--atlas`: the clicked channel's 9 strongest units "
+                  "over the demo's images beside the live one, each linked to the atlas's page."))
+    written = []
+    for explorer, name, layer, file, caption in shots:
+        try:
+            image_id = explorer.add_photo(name)["image"]
+            values = explorer.layer(image_id, layer)["values"]
+            channel = max(range(len(values)), key=values.__getitem__)
+            occluder = explorer.input_shape[-1] // 7
+            job = explorer.start_occlusion(image_id, occluder, occluder // 2, layer=layer)  # done before the page asks
+            while explorer.job(job["job"])["state"] in ("queued", "running"):
+                time.sleep(0.1)
+            query = (f"photo={name}&layer={layer}&sort=strength&channel={channel}"
+                     f"&occlusion={occluder},{occluder // 2}")
+            path = s.out / file
+            with BackgroundServer(create_app(explorer)) as server:
+                subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                "--hide-scrollbars", "--window-size=1300,1160", "--virtual-time-budget=20000",
+                                f"--screenshot={path}", f"{server.url}/?{query}"],
+                               capture_output=True, timeout=300, check=True)
+            print(f"wrote {path}")
+            written.append((path, caption))
+        finally:
+            explorer.close()
+    return written
+
+
+def shapes_samples() -> dict[str, Callable[[], Image.Image]]:
+    """Held-out pictures of the bundled ShapesNet's classes, one each (the demo's seed), by name."""
+    samples: dict[str, Callable[[], Image.Image]] = {}
+    index = 0
+    while len(samples) < len(CLASSES):
+        sample = render(DEMO_SEED, index)
+        samples.setdefault(f"shapes-{CLASSES[sample.label]}", functools.partial(lambda s: s.image, sample))
+        index += 1
+    return dict(sorted(samples.items()))

@@ -95,8 +95,11 @@ def test_model_lists_layers_with_maps_rules_photos(client, explorer):
     info = client.get("/api/model").json()
     dn = DeconvNet(load_model("shapes").model)
     trace = dn.trace(torch.zeros(1, 3, 64, 64))
-    expected = [name for name in dn.layers if dn.layer_name(name) == name and trace.activations[name].dim() == 4]
-    assert [layer["name"] for layer in info["layers"]] == expected
+    listed = [layer["name"] for layer in info["layers"]]
+    steps = [dn.layer_name(name) for name in listed]
+    assert len(set(steps)) == len(steps)  # each output once
+    assert set(steps) == {dn.layer_name(n) for n in dn.layers if trace.activations[dn.layer_name(n)].dim() == 4}
+    assert listed == [n for n in dn.layers if n in listed]  # in forward order
     layer = next(entry for entry in info["layers"] if entry["name"] == LAYER)
     assert layer["channels"] == 32 and layer["shape"] == [32, 32]
     assert layer["field"]["size"] == list(dn.receptive_field(LAYER).size)
@@ -189,6 +192,8 @@ def test_occlusion_job_equals_occlusion(client, star, star_input):
     assert np.allclose(result["activation"], expected.activation[0].numpy(), rtol=1e-5)
     assert result["channel"] == int(expected.channel[0]) and result["layer"] == LAYER
     assert set(result["labels"]) == {str(c) for c in expected.label.unique().tolist()}
+    again = client.post(f"/api/images/{star['image']}/occlusion", json={"size": 16, "stride": 8, "layer": LAYER}).json()
+    assert again["job"] == job["job"] and again["state"] == "done"  # the same request: the same run
 
 
 def test_occlusion_defaults_to_the_deepest_spatial_layer(client, star, explorer):
@@ -329,7 +334,8 @@ def _png_header(width: int, height: int) -> bytes:
 
 def _bad_requests(star: dict, explorer) -> list[tuple[str, str, dict, int, str]]:
     i = star["image"]
-    flat = next(name for name in explorer.dn.layers if name not in explorer.layers)
+    trace = explorer.cache.get(star["image"]).trace
+    flat = next(name for name in explorer.dn.layers if trace.activations[explorer.dn.layer_name(name)].dim() != 4)
     whole = encoded(render(3, 0).image)
     return [
         ("post", "/api/images", {"content": b""}, 422, "empty"),
@@ -466,3 +472,20 @@ def test_units_of_any_field_size_and_rule_equal_the_library(client, star, star_i
     unit = (h // 2, w // 3)
     expected = pixels(image.signed_to_unit(crop_to_field(projected, field, unit, 0.0)))
     assert np.abs(png(answer["projection"]).astype(int) - expected.astype(int)).max() <= 1  # float rounding
+
+
+def test_a_container_is_served_under_its_own_name(client, explorer, star):
+    """A module whose output is a step of another name (a residual block's add) is listed by the
+    module's name; another name of a listed output is served as that output."""
+    loaded = load_model("efficientnet-lite0")
+    real = Explorer(loaded, name="efficientnet-lite0", photos=[])
+    try:
+        info = real.layers["blocks.10"]
+        assert info.step != "blocks.10" and info.shape == (14, 14) and info.channels == 112
+    finally:
+        real.close()
+    aliases = [name for name in explorer.dn.layers if name not in explorer.layers
+               and explorer.cache.get(star["image"]).trace.activations[explorer.dn.layer_name(name)].dim() == 4]
+    for alias in aliases:
+        answer = client.get(f"/api/images/{star['image']}/layers/{alias}").json()
+        assert answer["layer"] in explorer.layers

@@ -281,7 +281,11 @@ class _JobProgress:
 
 @dataclass(frozen=True)
 class LayerInfo:
+    """A layer with feature maps: its name (a module's, as users know it), the step of the traced
+    forward it names (where its output is kept), and its output's shape and receptive field."""
+
     name: str
+    step: str
     channels: int
     shape: tuple[int, int]
     field: ReceptiveField | None
@@ -367,6 +371,7 @@ class Explorer:
         self._worker = _Worker()
         self._occluder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deconvnet-occlusion")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._runs: OrderedDict[tuple, Job] = OrderedDict()  # occlusion requests -> their job
         self._jobs_lock = threading.Lock()
         self._sources: dict[str, Callable[[], Image.Image]] = dict(samples or {})
         for name_ in photos if photos is not None else _installed_photos():
@@ -374,11 +379,20 @@ class Explorer:
         probe = self._probe()
         self.input_shape = tuple(probe.input.shape[1:])
         self.classes = probe.output.shape[1] if probe.output.dim() == 2 else None
-        self.layers = {
-            layer: LayerInfo(layer, a.shape[1], (a.shape[2], a.shape[3]), self.dn.receptive_field(layer))
-            for layer in self.dn.layers
-            if self.dn.layer_name(layer) == layer and (a := probe.activations[layer]).dim() == 4
-        }
+        # Each output with maps once, under a module's name where one names it (a residual block,
+        # not the add its output comes from), in forward order.
+        modules = dict(self.dn.model.named_modules())
+        names: dict[str, str] = {}  # step -> the name it is listed under
+        for layer in self.dn.layers:
+            step = self.dn.layer_name(layer)
+            if probe.activations[step].dim() == 4 and (step not in names or (names[step] not in modules
+                                                                              and layer in modules)):
+                names[step] = layer
+        self.layers: dict[str, LayerInfo] = {}
+        for step, layer in names.items():
+            a = probe.activations[step]
+            self.layers[layer] = LayerInfo(layer, step, a.shape[1], (a.shape[2], a.shape[3]),
+                                           self.dn.receptive_field(layer))
         if not self.layers:
             raise InputError(f"{name} has no layer with feature maps (Tensor[N, C, H, W] outputs) to explore")
         self.switches = any(isinstance(layer, MaxUnpool2d) for layer in self.dn.mirror.modules())
@@ -494,7 +508,7 @@ class Explorer:
         return self._wait(self._worker.submit(("layer", key, layer), None, lambda items: [self._grid(picture, info)] * len(items)))
 
     def _grid(self, picture: Picture, info: LayerInfo) -> dict:
-        maps = picture.trace.activations[info.name][0].detach().float().cpu()  # [C, h, w]
+        maps = picture.trace.activations[info.step][0].detach().float().cpu()  # [C, h, w]
         flat = maps.flatten(1)
         values, where = flat.max(dim=1)
         h, w = info.shape
@@ -514,7 +528,7 @@ class Explorer:
         picture = self.cache.get(key)
         info = self._layer_info(layer)
         _check_index("channel", channel, info.channels, f"{layer} has {info.channels} channels")
-        position = int(picture.trace.activations[layer][0, channel].flatten().argmax())
+        position = int(picture.trace.activations[info.step][0, channel].flatten().argmax())
         return self._unit(picture, info, channel, position, rule)
 
     def unit(self, key: str, layer: str, channel: int, row: int, col: int, rule: str | None = None) -> dict:
@@ -544,7 +558,7 @@ class Explorer:
         except InputError:  # not croppable here (another rule, or layers below that need the whole map)
             projected = self.dn.reconstruct_units(picture.trace, info.name, **units, rule=rule)
         projected = projected.float().cpu()
-        activation = picture.trace.activations[info.name][0]
+        activation = picture.trace.activations[info.step][0]
         height, width = picture.shown.shape[-2:]
         answers = {}
         for k, (c, p) in enumerate(unique):
@@ -572,7 +586,8 @@ class Explorer:
 
     def start_occlusion(self, key: str, size: int, stride: int, target: int | None = None,
                         layer: str | None = None) -> dict:
-        """Queue an occlusion run (one at a time per server); poll :meth:`job` for progress."""
+        """Queue an occlusion run (one at a time per server); poll :meth:`job` for progress. The
+        same request again (image, size, stride, target, layer) gets the same job, done or not."""
         picture = self.cache.get(key)
         height, width = picture.shown.shape[-2:]
         if not 1 <= size <= min(height, width):
@@ -588,11 +603,18 @@ class Explorer:
         if grid[0] * grid[1] > self.max_positions:
             raise InputError(f"size {size} and stride {stride} give {grid[0] * grid[1]} positions; this server runs "
                              f"at most {self.max_positions}: raise the stride")
-        job = Job(uuid.uuid4().hex[:16], grid[0] * grid[1])
+        request = (key, size, stride, target, info.name)
         with self._jobs_lock:
+            same = self._runs.get(request)
+            if same is not None and same.state != "failed" and same.id in self._jobs:
+                return same.status()  # asked before (a shared URL, a second client): the same run
+            job = Job(uuid.uuid4().hex[:16], grid[0] * grid[1])
             self._jobs[job.id] = job
+            self._runs[request] = job
             while len(self._jobs) > 32:
                 self._jobs.popitem(last=False)
+            while len(self._runs) > 32:
+                self._runs.popitem(last=False)
         self._occluder.submit(self._occlude, job, picture, size, stride, target, info)
         return job.status()
 
@@ -635,8 +657,10 @@ class Explorer:
     def _layer_info(self, layer: str) -> LayerInfo:
         info = self.layers.get(layer)
         if info is None:
-            self.dn.layer_name(layer)  # a name that is no layer at all: its own error, with suggestions
-            raise LayerNotFoundError(f"{layer} has no feature maps (Tensor[N, C, H, W]) to explore")
+            step = self.dn.layer_name(layer)  # a name that is no layer at all: its own error, with suggestions
+            info = next((i for i in self.layers.values() if i.step == step), None)  # another name of one output
+            if info is None:
+                raise LayerNotFoundError(f"{layer} has no feature maps (Tensor[N, C, H, W]) to explore")
         return info
 
     def _last_map(self) -> LayerInfo:

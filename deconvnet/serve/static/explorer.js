@@ -79,7 +79,7 @@ async function start() {
   const m = state.model;
   $("model").textContent = `${m.model} · input ${m.input.join("×")}` + (m.classes ? ` · ${m.classes} classes` : "");
   setRule(m.rule);
-  if (m.hint) { $("hint").textContent = m.hint; $("hint").hidden = false; }
+  if (m.hint) $("hint").textContent = m.hint;
   if (m.atlas) $("atlas-home").innerHTML = `<a href="${m.atlas.index}">atlas of ${escapeHtml(m.atlas.model)}</a>`;
   for (const layer of m.layers) {
     const option = document.createElement("option");
@@ -330,6 +330,7 @@ function drawOcclusion(r) {
   $("occ-projection").src = r.projection;
   $("occ-activation-caption").textContent = `${r.layer} channel ${r.channel}: its total activation`;
   $("occ-probability-caption").textContent = `P(${r.target_label}), ${(100 * r.unoccluded).toFixed(1)}% unoccluded`;
+  $("occ-label-caption").textContent = `most probable class (green: ${r.target_label}; hover for the others)`;
   $("occ-result").hidden = false;
 }
 
@@ -383,6 +384,7 @@ function escapeHtml(text) {
 
 function setRule(rule) {
   state.rule = rule;
+  $("hint").hidden = !(state.model && state.model.hint && rule === "deconvnet");  // the hint is about this rule
   for (const input of document.querySelectorAll("input[name=rule]")) input.checked = input.value === rule;
 }
 
