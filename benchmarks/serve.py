@@ -118,7 +118,8 @@ def run(device: torch.device, repeats: int, emit: Callable[[dict], None]) -> str
                 f"{rng.randrange(h)}/{rng.randrange(w)}")))
 
         def occlude(k: int) -> None:
-            job = ok(client.post(f"/api/images/{image}/occlusion", json={"size": 64, "stride": 32}))
+            # A new target each time: the server answers a repeated request with its earlier run.
+            job = ok(client.post(f"/api/images/{image}/occlusion", json={"size": 64, "stride": 32, "target": k + 1}))
             while job["state"] in ("queued", "running"):
                 time.sleep(0.02)
                 job = ok(client.get(f"/api/jobs/{job['job']}"))

@@ -54,8 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = commands.add_parser(name, help=help, description=help)
+    def model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default="shapes",
                        help="'shapes' (bundled), a torchvision name, or module:factory (default: shapes)")
         p.add_argument("--weights", default=None, help="torchvision weights name, e.g. DEFAULT (downloads)")
@@ -65,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what the mirror does at rectifiers (default: deconvnet)")
         p.add_argument("--rectifiers", default="all", choices=["all", "relu"],
                        help="all: the whole ReLU family takes the rule; relu: ReLU alone, as Captum")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, help=help, description=help)
+        model_options(p)
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--out", type=Path, default=Path("deconvnet-out"), help="output folder")
         return p
@@ -148,14 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("serve", help="a live explorer in the browser (the serve extra)",
                             description="Serve a page and a JSON API to explore one model: upload an image, click a "
                                         "class, a layer, a channel or a unit, run occlusion (API docs at /docs).")
-    p.add_argument("--model", default="shapes",
-                   help="'shapes' (bundled), a torchvision name, or module:factory (default: shapes)")
-    p.add_argument("--weights", default=None, help="torchvision weights name, e.g. DEFAULT (downloads)")
-    p.add_argument("--checkpoint", type=Path, default=None, help="a local state dict (.pt)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
-    p.add_argument("--rule", default="deconvnet", choices=["deconvnet", "guided", "gradient"],
-                   help="the page's starting rule (default: deconvnet)")
-    p.add_argument("--rectifiers", default="all", choices=["all", "relu"])
+    model_options(p)
     p.add_argument("--atlas", type=Path, default=None, help="a site of the same model from `deconvnet atlas`")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)

@@ -42,3 +42,19 @@ class Troubled(Dataset):
         if index in BAD:
             raise OSError(f"item {index} is damaged")
         return self.images[index], 0
+
+
+def shapes_site(tmp_path_factory, layers: list[str], images: int):  # type: ignore[no-untyped-def]
+    """A small atlas site of the bundled ShapesNet over ``images`` generated pictures (k = 3):
+    (its folder, the Atlas)."""
+    from deconvnet.analysis.atlas import build_atlas
+    from deconvnet.loading import Preprocessing, load_model
+    from deconvnet.shapes import render
+
+    data = tmp_path_factory.mktemp("atlas-data")
+    for i in range(images):
+        render(21, i).image.save(data / f"{i:02d}.png")
+    out = tmp_path_factory.mktemp("atlas")
+    atlas = build_atlas(load_model("shapes").model, data, layers, out, k=3, preprocessing=Preprocessing.shapes(),
+                        model_name="shapes", batch_size=6)
+    return out, atlas

@@ -5,37 +5,22 @@ browser or its driver is not installed (.ci/run installs both)."""
 from __future__ import annotations
 
 import io
-import shutil
 
 import pytest
 from atlas_data import LAYERS, Troubled, small_net
+from browser import chromium, needs_chromium
 from PIL import Image, ImageStat
+from selenium.webdriver.common.by import By
 
 from deconvnet.analysis.atlas import build_atlas
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
-
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    BROWSER is None or DRIVER is None,
-    reason="needs Chromium and its driver: apt-get install chromium chromium-driver (as .ci/run does)",
-)
-
+pytestmark = needs_chromium
 BROKEN_IMAGES = "return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1200,900"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = chromium(900)
     yield driver
     driver.quit()
 

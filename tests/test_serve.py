@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the explorer needs the serve extra (pip install -e '.[test]')")
+from atlas_data import shapes_site
 from fastapi.testclient import TestClient
 
 from deconvnet import DeconvNet
-from deconvnet.analysis.atlas import build_atlas
 from deconvnet.analysis.occlusion import occlusion
 from deconvnet.cli import build_parser, main
 from deconvnet.commands import explorer_for
@@ -264,13 +264,7 @@ def test_the_model_is_not_changed(explorer, client, star):
 
 @pytest.fixture(scope="module")
 def atlas_site(tmp_path_factory):
-    data = tmp_path_factory.mktemp("atlas-data")
-    for i in range(12):
-        render(21, i).image.save(data / f"{i:02d}.png")
-    out = tmp_path_factory.mktemp("atlas")
-    atlas = build_atlas(load_model("shapes").model, data, [LAYER, "features.13"], out, k=3,
-                        preprocessing=Preprocessing.shapes(), model_name="shapes", batch_size=6)
-    return out, atlas
+    return shapes_site(tmp_path_factory, [LAYER, "features.13"], images=12)
 
 
 def test_atlas_channel_links_to_the_sites_pictures(explorer, atlas_site):
@@ -489,3 +483,18 @@ def test_a_container_is_served_under_its_own_name(client, explorer, star):
     for alias in aliases:
         answer = client.get(f"/api/images/{star['image']}/layers/{alias}").json()
         assert answer["layer"] in explorer.layers
+
+
+def test_the_docs_schema_is_the_apis_in_openapi_30(client):
+    """/docs (Swagger UI 4, offline) reads a 3.0 copy of /openapi.json: the same operations and
+    parameters, optional values as ``nullable`` rather than 3.1's ``{"type": "null"}``."""
+    full, old = client.get("/openapi.json").json(), client.get("/docs/openapi-3.0.json").json()
+    assert full["openapi"].startswith("3.1") and old["openapi"] == "3.0.3"
+    assert old["paths"].keys() == full["paths"].keys() and len(old["paths"]) == 11
+    assert '"null"' not in json.dumps(old)
+    rule = next(p for p in old["paths"]["/api/images/{image}/classes/{target}"]["get"]["parameters"] if p["name"] == "rule")
+    assert rule["schema"]["enum"] == ["deconvnet", "guided", "gradient"] and rule["schema"]["nullable"] is True
+    upload = old["paths"]["/api/images"]["post"]["requestBody"]["content"]
+    assert upload["application/octet-stream"]["schema"]["format"] == "binary"
+    page = client.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in page and "cdn" not in page

@@ -4,31 +4,24 @@ why, only where the browser or its driver is not installed (.ci/run installs bot
 
 from __future__ import annotations
 
-import shutil
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the explorer needs the serve extra (pip install -e '.[test]')")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-from selenium.webdriver.chrome.service import Service
+from atlas_data import shapes_site
+from browser import chromium, needs_chromium
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from deconvnet.analysis.atlas import build_atlas
-from deconvnet.loading import Preprocessing, load_model
+from deconvnet.loading import load_model
 from deconvnet.serve import Explorer
 from deconvnet.serve.app import BackgroundServer, create_app
 from deconvnet.shapes import render
 
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    BROWSER is None or DRIVER is None,
-    reason="needs Chromium and its driver: apt-get install chromium chromium-driver (as .ci/run does)",
-)
+pytestmark = needs_chromium
 LAYER = "features.8"
 
 # How much a loaded <img> or <canvas> varies: 0 for a blank (uniform) picture, -1 while not loaded.
@@ -48,26 +41,15 @@ return high - low;
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("atlas-data")
-    for i in range(8):
-        render(21, i).image.save(data / f"{i:02d}.png")
-    site = tmp_path_factory.mktemp("atlas")
-    loaded = load_model("shapes")
-    build_atlas(loaded.model, data, [LAYER], site, k=3, preprocessing=Preprocessing.shapes(), model_name="shapes")
-    explorer = Explorer(loaded, name="shapes", atlas=site, photos=[])
+    site, _ = shapes_site(tmp_path_factory, [LAYER], images=8)
+    explorer = Explorer(load_model("shapes"), name="shapes", atlas=site, photos=[])
     with BackgroundServer(create_app(explorer)) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1300,1300"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = chromium(1300)
     yield driver
     driver.quit()
 
@@ -190,3 +172,17 @@ def test_upload_click_switch_pick_occlude_and_share(browser, server, tmp_path):
     assert browser.find_element(By.CSS_SELECTOR, 'input[name=rule][value="guided"]').is_selected()
     assert Select(browser.find_element(By.ID, "sort")).first_selected_option.get_attribute("value") == "strength"
     no_console_errors(browser)
+
+
+def test_the_api_docs_open_offline(browser, server):
+    """/docs is Swagger UI from the swagger-ui-bundle wheel: nothing fetched from elsewhere (these
+    machines have no internet), every API call listed."""
+    browser.get(server.url + "/docs")
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) > 0, "Swagger UI's operations")
+    summaries = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")]
+    assert "/api/images/{image}/layers/{layer}/channels/{channel}" in " ".join(summaries).replace("\u200b", "")
+    assert len(summaries) == 11
+    sources = browser.execute_script("return Array.from(document.querySelectorAll('script[src], link[href]'))"
+                                     ".map(e => e.src || e.href)")
+    assert sources and all(source.startswith(server.url) for source in sources)
+    assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []

@@ -11,12 +11,14 @@ from __future__ import annotations
 import threading
 import time
 from importlib import resources
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Path as PathParam, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
@@ -53,12 +55,58 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": _one_line(message)}, status_code=status)
 
 
+def _swagger_assets() -> Path | None:
+    """Swagger UI's files from the swagger-ui-bundle wheel (the serve extra), if installed."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    folder = Path(swagger_ui_path)
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
+
+
+def _openapi_30(schema: dict) -> dict:
+    """FastAPI's OpenAPI 3.1 document in the 3.0 dialect the bundled Swagger UI (4.x) reads: the
+    one 3.1 construct this API uses, ``anyOf: [X, {"type": "null"}]``, becomes X with
+    ``nullable: true``. /openapi.json stays 3.1."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        value = {k: convert(v) for k, v in value.items()}
+        options = value.get("anyOf")
+        if isinstance(options, list) and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            value.pop("anyOf")
+            value.update(rest[0] if len(rest) == 1 else {"anyOf": rest})
+            value["nullable"] = True
+        return value
+
+    return {**convert(schema), "openapi": "3.0.3"}
+
+
 def create_app(explorer: Explorer) -> FastAPI:
     """The FastAPI application serving ``explorer`` (run it with uvicorn)."""
+    assets = _swagger_assets()
     app = FastAPI(title=f"deconvnet explorer: {explorer.name}",
                   description="What a convolutional network sees, unit by unit: every action of the page at / is "
                               "one call of this API. Pictures come as data:image/png URLs.",
-                  version="1")
+                  version="1", docs_url=None if assets else "/docs", redoc_url=None)
+    if assets:  # /docs from the swagger-ui-bundle wheel: works offline (FastAPI's own loads it from a CDN)
+        app.mount("/docs-assets", StaticFiles(directory=str(assets)), name="docs-assets")
+
+        @app.get("/docs/openapi-3.0.json", include_in_schema=False)
+        def openapi_30() -> dict:
+            return _openapi_30(app.openapi())
+
+        @app.get("/docs", include_in_schema=False)
+        def docs() -> HTMLResponse:
+            return get_swagger_ui_html(openapi_url="/docs/openapi-3.0.json", title=f"{app.title}: API",
+                                       swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                       swagger_css_url="/docs-assets/swagger-ui.css",
+                                       swagger_favicon_url="/docs-assets/favicon-32x32.png")
     app.state.explorer = explorer
     app.router.add_event_handler("shutdown", explorer.close)
 
@@ -102,7 +150,9 @@ def create_app(explorer: Explorer) -> FastAPI:
     def model() -> dict:
         return explorer.info()
 
-    @app.post("/api/images", summary="Upload an image (the file's bytes as the body); returns its id and top-5")
+    @app.post("/api/images", summary="Upload an image (the file's bytes as the body); returns its id and top-5",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def upload(request: Request,
                      name: Annotated[str, Query(max_length=200, description="shown in the page")] = "upload") -> dict:
         limit = explorer.max_upload_bytes
