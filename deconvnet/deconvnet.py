@@ -101,6 +101,7 @@ class DeconvNet:
         self.memory_budget = memory_budget
         self._network: Network = build(model, DEFAULT_RULES.over(layer_rules), strict=strict)
         self._receptive_fields = receptive_fields(self._network)
+        self._sized_fields: dict[tuple[int, ...], dict[str, ReceptiveField | None]] = {}
 
     def __repr__(self) -> str:
         return f"DeconvNet({type(self.model).__name__}, {len(self.mirror)} mirror layers)"
@@ -391,9 +392,21 @@ class DeconvNet:
         """The name in :attr:`layers` of ``layer`` (a name or a module of the model)."""
         return self._network.resolve(layer).name
 
-    def receptive_field(self, layer: str | nn.Module) -> ReceptiveField | None:
-        """The input region each unit of ``layer`` sees; ``None`` when it sees everything."""
-        return self._receptive_fields[self.layer_name(layer)]
+    def receptive_field(self, layer: str | nn.Module, trace: Trace | None = None) -> ReceptiveField | None:
+        """The input region each unit of ``layer`` sees; ``None`` when it sees everything.
+
+        trace: for models whose padding depends on the input's size (TensorFlow's "same", as in
+        EfficientNet-Lite and timm's ``*_tf_*`` models), the field for the size of this trace's
+        input; without it their layers have none.
+        """
+        name = self.layer_name(layer)
+        field = self._receptive_fields[name]
+        if field is None and trace is not None:
+            shape = tuple(self._traced(trace).input.shape[1:])
+            if shape not in self._sized_fields:
+                self._sized_fields[shape] = receptive_fields(self._network, trace.records)
+            field = self._sized_fields[shape][name]
+        return field
 
     def _crop_chain(
         self, step: Step, activation: Tensor, mode: str, crop: bool | None, trace: Trace, context: Context

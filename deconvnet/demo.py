@@ -415,6 +415,9 @@ def _index(real: list[tuple[Path, str]], pictures: list[tuple[Path, str]], resul
     return "\n".join(lines)
 
 
+_EXPLORER_LAYER = "blocks.6"  # 14x14 maps whose 115 px fields sit well inside the photo
+
+
 def _chromium() -> str | None:
     return next((found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))),
                 None)
@@ -437,9 +440,9 @@ def _explorer_pictures(s: Session, atlas: Path, real: bool) -> list[tuple[Path, 
     shots = []
     if real:
         explorer = Explorer(load_model(_REAL_MODEL), name=_REAL_MODEL, rule="guided", photos=["chelsea"])
-        shots.append((explorer, "chelsea", _REAL_LAYER, "explorer-real.png",
+        shots.append((explorer, "chelsea", _EXPLORER_LAYER, "explorer-real.png",
                       f"The live explorer (`deconvnet serve --model {_REAL_MODEL} --rule guided`) on a photo: its "
-                      f"top-5 classes, the strongest channel of {_REAL_LAYER} (sorted by strength) projected on its "
+                      f"top-5 classes, the strongest channel of {_EXPLORER_LAYER} (sorted by strength) projected on its "
                       "receptive field next to the patch it saw, and occlusion's maps (hovering one in the page reads out "
                       "the probability and label with the occluder there)."))
     explorer = Explorer(s.loaded, name="shapes", atlas=atlas, photos=[], samples=shapes_samples())

@@ -197,6 +197,7 @@ class MirrorLayer(nn.Module):
     needs: what the trace must keep for it, out of ``"switches"``, ``"input"``, ``"output"``,
         ``"values"``;
     window(): its sliding window (:class:`~deconvnet.functional.Window`), or None;
+        window_at(input_shape): the same for one input size (TensorFlow's "same" padding);
     croppable(context): whether it can run on receptive-field windows (:meth:`forward_window`).
     """
 
@@ -212,6 +213,11 @@ class MirrorLayer(nn.Module):
     def window(self) -> Window | None:
         """The forward layer's sliding window, or None when it has none."""
         return None
+
+    def window_at(self, input_shape: tuple[int, ...]) -> Window | None:
+        """The window for an input of ``input_shape`` (N, C, H, W): :meth:`window`, except for
+        layers whose padding depends on the input's size."""
+        return self.window()
 
     def croppable(self, context: Context) -> bool:
         """Whether :meth:`forward_window` is exact for this layer under ``context``."""
@@ -348,6 +354,11 @@ class SameConvTranspose2d(ConvTranspose2d):
 
     def window(self) -> None:
         return None  # the padding depends on the input size
+
+    def window_at(self, input_shape: tuple[int, ...]) -> Window:
+        base = Window(pair(self.weight.shape[2:]), pair(self.stride), (0, 0), pair(self.dilation))
+        (top, _), (left, _) = functional.same_padding(input_shape[2:], base)
+        return Window(base.kernel, base.stride, (top, left), base.dilation)  # the field's offset: the leading pads
 
     def croppable(self, context: Context) -> bool:
         return False

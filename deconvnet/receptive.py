@@ -8,9 +8,11 @@ no spatial field (``None``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .builder import Network
+from .mirror import Record
 
 __all__ = ["ReceptiveField", "receptive_fields"]
 
@@ -35,8 +37,11 @@ class ReceptiveField:
         return top, left, bottom, right
 
 
-def receptive_fields(network: Network) -> dict[str, ReceptiveField | None]:
+def receptive_fields(network: Network, records: Mapping[str, Record] | None = None) -> dict[str, ReceptiveField | None]:
     """Every layer name of ``network`` -> its receptive field (``None`` once it is global).
+
+    records: a trace's (:attr:`Trace.records`): then layers whose padding depends on the input's
+    size (TensorFlow's "same") have a window for that size, and the fields are that input's.
 
     Each mirror layer declares what it does to the field: a sliding ``window()`` grows it, a
     ``pointwise`` layer keeps it, anything else (adaptive pooling, flatten, linear, a general
@@ -48,7 +53,8 @@ def receptive_fields(network: Network) -> dict[str, ReceptiveField | None]:
     for node, step in network.steps.items():
         below = [fields.get(i, unit) for i in step.inputs]  # the model input: a single pixel
         field = _union(below)
-        window = step.mirror.window()
+        record = records.get(step.name) if records is not None else None
+        window = step.mirror.window_at(record.input_shape) if record is not None else step.mirror.window()
         if field is not None and window is not None:
             field = ReceptiveField(
                 size=_zip(lambda f, w, j: f + (w - 1) * j, field.size, window.span(), field.stride),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from PIL import Image, ImageStat
 
 from deconvnet.cli import main
 from deconvnet.shapes import render
@@ -47,6 +49,13 @@ def test_demo_writes_every_figure_and_an_index(tmp_path):
         < index.index("## The bundled ShapesNet")
     assert "pointing game on 20 held-out images, tolerance 0 px" in result.stdout
     assert "[The unit atlas](atlas/index.html)" in index and "| triangle apex |" in index and "| right eye |" in index
+    if shutil.which("chromium") or shutil.which("chromium-browser"):  # the explorer's screenshots, from the real server
+        for name in ("explorer-real.png", "explorer-shapes.png"):
+            picture = Image.open(tmp_path / name).convert("L")
+            assert picture.size == (1300, 1160) and ImageStat.Stat(picture).stddev[0] > 20, name
+            assert f"![{name[:-4]}]({name})" in index
+    else:
+        assert "no explorer screenshots: no Chromium" in result.stdout
 
 
 def test_figure_commands_in_process(folder, tmp_path, capsys):

@@ -187,3 +187,30 @@ def test_reconstruct_units_errors():
         dn.reconstruct_units(x, "1", [0], [0], [0], values=torch.ones(2))
     with pytest.raises(deconvnet.InputError, match="images must be a non-empty 1-D integer"):
         dn.reconstruct_units(x, "1", [], [], [])
+
+
+@pytest.mark.parametrize("size", [17, 18, 21, 32])
+def test_same_padding_fields_for_the_traced_size_are_exact(size):
+    """TensorFlow-style "same" convs (EfficientNet-Lite's) pad by the input's size: no field
+    without a trace; with one, the field of every unit is exactly where its projection lands (all
+    weights positive and no rectifier, so nothing inside the field cancels)."""
+    from deconvnet.models import SameConv2d
+
+    torch.manual_seed(0)
+    net = nn.Sequential(SameConv2d(2, 3, 3, stride=2, bias=False), SameConv2d(3, 3, 4, stride=2, bias=False),
+                        SameConv2d(3, 2, 3, stride=1, bias=False)).double().eval()
+    for conv in net:
+        conv.weight.data.uniform_(0.5, 1.0)
+    dn = DeconvNet(net)
+    x = torch.rand(1, 2, size, size, dtype=torch.float64)
+    trace = dn.trace(x)
+    for layer in ("0", "1", "2"):
+        assert dn.receptive_field(layer) is None
+        field = dn.receptive_field(layer, trace)
+        activation = dn.activation(trace, layer)
+        for i, j in [(0, 0), (activation.shape[2] // 2, 1), (activation.shape[2] - 1, activation.shape[3] - 1)]:
+            signal = torch.zeros(1, 1, *activation.shape[1:], dtype=x.dtype)
+            signal[0, 0, 0, i, j] = 1.0
+            landed = dn.reconstruct_from(trace, layer, signal)[0, 0].abs().sum(0).nonzero()
+            box = (int(landed[:, 0].min()), int(landed[:, 1].min()), int(landed[:, 0].max()) + 1, int(landed[:, 1].max()) + 1)
+            assert box == field.box(i, j, size, size), (layer, i, j)

@@ -392,7 +392,7 @@ class Explorer:
         for step, layer in names.items():
             a = probe.activations[step]
             self.layers[layer] = LayerInfo(layer, step, a.shape[1], (a.shape[2], a.shape[3]),
-                                           self.dn.receptive_field(layer))
+                                           self.dn.receptive_field(layer, probe))
         if not self.layers:
             raise InputError(f"{name} has no layer with feature maps (Tensor[N, C, H, W] outputs) to explore")
         self.switches = any(isinstance(layer, MaxUnpool2d) for layer in self.dn.mirror.modules())
