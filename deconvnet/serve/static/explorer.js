@@ -323,12 +323,13 @@ async function runOcclusion() {
 
 function drawOcclusion(r) {
   state.occlusionResult = r;
-  const peak = Math.max(...r.activation.flat(), 1e-30);
-  grid("occ-activation", r.activation, (v) => colour(v / peak));
+  // The map's sum can be negative (a residual sum, a conv before its rectifier): its range, dark to bright.
+  const low = Math.min(...r.activation.flat()), span = Math.max(...r.activation.flat()) - low || 1;
+  grid("occ-activation", r.activation, (v) => colour((v - low) / span));
   grid("occ-probability", r.probability, (v) => colour(v));
   grid("occ-label", r.label, (v) => (v === r.target ? [60, 200, 90] : hashColour(v)));
   $("occ-projection").src = r.projection;
-  $("occ-activation-caption").textContent = `${r.layer} channel ${r.channel}: its total activation`;
+  $("occ-activation-caption").textContent = `${r.layer} channel ${r.channel}: its total activation (dark: lowest)`;
   $("occ-probability-caption").textContent = `P(${r.target_label}), ${(100 * r.unoccluded).toFixed(1)}% unoccluded`;
   $("occ-label-caption").textContent = `most probable class (green: ${r.target_label}; hover for the others)`;
   $("occ-result").hidden = false;
