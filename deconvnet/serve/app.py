@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -87,13 +89,26 @@ def _openapi_30(schema: dict) -> dict:
     return {**convert(schema), "openapi": "3.0.3"}
 
 
+def _closing(explorer: Explorer):  # type: ignore[no-untyped-def]
+    """The app's lifespan: the explorer's threads stop when the server does."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            explorer.close()
+
+    return lifespan
+
+
 def create_app(explorer: Explorer) -> FastAPI:
     """The FastAPI application serving ``explorer`` (run it with uvicorn)."""
     assets = _swagger_assets()
     app = FastAPI(title=f"deconvnet explorer: {explorer.name}",
                   description="What a convolutional network sees, unit by unit: every action of the page at / is "
                               "one call of this API. Pictures come as data:image/png URLs.",
-                  version="1", docs_url=None if assets else "/docs", redoc_url=None)
+                  version="1", docs_url=None if assets else "/docs", redoc_url=None, lifespan=_closing(explorer))
     if assets:  # /docs from the swagger-ui-bundle wheel: works offline (FastAPI's own loads it from a CDN)
         app.mount("/docs-assets", StaticFiles(directory=str(assets)), name="docs-assets")
 
@@ -108,7 +123,6 @@ def create_app(explorer: Explorer) -> FastAPI:
                                        swagger_css_url="/docs-assets/swagger-ui.css",
                                        swagger_favicon_url="/docs-assets/favicon-32x32.png")
     app.state.explorer = explorer
-    app.router.add_event_handler("shutdown", explorer.close)
 
     @app.exception_handler(ExplorerError)
     async def explorer_error(request: Request, error: ExplorerError) -> JSONResponse:
