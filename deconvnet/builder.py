@@ -254,13 +254,14 @@ def _trace(
     if not isinstance(model, nn.Module):
         raise TracingError(f"DeconvNet takes an nn.Module, got {type(model).__name__}")
     opaque: dict[str, str] = {}
+    root = _PixelLogits(model) if _transformers_image_model(model) else model
     while True:
         tracer = _Tracer(ruleset, opaque)
         changed: list[str] = []
         constants: dict[str, Any] = {}
         try:
-            with _left_as_found(model, changed, constants):
-                graph = tracer.trace(model, concrete_args=_optional_arguments(model))
+            with _left_as_found(root, changed, constants):
+                graph = tracer.trace(root, concrete_args=_optional_arguments(root))
         except Exception as error:  # torch.fx raises many types; all mean the same to the user
             failed = tracer.failed_in
             if failed and failed not in opaque:
@@ -283,12 +284,60 @@ def _trace(
             for path in inner:  # reversed whole, by their exact VJP: the batch is back at the end
                 opaque.setdefault(path, "it moves the batch dimension inside, so it is reversed whole")
             continue
+        if root is not model:
+            return _unwrapped(graph, tracer.module_calls, opaque, constants)
         return graph, tracer.module_calls, opaque, constants
+
+
+class _PixelLogits(nn.Module):
+    """A Hugging Face ``transformers`` image model called as deconvnet calls a model: pixel
+    values in, the classifier's logits out (its forward also takes labels and output switches,
+    and returns a ``ModelOutput``). Only traced through: the graph is then rewritten to name the
+    user's model's own modules."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        output = self.model(pixel_values=pixel_values, return_dict=True)
+        logits = getattr(output, "logits", None)
+        if logits is None:
+            raise TracingError(
+                f"{type(self.model).__name__} returns no logits ({type(output).__name__}); deconvnet mirrors "
+                "transformers image classifiers (AutoModelForImageClassification), from pixel_values to logits"
+            )
+        return logits
+
+
+def _transformers_image_model(model: nn.Module) -> bool:
+    """A Hugging Face ``transformers`` model whose input is ``pixel_values``."""
+    return getattr(model, "main_input_name", None) == "pixel_values" and any(
+        cls.__module__.split(".")[0] == "transformers" for cls in type(model).__mro__
+    )
+
+
+def _unwrapped(
+    graph: fx.Graph, module_calls: list[tuple[str, fx.Node]], opaque: dict[str, str], constants: dict[str, Any]
+) -> tuple[fx.Graph, list[tuple[str, fx.Node]], dict[str, str], dict[str, Any]]:
+    """The graph traced through :class:`_PixelLogits`, naming the model's modules and parameters
+    as the model itself does (``resnet.encoder``, not ``model.resnet.encoder``)."""
+
+    def inner(path: str) -> str:
+        return path[len("model."):] if path.startswith("model.") else path
+
+    for node in graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            node.target = inner(str(node.target))
+    calls = [(inner(path), node) for path, node in module_calls if path != "model"]
+    return graph, calls, {inner(path): why for path, why in opaque.items()}, constants
 
 
 def _optional_arguments(model: nn.Module) -> dict[str, Any] | None:
     """forward's parameters after the image that have defaults, fixed at them (timm's
     ``forward(x, attn_mask=None)``): the mirror explains the model as called with one image."""
+    if _transformers_image_model(model):
+        return None  # traced through _PixelLogits, whose forward takes the pixels alone
     try:
         parameters = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):  # pragma: no cover - builtins

