@@ -329,6 +329,11 @@ def _unwrapped(
     for node in graph.nodes:
         if node.op in ("call_module", "get_attr"):
             node.target = inner(str(node.target))
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            node.meta["nn_module_stack"] = type(stack)(
+                (inner(path), (inner(str(where)), owner)) for path, (where, owner) in stack.items() if path != "model"
+            )
     calls = [(inner(path), node) for path, node in module_calls if path != "model"]
     return graph, calls, {inner(path): why for path, why in opaque.items()}, constants
 
@@ -1055,11 +1060,21 @@ def _read(reader: _Reader, node: fx.Node, name: str, producers: set[fx.Node]) ->
         return built
 
 
+def call_site(node: fx.Node) -> str:
+    """Where a call sits: `` in 1.1 (Block)``, the innermost module whose forward makes it."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, (_, owner) = list(stack.items())[-1]
+    return f" in {path} ({getattr(owner, '__name__', owner)})"
+
+
 def _strict_error(
     node: fx.Node, name: str, model: nn.Module, ruleset: rules.RuleSet, reason: str
 ) -> UnsupportedLayerError:
     if reason:
-        what = type(model.get_submodule(str(node.target))).__name__ if node.op == "call_module" else _describe(node)
+        what = (type(model.get_submodule(str(node.target))).__name__ if node.op == "call_module"
+                else f"{_describe(node)}{call_site(node)}")
         return UnsupportedLayerError(
             f"{name} ({what}): {reason}; drop strict=True to reverse it by its exact vector-Jacobian product"
         )
@@ -1072,7 +1087,7 @@ def _strict_error(
             "its exact vector-Jacobian product"
         )
     return UnsupportedLayerError(
-        f"{name} (the call {_describe(node)}) has no deconvnet rule in this form; supported calls: "
+        f"{name} (the call {_describe(node)}{call_site(node)}) has no deconvnet rule in this form; supported calls: "
         f"{', '.join(rules.supported_calls())}; for anything else use a module with a registered "
         "rule, or drop strict=True to reverse it by its exact vector-Jacobian product"
     )

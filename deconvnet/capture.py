@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx
 
-from .builder import Network, Step
+from .builder import Network, Step, call_site
 from .errors import UnsupportedLayerError
 from .mirror import Record
 
@@ -183,7 +183,8 @@ def _check_batch(step: Step, value: Tensor, out: Any) -> None:
     """Refuse a layer whose output (``out``) does not keep its input's batch dimension."""
     if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != value.shape[0]:
         raise UnsupportedLayerError(
-            f"{step.name} does not keep the batch dimension (input {tuple(value.shape)}, "
+            f"{step.name}{'' if step.node.op == 'call_module' else call_site(step.node)} does not keep the batch "
+            f"dimension (input {tuple(value.shape)}, "
             f"output {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}); "
             "deconvnet needs every layer to map Tensor[N, ...] to Tensor[N, ...]"
         )

@@ -184,6 +184,9 @@ def test_strict_refuses_a_call_without_rule():
     with pytest.raises(UnsupportedLayerError, match=r"cumsum \(the call cumsum\) has no deconvnet rule in this form; supported calls: .*F.relu"):
         DeconvNet(Cumulative(), strict=True)
     assert repr(DeconvNet(Cumulative()).mirror).count("VJP(cumsum)") == 1
+    nested = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Sequential(nn.ReLU(), Cumulative()))
+    with pytest.raises(UnsupportedLayerError, match=r"cumsum \(the call cumsum in 1\.1 \(Cumulative\)\) has no deconvnet rule"):
+        DeconvNet(nested, strict=True)
 
 
 def test_strict_names_why_a_configuration_is_not_reversed_by_hand():
@@ -200,6 +203,8 @@ def test_strict_names_why_a_configuration_is_not_reversed_by_hand():
 
     with pytest.raises(UnsupportedLayerError, match=r"max_pool2d \(max_pool2d\): takes arguments computed in the forward"):
         DeconvNet(Computed(), strict=True)
+    with pytest.raises(UnsupportedLayerError, match=r"max_pool2d \(max_pool2d in 1 \(Computed\)\): takes arguments"):
+        DeconvNet(nn.Sequential(nn.Identity(), Computed()), strict=True)
 
     class BatchCat(nn.Module):
         def forward(self, x):
@@ -210,6 +215,8 @@ def test_strict_names_why_a_configuration_is_not_reversed_by_hand():
     # Without strict the general layer takes it, and tracing says why it cannot be reversed.
     with pytest.raises(UnsupportedLayerError, match="cat does not keep the batch dimension"):
         DeconvNet(BatchCat()).trace(torch.randn(2, 3, 4, 4))
+    with pytest.raises(UnsupportedLayerError, match=r"cat in 1 \(BatchCat\) does not keep the batch dimension"):
+        DeconvNet(nn.Sequential(nn.Identity(), BatchCat())).trace(torch.randn(2, 3, 4, 4))
 
 
 def test_strict_is_checked():
