@@ -1,0 +1,142 @@
+"""deconvnet.captum against Captum itself: the same constructors and calls, equal results, on
+the mirror's path (one image batch) and on the general path (several inputs, extra forward
+arguments, targets into outputs of any shape, a layer's input)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+captum_attr = pytest.importorskip("captum.attr", reason="captum is in the test extra")
+
+from deconvnet import captum as ours  # noqa: E402
+from deconvnet.errors import InputError  # noqa: E402
+
+METHODS = ["Deconvolution", "GuidedBackprop"]
+NEURON_METHODS = ["NeuronDeconvolution", "NeuronGuidedBackprop"]
+
+
+@pytest.fixture(autouse=True)
+def quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Captum warns about its hooks on every call
+        yield
+
+
+def cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5)).double().eval()
+
+
+class TwoInputs(nn.Module):
+    """Two images and a scale passed as an extra forward argument; output [N, 2, 3]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        joint = self.relu(self.a(x) + self.b(y)) * scale
+        return self.head(joint.mean((2, 3))).view(-1, 2, 3)
+
+
+def assert_same(mine, theirs):
+    if isinstance(theirs, tuple):
+        assert isinstance(mine, tuple) and len(mine) == len(theirs)
+        for m, t in zip(mine, theirs, strict=True):
+            assert_same(m, t)
+        return
+    assert isinstance(mine, torch.Tensor) and mine.shape == theirs.shape and mine.dtype == theirs.dtype
+    torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("target", [2, [0, 4, 1], torch.tensor([1, 1, 3]), torch.tensor(2), (3,)])
+def test_classes_equal_captums(method, target):
+    net, x = cnn(), torch.randn(3, 3, 10, 10, dtype=torch.float64)
+    assert_same(getattr(ours, method)(net).attribute(x, target=target),
+                getattr(captum_attr, method)(net).attribute(x, target=target))
+    assert_same(getattr(ours, method)(net).attribute((x,), target=target),  # a 1-tuple gives a 1-tuple
+                getattr(captum_attr, method)(net).attribute((x,), target=target))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("target", [(1, 2), [(0, 1), (1, 2), (1, 0)]])
+def test_several_inputs_extra_arguments_and_shaped_outputs_equal_captums(method, target):
+    torch.manual_seed(1)
+    net = TwoInputs().double().eval()
+    x, y = torch.randn(3, 3, 6, 6, dtype=torch.float64), torch.randn(3, 1, 6, 6, dtype=torch.float64)
+    assert_same(getattr(ours, method)(net).attribute((x, y), target=target, additional_forward_args=(2.0,)),
+                getattr(captum_attr, method)(net).attribute((x, y), target=target, additional_forward_args=(2.0,)))
+
+
+@pytest.mark.parametrize("method", NEURON_METHODS)
+@pytest.mark.parametrize("selector", [(1, 2, 2), (2, slice(0, 3), 1), "callable"])
+def test_neurons_equal_captums(method, selector):
+    net, x = cnn(), torch.randn(3, 3, 10, 10, dtype=torch.float64)
+    if selector == "callable":
+        selector = lambda value: value[:, 0].sum((1, 2))  # noqa: E731
+    for layer in (net[3], net[4]):
+        assert_same(getattr(ours, method)(net, layer).attribute(x, neuron_selector=selector),
+                    getattr(captum_attr, method)(net, layer).attribute(x, neuron_selector=selector))
+    assert_same(getattr(ours, method)(net, net[3]).attribute(x, (1, 2, 2), attribute_to_neuron_input=True),
+                getattr(captum_attr, method)(net, net[3]).attribute(x, (1, 2, 2), attribute_to_neuron_input=True))
+
+
+@pytest.mark.parametrize("method", NEURON_METHODS)
+def test_neurons_of_a_several_input_model_equal_captums(method):
+    torch.manual_seed(1)
+    net = TwoInputs().double().eval()
+    x, y = torch.randn(2, 3, 6, 6, dtype=torch.float64), torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    assert_same(getattr(ours, method)(net, net.relu).attribute((x, y), (1, 3, 2), additional_forward_args=0.5),
+                getattr(captum_attr, method)(net, net.relu).attribute((x, y), (1, 3, 2), additional_forward_args=0.5))
+
+
+def test_the_mirror_serves_one_image_batch_and_equals_the_general_path():
+    net, x = cnn(), torch.randn(3, 3, 10, 10, dtype=torch.float64)
+    attribution = ours.Deconvolution(net)
+    fast = attribution.attribute(x, target=[0, 4, 1])
+    assert attribution._mirror is not None  # built once, used for the call
+    general = attribution._gradients((x,), (), lambda out: out[torch.arange(3), torch.tensor([0, 4, 1])])[0]
+    torch.testing.assert_close(fast, general, rtol=1e-10, atol=1e-12)
+    assert all(not m._forward_hooks and not m._backward_hooks for m in net.modules())
+
+
+def test_functional_relu_takes_the_rule_here_and_not_in_captum():
+    """The documented difference: Captum's hooks see ReLU modules only."""
+
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(F.relu(self.conv(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    net, x = Functional().double().eval(), torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    mine = ours.Deconvolution(net).attribute(x, target=1)
+    plain = captum_attr.Saliency(net).attribute(x, target=1, abs=False)  # what Captum's Deconvolution gives here
+    torch.testing.assert_close(captum_attr.Deconvolution(net).attribute(x, target=1), plain)
+    assert not torch.allclose(mine, plain)
+
+
+def test_bad_calls_say_what_is_wrong():
+    net, x = cnn(), torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    with pytest.raises(InputError, match="inputs must be a Tensor or a tuple"):
+        ours.Deconvolution(net).attribute([1, 2], target=0)
+    with pytest.raises(InputError, match="one entry per input"):
+        ours.Deconvolution(net).attribute(x, target=[0, 1, 2])
+    with pytest.raises(InputError, match="neuron_selector entries"):
+        ours.NeuronDeconvolution(net, net[3]).attribute(x, ("a",))
+    with pytest.raises(InputError, match="did not run"):
+        ours.NeuronDeconvolution(net, nn.ReLU()).attribute(x, 0)
