@@ -15,6 +15,7 @@
     python -m benchmarks memory              # all 1000 VGG16 classes: peak memory and time
     python -m benchmarks chunks              # per-target time against the chunk size (the planner's cap)
     python -m benchmarks gpu                 # every GPU row of the README (see benchmarks/gpu.py)
+    python -m benchmarks dropin              # deconvnet.captum vs Captum on the same calls
     python -m benchmarks serve               # the explorer: latency per endpoint, 16 clients (benchmarks/serve.py)
 
 Methods are timed interleaved (A, B, C, A, B, C, ...) after a warm-up round; rows give the
@@ -326,6 +327,50 @@ def bench_everyday(model_name: str, size: int, repeats: int, device: torch.devic
     return _row("everyday", label, size, 1, device, torch.float32, seconds,
                 **{"captum / warm": seconds["captum"] / seconds["deconvnet warm"],
                    "captum / cold": seconds["captum"] / seconds["deconvnet cold"],
+                   "relative error": error})
+
+
+def bench_dropin(model_name: str, size: int, repeats: int, device: torch.device) -> dict:
+    """The same Captum call through ``deconvnet.captum`` and through Captum: ``Deconvolution``
+    for one class of one fresh image, the object made once (reused) and made inside every call
+    (as ``Deconvolution(model).attribute(x, target=t)`` is usually written), and
+    ``NeuronDeconvolution`` for one unit of a middle layer."""
+    import captum.attr as theirs
+
+    from deconvnet import captum as ours
+
+    model, label = _captum_comparable(model_name, device)
+    layer = dict(model.named_modules())["features.16" if model_name.startswith("vgg") else "layer2"]
+    images = [torch.randn(1, 3, size, size, device=device) for _ in range(repeats + 1)]
+    reused = ours.Deconvolution(model)
+    neurons = ours.NeuronDeconvolution(model, layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        error = max(
+            relative_error(reused.attribute(images[0], target=3), theirs.Deconvolution(model).attribute(images[0], target=3)),
+            relative_error(neurons.attribute(images[0], (5, 10, 10)),
+                           theirs.NeuronDeconvolution(model, layer).attribute(images[0], (5, 10, 10))),
+        )
+    checked(device, error, f"drop-in {model_name}")
+    calls: dict[str, int] = {}
+
+    def image(kind: str) -> torch.Tensor:  # a fresh image per call, the same sequence per method
+        calls[kind] = calls.get(kind, 0) + 1
+        return images[calls[kind] % len(images)]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seconds = timed({
+            "ours reused": lambda: reused.attribute(image("reused"), target=3),
+            "ours per call": lambda: ours.Deconvolution(model).attribute(image("per call"), target=3),
+            "captum": lambda: theirs.Deconvolution(model).attribute(image("captum"), target=3),
+            "ours neuron": lambda: neurons.attribute(image("neuron"), (5, 10, 10)),
+            "captum neuron": lambda: theirs.NeuronDeconvolution(model, layer).attribute(image("captum neuron"), (5, 10, 10)),
+        }, repeats, device)
+    return _row("dropin", label, size, 1, device, torch.float32, seconds,
+                **{"captum / ours reused": seconds["captum"] / seconds["ours reused"],
+                   "captum / ours per call": seconds["captum"] / seconds["ours per call"],
+                   "captum / ours, neuron": seconds["captum neuron"] / seconds["ours neuron"],
                    "relative error": error})
 
 
@@ -656,7 +701,7 @@ def save(rows: list[dict], stem: str, header: str = "") -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["occlusion", "occlusion-sizes", "everyday", "trace", "classes", "modern", "precision", "channels", "units",
-                                          "mining", "atlas", "memory", "chunks", "gpu", "serve", "all"])
+                                          "mining", "atlas", "memory", "chunks", "gpu", "serve", "dropin", "all"])
     parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
     parser.add_argument("--size", type=int, default=224)
@@ -683,6 +728,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.which in ("everyday", "all"):
         for model_name in ("vgg16", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"):
             emit(bench_everyday(model_name, args.size, max(args.repeats, 5), device))
+    if args.which in ("dropin", "all"):
+        for model_name in ("vgg16", "resnet50"):
+            emit(bench_dropin(model_name, args.size, max(args.repeats, 5), device))
     if args.which in ("trace", "all"):
         for model_name in ("resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"):
             emit(bench_trace(model_name, 8, args.size, max(args.repeats, 5), device))

@@ -222,6 +222,12 @@ class NeuronDeconvolution(_RuleGradients):
         if dn is not None and name is not None:
             trace = dn.trace(tensors[0])
             activation = dn.activation(trace, name)
+            unit = _single_unit(neuron_selector, activation)
+            if unit is not None:  # one unit of a map: projected on its receptive field alone
+                n, (c, i, j) = activation.shape[0], unit
+                result = (dn.reconstruct_units(trace, name, list(range(n)), [c] * n, [i * activation.shape[3] + j] * n,
+                                               values=torch.ones(n, dtype=activation.dtype)),)
+                return result if is_tuple else result[0]
             with torch.enable_grad():
                 value = activation.detach().requires_grad_(True)
                 (signal,) = torch.autograd.grad(pick(value).sum(), value)
@@ -235,6 +241,17 @@ class NeuronGuidedBackprop(NeuronDeconvolution):
     """Captum's ``NeuronGuidedBackprop``, the same call with the guided rule."""
 
     rule = "guided"
+
+
+def _single_unit(selector: Selector, activation: Tensor) -> tuple[int, int, int] | None:
+    """(channel, row, col) when the selector names one unit of a map Tensor[N, C, H, W]."""
+    if activation.dim() != 4 or not isinstance(selector, tuple) or len(selector) != 3:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in selector):
+        return None
+    if not all(-size <= v < size for v, size in zip(selector, activation.shape[1:], strict=True)):
+        return None  # out of range: the general path raises Python's own IndexError, as Captum does
+    return tuple(v % size for v, size in zip(selector, activation.shape[1:], strict=True))  # type: ignore[return-value]
 
 
 def _neuron(selector: Selector) -> Callable[[Tensor], Tensor]:
