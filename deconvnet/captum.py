@@ -4,12 +4,15 @@ signatures and return types, computed by deconvnet: change one import.
     from deconvnet.captum import Deconvolution        # was: from captum.attr import Deconvolution
     attributions = Deconvolution(model).attribute(x, target=207)
 
-``Deconvolution``, ``GuidedBackprop``, ``NeuronDeconvolution`` and ``NeuronGuidedBackprop``.
-A single image batch (Tensor[N, C, H, W]) with no ``additional_forward_args`` runs on the
+``Deconvolution``, ``GuidedBackprop``, ``NeuronDeconvolution``, ``NeuronGuidedBackprop`` and
+``Occlusion``. A single image batch (Tensor[N, C, H, W]) with no ``additional_forward_args`` runs on the
 explicit mirror, built once per object (one forward pass, no hooks, every ReLU's switch kept).
 Anything else Captum accepts (several inputs, extra forward arguments, targets into outputs of
 any shape, neurons of a layer's input) runs as the exact gradient with every ReLU's backward
-replaced by the rule, as Captum computes it, without touching the model.
+replaced by the rule, as Captum computes it, without touching the model. ``Occlusion`` of one
+image batch by a square window over every channel runs by exact incremental inference (only
+what each window can change is recomputed); every other shape, window, baseline and input runs
+as batched whole evaluations, ``perturbations_per_eval`` windows per forward pass.
 
 Where the results differ from Captum's: Captum gives the rule only to ``nn.ReLU`` modules it can
 hook; here every ReLU takes it, functional ``F.relu`` / ``torch.relu`` / ``x.relu()`` included
@@ -19,6 +22,8 @@ ReLUs are all modules the results are equal.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,8 +34,9 @@ from . import rules
 from .deconvnet import DeconvNet
 from .errors import DeconvnetError, InputError
 from .mirror import Context, _RuleMode
+from .progress import Silent
 
-__all__ = ["Deconvolution", "GuidedBackprop", "NeuronDeconvolution", "NeuronGuidedBackprop"]
+__all__ = ["Deconvolution", "GuidedBackprop", "NeuronDeconvolution", "NeuronGuidedBackprop", "Occlusion"]
 
 Target = int | tuple | Tensor | list | None
 Selector = int | tuple | Callable[..., Tensor]
@@ -274,3 +280,173 @@ def _neuron(selector: Selector) -> Callable[[Tensor], Tensor]:
         return chosen.reshape(chosen.shape[0], -1).sum(1)
 
     return pick
+
+
+class Occlusion:
+    """Captum's ``Occlusion(forward_func)``: ``attribute(inputs, sliding_window_shapes,
+    strides=None, baselines=None, target=None, additional_forward_args=None,
+    perturbations_per_eval=1, show_progress=False)`` returns, for every input feature, the mean
+    drop of the target output over the window positions that covered it, shaped as the inputs.
+
+    Windows slide over every dimension but the batch, ``ceil((size - window) / stride) + 1``
+    positions per dimension (the last ones clipped at the edge), as Captum places them.
+    """
+
+    def __init__(self, forward_func: Callable[..., Tensor]) -> None:
+        if not callable(forward_func):
+            raise InputError(f"forward_func must be callable, got {type(forward_func).__name__}")
+        self.forward_func = forward_func
+        self._network: Any = None
+        self._unmirrored = False
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+    @torch.no_grad()
+    def attribute(self, inputs: Tensor | tuple[Tensor, ...], sliding_window_shapes: tuple, strides: Any = None,
+                  baselines: Any = None, target: Target = None, additional_forward_args: Any = None,
+                  perturbations_per_eval: int = 1, show_progress: bool = False) -> Tensor | tuple[Tensor, ...]:
+        tensors, is_tuple = _as_tuple(inputs)
+        extra = _extra(additional_forward_args)
+        windows = _per_input(sliding_window_shapes, len(tensors), "sliding_window_shapes", tuple)
+        steps = _per_input(strides if strides is not None else 1, len(tensors), "strides", (int, tuple))
+        bases = baselines if isinstance(baselines, tuple) else (baselines,) * len(tensors)
+        if len(bases) != len(tensors):
+            raise InputError(f"give one baseline per input: {len(tensors)} inputs, {len(bases)} baselines")
+        if isinstance(perturbations_per_eval, bool) or not isinstance(perturbations_per_eval, int) \
+                or perturbations_per_eval < 1:
+            raise InputError(f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}")
+        geometry = []
+        for x, window, step in zip(tensors, windows, steps, strict=True):
+            window = tuple(window)
+            step = (step,) * len(window) if isinstance(step, int) else tuple(step)
+            if len(window) != x.dim() - 1 or len(step) != len(window):
+                raise InputError(f"sliding window {window} and strides {step} need one entry per dimension of an "
+                                 f"input {tuple(x.shape)} without its batch dimension")
+            if any(w < 1 or w > n for w, n in zip(window, x.shape[1:], strict=True)) or any(s < 1 for s in step):
+                raise InputError(f"sliding window {window} must fit the input {tuple(x.shape[1:])} and strides "
+                                 f"{step} be positive")
+            geometry.append((window, step))
+        fast = self._incremental(tensors, extra, geometry, bases, target)
+        result = fast if fast is not None else self._whole(tensors, extra, geometry, bases, target,
+                                                           perturbations_per_eval, show_progress)
+        return result if is_tuple else result[0]
+
+    def _incremental(self, tensors: tuple[Tensor, ...], extra: tuple[Any, ...], geometry: list, bases: tuple,
+                     target: Target) -> tuple[Tensor, ...] | None:
+        """One image batch, a square window over all channels that tiles each side exactly, a
+        number for baseline: the exact incremental path (deconvnet.analysis.occlusion)."""
+        from .analysis.occlusion import _FULL_AREA, _Incremental, occluder_corners
+
+        if len(tensors) != 1 or extra or tensors[0].dim() != 4 or not isinstance(self.forward_func, nn.Module):
+            return None
+        x = tensors[0]
+        (window, step), base = geometry[0], bases[0]
+        n, channels, height, width = x.shape
+        fill = base if base is None or isinstance(base, (int, float)) else None
+        if isinstance(base, Tensor) and base.numel() == 1:
+            fill = float(base)
+        classes = _per_example(target, n)
+        if (fill is None and base is not None) or classes is None or window[0] != channels or window[1] != window[2] \
+                or step[1] != step[2] or (height - window[1]) % step[1] or (width - window[2]) % step[2]:
+            return None
+        network = self._built()
+        if network is None:
+            return None
+        size, stride = window[1], step[1]
+        corners = occluder_corners(height, width, size, stride).to(x.device)
+        attributions = torch.zeros_like(x)
+        counts = torch.zeros(height, width, dtype=x.dtype, device=x.device)
+        for top, left in corners.tolist():
+            counts[top : top + size, left : left + size] += 1
+        for i in range(n):
+            run = _Incremental(network, x[i : i + 1], _FULL_AREA)
+            base_out = run.base[network.output]
+            if not isinstance(base_out, Tensor) or base_out.dim() != 2:
+                return None
+            drops = []
+            for lo in range(0, corners.shape[0], 256):
+                out = run.whole(network.output, run.occluded(corners[lo : lo + 256], size, float(fill or 0.0),
+                                                             [network.output])[0])
+                drops.append(base_out[0, classes[i]] - out[:, classes[i]])
+            total = torch.zeros(height, width, dtype=x.dtype, device=x.device)
+            for (top, left), drop in zip(corners.tolist(), torch.cat(drops), strict=True):
+                total[top : top + size, left : left + size] += drop
+            attributions[i] = (total / counts)[None].expand(channels, -1, -1)
+        return (attributions,)
+
+    def _built(self) -> Any:
+        if self._network is None and not self._unmirrored:
+            try:
+                self._network = DeconvNet(self.forward_func).network  # type: ignore[arg-type]
+                self._network.check_eval()
+            except DeconvnetError:
+                self._network, self._unmirrored = None, True
+        return self._network
+
+    def _whole(self, tensors: tuple[Tensor, ...], extra: tuple[Any, ...], geometry: list, bases: tuple,
+               target: Target, per_eval: int, show_progress: bool) -> tuple[Tensor, ...]:
+        """Captum's way: each window position's occluded copy through the whole model,
+        ``per_eval`` positions per forward pass."""
+        n = tensors[0].shape[0]
+        start = _select(self.forward_func(*tensors, *extra), target).reshape(n, -1)
+        if start.shape[1] != 1:
+            raise InputError(f"occlusion needs one output value per input; the model gives {start.shape[1]}: "
+                             "pass target")
+        results = []
+        for index, (x, (window, step)) in enumerate(zip(tensors, geometry, strict=True)):
+            base = bases[index] if bases[index] is not None else 0.0
+            base = torch.as_tensor(base, dtype=x.dtype, device=x.device)
+            counts = [math.ceil((size - w) / s) + 1 for size, w, s in zip(x.shape[1:], window, step, strict=True)]
+            positions = list(itertools.product(*(range(c) for c in counts)))
+            total = torch.zeros(x.shape, dtype=start.dtype, device=x.device)
+            weights = torch.zeros(x.shape[1:], dtype=start.dtype, device=x.device)
+            bar = _bar(show_progress, len(positions), f"occlusion of input {index}")
+            for lo in range(0, len(positions), per_eval):
+                chunk = positions[lo : lo + per_eval]
+                masks = torch.zeros((len(chunk), *x.shape[1:]), dtype=torch.bool, device=x.device)
+                for k, position in enumerate(chunk):
+                    masks[(k, *(slice(p * s, p * s + w) for p, s, w in zip(position, step, window, strict=True)))] = True
+                occluded = torch.where(masks[:, None], base, x[None]).reshape(-1, *x.shape[1:])  # [P * N, ...]
+                copies = [occluded if j == index else t.repeat(len(chunk), *[1] * (t.dim() - 1))
+                          for j, t in enumerate(tensors)]
+                more = tuple(a.repeat(len(chunk), *[1] * (a.dim() - 1)) if isinstance(a, Tensor) and a.dim() > 0
+                             and a.shape[0] == n else a for a in extra)
+                out = _select(self.forward_func(*copies, *more), _repeat(target, len(chunk), n))
+                drop = start[None, :, 0] - out.reshape(len(chunk), n)  # [P, N]
+                total += (drop.view(len(chunk), n, *[1] * (x.dim() - 1)) * masks[:, None]).sum(0)
+                weights += masks.sum(0)
+                bar.update(len(chunk))
+            bar.close()
+            results.append(total / weights)
+        return tuple(results)
+
+
+def _per_input(value: Any, count: int, name: str, kinds: Any) -> tuple:
+    """Captum's per-input arguments: one for a single input, a tuple of them for several."""
+    if count == 1 and not (isinstance(value, tuple) and value and isinstance(value[0], tuple)):
+        return (value,)
+    if not isinstance(value, tuple) or len(value) != count:
+        raise InputError(f"{name} needs one entry per input ({count})")
+    return value
+
+
+def _repeat(target: Target, times: int, n: int) -> Target:
+    """A target for ``times`` stacked copies of the batch (Captum's _expand_target)."""
+    if isinstance(target, list):
+        return target * times
+    if isinstance(target, Tensor) and target.numel() == n and n > 1:
+        return target.reshape(-1).repeat(times)
+    return target
+
+
+def _bar(show: bool, total: int, desc: str) -> Any:
+    if not show:
+        return Silent()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="window")

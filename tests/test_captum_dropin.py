@@ -140,3 +140,63 @@ def test_bad_calls_say_what_is_wrong():
         ours.NeuronDeconvolution(net, net[3]).attribute(x, ("a",))
     with pytest.raises(InputError, match="did not run"):
         ours.NeuronDeconvolution(net, nn.ReLU()).attribute(x, 0)
+
+
+def close(mine: torch.Tensor, theirs: torch.Tensor) -> None:
+    """Captum's Occlusion returns float32 even for a float64 model: equal to its precision."""
+    torch.testing.assert_close(mine, theirs.to(mine.dtype), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("window, strides, baseline, target", [
+    ((3, 4, 4), (3, 2, 2), 0.0, 2),                  # the incremental path: a square over all channels
+    ((3, 4, 4), (3, 4, 4), None, [0, 4, 1]),
+    ((3, 5, 5), 3, 0.5, 1),                          # windows clipped at the edge: whole evaluation
+    ((1, 3, 3), (1, 2, 2), None, torch.tensor([2, 0, 1])),  # one channel at a time
+    ((3, 4, 4), (3, 2, 2), "tensor", 2),             # a baseline image
+])
+@pytest.mark.parametrize("per_eval", [1, 7])
+def test_occlusion_equals_captums(window, strides, baseline, target, per_eval):
+    net, x = cnn(), torch.randn(3, 3, 12, 12, dtype=torch.float64)
+    if baseline == "tensor":
+        baseline = torch.randn(3, 12, 12, dtype=torch.float64)
+    options = dict(sliding_window_shapes=window, strides=strides, baselines=baseline, target=target,
+                   perturbations_per_eval=per_eval)
+    mine = ours.Occlusion(net).attribute(x, **options)
+    theirs = captum_attr.Occlusion(net).attribute(x, **options)
+    assert mine.shape == theirs.shape and mine.dtype == x.dtype  # Captum's comes back float32 (documented)
+    close(mine, theirs)
+
+
+def test_occlusion_of_several_inputs_with_extra_arguments_equals_captums():
+    torch.manual_seed(1)
+    net = TwoInputs().double().eval()
+    x, y = torch.randn(2, 3, 6, 6, dtype=torch.float64), torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    options = dict(sliding_window_shapes=((3, 2, 2), (1, 3, 3)), strides=((1, 2, 2), 2), baselines=(0.0, 1.0),
+                   target=(1, 2), additional_forward_args=(2.0,), perturbations_per_eval=3)
+    mine = ours.Occlusion(net).attribute((x, y), **options)
+    theirs = captum_attr.Occlusion(net).attribute((x, y), **options)
+    assert isinstance(mine, tuple) and len(mine) == 2
+    for m, t in zip(mine, theirs, strict=True):
+        close(m, t)
+
+
+def test_occlusion_of_any_shape_equals_captums():
+    """A model of flat features: windows along one dimension."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    x = torch.randn(4, 10, dtype=torch.float64)
+    for window, stride in [((3,), 2), ((1,), 1), ((4,), 3)]:
+        close(ours.Occlusion(net).attribute(x, window, stride, target=1),
+              captum_attr.Occlusion(net).attribute(x, window, stride, target=1))
+
+
+def test_occlusion_bad_calls():
+    net, x = cnn(), torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    with pytest.raises(InputError, match="one entry per dimension"):
+        ours.Occlusion(net).attribute(x, (4, 4), target=0)
+    with pytest.raises(InputError, match="must fit the input"):
+        ours.Occlusion(net).attribute(x, (3, 13, 4), target=0)
+    with pytest.raises(InputError, match="one output value per input"):
+        ours.Occlusion(net).attribute(x, (3, 4, 4))
+    with pytest.raises(InputError, match="perturbations_per_eval"):
+        ours.Occlusion(net).attribute(x, (3, 4, 4), target=0, perturbations_per_eval=0)
