@@ -39,6 +39,11 @@ from .progress import Silent
 __all__ = ["Deconvolution", "GuidedBackprop", "NeuronDeconvolution", "NeuronGuidedBackprop", "Occlusion"]
 
 Target = int | tuple | Tensor | list | None
+
+
+class CaptumArgumentError(InputError, AssertionError):
+    """An argument Captum refuses with an assertion: an AssertionError here too, so code written
+    for Captum (``except AssertionError``) keeps working."""
 Selector = int | tuple | Callable[..., Tensor]
 
 
@@ -312,8 +317,9 @@ class Occlusion:
                   perturbations_per_eval: int = 1, show_progress: bool = False) -> Tensor | tuple[Tensor, ...]:
         tensors, is_tuple = _as_tuple(inputs)
         extra = _extra(additional_forward_args)
-        windows = _per_input(sliding_window_shapes, len(tensors), "sliding_window_shapes", tuple)
-        steps = _per_input(strides if strides is not None else 1, len(tensors), "strides", (int, tuple))
+        windows = _per_input(sliding_window_shapes, len(tensors), "sliding_window_shapes")
+        steps = (strides if strides is not None else 1,) * len(tensors) if isinstance(strides, (int, type(None))) \
+            else _per_input(strides, len(tensors), "strides")
         bases = baselines if isinstance(baselines, tuple) else (baselines,) * len(tensors)
         if len(bases) != len(tensors):
             raise InputError(f"give one baseline per input: {len(tensors)} inputs, {len(bases)} baselines")
@@ -325,16 +331,22 @@ class Occlusion:
             window = tuple(window)
             step = (step,) * len(window) if isinstance(step, int) else tuple(step)
             if len(window) != x.dim() - 1 or len(step) != len(window):
-                raise InputError(f"sliding window {window} and strides {step} need one entry per dimension of an "
-                                 f"input {tuple(x.shape)} without its batch dimension")
+                raise CaptumArgumentError(f"sliding window {window} and strides {step} need one entry per dimension "
+                                          f"of an input {tuple(x.shape)} without its batch dimension")
             if any(w < 1 or w > n for w, n in zip(window, x.shape[1:], strict=True)) or any(s < 1 for s in step):
-                raise InputError(f"sliding window {window} must fit the input {tuple(x.shape[1:])} and strides "
-                                 f"{step} be positive")
+                raise CaptumArgumentError(f"sliding window {window} must fit the input {tuple(x.shape[1:])} and "
+                                          f"strides {step} be positive")
+            if any(s > w < n for s, w, n in zip(step, window, x.shape[1:], strict=True)):
+                raise CaptumArgumentError(f"strides {step} cannot be larger than the sliding window {window} where "
+                                          "it does not cover the whole dimension: features would never be occluded")
             geometry.append((window, step))
         fast = self._incremental(tensors, extra, geometry, bases, target)
         result = fast if fast is not None else self._whole(tensors, extra, geometry, bases, target,
                                                            perturbations_per_eval, show_progress)
         return result if is_tuple else result[0]
+
+    def attribute_future(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("attribute_future is not implemented by deconvnet.captum.Occlusion (nor by Captum's)")
 
     def _incremental(self, tensors: tuple[Tensor, ...], extra: tuple[Any, ...], geometry: list, bases: tuple,
                      target: Target) -> tuple[Tensor, ...] | None:
@@ -393,7 +405,12 @@ class Occlusion:
         """Captum's way: each window position's occluded copy through the whole model,
         ``per_eval`` positions per forward pass."""
         n = tensors[0].shape[0]
+        evaluations = 1 + sum(
+            -(-math.prod(math.ceil((size - w) / s) + 1 for size, w, s in zip(x.shape[1:], window, step, strict=True))
+              // per_eval) for x, (window, step) in zip(tensors, geometry, strict=True))
+        bar = _bar(show_progress, evaluations)
         start = _select(self.forward_func(*tensors, *extra), target).reshape(n, -1)
+        bar.update()
         if start.shape[1] != 1:
             raise InputError(f"occlusion needs one output value per input; the model gives {start.shape[1]}: "
                              "pass target")
@@ -405,7 +422,6 @@ class Occlusion:
             positions = list(itertools.product(*(range(c) for c in counts)))
             total = torch.zeros(x.shape, dtype=start.dtype, device=x.device)
             weights = torch.zeros(x.shape[1:], dtype=start.dtype, device=x.device)
-            bar = _bar(show_progress, len(positions), f"occlusion of input {index}")
             for lo in range(0, len(positions), per_eval):
                 chunk = positions[lo : lo + per_eval]
                 masks = torch.zeros((len(chunk), *x.shape[1:]), dtype=torch.bool, device=x.device)
@@ -420,18 +436,18 @@ class Occlusion:
                 drop = start[None, :, 0] - out.reshape(len(chunk), n)  # [P, N]
                 total += (drop.view(len(chunk), n, *[1] * (x.dim() - 1)) * masks[:, None]).sum(0)
                 weights += masks.sum(0)
-                bar.update(len(chunk))
-            bar.close()
+                bar.update()
             results.append(total / weights)
+        bar.close()
         return tuple(results)
 
 
-def _per_input(value: Any, count: int, name: str, kinds: Any) -> tuple:
+def _per_input(value: Any, count: int, name: str) -> tuple:
     """Captum's per-input arguments: one for a single input, a tuple of them for several."""
     if count == 1 and not (isinstance(value, tuple) and value and isinstance(value[0], tuple)):
         return (value,)
     if not isinstance(value, tuple) or len(value) != count:
-        raise InputError(f"{name} needs one entry per input ({count})")
+        raise CaptumArgumentError(f"{name} needs one entry per input ({count})")
     return value
 
 
@@ -444,9 +460,10 @@ def _repeat(target: Target, times: int, n: int) -> Target:
     return target
 
 
-def _bar(show: bool, total: int, desc: str) -> Any:
+def _bar(show: bool, total: int) -> Any:
+    """Captum's progress bar when asked for (on stderr, as Captum's): forward passes done."""
     if not show:
         return Silent()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="window")
+    return tqdm(total=total, desc="Occlusion attribution", unit="forward")

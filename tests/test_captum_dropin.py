@@ -200,3 +200,16 @@ def test_occlusion_bad_calls():
         ours.Occlusion(net).attribute(x, (3, 4, 4))
     with pytest.raises(InputError, match="perturbations_per_eval"):
         ours.Occlusion(net).attribute(x, (3, 4, 4), target=0, perturbations_per_eval=0)
+    # What Captum asserts stays an AssertionError, so `except AssertionError` code keeps working.
+    with pytest.raises(AssertionError, match="cannot be larger than the sliding window"):
+        ours.Occlusion(net).attribute(x, (3, 2, 2), strides=(3, 3, 3), target=0)
+    with pytest.raises(AssertionError, match="one entry per input"):
+        ours.Occlusion(net).attribute((x, x), ((3, 2, 2),), target=0)
+    with pytest.raises(NotImplementedError):
+        ours.Occlusion(net).attribute_future()
+
+
+def test_occlusion_progress_is_captums_bar(capsys):
+    net, x = cnn(), torch.randn(1, 3, 12, 12, dtype=torch.float64)
+    ours.Occlusion(net).attribute(x, (3, 5, 5), strides=3, target=0, perturbations_per_eval=4, show_progress=True)
+    assert "Occlusion attribution: 100%" in capsys.readouterr().err
