@@ -374,6 +374,29 @@ def bench_dropin(model_name: str, size: int, repeats: int, device: torch.device)
                    "relative error": error})
 
 
+def bench_dropin_occlusion(model_name: str, size: int, repeats: int, device: torch.device) -> dict:
+    """``Occlusion(model).attribute(x, (3, 32, 32), strides=(3, 16, 16), target=t,
+    perturbations_per_eval=64)``: deconvnet.captum (exact incremental inference) vs Captum."""
+    import captum.attr as theirs
+
+    from deconvnet import captum as ours
+
+    model, label = _captum_comparable(model_name, device)
+    x = torch.randn(1, 3, size, size, device=device)
+    options = dict(sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), target=3, perturbations_per_eval=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        error = checked(device, relative_error(ours.Occlusion(model).attribute(x, **options),
+                                               theirs.Occlusion(model).attribute(x, **options).to(x.dtype)),
+                        f"drop-in occlusion {model_name}")
+        seconds = timed({
+            "ours": lambda: ours.Occlusion(model).attribute(x, **options),
+            "captum": lambda: theirs.Occlusion(model).attribute(x, **options),
+        }, repeats, device)
+    return _row("dropin-occlusion", label, size, 169, device, torch.float32, seconds,
+                **{"captum / ours": seconds["captum"] / seconds["ours"], "relative error": error})
+
+
 # --- 1c. reduced precision -------------------------------------------------------------------
 
 
@@ -731,6 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.which in ("dropin", "all"):
         for model_name in ("vgg16", "resnet50"):
             emit(bench_dropin(model_name, args.size, max(args.repeats, 5), device))
+        emit(bench_dropin_occlusion("vgg16", args.size, 1, device))
     if args.which in ("trace", "all"):
         for model_name in ("resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"):
             emit(bench_trace(model_name, 8, args.size, max(args.repeats, 5), device))
