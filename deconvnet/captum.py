@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -103,6 +104,28 @@ def _per_example(target: Target, n: int) -> list[int] | None:
     return None
 
 
+# Mirrors already built, per model and rule: ``Deconvolution(model).attribute(...)`` is usually
+# written with a new object per call, and building the mirror costs about one forward pass.
+_MIRRORS: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, DeconvNet]]] = weakref.WeakKeyDictionary()
+
+
+def _structure(model: nn.Module) -> tuple:
+    """What a built mirror depends on beyond the values it shares: the modules (by identity) and
+    the parameter and buffer tensors (replaced ones, not updated ones, change it)."""
+    return (tuple((name, id(m)) for name, m in model.named_modules()),
+            tuple(id(t) for t in model.parameters()), tuple(id(t) for t in model.buffers()), model.training)
+
+
+def _mirror_of(model: nn.Module, rule: str) -> DeconvNet:
+    """The model's mirror for ``rule``, built on first use and again only if its structure changed."""
+    structure = _structure(model)
+    built = _MIRRORS.setdefault(model, {}).get(rule)
+    if built is None or built[0] != structure:
+        built = (structure, DeconvNet(model, rule=rule, rectifiers="relu"))
+        _MIRRORS[model][rule] = built
+    return built[1]
+
+
 class _RuleGradients:
     """What the four classes share: the rule, the mirror (built on first use), and the exact
     gradient with the rule at every ReLU for everything the mirror does not take."""
@@ -129,7 +152,7 @@ class _RuleGradients:
             return None
         if self._mirror is None:
             try:
-                self._mirror = DeconvNet(self.forward_func, rule=self.rule, rectifiers="relu")
+                self._mirror = _mirror_of(self.forward_func, self.rule)
             except DeconvnetError as error:  # a forward the builder cannot read: the general path serves it
                 self._unmirrored = str(error)
                 return None
@@ -394,7 +417,7 @@ class Occlusion:
     def _built(self) -> Any:
         if self._network is None and not self._unmirrored:
             try:
-                self._network = DeconvNet(self.forward_func).network  # type: ignore[arg-type]
+                self._network = _mirror_of(self.forward_func, "deconvnet").network  # type: ignore[arg-type]
                 self._network.check_eval()
             except DeconvnetError:
                 self._network, self._unmirrored = None, True

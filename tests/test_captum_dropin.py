@@ -213,3 +213,22 @@ def test_occlusion_progress_is_captums_bar(capsys):
     net, x = cnn(), torch.randn(1, 3, 12, 12, dtype=torch.float64)
     ours.Occlusion(net).attribute(x, (3, 5, 5), strides=3, target=0, perturbations_per_eval=4, show_progress=True)
     assert "Occlusion attribution: 100%" in capsys.readouterr().err
+
+
+def test_a_new_object_per_call_reuses_the_models_mirror_until_the_model_changes():
+    net, x = cnn(), torch.randn(2, 3, 10, 10, dtype=torch.float64)
+    first = ours.Deconvolution(net)
+    first.attribute(x, target=1)
+    second = ours.Deconvolution(net)
+    second.attribute(x, target=1)
+    assert second._mirror is first._mirror  # built once for the model
+    assert ours.GuidedBackprop(net).attribute(x, target=1) is not None
+    with torch.no_grad():
+        net[0].weight.mul_(2)  # values change in place: the shared weights follow, no rebuild
+    third = ours.Deconvolution(net)
+    assert_same(third.attribute(x, target=1), captum_attr.Deconvolution(net).attribute(x, target=1))
+    assert third._mirror is first._mirror
+    net[7] = nn.Linear(6, 5).double()  # a module replaced: built again, and right
+    fourth = ours.Deconvolution(net)
+    assert_same(fourth.attribute(x, target=1), captum_attr.Deconvolution(net).attribute(x, target=1))
+    assert fourth._mirror is not first._mirror
