@@ -216,7 +216,8 @@ def load_model(spec: str, *, weights: str | None = None, checkpoint: Path | None
             EfficientNetLite0() if checkpoint else efficientnet_lite0(), Preprocessing.efficientnet_lite(),
             imagenet_categories(),
         )
-    elif Path(spec).is_dir():
+    elif (Path(spec) / "config.json").is_file() or (Path(spec).is_dir() and ("/" in spec or "\\" in spec)):
+        # a save_pretrained folder (a bare name like "vgg16" stays a model name even if such a folder exists)
         loaded = _pretrained_model(Path(spec))
     elif ":" in spec:
         loaded = _factory_model(spec)
