@@ -15,7 +15,6 @@ state is saved atomically every ``checkpoint_every`` images; ``resume=True`` con
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -421,12 +420,6 @@ class Tile:
     patch: bytes
 
 
-def _png(picture: Tensor) -> bytes:
-    buffer = io.BytesIO()
-    image.to_pil(picture).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def project_atlas(
     dn: DeconvNet,
     images: AtlasImages,
@@ -494,7 +487,7 @@ def _project(dn: DeconvNet, images: AtlasImages, atlas: Atlas, batch: list[int],
             unit = top.unit(c, r)
             projection = image.signed_to_unit(crop_to_field(projected[t], field_, unit, 0.0))
             patch = crop_to_field(shown[b], field_, unit, 1.0)
-            yield Tile(name, c, r, _png(projection), _png(patch))
+            yield Tile(name, c, r, image.to_png(projection), image.to_png(patch))
 
 
 def build_atlas(

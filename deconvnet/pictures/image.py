@@ -8,6 +8,7 @@ on the input; :func:`labelled_grid` tiles pictures with captions.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "overlay",
     "signed_to_unit",
     "to_pil",
+    "to_png",
 ]
 
 MID_GREY = 0.5
@@ -100,6 +102,14 @@ def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tenso
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x * std_t + mean_t).clamp(0, 1)
+
+
+def to_png(picture: Tensor, compress_level: int = 6) -> bytes:
+    """picture (Tensor[3, H, W] or [1, H, W] in [0, 1]) as PNG file bytes; ``compress_level``
+    is zlib's (1: fastest, 6: Pillow's default)."""
+    buffer = io.BytesIO()
+    to_pil(picture).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
 
 
 def to_pil(picture: Tensor) -> Image.Image:
