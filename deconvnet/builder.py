@@ -248,20 +248,22 @@ def _same_items(now: dict[Any, Any], before: dict[Any, Any]) -> bool:
 
 def _trace(
     model: nn.Module, ruleset: rules.RuleSet
-) -> tuple[fx.Graph, list[tuple[str, fx.Node]], dict[str, str], dict[str, Any]]:
+) -> tuple[fx.Graph, list[tuple[str, fx.Node]], dict[str, str], dict[str, Any], dict[str, Any]]:
     """The traced graph, the module calls, the submodules kept whole because torch.fx cannot
-    trace them (each becomes a general VJP layer), and the tensor constants of the graph."""
+    trace them (each becomes a general VJP layer), the tensor constants of the graph, and the
+    optional forward arguments fixed at their defaults (see :func:`_optional_arguments`)."""
     if not isinstance(model, nn.Module):
         raise TracingError(f"DeconvNet takes an nn.Module, got {type(model).__name__}")
     opaque: dict[str, str] = {}
     root = _PixelLogits(model) if _transformers_image_model(model) else model
+    optional = _optional_arguments(root)
     while True:
         tracer = _Tracer(ruleset, opaque)
         changed: list[str] = []
         constants: dict[str, Any] = {}
         try:
             with _left_as_found(root, changed, constants):
-                graph = tracer.trace(root, concrete_args=_optional_arguments(root))
+                graph = tracer.trace(root, concrete_args=optional)
         except Exception as error:  # torch.fx raises many types; all mean the same to the user
             failed = tracer.failed_in
             if failed and failed not in opaque:
@@ -285,8 +287,8 @@ def _trace(
                 opaque.setdefault(path, "it moves the batch dimension inside, so it is reversed whole")
             continue
         if root is not model:
-            return _unwrapped(graph, tracer.module_calls, opaque, constants)
-        return graph, tracer.module_calls, opaque, constants
+            return (*_unwrapped(graph, tracer.module_calls, opaque, constants), optional or {})
+        return graph, tracer.module_calls, opaque, constants, optional or {}
 
 
 class _PixelLogits(nn.Module):
@@ -341,8 +343,6 @@ def _unwrapped(
 def _optional_arguments(model: nn.Module) -> dict[str, Any] | None:
     """forward's parameters after the image that have defaults, fixed at them (timm's
     ``forward(x, attn_mask=None)``): the mirror explains the model as called with one image."""
-    if _transformers_image_model(model):
-        return None  # traced through _PixelLogits, whose forward takes the pixels alone
     try:
         parameters = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):  # pragma: no cover - builtins
@@ -910,11 +910,10 @@ def build(
     general VJP layer instead of by hand.
     """
     ruleset = ruleset or rules.DEFAULT_RULES
-    graph, module_calls, opaque, constants = _trace(model, ruleset)
+    graph, module_calls, opaque, constants, optional = _trace(model, ruleset)
     substitutes = _normalise_in_place(graph, model)
     module_names = _step_names(graph)
 
-    optional = _optional_arguments(model) or {}
     fixed = _fixed_placeholders(graph, optional)
     placeholders = [n for n in graph.nodes if n.op == "placeholder" and n.users and n not in fixed]
     if len(placeholders) != 1:
