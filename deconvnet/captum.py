@@ -37,15 +37,16 @@ from .errors import DeconvnetError, InputError
 from .mirror import Context, _RuleMode
 from .progress import Silent
 
-__all__ = ["Deconvolution", "GuidedBackprop", "NeuronDeconvolution", "NeuronGuidedBackprop", "Occlusion"]
+__all__ = ["CaptumArgumentError", "Deconvolution", "GuidedBackprop", "NeuronDeconvolution", "NeuronGuidedBackprop",
+           "Occlusion"]
 
 Target = int | tuple | Tensor | list | None
+Selector = int | tuple | Callable[..., Tensor]
 
 
 class CaptumArgumentError(InputError, AssertionError):
     """An argument Captum refuses with an assertion: an AssertionError here too, so code written
     for Captum (``except AssertionError``) keeps working."""
-Selector = int | tuple | Callable[..., Tensor]
 
 
 def _as_tuple(inputs: Tensor | tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], bool]:
@@ -104,9 +105,10 @@ def _per_example(target: Target, n: int) -> list[int] | None:
     return None
 
 
-# Mirrors already built, per model and rule: ``Deconvolution(model).attribute(...)`` is usually
-# written with a new object per call, and building the mirror costs about one forward pass.
-_MIRRORS: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, DeconvNet]]] = weakref.WeakKeyDictionary()
+# Mirrors already built, per model: ``Deconvolution(model).attribute(...)`` is usually written
+# with a new object per call, and building the mirror costs about one forward pass. The rule is
+# each call's own (``rule=``), so one mirror serves every class here.
+_MIRRORS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, DeconvNet]] = weakref.WeakKeyDictionary()
 
 
 def _structure(model: nn.Module) -> tuple:
@@ -116,13 +118,13 @@ def _structure(model: nn.Module) -> tuple:
             tuple(id(t) for t in model.parameters()), tuple(id(t) for t in model.buffers()), model.training)
 
 
-def _mirror_of(model: nn.Module, rule: str) -> DeconvNet:
-    """The model's mirror for ``rule``, built on first use and again only if its structure changed."""
+def _mirror_of(model: nn.Module) -> DeconvNet:
+    """The model's mirror (ReLU alone takes the rule, as in Captum), built on first use and again
+    only when its structure changed."""
     structure = _structure(model)
-    built = _MIRRORS.setdefault(model, {}).get(rule)
+    built = _MIRRORS.get(model)
     if built is None or built[0] != structure:
-        built = (structure, DeconvNet(model, rule=rule, rectifiers="relu"))
-        _MIRRORS[model][rule] = built
+        built = _MIRRORS[model] = (structure, DeconvNet(model, rectifiers="relu"))
     return built[1]
 
 
@@ -147,15 +149,15 @@ class _RuleGradients:
         return False
 
     def _deconvnet(self, tensors: tuple[Tensor, ...], extra: tuple[Any, ...]) -> DeconvNet | None:
-        """The mirror, when this call can use it: one image batch, nothing else passed."""
+        """The mirror, when this call can use it: one image batch, nothing else passed. Looked
+        up on every call, so a module replaced since the last one is seen."""
         if len(tensors) != 1 or extra or tensors[0].dim() != 4 or self._unmirrored is not None:
             return None
-        if self._mirror is None:
-            try:
-                self._mirror = _mirror_of(self.forward_func, self.rule)
-            except DeconvnetError as error:  # a forward the builder cannot read: the general path serves it
-                self._unmirrored = str(error)
-                return None
+        try:
+            self._mirror = _mirror_of(self.forward_func)
+        except DeconvnetError as error:  # a forward the builder cannot read: the general path serves it
+            self._unmirrored = str(error)
+            return None
         return self._mirror
 
     def _gradients(self, tensors: tuple[Tensor, ...], extra: tuple[Any, ...],
@@ -205,11 +207,12 @@ class Deconvolution(_RuleGradients):
             if trace.output.dim() != 2:
                 result = self._gradients(tensors, extra, lambda out: _select(out, target))
             elif len(set(classes)) == 1:
-                result = (dn.reconstruct_classes(trace, classes[:1])[:, 0],)
+                result = (dn.reconstruct_classes(trace, classes[:1], rule=self.rule)[:, 0],)
             else:
                 signal = torch.zeros_like(trace.output)[:, None]
                 signal[torch.arange(len(classes)), 0, torch.tensor(classes)] = 1.0
-                result = (dn.reconstruct_from(trace, dn.network.steps[dn.network.output].name, signal)[:, 0],)
+                output = dn.network.steps[dn.network.output].name
+                result = (dn.reconstruct_from(trace, output, signal, rule=self.rule)[:, 0],)
         else:
             result = self._gradients(tensors, extra, lambda out: _select(out, target))
         return result if is_tuple else result[0]
@@ -260,12 +263,12 @@ class NeuronDeconvolution(_RuleGradients):
             if unit is not None:  # one unit of a map: projected on its receptive field alone
                 n, (c, i, j) = activation.shape[0], unit
                 result = (dn.reconstruct_units(trace, name, list(range(n)), [c] * n, [i * activation.shape[3] + j] * n,
-                                               values=torch.ones(n, dtype=activation.dtype)),)
-                return result if is_tuple else result[0]
-            with torch.enable_grad():
-                value = activation.detach().requires_grad_(True)
-                (signal,) = torch.autograd.grad(pick(value).sum(), value)
-            result = (dn.reconstruct_from(trace, name, signal[:, None].to(activation.dtype))[:, 0],)
+                                               values=torch.ones(n, dtype=activation.dtype), rule=self.rule),)
+            else:
+                with torch.enable_grad():
+                    value = activation.detach().requires_grad_(True)
+                    (signal,) = torch.autograd.grad(pick(value).sum(), value)
+                result = (dn.reconstruct_from(trace, name, signal[:, None].to(activation.dtype), rule=self.rule)[:, 0],)
         else:
             result = self._gradients(tensors, extra, pick, capture=self.layer, of_input=attribute_to_neuron_input)
         return result if is_tuple else result[0]
@@ -324,7 +327,6 @@ class Occlusion:
         if not callable(forward_func):
             raise InputError(f"forward_func must be callable, got {type(forward_func).__name__}")
         self.forward_func = forward_func
-        self._network: Any = None
         self._unmirrored = False
 
     def has_convergence_delta(self) -> bool:
@@ -363,7 +365,7 @@ class Occlusion:
                 raise CaptumArgumentError(f"strides {step} cannot be larger than the sliding window {window} where "
                                           "it does not cover the whole dimension: features would never be occluded")
             geometry.append((window, step))
-        fast = self._incremental(tensors, extra, geometry, bases, target)
+        fast = self._incremental(tensors, extra, geometry, bases, target, show_progress)
         result = fast if fast is not None else self._whole(tensors, extra, geometry, bases, target,
                                                            perturbations_per_eval, show_progress)
         return result if is_tuple else result[0]
@@ -372,7 +374,7 @@ class Occlusion:
         raise NotImplementedError("attribute_future is not implemented by deconvnet.captum.Occlusion (nor by Captum's)")
 
     def _incremental(self, tensors: tuple[Tensor, ...], extra: tuple[Any, ...], geometry: list, bases: tuple,
-                     target: Target) -> tuple[Tensor, ...] | None:
+                     target: Target, show_progress: bool) -> tuple[Tensor, ...] | None:
         """One image batch, a square window over all channels that tiles each side exactly, a
         number for baseline: the exact incremental path (deconvnet.analysis.occlusion)."""
         from .analysis.occlusion import _FULL_AREA, _Incremental, occluder_corners
@@ -398,30 +400,39 @@ class Occlusion:
         counts = torch.zeros(height, width, dtype=x.dtype, device=x.device)
         for top, left in corners.tolist():
             counts[top : top + size, left : left + size] += 1
+        bar = _bar(show_progress, n * corners.shape[0], "window")
         for i in range(n):
             run = _Incremental(network, x[i : i + 1], _FULL_AREA)
             base_out = run.base[network.output]
             if not isinstance(base_out, Tensor) or base_out.dim() != 2:
+                bar.close()
                 return None
+            chunk = run.default_batch(corners.shape[0], None)  # the planner's batch, as occlusion() uses
             drops = []
-            for lo in range(0, corners.shape[0], 256):
-                out = run.whole(network.output, run.occluded(corners[lo : lo + 256], size, float(fill or 0.0),
+            for lo in range(0, corners.shape[0], chunk):
+                out = run.whole(network.output, run.occluded(corners[lo : lo + chunk], size, float(fill or 0.0),
                                                              [network.output])[0])
                 drops.append(base_out[0, classes[i]] - out[:, classes[i]])
+                bar.update(out.shape[0])
             total = torch.zeros(height, width, dtype=x.dtype, device=x.device)
             for (top, left), drop in zip(corners.tolist(), torch.cat(drops), strict=True):
                 total[top : top + size, left : left + size] += drop
             attributions[i] = (total / counts)[None].expand(channels, -1, -1)
+        bar.close()
         return (attributions,)
 
     def _built(self) -> Any:
-        if self._network is None and not self._unmirrored:
-            try:
-                self._network = _mirror_of(self.forward_func, "deconvnet").network  # type: ignore[arg-type]
-                self._network.check_eval()
-            except DeconvnetError:
-                self._network, self._unmirrored = None, True
-        return self._network
+        """The model's traced network (shared with the other classes' mirror), or None when the
+        builder cannot read it or it is in training mode: then occlusion runs whole."""
+        if self._unmirrored:
+            return None
+        try:
+            network = _mirror_of(self.forward_func).network  # type: ignore[arg-type]
+            network.check_eval()
+        except DeconvnetError:
+            self._unmirrored = True
+            return None
+        return network
 
     def _whole(self, tensors: tuple[Tensor, ...], extra: tuple[Any, ...], geometry: list, bases: tuple,
                target: Target, per_eval: int, show_progress: bool) -> tuple[Tensor, ...]:
@@ -431,7 +442,7 @@ class Occlusion:
         evaluations = 1 + sum(
             -(-math.prod(math.ceil((size - w) / s) + 1 for size, w, s in zip(x.shape[1:], window, step, strict=True))
               // per_eval) for x, (window, step) in zip(tensors, geometry, strict=True))
-        bar = _bar(show_progress, evaluations)
+        bar = _bar(show_progress, evaluations, "forward")
         start = _select(self.forward_func(*tensors, *extra), target).reshape(n, -1)
         bar.update()
         if start.shape[1] != 1:
@@ -483,10 +494,10 @@ def _repeat(target: Target, times: int, n: int) -> Target:
     return target
 
 
-def _bar(show: bool, total: int) -> Any:
-    """Captum's progress bar when asked for (on stderr, as Captum's): forward passes done."""
+def _bar(show: bool, total: int, unit: str) -> Any:
+    """Captum's progress bar when asked for (on stderr, as Captum's)."""
     if not show:
         return Silent()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="Occlusion attribution", unit="forward")
+    return tqdm(total=total, desc="Occlusion attribution", unit=unit)

@@ -213,6 +213,8 @@ def test_occlusion_progress_is_captums_bar(capsys):
     net, x = cnn(), torch.randn(1, 3, 12, 12, dtype=torch.float64)
     ours.Occlusion(net).attribute(x, (3, 5, 5), strides=3, target=0, perturbations_per_eval=4, show_progress=True)
     assert "Occlusion attribution: 100%" in capsys.readouterr().err
+    ours.Occlusion(net).attribute(x, (3, 4, 4), strides=(3, 4, 4), target=0, show_progress=True)  # incremental
+    assert "Occlusion attribution: 100%" in capsys.readouterr().err
 
 
 def test_a_new_object_per_call_reuses_the_models_mirror_until_the_model_changes():

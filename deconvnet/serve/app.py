@@ -26,11 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from ..errors import DeconvnetError, LayerNotFoundError
+from ..mirror import RULES
 from .explorer import Explorer, ExplorerError, TooLargeError
 
 __all__ = ["BackgroundServer", "create_app"]
 
-Rule = Annotated[Literal["deconvnet", "guided", "gradient"] | None,
+Rule = Annotated[Literal[RULES] | None,  # type: ignore[valid-type]  # the library's rules, spelled once
                  Query(description="what the mirror does at rectifiers (default: the server's)")]
 ImageId = Annotated[str, PathParam(description="an id from POST /api/images or /api/photos/{name}",
                                    pattern=r"^[0-9a-f]{20}$")]
