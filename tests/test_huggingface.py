@@ -13,7 +13,7 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers", reason="needs the huggingface extra (pip install -e '.[test]')")
 
-from deconvnet import DeconvNet, TracingError, UnsupportedLayerError  # noqa: E402
+from deconvnet import DeconvNet, InputError, TracingError, UnsupportedLayerError  # noqa: E402
 from deconvnet.cli import main  # noqa: E402
 from deconvnet.loading import load_model  # noqa: E402
 from deconvnet.shapes import render  # noqa: E402
@@ -130,3 +130,12 @@ def test_a_save_pretrained_folder_loads_offline_with_its_preprocessing_and_label
 def test_a_folder_that_is_not_a_model_says_so(tmp_path, capsys):
     assert main(["classes", "x.png", "--model", str(tmp_path), "--device", "cpu"]) == 1
     assert "without config.json" in capsys.readouterr().err
+
+
+def test_a_broken_preprocessor_config_says_so(tmp_path):
+    torch.manual_seed(0)
+    cls, config = FAMILIES["resnet"]
+    cls(config()).eval().save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "preprocessor_config.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot read .*preprocessor_config.json"):
+        load_model(str(tmp_path / "model"))
