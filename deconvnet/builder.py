@@ -18,7 +18,7 @@ import operator
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, fx, nn
@@ -65,6 +65,36 @@ class Step:
     refs: list[fx.Node] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Found:
+    """What running the forward showed about a model that reading its code could not."""
+
+    whole: dict[str, str] = field(default_factory=dict)
+    """Modules to reverse whole (path -> why): they fold the batch dimension inside."""
+    constants: frozenset[tuple[str, int | str]] = frozenset()
+    """Items of module outputs that hold no tensor: (the module's path, the item)."""
+
+
+def _item_key(node: fx.Node) -> tuple[str, int | str] | None:
+    """(module path, item) for an item taken from a module's output, else None."""
+    if node.op != "call_function" or node.target not in (operator.getitem, getattr):
+        return None
+    producer, item = node.args[0], node.args[1]
+    if not isinstance(producer, fx.Node) or producer.op != "call_module" or not isinstance(item, (int, str)):
+        return None
+    return str(producer.target), item
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(v) for v in value)
+    return False
+
+
 @dataclass(eq=False)
 class Network:
     """A model read as a graph: what tracing runs and what the mirror reverses."""
@@ -92,6 +122,36 @@ class Network:
     programs: dict[Any, Any] = field(default_factory=dict)
     """Generated forwards (see :mod:`deconvnet.capture`) by what they return, made the second
     time one is needed (``None`` after the first)."""
+    strict: bool = False
+    found: Found = field(default_factory=lambda: Found())
+    """What running the forward showed that reading it could not (see :meth:`refine`)."""
+
+    def refine(self, node: fx.Node, out: Any) -> bool:
+        """Rebuild after the forward showed that ``node``'s output (``out``) does not map
+        Tensor[N, ...] to Tensor[N, ...]; False when no rebuild can help.
+
+        An item of a module's output that holds no tensor (Swin's ``(height, width)``) is a
+        value computed from shapes, not signal. Any other value that lost the batch dimension
+        was made inside a module that folds the batch with something else (a window partition
+        ``[N, C, H, W] -> [N * windows, ...]``) and unfolds it before returning: that module is
+        reversed whole, by its exact vector-Jacobian product, one module further out each time
+        until the batch is kept.
+        """
+        found = self.found
+        item = _item_key(node)
+        if item is not None and not _holds_tensor(out) and item not in found.constants:
+            found = Found(found.whole, found.constants | {item})
+        else:
+            own = str(node.target) if node.op == "call_module" else None
+            paths = [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+            outer = [p for p in reversed(paths) if p and p != own and p not in found.whole]
+            if not outer:
+                return False
+            why = "it folds the batch dimension into another inside (a window partition), so it is reversed whole"
+            found = Found({**found.whole, outer[0]: why}, found.constants)
+        rebuilt = build(self.model, self.ruleset, strict=self.strict, found=found)
+        self.__dict__.update(rebuilt.__dict__)
+        return True
 
     def attribute(self, target: str) -> Any:
         """A ``get_attr`` value: a parameter or buffer of the model, or a graph constant."""
@@ -182,11 +242,12 @@ class _Tracer(fx.Tracer):
     """Keeps layers with a rule (and timm's and the opaque ones) whole; records every module
     call's output and which module was being traced when tracing failed."""
 
-    def __init__(self, ruleset: rules.RuleSet, opaque: dict[str, str]) -> None:
+    def __init__(self, ruleset: rules.RuleSet, opaque: dict[str, str], parameter: Tensor | None = None) -> None:
         leaves, functions = _timm_registrations()
         super().__init__(autowrap_functions=tuple(functions))
         self.ruleset = ruleset
         self.opaque = opaque
+        self.parameter = parameter
         self.timm_leaves = tuple(leaves)
         self.module_calls: list[tuple[str, fx.Node]] = []
         self.failed_in: str | None = None
@@ -198,6 +259,17 @@ class _Tracer(fx.Tracer):
             or (bool(self.timm_leaves) and isinstance(m, self.timm_leaves))
             or super().is_leaf_module(m, module_qualified_name)
         )
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """A branch on the input's dtype or device (``if pixel_values.dtype != weight.dtype``,
+        Hugging Face's ViT) is decided: deconvnet only takes inputs of the model's dtype, on its
+        device. Any other branch on a traced value cannot be followed."""
+        if self.parameter is not None:
+            try:
+                return bool(_metadata_value(obj.node, self.root, self.parameter))
+            except _NotMetadata:
+                pass
+        return super().to_bool(obj)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         try:
@@ -211,13 +283,43 @@ class _Tracer(fx.Tracer):
         return out
 
 
+class _NotMetadata(Exception):
+    """A traced value that is not decided by the input's dtype and device alone."""
+
+
+_METADATA_CALLS = {operator.eq, operator.ne, operator.is_, operator.is_not, operator.not_}
+
+
+def _metadata_value(node: fx.Node, root: nn.Module, parameter: Tensor) -> Any:
+    """The value of a node computed only from the input's and the parameters' dtypes and
+    devices, the input having the model's (as :meth:`DeconvNet.trace` requires)."""
+    if node.op == "placeholder":
+        return torch.empty(0, dtype=parameter.dtype, device="meta"), parameter.device
+    if node.op == "get_attr":  # read without getattr, which torch.fx patches while it traces
+        value = dict(root.named_parameters()).get(str(node.target))
+        if value is None:
+            value = dict(root.named_buffers()).get(str(node.target))
+        if value is None:
+            raise _NotMetadata
+        return value, value.device
+    if node.op == "call_function" and node.target is getattr and node.args[1] in ("dtype", "device"):
+        value, device = _metadata_value(cast(fx.Node, node.args[0]), root, parameter)
+        return value.dtype if node.args[1] == "dtype" else device
+    if node.op == "call_function" and node.target in _METADATA_CALLS and not node.kwargs:
+        args = [_metadata_value(a, root, parameter) if isinstance(a, fx.Node) else a for a in node.args]
+        if any(isinstance(a, tuple) for a in args):
+            raise _NotMetadata  # a tensor itself, not its dtype or device
+        return cast(Callable[..., Any], node.target)(*args)
+    raise _NotMetadata
+
+
 _FX_CONSTANT = re.compile(r"_tensor_constant\d+")
 
 
 @contextlib.contextmanager
-def _left_as_found(model: nn.Module, changed: list[str], constants: dict[str, Any]) -> Iterator[None]:
+def _left_as_found(model: nn.Module, changed: list[tuple[str, str]], constants: dict[str, Any]) -> Iterator[None]:
     """Undo what a forward does to its modules' attributes while torch.fx traces it, listing
-    what it changed in ``changed``: some forwards cache values on the module (timm's LeViT
+    what it changed in ``changed`` (module path, attribute): some forwards cache values on the module (timm's LeViT
     caches attention biases), which would leave tracing proxies in the user's model. torch.fx
     itself parks tensor constants on the root module (``_tensor_constant0``): those move to
     ``constants``, out of the user's model."""
@@ -231,11 +333,11 @@ def _left_as_found(model: nn.Module, changed: list[str], constants: dict[str, An
                 if module is model and _FX_CONSTANT.fullmatch(key):
                     constants[key] = module.__dict__[key]
                 else:
-                    changed.append(f"{name or type(model).__name__}.{key}")
+                    changed.append((name, key))
                 del module.__dict__[key]
             for key, value in attributes.items():
                 if module.__dict__.get(key) is not value or (key in contents and not _same_items(value, contents[key])):
-                    changed.append(f"{name or type(model).__name__}.{key}")
+                    changed.append((name, key))
                 module.__dict__[key] = value
                 if key in contents:
                     value.clear()
@@ -246,20 +348,35 @@ def _same_items(now: dict[Any, Any], before: dict[Any, Any]) -> bool:
     return now.keys() == before.keys() and all(now[k] is before[k] for k in now)
 
 
-def _trace(
-    model: nn.Module, ruleset: rules.RuleSet
-) -> tuple[fx.Graph, list[tuple[str, fx.Node]], dict[str, str], dict[str, Any], dict[str, Any]]:
-    """The traced graph, the module calls, the submodules kept whole because torch.fx cannot
-    trace them (each becomes a general VJP layer), the tensor constants of the graph, and the
-    optional forward arguments fixed at their defaults (see :func:`_optional_arguments`)."""
+class _Traced(NamedTuple):
+    graph: fx.Graph
+    module_calls: list[tuple[str, fx.Node]]
+    opaque: dict[str, str]
+    """Submodules kept whole (path -> why): each becomes a general VJP layer."""
+    constants: dict[str, Any]
+    """torch.fx's tensor constants of the graph."""
+    optional: dict[str, Any]
+    """forward's optional arguments fixed at their defaults (see :func:`_optional_arguments`)."""
+    stateful: set[str]
+    """Kept-whole submodules that fill a cache of their own as they run (see :class:`_KeptAsFound`)."""
+
+
+def _trace(model: nn.Module, ruleset: rules.RuleSet, whole: dict[str, str] | None = None) -> _Traced:
+    """The model's forward traced by torch.fx, named as the model names its modules.
+
+    whole: submodules to keep whole from the start (path -> why), found by running the forward.
+    """
     if not isinstance(model, nn.Module):
         raise TracingError(f"DeconvNet takes an nn.Module, got {type(model).__name__}")
-    opaque: dict[str, str] = {}
     root = _PixelLogits(model) if _transformers_image_model(model) else model
+    prefix = "model." if root is not model else ""
+    opaque: dict[str, str] = {prefix + path: why for path, why in (whole or {}).items()}
+    stateful: set[str] = set()
     optional = _optional_arguments(root)
+    parameter = next(model.parameters(), None)
     while True:
-        tracer = _Tracer(ruleset, opaque)
-        changed: list[str] = []
+        tracer = _Tracer(ruleset, opaque, parameter)
+        changed: list[tuple[str, str]] = []
         constants: dict[str, Any] = {}
         try:
             with _left_as_found(root, changed, constants):
@@ -276,19 +393,43 @@ def _trace(
                 "into a submodule (it is then reversed as one general layer) or out of forward"
             ) from error
         if changed:
-            raise TracingError(
-                f"{type(model).__name__}.forward changes its modules' own state while it runs "
-                f"({', '.join(sorted(set(changed))[:3])}); a forward with side effects (a cache) "
-                "cannot be mirrored; the model was left as it was"
-            )
+            paths = {path for path, _ in changed}
+            if paths & {"", prefix[:-1]} or paths <= set(opaque):
+                where = sorted({f"{path or type(root).__name__}.{key}" for path, key in changed})
+                raise TracingError(
+                    f"{type(model).__name__}.forward changes its modules' own state while it runs "
+                    f"({', '.join(where[:3])}); a forward with side effects (a cache) in the model's own "
+                    "forward cannot be mirrored; the model was left as it was"
+                )
+            for path in paths:  # run whole, their state put back after each call (see _KeptAsFound)
+                opaque.setdefault(path, "it fills a cache of its own as it runs, so it is run with its state put "
+                                        "back after each call and reversed whole")
+                stateful.add(path)
+            continue
         inner = _batch_moving_modules(graph)
         if inner and not set(inner) <= set(opaque):
             for path in inner:  # reversed whole, by their exact VJP: the batch is back at the end
                 opaque.setdefault(path, "it moves the batch dimension inside, so it is reversed whole")
             continue
         if root is not model:
-            return (*_unwrapped(graph, tracer.module_calls, opaque, constants), optional or {})
-        return graph, tracer.module_calls, opaque, constants, optional or {}
+            graph, calls, opaque, constants = _unwrapped(graph, tracer.module_calls, opaque, constants)
+            return _Traced(graph, calls, opaque, constants, optional or {}, {p[len(prefix):] for p in stateful})
+        return _Traced(graph, tracer.module_calls, opaque, constants, optional or {}, stateful)
+
+
+class _KeptAsFound(nn.Module):
+    """A submodule that fills a cache of its own as it runs (timm's LeViT and EfficientFormer
+    cache attention biases per device), run by deconvnet with its state put back after each
+    call: the user's model is left as it was, caches included."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.described = type(module).__name__  # what the mirror's VJP layer prints
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with _left_as_found(self.module, [], {}):
+            return self.module(*args, **kwargs)
 
 
 class _PixelLogits(nn.Module):
@@ -453,10 +594,16 @@ class _Reader:
     """Turns signal nodes into mirror layers."""
 
     def __init__(
-        self, model: nn.Module, ruleset: rules.RuleSet, signal: set[fx.Node], constants: dict[str, Any]
+        self,
+        model: nn.Module,
+        ruleset: rules.RuleSet,
+        signal: set[fx.Node],
+        constants: dict[str, Any],
+        substitutes: dict[str, nn.Module],
     ) -> None:
         self.model = model
         self.constants = constants
+        self.substitutes = substitutes
         self.ruleset = ruleset
         self.signal = signal
 
@@ -495,7 +642,7 @@ class _Reader:
             )
         return sources
 
-    def call(self, node: fx.Node, item: int | None = None) -> tuple[Call, list[fx.Node], list[fx.Node]]:
+    def call(self, node: fx.Node, item: int | str | None = None) -> tuple[Call, list[fx.Node], list[fx.Node]]:
         """The node as a replayable :class:`Call`, its signal inputs and its references."""
         refs: list[fx.Node] = []
 
@@ -517,13 +664,15 @@ class _Reader:
         inputs = [n for n in refs if n in self.signal]
         signals = tuple(refs.index(n) for n in inputs)
         kind = {"call_function": "function", "call_method": "method", "call_module": "module"}[node.op]
-        target = self.model.get_submodule(str(node.target)) if node.op == "call_module" else node.target
+        target = node.target
+        if node.op == "call_module":
+            target = self.substitutes.get(str(target)) or self.model.get_submodule(str(target))
         return Call(kind, target, args, kwargs, signals, item), inputs, refs
 
-    def general(self, node: fx.Node, item: int | None = None, producer: fx.Node | None = None) -> _Built:
+    def general(self, node: fx.Node, item: int | str | None = None, producer: fx.Node | None = None) -> _Built:
         source = producer if producer is not None else node
         call, inputs, refs = self.call(source, item)
-        module = call.target if call.kind == "module" else None
+        module = self.model.get_submodule(str(source.target)) if source.op == "call_module" else None
         return _Built(mirror_layers.VJP(call, rules.rectifier_call), inputs, module=module, refs=refs)
 
     # modules
@@ -755,11 +904,16 @@ class _Reader:
             raise _General  # a weight computed in the forward
         self.plain(*(given.get(k) for k in names[2:]))
         parameter = self.attribute(weight)()
+        if not isinstance(parameter, Tensor) or parameter.dim() != 4:
+            raise _General
         stride = pair(given.get("stride", 1))
         dilation = pair(given.get("dilation", 1))
         padding = mirror_layers.conv_padding(given.get("padding", 0), parameter.shape[2:], dilation)
-        layer = mirror_layers.ConvTranspose2d(parameter, stride, padding, dilation, int(given.get("groups", 1)))
-        return _Built(layer, inputs)
+        groups = int(given.get("groups", 1))
+        if isinstance(parameter, nn.Parameter):
+            return _Built(mirror_layers.ConvTranspose2d(parameter, stride, padding, dilation, groups), inputs)
+        fetched = mirror_layers.FetchedConvTranspose2d(self.attribute(weight), stride, padding, dilation, groups)
+        return _Built(fetched, inputs)
 
     def _linear(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
@@ -890,28 +1044,36 @@ def _is_split(node: fx.Node) -> bool:
 
 
 def _picks_items(node: fx.Node) -> bool:
-    """Whether every use of ``node`` takes one item of it by a constant index (a tuple output)."""
-    return bool(node.users) and all(
-        user.op == "call_function" and user.target is operator.getitem and user.args[0] is node
-        and isinstance(user.args[1], int)
-        for user in node.users
-    )
+    """Whether every use of ``node`` takes one item of it by a constant index or attribute name
+    (a tuple output, a Hugging Face ``ModelOutput``)."""
+    return bool(node.users) and all(_is_item(user, node) for user in node.users)
+
+
+def _is_item(node: fx.Node, of: fx.Node) -> bool:
+    """Whether ``node`` is ``of[i]`` or ``of.name`` for a constant ``i`` or ``name``."""
+    if node.op != "call_function" or len(node.args) != 2 or node.args[0] is not of:
+        return False
+    if node.target is operator.getitem:
+        return isinstance(node.args[1], int)
+    return node.target is getattr and isinstance(node.args[1], str) and node.args[1] not in rules.META_ATTRIBUTES
 
 
 # --- building ---------------------------------------------------------------------------------
 
 
 def build(
-    model: nn.Module, ruleset: rules.RuleSet | None = None, *, strict: bool = False
+    model: nn.Module, ruleset: rules.RuleSet | None = None, *, strict: bool = False, found: Found | None = None
 ) -> Network:
     """Read ``model``'s forward and build its mirror. Raises a DeconvnetError if it cannot.
 
     strict: refuse (``UnsupportedLayerError``) any layer the mirror would reverse with the
     general VJP layer instead of by hand.
+    found: what an earlier run of the forward showed (see :meth:`Network.refine`).
     """
     ruleset = ruleset or rules.DEFAULT_RULES
-    graph, module_calls, opaque, constants, optional = _trace(model, ruleset)
-    substitutes = _normalise_in_place(graph, model)
+    found = found or Found()
+    graph, module_calls, opaque, constants, optional, stateful = _trace(model, ruleset, found.whole)
+    substitutes = _normalise_in_place(graph, model) | {path: _KeptAsFound(model.get_submodule(path)) for path in stateful}
     module_names = _step_names(graph)
 
     fixed = _fixed_placeholders(graph, optional)
@@ -923,7 +1085,7 @@ def build(
         )
     signal: set[fx.Node] = {placeholders[0]}
     live = _ancestors(graph)
-    reader = _Reader(model, ruleset, signal, constants)
+    reader = _Reader(model, ruleset, signal, constants, substitutes)
     steps: dict[fx.Node, Step] = {}
     names: dict[fx.Node, str] = {placeholders[0]: mirror_layers.INPUT}
     producers: set[fx.Node] = set()  # signal nodes whose output is a tuple (chunk, a module's)
@@ -955,6 +1117,8 @@ def build(
         sources = [n for n in node.all_input_nodes if n in signal]
         if not sources or (node.op != "call_module" and rules.is_meta_call(node.op, node.target, node.args)):
             continue  # shapes, constants and parameters: no signal goes through
+        if _item_key(node) in found.constants:
+            continue  # an item of a module's output that holds no tensor (sizes)
         name = module_names.get(node, node.name)
         if _is_module_item(node, producers) and node.args[1] == 0:
             name = module_names[cast(fx.Node, node.args[0])]  # out, _ = attention(x): the module's output
@@ -1007,6 +1171,8 @@ def build(
         defaults={n.name: v for n, v in fixed.items()},
         constants=constants,
         ruleset=ruleset,
+        strict=strict,
+        found=found,
     )
 
 
@@ -1034,9 +1200,9 @@ def _ancestors(graph: fx.Graph) -> set[fx.Node]:
 def _read(reader: _Reader, node: fx.Node, name: str, producers: set[fx.Node]) -> _Built | None:
     """The mirror of one signal node; None when the node's output is a tuple whose items are
     the layers."""
-    if node.op == "call_function" and node.target is operator.getitem and node.args[0] in producers:
+    if node.args and node.args[0] in producers and _is_item(node, cast(fx.Node, node.args[0])):
         producer = cast(fx.Node, node.args[0])
-        index = cast(int, node.args[1])
+        index = cast(Any, node.args[1])
         if _is_split(producer):
             try:
                 return reader.split_piece(producer, index)

@@ -9,9 +9,9 @@ layer's mirror declares it needs.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, fx
@@ -21,6 +21,8 @@ from .errors import UnsupportedLayerError
 from .mirror import Record
 
 __all__ = ["Trace", "run", "run_layers"]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,9 +134,33 @@ def _program(network: Network, only: tuple[fx.Node, ...] | None = None) -> _Prog
     return _Program(fx.GraphModule(owners, graph), kept, switched, attributes, placeholders)
 
 
-@torch.no_grad()
+class _BatchLost(UnsupportedLayerError):
+    """A layer's output does not keep its input's batch dimension (see :meth:`Network.refine`)."""
+
+    def __init__(self, message: str, node: fx.Node, out: Any) -> None:
+        super().__init__(message)
+        self.node, self.out = node, out
+
+
+def _refined(network: Network, attempt: Callable[[], _T]) -> _T:
+    """``attempt()``, after rebuilding the network each time the forward shows what reading it
+    could not (a value that is not signal, a module that folds the batch inside), until it
+    runs or no rebuild can help (then the layer is refused)."""
+    while True:
+        try:
+            return attempt()
+        except _BatchLost as lost:
+            if not network.refine(lost.node, lost.out):
+                raise UnsupportedLayerError(str(lost)) from None
+
+
 def run(network: Network, x: Tensor) -> Trace:
     """Run the forward on x (Tensor[N, C, H, W]) and keep what the mirror needs."""
+    return _refined(network, lambda: _run(network, x))
+
+
+@torch.no_grad()
+def _run(network: Network, x: Tensor) -> Trace:
     network.check_eval()
     executed = _execute(network, x, None)
     if executed is None:
@@ -164,10 +190,15 @@ def _execute(network: Network, x: Tensor, only: tuple[fx.Node, ...] | None) -> t
     return values, switches, program
 
 
-@torch.no_grad()
 def run_layers(network: Network, x: Tensor, steps: Sequence[Step]) -> list[Tensor]:
     """Just the outputs of ``steps`` for x: a generated forward that keeps nothing else (mining
     reads a few layers of many batches)."""
+    names = [step.name for step in steps]
+    return _refined(network, lambda: _run_layers(network, x, [network.resolve(name) for name in names]))
+
+
+@torch.no_grad()
+def _run_layers(network: Network, x: Tensor, steps: Sequence[Step]) -> list[Tensor]:
     network.check_eval()
     executed = _execute(network, x, tuple(step.node for step in steps))
     if executed is None:
@@ -182,11 +213,12 @@ def run_layers(network: Network, x: Tensor, steps: Sequence[Step]) -> list[Tenso
 def _check_batch(step: Step, value: Tensor, out: Any) -> None:
     """Refuse a layer whose output (``out``) does not keep its input's batch dimension."""
     if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != value.shape[0]:
-        raise UnsupportedLayerError(
+        raise _BatchLost(
             f"{step.name}{'' if step.node.op == 'call_module' else call_site(step.node)} does not keep the batch "
             f"dimension (input {tuple(value.shape)}, "
             f"output {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}); "
-            "deconvnet needs every layer to map Tensor[N, ...] to Tensor[N, ...]"
+            "deconvnet needs every layer to map Tensor[N, ...] to Tensor[N, ...]",
+            step.node, out,
         )
 
 
@@ -205,7 +237,7 @@ def run_by_node(network: Network, x: Tensor) -> Trace:
     """The same as :func:`run`, interpreting the graph node by node (the first trace, and a
     reference for tests)."""
     network.check_eval()
-    return _interpret(network, x)
+    return _refined(network, lambda: _interpret(network, x))
 
 
 def _interpret(network: Network, x: Tensor) -> Trace:

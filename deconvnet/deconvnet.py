@@ -100,8 +100,17 @@ class DeconvNet:
         self.deterministic = deterministic
         self.memory_budget = memory_budget
         self._network: Network = build(model, DEFAULT_RULES.over(layer_rules), strict=strict)
-        self._receptive_fields = receptive_fields(self._network)
+        self._fields: tuple[Mirror, dict[str, ReceptiveField | None]] | None = None
         self._sized_fields: dict[tuple[int, ...], dict[str, ReceptiveField | None]] = {}
+
+    @property
+    def _receptive_fields(self) -> dict[str, ReceptiveField | None]:
+        """Each layer's receptive field, for the network as it is now (the first trace may
+        rebuild it: see :meth:`~deconvnet.builder.Network.refine`)."""
+        if self._fields is None or self._fields[0] is not self._network.mirror:
+            self._fields = (self._network.mirror, receptive_fields(self._network))
+            self._sized_fields.clear()
+        return self._fields[1]
 
     def __repr__(self) -> str:
         return f"DeconvNet({type(self.model).__name__}, {len(self.mirror)} mirror layers)"

@@ -139,7 +139,8 @@ class Call:
     kind: ``"function"``, ``"method"`` or ``"module"``; target: the function, method name or
     module; args/kwargs: the call's arguments with :class:`_Ref` where a forward value goes;
     signals: which references carry the signal (in the order of the layer's inputs); item: an
-    index taken from the call's result (a piece of ``chunk``, a module's tuple output).
+    index taken from the call's result (a piece of ``chunk``, a module's tuple output), or an
+    attribute name (a Hugging Face ``ModelOutput``'s ``last_hidden_state``).
     """
 
     kind: str
@@ -147,7 +148,7 @@ class Call:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     signals: tuple[int, ...]
-    item: int | None = None
+    item: int | str | None = None
 
     def arguments(self, record: Record, primals: Sequence[Tensor] | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The call's arguments as recorded, with the signal inputs replaced by ``primals``."""
@@ -166,21 +167,42 @@ class Call:
             out = getattr(args[0], self.target)(*args[1:], **kwargs)
         else:
             out = self.target(*args, **kwargs)
-        return out if self.item is None else out[self.item]
+        if self.item is None:
+            return out
+        return getattr(out, self.item) if isinstance(self.item, str) else out[self.item]
 
     def replay(self, record: Record, primals: Sequence[Tensor]) -> Tensor:
-        """The forward output with the signal inputs replaced by ``primals``."""
-        args, kwargs = self.arguments(record, primals)
-        return self(*args, **kwargs)
+        """The forward output with the signal inputs replaced by ``primals``, everything else
+        (parameters, buffers, values computed from them) a constant: differentiating it gives
+        gradients for the primals only (an attention bias made from a parameter must not ask
+        for one: ``scaled_dot_product_attention`` refuses a mask that requires grad)."""
+        values = [v.detach() if isinstance(v, Tensor) else v for v in record.values]
+        for ref, primal in zip(self.signals, primals, strict=False):
+            values[ref] = primal
+        args, kwargs = _fill(self.args, values), _fill(self.kwargs, values)
+        if self.kind != "module":
+            return self(*args, **kwargs)
+        module = self.target
+        frozen = {name: p.detach() for name, p in module.named_parameters() if p.requires_grad}
+        if not frozen:
+            return self(*args, **kwargs)
+        # The module's own parameters swapped for detached views of them for this call only
+        # (torch.func puts them back); the model's flags and values are never changed.
+        out = torch.func.functional_call(module, frozen, tuple(args), kwargs)
+        if self.item is None:
+            return out
+        return getattr(out, self.item) if isinstance(self.item, str) else out[self.item]
 
     def describe(self) -> str:
         if self.kind == "module":
-            name = type(self.target).__name__
+            name = getattr(self.target, "described", None) or type(self.target).__name__
         elif self.kind == "method":
             name = str(self.target)
         else:
             name = getattr(self.target, "__name__", str(self.target))
-        return name if self.item is None else f"{name}[{self.item}]"
+        if self.item is None:
+            return name
+        return f"{name}.{self.item}" if isinstance(self.item, str) else f"{name}[{self.item}]"
 
 
 class MirrorLayer(nn.Module):
@@ -274,7 +296,10 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
             dilation=dilation,
             device="meta",
         )
-        self.weight = weight  # type: ignore[assignment]  # the forward's own Parameter
+        if isinstance(weight, nn.Parameter):
+            self.weight = weight  # type: ignore[assignment]  # the forward's own Parameter
+        else:
+            del self.weight  # a buffer, read from the model on each call: see FetchedConvTranspose2d
         self.pads = pads
         self._kernels: dict[torch.memory_format, tuple[tuple[Any, ...], Tensor]] = {}
 
@@ -318,6 +343,29 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
         return functional.conv_transpose_window(
             signal, self.weight, self.window(), self.groups, origin, record.input_shape[2:], self.kernel
         )
+
+
+class FetchedConvTranspose2d(ConvTranspose2d):
+    """The transpose of a convolution whose weight is not a Parameter but a buffer of the model
+    (timm's ``BlurPool2d`` convolves with a fixed filter), read from the model on each use:
+    ``model.to`` replaces buffers where it moves parameters in place."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Tensor],
+        stride: tuple[int, int],
+        pads: tuple[tuple[int, int], tuple[int, int]],
+        dilation: tuple[int, int],
+        groups: int,
+    ) -> None:
+        super().__init__(fetch(), stride, pads, dilation, groups)
+        object.__setattr__(self, "fetch", fetch)
+
+    def __getattr__(self, name: str) -> Any:
+        fetch = self.__dict__.get("fetch")
+        if name == "weight" and fetch is not None:
+            return fetch()
+        return super().__getattr__(name)
 
 
 def conv_padding(
@@ -930,6 +978,9 @@ class VJP(MirrorLayer):
             with _RuleMode(context, self.rectifier_of):  # type: ignore[arg-type]
                 return self.call.replay(record, inputs)
 
+        # Contiguous: torch 2.14's CPU batch-norm backward is wrong for some strided gradients
+        # (channels-last with an unusual batch stride).
+        signal = signal.contiguous()
         with torch.enable_grad():
             _, pullback = torch.func.vjp(function, *primals)
             try:

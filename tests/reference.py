@@ -68,6 +68,8 @@ class RuledActivations(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = dict(kwargs or {})
+        if func is F.batch_norm:
+            return _eval_batch_norm(*args, **kwargs)
         function = {**_RELU, **_FAMILY}.get(func) if _hashable(func) else None
         if function is None:
             return func(*args, **kwargs)
@@ -83,6 +85,22 @@ class RuledActivations(TorchFunctionMode):
             return function(x, *rest, **kwargs)
 
         return _Ruled.apply(args[0], pure, self.rule)
+
+
+def _eval_batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):  # type: ignore[no-untyped-def]
+    """Eval-mode batch-norm written out, so that autograd differentiates the formula.
+
+    torch 2.14.1's CPU batch-norm backward returns wrong values when the incoming gradient is
+    channels-last with an unusual batch stride (N = 1, as ``flatten(2).transpose(1, 2)``
+    hands back in LeViT's stem): the oracle would be wrong, not the mirror. Training mode keeps
+    the library function (the tests refuse it anyway)."""
+    if training or running_mean is None:
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    out = (x - running_mean.view(shape)) * (running_var.view(shape) + eps).rsqrt()
+    if weight is not None:
+        out = out * weight.view(shape)
+    return out if bias is None else out + bias.view(shape)
 
 
 def _hashable(value: object) -> bool:
