@@ -1123,6 +1123,10 @@ def build(
         if _is_module_item(node, producers) and node.args[1] == 0:
             name = module_names[cast(fx.Node, node.args[0])]  # out, _ = attention(x): the module's output
             module_calls.append((str(cast(fx.Node, node.args[0]).target), node))
+        elif _is_module_item(node, producers) and isinstance(node.args[1], str) and (
+            f"{module_names[cast(fx.Node, node.args[0])]}.{node.args[1]}" not in taken
+        ):
+            name = f"{module_names[cast(fx.Node, node.args[0])]}.{node.args[1]}"  # body(x).last_hidden_state
         elif node.op != "call_module" and name in taken:
             name = f"{node.name}()"  # the call, told apart from the module of the same name
         built = _read(reader, node, name, producers)
@@ -1177,9 +1181,10 @@ def build(
 
 
 def _is_module_item(node: fx.Node, producers: set[fx.Node]) -> bool:
-    """Whether ``node`` takes an item of a module's tuple output."""
+    """Whether ``node`` takes an item of a module's tuple output (or an attribute of its
+    ``ModelOutput``)."""
     return (
-        node.op == "call_function" and node.target is operator.getitem and node.args[0] in producers
+        node.op == "call_function" and node.target in (operator.getitem, getattr) and node.args[0] in producers
         and cast(fx.Node, node.args[0]).op == "call_module"
     )
 

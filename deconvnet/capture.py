@@ -9,6 +9,7 @@ layer's mirror declares it needs.
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, fx
 
 from .builder import Network, Step, call_site
-from .errors import UnsupportedLayerError
+from .errors import InputError, UnsupportedLayerError
 from .mirror import Record
 
 __all__ = ["Trace", "run", "run_layers"]
@@ -142,21 +143,82 @@ class _BatchLost(UnsupportedLayerError):
         self.node, self.out = node, out
 
 
-def _refined(network: Network, attempt: Callable[[], _T]) -> _T:
+class _TooSmall(Exception):
+    """The input became smaller than a layer's window on its way through the model."""
+
+    def __init__(self, node: fx.Node, shape: tuple[int, ...] | None, error: RuntimeError) -> None:
+        super().__init__(str(error))
+        self.node, self.shape, self.error = node, shape, error
+
+
+# PyTorch's words for a pool, convolution or padding larger than what reaches it.
+_TOO_SMALL = re.compile(
+    r"output size is too small|kernel size can't be greater|padding size should be less than|"
+    r"input image .* smaller than",
+    re.IGNORECASE,
+)
+
+
+def _refined(network: Network, x: Tensor, attempt: Callable[[], _T]) -> _T:
     """``attempt()``, after rebuilding the network each time the forward shows what reading it
     could not (a value that is not signal, a module that folds the batch inside), until it
-    runs or no rebuild can help (then the layer is refused)."""
+    runs or no rebuild can help (then the layer is refused). An input too small for the model
+    is refused naming where it became too small and the smallest size that runs."""
     while True:
         try:
             return attempt()
         except _BatchLost as lost:
             if not network.refine(lost.node, lost.out):
                 raise UnsupportedLayerError(str(lost)) from None
+        except _TooSmall as small:
+            raise InputError(_too_small_message(network, x, small)) from small.error
+
+
+def _too_small_message(network: Network, x: Tensor, small: _TooSmall) -> str:
+    step = network.steps.get(small.node)
+    where = step.name if step is not None else small.node.name
+    if small.node.op == "call_module":
+        where += f" ({type(network.model.get_submodule(str(small.node.target))).__name__})"
+    else:
+        where += call_site(small.node)
+    reached = "x".join(str(d) for d in small.shape[1:]) if small.shape else "too small"
+    smallest = _smallest_size(network, x)
+    hint = f"; the smallest square input {type(network.model).__name__} runs is {smallest}x{smallest}" if smallest else ""
+    return (
+        f"x of {x.shape[2]}x{x.shape[3]} pixels is too small for this model: at {where} the input had become "
+        f"{reached}, smaller than its window ({small.error}){hint}"
+    )
+
+
+def _smallest_size(network: Network, x: Tensor, limit: int = 4096) -> int | None:
+    """The smallest square input size the forward runs at (one zero image per try), or None."""
+
+    def runs(size: int) -> bool:
+        try:
+            _interpret(network, x.new_zeros(1, x.shape[1], size, size))
+        except _TooSmall:
+            return False
+        return True
+
+    low = max(1, min(x.shape[2:]))
+    high = low * 2
+    try:
+        with torch.no_grad():
+            while not runs(high):
+                low, high = high, high * 2
+                if high > limit:
+                    return None
+            while high - low > 1:
+                middle = (low + high) // 2
+                low, high = (low, middle) if runs(middle) else (middle, high)
+    except Exception:  # anything else at some size (an exact size required): no hint
+        return None
+    return high
 
 
 def run(network: Network, x: Tensor) -> Trace:
     """Run the forward on x (Tensor[N, C, H, W]) and keep what the mirror needs."""
-    return _refined(network, lambda: _run(network, x))
+    return _refined(network, x, lambda: _run(network, x))
 
 
 @torch.no_grad()
@@ -186,7 +248,12 @@ def _execute(network: Network, x: Tensor, only: tuple[fx.Node, ...] | None) -> t
     if program is None or not program.current(network):
         program = network.programs[only] = _program(network, only)
     inputs = [network.defaults.get(name, x) for name in program.placeholders]
-    values, switches = program.module(*inputs)
+    try:
+        values, switches = program.module(*inputs)
+    except RuntimeError as error:
+        if _TOO_SMALL.search(str(error)):
+            _interpret(network, x)  # node by node, to say where
+        raise
     return values, switches, program
 
 
@@ -194,7 +261,7 @@ def run_layers(network: Network, x: Tensor, steps: Sequence[Step]) -> list[Tenso
     """Just the outputs of ``steps`` for x: a generated forward that keeps nothing else (mining
     reads a few layers of many batches)."""
     names = [step.name for step in steps]
-    return _refined(network, lambda: _run_layers(network, x, [network.resolve(name) for name in names]))
+    return _refined(network, x, lambda: _run_layers(network, x, [network.resolve(name) for name in names]))
 
 
 @torch.no_grad()
@@ -237,7 +304,7 @@ def run_by_node(network: Network, x: Tensor) -> Trace:
     """The same as :func:`run`, interpreting the graph node by node (the first trace, and a
     reference for tests)."""
     network.check_eval()
-    return _refined(network, lambda: _interpret(network, x))
+    return _refined(network, x, lambda: _interpret(network, x))
 
 
 def _interpret(network: Network, x: Tensor) -> Trace:
@@ -252,10 +319,16 @@ def _interpret(network: Network, x: Tensor) -> Trace:
         args = fx.node.map_arg(node.args, env.__getitem__)
         kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
         switches = None
-        if step is not None and step.run is not None:
-            out, switches = step.run(args, kwargs)
-        else:
-            out = evaluate(node, args, kwargs, network)
+        try:
+            if step is not None and step.run is not None:
+                out, switches = step.run(args, kwargs)
+            else:
+                out = evaluate(node, args, kwargs, network)
+        except RuntimeError as error:
+            if _TOO_SMALL.search(str(error)):
+                first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+                raise _TooSmall(node, tuple(first.shape) if first is not None else None, error) from error
+            raise
         env[node] = out
         if step is None:
             continue

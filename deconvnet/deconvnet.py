@@ -179,6 +179,14 @@ class DeconvNet:
             raise InputError("x is an empty batch (N = 0)")
         if not x.is_floating_point():
             raise InputError(f"x must be a floating-point tensor, got {x.dtype}")
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            nan = int(torch.isnan(x).sum())
+            raise InputError(
+                f"x holds {nan} NaN and {int((~finite).sum()) - nan} infinite values (of {x.numel()}); a max-pool's "
+                "switches and a rectifier's mask over them are arbitrary, so no reconstruction of it would mean "
+                "anything: replace them first (torch.nan_to_num, or fix the preprocessing)"
+            )
         expected = self._network.input_channels
         if expected is not None and x.shape[1] != expected:
             first = next(iter(self._network.steps.values()))

@@ -37,6 +37,10 @@ FAMILIES = {  # name -> (model class, config); general layers: see the README's 
                                                                       depths=[1, 1], groups_width=8, num_labels=5)),
     "beit": (T.BeitForImageClassification, lambda: T.BeitConfig(intermediate_size=16, **VISION)),
     "dinov2": (T.Dinov2ForImageClassification, lambda: T.Dinov2Config(mlp_ratio=1, **VISION)),
+    "vit": (T.ViTForImageClassification, lambda: T.ViTConfig(intermediate_size=16, **VISION)),
+    "deit": (T.DeiTForImageClassificationWithTeacher, lambda: T.DeiTConfig(intermediate_size=16, **VISION)),
+    "swin": (T.SwinForImageClassification, lambda: T.SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1],
+                                                                num_heads=[1, 2], window_size=4, num_labels=5)),
 }
 
 
@@ -92,16 +96,50 @@ def test_a_model_without_logits_is_refused_in_one_line():
         DeconvNet(model)
 
 
-def test_vit_is_refused_with_the_reason():
-    """ViT's forward compares a traced tensor's dtype (control flow torch.fx cannot follow), so
-    the whole ViTModel becomes one general layer, and it returns a ModelOutput, which a general
-    layer cannot pass on: refused at the first trace, saying so."""
-    torch.manual_seed(0)
-    model = T.ViTForImageClassification(T.ViTConfig(intermediate_size=16, **VISION)).eval()
+def test_a_branch_on_the_inputs_dtype_is_followed_not_kept_whole():
+    """ViTModel.forward casts pixel_values when their dtype differs from the weights' (a branch
+    torch.fx cannot follow): deconvnet takes inputs of the model's dtype only, so it follows
+    the branch and reads the encoder layer by layer instead of as one general layer."""
+    model = build("vit")
     dn = DeconvNet(model)
-    assert "vit" in dn.general_layers
-    with pytest.raises(UnsupportedLayerError, match="vit does not keep the batch dimension.*BaseModelOutputWithPooling"):
+    assert "vit" not in dn.general_layers and "vit.layers.0.layernorm_before" in dn.layers
+    with pytest.raises(InputError, match="x is torch.float32 but the model's parameters are torch.float64"):
         dn.trace(torch.randn(1, 3, 32, 32))
+
+
+class _Branchy(nn.Module):
+    """Control flow on a value (torch.fx cannot trace it: kept whole), returning a ModelOutput."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> transformers.modeling_outputs.BaseModelOutput:
+        y = self.conv(x)
+        if y.sum() > 0:
+            y = y.relu()
+        return transformers.modeling_outputs.BaseModelOutput(last_hidden_state=y)
+
+
+class _ReadsAttribute(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _Branchy()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).last_hidden_state.mean((2, 3)))
+
+
+def test_a_general_layer_passes_on_an_attribute_of_its_model_output():
+    torch.manual_seed(0)
+    model = _ReadsAttribute().double().eval()
+    dn = DeconvNet(model)
+    assert dn.general_layers == ["body.last_hidden_state"]
+    assert "VJP(_Branchy.last_hidden_state)" in repr(dn.mirror)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    for rule in ("deconvnet", "guided", "gradient"):
+        assert_exact(dn.reconstruct_classes(x, [0, 2], rule=rule), classes_reference(model, x, [0, 2], rule))
 
 
 def test_a_save_pretrained_folder_loads_offline_with_its_preprocessing_and_labels(tmp_path):
