@@ -164,12 +164,19 @@ def _refined(network: Network, x: Tensor, attempt: Callable[[], _T]) -> _T:
     could not (a value that is not signal, a module that folds the batch inside), until it
     runs or no rebuild can help (then the layer is refused). An input too small for the model
     is refused naming where it became too small and the smallest size that runs."""
+    first: tuple[str, dict[str, Any]] | None = None
     while True:
         try:
             return attempt()
         except _BatchLost as lost:
+            if first is None:
+                first = (str(lost), dict(network.__dict__))
             if not network.refine(lost.node, lost.out):
-                raise UnsupportedLayerError(str(lost)) from None
+                network.__dict__.update(first[1])  # as built: the next call says the same
+                raise UnsupportedLayerError(
+                    f"{first[0]}; no module around it gives the batch dimension back, so it cannot be "
+                    "reversed whole either"
+                ) from None
         except _TooSmall as small:
             raise InputError(_too_small_message(network, x, small)) from small.error
 

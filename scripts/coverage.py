@@ -1,6 +1,7 @@
 """Print the supported-models table: every torchvision family and the tested timm families.
 
     python scripts/coverage.py            # Markdown table on stdout
+    python scripts/coverage.py --zoo      # just the rows of the timm zoo (tests/test_timm_zoo.py)
 
 Per family (its smallest model as pretrained weights build it, random weights, one image, the
 sizes of ``tests/test_every_architecture.py``): how many layers the mirror reverses by hand,
@@ -49,24 +50,32 @@ def row(label: str, model: torch.nn.Module, size: int) -> str:
     narrow = model.float()
     x32 = x64.float()
     ours = DeconvNet(narrow, rectifiers="relu").reconstruct_classes(x32, CLASSES)
-    captum = Deconvolution(narrow).attribute(x32.repeat(len(CLASSES), 1, 1, 1), target=CLASSES)
+    try:
+        captum = f"{_error(ours[0], Deconvolution(narrow).attribute(x32.repeat(len(CLASSES), 1, 1, 1), target=CLASSES)):.1e}"
+    except Exception as error:  # Captum's hooks do not run on every model
+        captum = f"Captum fails: {type(error).__name__}"
     kinds = sorted({repr(layer) for layer in dn.mirror if layer.source in general})
     what = ", ".join(kinds) if kinds else "none"
     print(f"{label}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    return (f"| {label} | {size} | {hand} | {len(general)} ({what}) | {max(errors):.1e} | "
-            f"{_error(ours[0], captum):.1e} |")
+    return f"| {label} | {size} | {hand} | {len(general)} ({what}) | {max(errors):.1e} | {captum} |"
 
 
 def main() -> None:
     warnings.simplefilter("ignore")
+    import timm
+
+    if "--zoo" in sys.argv:
+        from test_timm_zoo import ZOO, create
+
+        for name, size in ZOO.items():
+            print(row(f"timm `{name}`", create(name), size), flush=True)
+        return
     print("| model | px | layers reversed by hand | general VJP layers | vs oracle, float64 (worst of 3 rules) "
           "| rectifiers=\"relu\" vs Captum Deconvolution, float32 |")
     print("|---|---|---|---|---|---|")
     for family, (name, options, size, _) in TORCHVISION.items():
         print(row(f"torchvision `{name}`" + (" (transform_input)" if options.get("transform_input") else ""),
                   build(family), size), flush=True)
-    import timm
-
     for name, size in TIMM.items():
         options = {"img_size": size} if name.startswith("vit_") else {}
         print(row(f"timm `{name}`", timm.create_model(name, pretrained=False, **options), size), flush=True)
