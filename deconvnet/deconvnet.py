@@ -128,7 +128,12 @@ class DeconvNet:
 
     @property
     def layers(self) -> list[str]:
-        """The names one can reconstruct from, in forward order."""
+        """The names one can reconstruct from, in forward order.
+
+        A module found at the first trace to fold the batch dimension inside (a window
+        partition, whose sizes come from the input) is from then on one layer, reversed whole:
+        the names inside it are gone after the first trace.
+        """
         return list(self._network.layers)
 
     @property
@@ -139,7 +144,8 @@ class DeconvNet:
     @property
     def general_layers(self) -> list[str]:
         """The layers reversed by the general VJP layer (their exact vector-Jacobian product)
-        rather than by a hand-written mirror layer; empty with ``strict=True``."""
+        rather than by a hand-written mirror layer; empty with ``strict=True``. Modules that
+        fold the batch dimension inside join them at the first trace (see :attr:`layers`)."""
         return self.mirror.general()
 
     def context(self, rule: str | None = None) -> Context:

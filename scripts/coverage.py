@@ -68,7 +68,7 @@ def main() -> None:
         from test_timm_zoo import ZOO, create
 
         for name, size in ZOO.items():
-            print(row(f"timm `{name}`", create(name), size), flush=True)
+            print(row(f"timm `{name}`", create(name, classes=10), size), flush=True)
         return
     print("| model | px | layers reversed by hand | general VJP layers | vs oracle, float64 (worst of 3 rules) "
           "| rectifiers=\"relu\" vs Captum Deconvolution, float32 |")
