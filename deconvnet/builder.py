@@ -16,6 +16,7 @@ import difflib
 import inspect
 import operator
 import re
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
@@ -97,9 +98,13 @@ def _holds_tensor(value: Any) -> bool:
 
 @dataclass(eq=False)
 class Network:
-    """A model read as a graph: what tracing runs and what the mirror reverses."""
+    """A model read as a graph: what tracing runs and what the mirror reverses.
 
-    model: nn.Module
+    It holds its model weakly (see :attr:`model`), so that built networks can be kept per model
+    (:func:`build` reuses them) without keeping the model alive.
+    """
+
+    owner: weakref.ref[nn.Module]
     nodes: list[fx.Node]
     """Every node to run in a forward pass, in order (the output node excluded)."""
     steps: dict[fx.Node, Step]
@@ -149,9 +154,17 @@ class Network:
                 return False
             why = "it folds the batch dimension into another inside (a window partition), so it is reversed whole"
             found = Found({**found.whole, outer[0]: why}, found.constants)
-        rebuilt = build(self.model, self.ruleset, strict=self.strict, found=found)
+        rebuilt = _build(self.model, self.ruleset, self.strict, found)
         self.__dict__.update(rebuilt.__dict__)
         return True
+
+    @property
+    def model(self) -> nn.Module:
+        """The model it was built from."""
+        model = self.owner()
+        if model is None:
+            raise TracingError("the model this network was built from no longer exists")
+        return model
 
     def attribute(self, target: str) -> Any:
         """A ``get_attr`` value: a parameter or buffer of the model, or a graph constant."""
@@ -1061,6 +1074,22 @@ def _is_item(node: fx.Node, of: fx.Node) -> bool:
 # --- building ---------------------------------------------------------------------------------
 
 
+# Networks built with the default rules, per model: reading a forward costs about as much as
+# running it, and ``DeconvNet(model)`` is often made anew for each call (Captum's habit).
+_BUILT: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], Network]] = weakref.WeakKeyDictionary()
+
+
+def structure(model: nn.Module) -> tuple[Any, ...]:
+    """What a built network depends on beyond the values it shares: each module (its identity,
+    class, an instance-level ``forward``, training flag) and the parameter and buffer tensors
+    (replaced ones, not updated ones, change it)."""
+    return (
+        tuple((name, id(m), type(m), id(m.__dict__.get("forward")), m.training) for name, m in model.named_modules()),
+        tuple(id(t) for t in model.parameters()),
+        tuple(id(t) for t in model.buffers()),
+    )
+
+
 def build(
     model: nn.Module, ruleset: rules.RuleSet | None = None, *, strict: bool = False, found: Found | None = None
 ) -> Network:
@@ -1069,9 +1098,22 @@ def build(
     strict: refuse (``UnsupportedLayerError``) any layer the mirror would reverse with the
     general VJP layer instead of by hand.
     found: what an earlier run of the forward showed (see :meth:`Network.refine`).
+
+    With the default rules (and :func:`~deconvnet.rules.register_rule`'s additions) the network
+    is built once per model and returned again while the model's :func:`structure` is the same;
+    it shares the model's parameters, so updated weights need no rebuild.
     """
-    ruleset = ruleset or rules.DEFAULT_RULES
-    found = found or Found()
+    if ruleset is None and found is None and isinstance(model, nn.Module):
+        key = (structure(model), strict, tuple((t, id(r)) for t, r in rules.DEFAULT_RULES.rules.items()))
+        built = _BUILT.get(model)
+        if built is None or built[0] != key:
+            built = (key, _build(model, rules.DEFAULT_RULES, strict, Found()))
+            _BUILT[model] = built
+        return built[1]
+    return _build(model, ruleset or rules.DEFAULT_RULES, strict, found or Found())
+
+
+def _build(model: nn.Module, ruleset: rules.RuleSet, strict: bool, found: Found) -> Network:
     graph, module_calls, opaque, constants, optional, stateful = _trace(model, ruleset, found.whole)
     substitutes = _normalise_in_place(graph, model) | {path: _KeptAsFound(model.get_submodule(path)) for path in stateful}
     module_names = _step_names(graph)
@@ -1163,7 +1205,7 @@ def build(
     ordered = sorted(layers.items(), key=lambda item: position[item[1].node])
     first = next(iter(steps.values()), None)
     return Network(
-        model=model,
+        owner=weakref.ref(model),
         nodes=nodes,
         steps=steps,
         output=cast(fx.Node, output),  # every fx graph ends in an output node

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -105,27 +104,12 @@ def _per_example(target: Target, n: int) -> list[int] | None:
     return None
 
 
-# Mirrors already built, per model: ``Deconvolution(model).attribute(...)`` is usually written
-# with a new object per call, and building the mirror costs about one forward pass. The rule is
-# each call's own (``rule=``), so one mirror serves every class here.
-_MIRRORS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, DeconvNet]] = weakref.WeakKeyDictionary()
-
-
-def _structure(model: nn.Module) -> tuple:
-    """What a built mirror depends on beyond the values it shares: the modules (by identity) and
-    the parameter and buffer tensors (replaced ones, not updated ones, change it)."""
-    return (tuple((name, id(m)) for name, m in model.named_modules()),
-            tuple(id(t) for t in model.parameters()), tuple(id(t) for t in model.buffers()), model.training)
-
-
 def _mirror_of(model: nn.Module) -> DeconvNet:
-    """The model's mirror (ReLU alone takes the rule, as in Captum), built on first use and again
-    only when its structure changed."""
-    structure = _structure(model)
-    built = _MIRRORS.get(model)
-    if built is None or built[0] != structure:
-        built = _MIRRORS[model] = (structure, DeconvNet(model, rectifiers="relu"))
-    return built[1]
+    """The model's mirror (ReLU alone takes the rule, as in Captum). ``Deconvolution(model)`` is
+    usually made anew for each call: the network is built once per model and again only when
+    its structure changed (see :func:`deconvnet.builder.build`); the rule is each call's own
+    (``rule=``)."""
+    return DeconvNet(model, rectifiers="relu")
 
 
 class _RuleGradients:

@@ -99,7 +99,8 @@ class DeconvNet:
         self.rectifiers = rectifiers
         self.deterministic = deterministic
         self.memory_budget = memory_budget
-        self._network: Network = build(model, DEFAULT_RULES.over(layer_rules), strict=strict)
+        self._network: Network = build(model, None if layer_rules is None else DEFAULT_RULES.over(layer_rules),
+                                       strict=strict)
         self._fields: tuple[Mirror, dict[str, ReceptiveField | None]] | None = None
         self._sized_fields: dict[tuple[int, ...], dict[str, ReceptiveField | None]] = {}
 

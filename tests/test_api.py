@@ -381,3 +381,39 @@ def test_layer_rules_reach_functional_calls_read_as_modules():
                                     nn.AdaptiveMaxPool2d: deconvnet.Rule(
                                         mirror_of, run=deconvnet.rules._run_adaptive_max_pool)})
     assert marked == ["MaxPool2d", "AdaptiveMaxPool2d"]
+
+
+def _small() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(8 * 8 * 8, 5)).eval()
+
+
+def test_the_network_is_built_once_per_model_and_again_when_it_changes():
+    model = _small()
+    first = DeconvNet(model)
+    assert DeconvNet(model, rule="guided", rectifiers="relu").network is first.network  # rule and rectifiers are per call
+    with torch.no_grad():
+        model[0].weight.mul_(2)  # updated in place: the shared weights follow
+    assert DeconvNet(model).network is first.network
+    assert DeconvNet(model, strict=True).network is not first.network
+    assert DeconvNet(model, layer_rules={}).network is not first.network  # this instance's own rules: its own
+    model[0] = torch.nn.Conv2d(3, 8, 3, padding=1)  # a module replaced
+    second = DeconvNet(model)
+    assert second.network is not first.network
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(second.trace(x).output, model(x))
+    model.train()
+    assert DeconvNet(model).network is not second.network
+
+
+def test_the_kept_networks_do_not_keep_the_model_alive():
+    import gc
+    import weakref
+
+    model = _small()
+    DeconvNet(model).reconstruct_classes(torch.randn(1, 3, 16, 16), [0])
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

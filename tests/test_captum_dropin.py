@@ -223,14 +223,14 @@ def test_a_new_object_per_call_reuses_the_models_mirror_until_the_model_changes(
     first.attribute(x, target=1)
     second = ours.Deconvolution(net)
     second.attribute(x, target=1)
-    assert second._mirror is first._mirror  # built once for the model
+    assert second._mirror.network is first._mirror.network  # built once for the model
     assert ours.GuidedBackprop(net).attribute(x, target=1) is not None
     with torch.no_grad():
         net[0].weight.mul_(2)  # values change in place: the shared weights follow, no rebuild
     third = ours.Deconvolution(net)
     assert_same(third.attribute(x, target=1), captum_attr.Deconvolution(net).attribute(x, target=1))
-    assert third._mirror is first._mirror
+    assert third._mirror.network is first._mirror.network
     net[7] = nn.Linear(6, 5).double()  # a module replaced: built again, and right
     fourth = ours.Deconvolution(net)
     assert_same(fourth.attribute(x, target=1), captum_attr.Deconvolution(net).attribute(x, target=1))
-    assert fourth._mirror is not first._mirror
+    assert fourth._mirror.network is not first._mirror.network
