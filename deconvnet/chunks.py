@@ -124,9 +124,8 @@ def mirror_needs(mirror: Mirror, trace: Trace, start: str) -> tuple[int, int]:
     images = len(trace)
     result = trace.input[0].numel()
     widest = 0
-    for layer in mirror.layers[mirror.index_of(start):]:
-        record = trace.records[layer.source]
-        widest = max(widest, prod(record.input_shape[1:]) + trace.activations[layer.source][0].numel())
+    for source in mirror.sources(start):
+        widest = max(widest, prod(trace.records[source].input_shape[1:]) + prod(trace.activations[source].shape[1:]))
     return (result + WORKSPACE_FACTOR * widest) * images * trace.output.element_size(), max(widest, result) * images
 
 

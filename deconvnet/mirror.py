@@ -13,7 +13,9 @@ recorded, and whether it can run on receptive-field windows (:meth:`~MirrorLayer
 
 from __future__ import annotations
 
+import functools
 import inspect
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from math import prod
@@ -316,6 +318,28 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
             )
             cached = self._kernels[memory_format] = (key, kernel)
         return cached[1]
+
+    def folded_kernel(self, scale: ChannelScale, memory_format: torch.memory_format) -> Tensor:
+        """:meth:`kernel` of the weight times the batch-norm ``scale`` that follows the conv
+        (per output channel): the mirror's scale-then-transpose in one convolution. Prepared
+        again only when the weight or the batch-norm's statistics change."""
+        weight = self.weight
+        var, factor, eps = scale.statistics()  # type: ignore[operator]
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, tuple(weight.shape),
+               *((t.data_ptr(), t._version) for t in (var, factor) if t is not None), eps)
+        cached = self._kernels.get((scale, memory_format))  # type: ignore[call-overload]
+        if cached is None or cached[0] != key:
+            folded = weight.detach() * scale.scale().detach().to(weight.dtype).view(-1, 1, 1, 1)
+            kernel = functional.transpose_kernel(folded, pair(self.stride), pair(self.dilation), self.groups, memory_format)
+            cached = self._kernels[(scale, memory_format)] = (key, kernel)  # type: ignore[index]
+        return cached[1]
+
+    def folded_forward(self, scale: ChannelScale, signal: Tensor, record: Record, context: Context) -> Tensor:
+        """:meth:`forward` of ``scale``'s mirror (the batch-norm after the conv) then this one."""
+        return functional.conv_transpose2d(
+            signal, self.weight, record.input_shape[2:], pair(self.stride), self.pads, pair(self.dilation), self.groups,
+            functools.partial(self.folded_kernel, scale),
+        )
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> ConvTranspose2d:
@@ -996,6 +1020,10 @@ class VJP(MirrorLayer):
         return [g.detach() for g in grads]
 
 
+def _pass_on(signal: Tensor, record: Record) -> Tensor:
+    return signal
+
+
 def _takes_context(layer: MirrorLayer) -> bool:
     try:
         parameters = inspect.signature(layer.forward).parameters
@@ -1018,13 +1046,43 @@ class Mirror(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self._index = {layer.source: i for i, layer in enumerate(self.layers)}
-        self._context = [_takes_context(layer) for layer in self.layers]  # type: ignore[arg-type]
+        # What the loop in forward reads per layer, as plain Python: indexing a ModuleList and
+        # nn.Module.__call__ cost more per layer than the small layers' own work.
+        self._plan: list[tuple[str, Callable[..., Any], bool, tuple[str, ...]]] = [
+            (layer.source, layer.forward, _takes_context(layer), tuple(layer.inputs))  # type: ignore[arg-type]
+            for layer in self.layers
+        ]
+        self._unfolded: dict[int, tuple[str, Callable[..., Any], bool, tuple[str, ...]]] = {}
+        self._fold_batch_norms()
+
+    def _fold_batch_norms(self) -> None:
+        """Where a batch-norm only follows a conv (conv -> bn), its mirror's per-channel scale
+        goes into the transposed conv's prepared kernel: one pass over the signal instead of
+        two. A signal that starts at the conv itself runs the conv unscaled."""
+        taken: dict[str, int] = {}
+        for layer in self.layers:
+            for name in layer.inputs:
+                taken[name] = taken.get(name, 0) + 1
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, ChannelScale) or len(layer.inputs) != 1:
+                continue
+            j = self._index.get(layer.inputs[0])
+            conv = self.layers[j] if j is not None else None
+            if type(conv) is not ConvTranspose2d or taken.get(conv.source) != 1:
+                continue
+            self._plan[i] = (layer.source, _pass_on, False, tuple(layer.inputs))
+            self._unfolded[j] = self._plan[j]  # type: ignore[index]
+            self._plan[j] = (conv.source, functools.partial(conv.folded_forward, layer), True, tuple(conv.inputs))  # type: ignore[index]
 
     def __len__(self) -> int:
         return len(self.layers)
 
     def __getitem__(self, index: int) -> MirrorLayer:
         return self.layers[index]  # type: ignore[return-value]
+
+    def sources(self, start: str | None = None) -> list[str]:
+        """The forward layers the mirror reverses, from ``start`` (the output when None) down."""
+        return [entry[0] for entry in self._plan[0 if start is None else self.index_of(start):]]
 
     def index_of(self, source: str) -> int:
         """Position of the mirror layer that reverses forward node ``source``."""
@@ -1040,15 +1098,21 @@ class Mirror(nn.Module):
         """signal (Tensor[N, K, *start's output shape]) -> Tensor[N, K, C, H, W]."""
         context = context or Context()
         first = 0 if start is None else self.index_of(start)
-        pending: dict[str, Tensor] = {self.layers[first].source: signal}
-        for i in range(first, len(self.layers)):
-            layer = self.layers[i]
-            arriving = pending.pop(layer.source, None)
+        pending: dict[str, Tensor] = {self._plan[first][0]: signal}
+        plan = itertools.islice(self._plan, first, None)
+        if first in self._unfolded:  # a conv whose batch-norm's scale is folded in, started at itself
+            plan = itertools.chain([self._unfolded[first]], itertools.islice(self._plan, first + 1, None))
+        for source, forward, takes_context, inputs in plan:
+            arriving = pending.pop(source, None)
             if arriving is None:
                 continue  # a branch the signal does not run through
-            record = records[layer.source]
-            out = layer(arriving, record, context) if self._context[i] else layer(arriving, record)
-            for name, part in zip(layer.inputs, out if isinstance(out, list) else [out], strict=True):
+            record = records[source]
+            out = forward(arriving, record, context) if takes_context else forward(arriving, record)
+            if len(inputs) == 1 and not isinstance(out, list):
+                name = inputs[0]
+                pending[name] = pending[name] + out if name in pending else out
+                continue
+            for name, part in zip(inputs, out, strict=True):
                 pending[name] = pending[name] + part if name in pending else part
         return pending[INPUT]
 

@@ -225,8 +225,21 @@ def _module_gradient(module: nn.Module) -> Gradient | None:
         return call_gradient(F.hardtanh, (module.min_val, module.max_val), {})
     if isinstance(module, nn.GELU):
         return call_gradient(F.gelu, (), {"approximate": module.approximate})
-    function = {nn.Hardswish: F.hardswish, nn.SiLU: F.silu, nn.Hardsigmoid: F.hardsigmoid}.get(type(module))
+    if isinstance(module, nn.LeakyReLU):
+        return call_gradient(F.leaky_relu, (module.negative_slope,), {})
+    if isinstance(module, nn.Softplus):
+        return call_gradient(F.softplus, (module.beta, module.threshold), {})
+    function = {nn.Hardswish: F.hardswish, nn.SiLU: F.silu, nn.Hardsigmoid: F.hardsigmoid, nn.Sigmoid: torch.sigmoid,
+                nn.Tanh: torch.tanh, nn.Mish: F.mish}.get(type(module))
     return call_gradient(function, (), {}) if function is not None else None
+
+
+def _sigmoid_gradient(g: Tensor, x: Tensor) -> Tensor:
+    return _aten.sigmoid_backward(g, torch.sigmoid(x))
+
+
+def _tanh_gradient(g: Tensor, x: Tensor) -> Tensor:
+    return _aten.tanh_backward(g, torch.tanh(x))
 
 
 def call_gradient(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Gradient | None:
@@ -239,10 +252,22 @@ def call_gradient(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any])
         low = args[0] if args else options.get("min_val", -1.0)
         high = args[1] if len(args) > 1 else options.get("max_val", 1.0)
         return lambda g, x: _aten.hardtanh_backward(g, x, float(low), float(high))
-    backward = {F.hardswish: _aten.hardswish_backward, F.silu: _aten.silu_backward,
-                F.hardsigmoid: _aten.hardsigmoid_backward}.get(target)
-    if backward is not None:
+    try:
+        backward = {F.hardswish: _aten.hardswish_backward, F.silu: _aten.silu_backward,
+                    F.hardsigmoid: _aten.hardsigmoid_backward, F.mish: _aten.mish_backward,
+                    torch.sigmoid: _sigmoid_gradient, F.sigmoid: _sigmoid_gradient, "sigmoid": _sigmoid_gradient,
+                    torch.tanh: _tanh_gradient, F.tanh: _tanh_gradient, "tanh": _tanh_gradient}.get(target)
+    except TypeError:  # an unhashable target
+        backward = None
+    if backward is not None and all(isinstance(a, bool) for a in args) and not set(options) - {"inplace"}:
         return backward
+    if target in (F.leaky_relu, F.leaky_relu_) and all(isinstance(a, (int, float)) for a in args[:1]):
+        slope = float(args[0] if args else options.get("negative_slope", 0.01))
+        return lambda g, x: _aten.leaky_relu_backward(g, x, slope, False)
+    if target is F.softplus and all(isinstance(a, (int, float)) for a in args[:2]):
+        beta = float(args[0] if args else options.get("beta", 1.0))
+        threshold = float(args[1] if len(args) > 1 else options.get("threshold", 20.0))
+        return lambda g, x: _aten.softplus_backward(g, x, beta, threshold)
     if target is F.gelu and not args:
         return lambda g, x: _aten.gelu_backward(g, x, approximate=options.get("approximate", "none"))
     return None

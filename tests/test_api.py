@@ -417,3 +417,24 @@ def test_the_kept_networks_do_not_keep_the_model_alive():
     del model
     gc.collect()
     assert alive() is None
+
+
+def test_a_batch_norm_folded_into_the_conv_before_it_stays_exact_from_either_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(6, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.Flatten(),
+                          nn.Linear(4 * 2 * 2, 5)).double().eval()
+    with torch.no_grad():
+        for bn in (model[1], model[5]):
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(-2, 2)
+    dn = DeconvNet(model)
+    assert sorted(dn.mirror._unfolded) == sorted(dn.mirror.index_of(c) for c in ("0", "4"))  # both convs carry their scale
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    for layer in ("0", "1", "4", "5"):  # from a conv itself (unscaled) and from its batch-norm (scaled)
+        reference = channels_reference(model, x, model[int(layer)], [0, 3], "max", "activation")
+        assert_exact(dn.reconstruct(x, layer, [0, 3]), reference)
+    assert_exact(dn.reconstruct_classes(x, [1, 4]), classes_reference(model, x, [1, 4]))
+    with torch.no_grad():
+        model[1].running_var.mul_(3)  # statistics updated in place: the folded kernel follows
+    assert_exact(dn.reconstruct_classes(x, [1, 4]), classes_reference(model, x, [1, 4]))
