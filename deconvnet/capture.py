@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -19,9 +19,9 @@ from torch import Tensor, fx
 
 from .builder import Network, Step, call_site
 from .errors import InputError, UnsupportedLayerError
-from .mirror import Record
+from .mirror import Context, Record
 
-__all__ = ["Trace", "run", "run_layers"]
+__all__ = ["Trace", "run", "run_lean", "run_layers"]
 
 _T = TypeVar("_T")
 
@@ -85,6 +85,8 @@ class _Program:
     attributes: list[tuple[str, Any]]
     placeholders: list[str]
     """Its inputs: the image, and forward's optional arguments (at their defaults)."""
+    shaped: list[fx.Node] = field(default_factory=list)
+    """Nodes whose shapes it returns (a lean program: their values are freed as it goes)."""
 
     def current(self, network: Network) -> bool:
         """Whether the parameters and buffers it reads are still the model's (``model.to``
@@ -92,8 +94,12 @@ class _Program:
         return all(network.attribute(target) is value for target, value in self.attributes)
 
 
-def _program(network: Network, only: tuple[fx.Node, ...] | None = None) -> _Program:
-    """The generated forward; returning the values the mirror reads, or just ``only``."""
+def _program(
+    network: Network, only: tuple[fx.Node, ...] | None = None, lean: dict[Step, frozenset[str]] | None = None
+) -> _Program:
+    """The generated forward; returning the values the mirror reads, or just ``only``, or (lean)
+    every step's shapes, the switches, and only the values ``lean`` says each step's mirror
+    layer reads (:meth:`~deconvnet.mirror.MirrorLayer.needs_under` one call's context)."""
     graph = fx.Graph()
     mapping: dict[fx.Node, fx.Node] = {}
     owners: dict[str, Any] = {}
@@ -123,16 +129,27 @@ def _program(network: Network, only: tuple[fx.Node, ...] | None = None) -> _Prog
                     attributes.append((target, owners[name]))
                 new.target = name
         mapping[node] = new
+    shaped: list[fx.Node] = []
     if only is not None:
         kept, switched = list(only), []
+    elif lean is not None:
+        wanted: list[fx.Node] = []
+        for step, needs in lean.items():
+            wanted += [step.inputs[0]] if "input" in needs else []
+            wanted += [step.node] if "output" in needs else []
+            wanted += step.refs if "values" in needs else []
+        kept = list(dict.fromkeys([*wanted, network.output]))
+        shaped = list(dict.fromkeys(n for step in network.steps.values() for n in (step.node, *step.inputs)))
+        switched = list(switches)
     else:
         kept = list(dict.fromkeys(
             [n for step in network.steps.values() for n in (step.node, *step.inputs, *step.refs)] + [network.output]
         ))
         switched = list(switches)
-    graph.output((tuple(mapping[n] for n in kept), tuple(switches[s] for s in switched)))
+    shapes = tuple(graph.call_function(getattr, (mapping[n], "shape")) for n in shaped)
+    graph.output((tuple(mapping[n] for n in kept), tuple(switches[s] for s in switched), shapes))
     placeholders = [n.name for n in network.nodes if n.op == "placeholder"]
-    return _Program(fx.GraphModule(owners, graph), kept, switched, attributes, placeholders)
+    return _Program(fx.GraphModule(owners, graph), kept, switched, attributes, placeholders, shaped)
 
 
 class _BatchLost(UnsupportedLayerError):
@@ -234,7 +251,7 @@ def _run(network: Network, x: Tensor) -> Trace:
     executed = _execute(network, x, None)
     if executed is None:
         return _interpret(network, x)
-    values, switches, program = executed
+    values, switches, _, program = executed
     env = dict(zip(program.kept, values, strict=True))
     recorded = dict(zip(program.switched, switches, strict=True))
     records: dict[str, Record] = {}
@@ -245,23 +262,64 @@ def _run(network: Network, x: Tensor) -> Trace:
     return Trace(x, env[network.output], activations, records, network)
 
 
-def _execute(network: Network, x: Tensor, only: tuple[fx.Node, ...] | None) -> tuple[Any, Any, _Program] | None:
+def _execute(
+    network: Network, x: Tensor, only: tuple[fx.Node, ...] | None, lean: dict[Step, frozenset[str]] | None = None,
+    key: Any = None,
+) -> tuple[Any, Any, Any, _Program] | None:
     """Run the generated forward; None the first time it is asked for: generating it costs
     about a forward pass, which a single trace (the everyday call) does not win back."""
-    program = network.programs.get(only)
-    if program is None and only not in network.programs:
-        network.programs[only] = None  # interpreted once; generated when asked again
+    key = only if lean is None else key
+    program = network.programs.get(key)
+    if program is None and key not in network.programs:
+        network.programs[key] = None  # interpreted once; generated when asked again
         return None
     if program is None or not program.current(network):
-        program = network.programs[only] = _program(network, only)
+        program = network.programs[key] = _program(network, only, lean)
     inputs = [network.defaults.get(name, x) for name in program.placeholders]
     try:
-        values, switches = program.module(*inputs)
+        values, switches, shapes = program.module(*inputs)
     except RuntimeError as error:
         if _TOO_SMALL.search(str(error)):
             _interpret(network, x)  # node by node, to say where
         raise
-    return values, switches, program
+    return values, switches, shapes, program
+
+
+def run_lean(network: Network, x: Tensor, context: Context) -> Trace:
+    """:func:`run` for one call under ``context``: the trace keeps only what the mirror reads
+    under that context (every step's shapes, the switches, the values of the layers that read
+    them: under the deconvnet rule a ReLU reads nothing) and the model's output, so the forward
+    frees its activations as it goes, as a plain forward does. Its ``activations`` hold the
+    output alone; it serves that call's reconstructions from the output."""
+    return _refined(network, x, lambda: _run_lean(network, x, context))
+
+
+@torch.no_grad()
+def _run_lean(network: Network, x: Tensor, context: Context) -> Trace:
+    network.check_eval()
+    lean = {step: step.mirror.needs_under(context) for step in network.steps.values()}
+    executed = _execute(network, x, None, lean, ("lean", context.rule, context.rectifiers))
+    if executed is None:
+        return _run(network, x)
+    values, switches, shapes, program = executed
+    env = dict(zip(program.kept, values, strict=True))
+    shape = dict(zip(program.shaped, shapes, strict=True))
+    recorded = dict(zip(program.switched, switches, strict=True))
+    records: dict[str, Record] = {}
+    for node, step in network.steps.items():
+        needs = lean[step]
+        first = shape[step.inputs[0]]
+        if not shape[node] or shape[node][0] != first[0]:  # pragma: no cover - the first trace refines
+            return _run(network, x)
+        records[step.name] = Record(
+            first, recorded.get(step), tuple(shape[i] for i in step.inputs),
+            env[node] if "output" in needs else None,
+            env[step.inputs[0]] if "input" in needs else None,
+            tuple(env[r] for r in step.refs) if "values" in needs else (),
+            tuple(shape[node]),
+        )
+    output = env[network.output]
+    return Trace(x, output, {network.steps[network.output].name: output}, records, network)
 
 
 def run_layers(network: Network, x: Tensor, steps: Sequence[Step]) -> list[Tensor]:
@@ -303,7 +361,7 @@ def _record(step: Step, env: dict[fx.Node, Any], switches: Tensor | None) -> Rec
     _check_batch(step, value, out)
     shapes = tuple(tuple(env[i].shape) for i in step.inputs)
     refs = tuple(env[r] for r in step.refs) if "values" in step.mirror.needs else ()
-    return Record(shapes[0], switches, shapes, out, value, refs)
+    return Record(shapes[0], switches, shapes, out, value, refs, tuple(out.shape))
 
 
 @torch.no_grad()

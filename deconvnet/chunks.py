@@ -125,7 +125,8 @@ def mirror_needs(mirror: Mirror, trace: Trace, start: str) -> tuple[int, int]:
     result = trace.input[0].numel()
     widest = 0
     for source in mirror.sources(start):
-        widest = max(widest, prod(trace.records[source].input_shape[1:]) + prod(trace.activations[source].shape[1:]))
+        record = trace.records[source]
+        widest = max(widest, prod(record.input_shape[1:]) + prod(record.output_shape[1:]))
     return (result + WORKSPACE_FACTOR * widest) * images * trace.output.element_size(), max(widest, result) * images
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .builder import Network, Step, build
-from .capture import Trace, run, run_layers
+from .capture import Trace, run, run_layers, run_lean
 from .chunks import budget, check_chunk_size, collect, mirror_chunk, window_chunk
 from .crop import croppable, project_units
 from .errors import InputError, SignalShapeError, TargetOutOfRangeError
@@ -225,6 +225,16 @@ class DeconvNet:
             return x
         return self.trace(x)
 
+    def _traced_lean(self, x: Tensor | Trace, context: Context) -> Trace:
+        """A given trace, or one that keeps only what one call under ``context`` reads from the
+        output down (see :func:`~deconvnet.capture.run_lean`): a Tensor x is traced for that
+        call alone, so nothing else needs keeping."""
+        if isinstance(x, Trace):
+            return self._traced(x)
+        x = self._checked_input(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return run_lean(self._network, x, context)
+
     # --- reconstructions ------------------------------------------------------------------
 
     @torch.no_grad()
@@ -360,7 +370,8 @@ class DeconvNet:
         self, x: Tensor | Trace, classes: Targets, chunk_size: int | None, rule: str | None
     ) -> tuple[Iterator[tuple[Tensor, Tensor]], int]:
         check_chunk_size(chunk_size)
-        trace = self._traced(x)
+        context = self.context(rule)
+        trace = self._traced_lean(x, context)
         output = trace.output
         if output.dim() != 2:
             raise InputError(
@@ -376,7 +387,7 @@ class DeconvNet:
             out[:, torch.arange(chunk.numel(), device=out.device), chunk] = 1.0
             return out
 
-        return self._chunks(trace, step, targets, make, chunk_size, self.context(rule)), targets.numel()
+        return self._chunks(trace, step, targets, make, chunk_size, context), targets.numel()
 
     @torch.no_grad()
     def reconstruct_from(

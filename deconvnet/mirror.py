@@ -102,6 +102,10 @@ class Record:
     input (Tensor[N, ...] | None): the layer's first signal input (activations need it).
     values: the recorded tensors (and other values) the forward call took, in the order of its
         :class:`Call`'s references.
+    output_shape: the layer's output shape.
+
+    A lean trace (:func:`deconvnet.capture.run_lean`) leaves ``output``, ``input`` and
+    ``values`` out where the layer's mirror does not read them under the call's context.
     """
 
     input_shape: tuple[int, ...]
@@ -110,6 +114,7 @@ class Record:
     output: Tensor | None = None
     input: Tensor | None = None
     values: tuple[Any, ...] = ()
+    output_shape: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,11 @@ class MirrorLayer(nn.Module):
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor | list[Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    def needs_under(self, context: Context) -> frozenset[str]:
+        """What it reads from its record under ``context`` (:attr:`needs`, less what the
+        call's rule makes it ignore)."""
+        return self.needs
 
     def window(self) -> Window | None:
         """The forward layer's sliding window, or None when it has none."""
@@ -540,6 +550,10 @@ class Activation(_Described):
 
     def takes_rule(self, context: Context) -> bool:
         return self.is_relu or (self.rectifier and context.rectifiers == "all")
+
+    def needs_under(self, context: Context) -> frozenset[str]:
+        # relu(g) reads nothing recorded
+        return frozenset() if self.takes_rule(context) and context.rule == "deconvnet" else self.needs
 
     def slope(self, record: Record) -> Tensor:
         """f'(x) at the recorded input, Tensor[N, ...]."""

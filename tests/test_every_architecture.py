@@ -207,3 +207,16 @@ def test_an_opaque_module_in_training_mode_is_refused():
     model[0].drop.train()
     with pytest.raises(deconvnet.TrainingModeError, match=r"0\.drop \(Dropout\) is in training mode"):
         dn.trace(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("family", ["resnet", "densenet", "vit", "swin"])
+def test_repeated_calls_through_the_lean_trace_equal_the_full_trace(family):
+    torch.manual_seed(0)
+    model = build(family).eval()
+    size = TORCHVISION[family][2]
+    x = torch.randn(2, 3, size, size)
+    for rule, rectifiers in [("deconvnet", "all"), ("guided", "relu")]:
+        dn = DeconvNet(model, rule=rule, rectifiers=rectifiers)
+        full = dn.reconstruct_classes(dn.trace(x), [1, 5])
+        for _ in range(3):  # the first interpreted, then the generated lean forward
+            assert torch.equal(dn.reconstruct_classes(x, [1, 5]), full)

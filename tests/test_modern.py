@@ -132,3 +132,16 @@ def test_generated_trace_follows_buffers_replaced_by_to():
     trace = dn.trace(x.double())
     assert trace.output.dtype == torch.float64
     assert torch.allclose(trace.output, net(x.double()))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(modern_nets(), RULES, RECTIFIERS)
+def test_the_lean_trace_of_a_repeated_call_gives_what_the_full_trace_gives(case, rule, rectifiers):
+    # From the second call on, reconstruct_classes(x) runs a generated forward that keeps only
+    # what the mirror reads under the call's rule (run_lean); the full trace keeps everything.
+    net, x = case
+    dn = DeconvNet(net, rule=rule, rectifiers=rectifiers)
+    full = dn.reconstruct_classes(dn.trace(x))
+    for _ in range(3):
+        assert torch.equal(dn.reconstruct_classes(x), full)
+    assert ("lean", rule, rectifiers) in dn.network.programs and dn.network.programs["lean", rule, rectifiers] is not None
