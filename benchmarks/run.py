@@ -126,6 +126,10 @@ def _captum_comparable(name: str, device: torch.device) -> tuple[torch.nn.Module
 
 def _model(name: str, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
+    if name == "shapes":  # the bundled ShapesNet, trained weights
+        from deconvnet.models import shapes_net
+
+        return shapes_net().to(device)
     model = getattr(torchvision.models, name)(weights=None).eval()
     with torch.no_grad():  # ViT's head starts at zero: every reconstruction would be zero
         for module in model.modules():
@@ -772,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         for model_name, layer in [("vgg16", "features.15"), ("vgg16", "features.22"), ("alexnet", "features.7")]:
             emit(bench_channels(model_name, layer, args.channels or None, args.size, args.repeats, device))
     if args.which in ("units", "all"):
+        emit(bench_units("shapes", "features.8", 16, 256, 64, args.repeats, device))
         emit(bench_units("alexnet", "features.7", 16, 48, args.size, args.repeats, device))
         emit(bench_units("vgg16", "features.15", 16, 48, args.size, args.repeats, device))
     if args.which in ("mining", "all"):

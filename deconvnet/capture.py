@@ -95,7 +95,8 @@ class _Program:
 
 
 def _program(
-    network: Network, only: tuple[fx.Node, ...] | None = None, lean: dict[Step, frozenset[str]] | None = None
+    network: Network, only: tuple[fx.Node, ...] | None = None, lean: dict[Step, frozenset[str]] | None = None,
+    start: Step | None = None,
 ) -> _Program:
     """The generated forward; returning the values the mirror reads, or just ``only``, or (lean)
     every step's shapes, the switches, and only the values ``lean`` says each step's mirror
@@ -138,9 +139,9 @@ def _program(
             wanted += [step.inputs[0]] if "input" in needs else []
             wanted += [step.node] if "output" in needs else []
             wanted += step.refs if "values" in needs else []
-        kept = list(dict.fromkeys([*wanted, network.output]))
-        shaped = list(dict.fromkeys(n for step in network.steps.values() for n in (step.node, *step.inputs)))
-        switched = list(switches)
+        kept = list(dict.fromkeys([*wanted, network.output if start is None else start.node]))
+        shaped = list(dict.fromkeys(n for step in lean for n in (step.node, *step.inputs)))
+        switched = [step for step in switches if step in lean]
     else:
         kept = list(dict.fromkeys(
             [n for step in network.steps.values() for n in (step.node, *step.inputs, *step.refs)] + [network.output]
@@ -148,8 +149,12 @@ def _program(
         switched = list(switches)
     shapes = tuple(graph.call_function(getattr, (mapping[n], "shape")) for n in shaped)
     graph.output((tuple(mapping[n] for n in kept), tuple(switches[s] for s in switched), shapes))
+    module = fx.GraphModule(owners, graph)
+    if start is not None:
+        module.graph.eliminate_dead_code()  # the forward stops where the last value it returns is made
+        module.recompile()
     placeholders = [n.name for n in network.nodes if n.op == "placeholder"]
-    return _Program(fx.GraphModule(owners, graph), kept, switched, attributes, placeholders, shaped)
+    return _Program(module, kept, switched, attributes, placeholders, shaped)
 
 
 class _BatchLost(UnsupportedLayerError):
@@ -264,7 +269,7 @@ def _run(network: Network, x: Tensor) -> Trace:
 
 def _execute(
     network: Network, x: Tensor, only: tuple[fx.Node, ...] | None, lean: dict[Step, frozenset[str]] | None = None,
-    key: Any = None,
+    key: Any = None, start: Step | None = None,
 ) -> tuple[Any, Any, Any, _Program] | None:
     """Run the generated forward; None the first time it is asked for: generating it costs
     about a forward pass, which a single trace (the everyday call) does not win back."""
@@ -274,7 +279,7 @@ def _execute(
         network.programs[key] = None  # interpreted once; generated when asked again
         return None
     if program is None or not program.current(network):
-        program = network.programs[key] = _program(network, only, lean)
+        program = network.programs[key] = _program(network, only, lean, start)
     inputs = [network.defaults.get(name, x) for name in program.placeholders]
     try:
         values, switches, shapes = program.module(*inputs)
@@ -285,20 +290,30 @@ def _execute(
     return values, switches, shapes, program
 
 
-def run_lean(network: Network, x: Tensor, context: Context) -> Trace:
+def run_lean(network: Network, x: Tensor, context: Context, start: Step | None = None) -> Trace:
     """:func:`run` for one call under ``context``: the trace keeps only what the mirror reads
     under that context (every step's shapes, the switches, the values of the layers that read
     them: under the deconvnet rule a ReLU reads nothing) and the model's output, so the forward
     frees its activations as it goes, as a plain forward does. Its ``activations`` hold the
-    output alone; it serves that call's reconstructions from the output."""
-    return _refined(network, x, lambda: _run_lean(network, x, context))
+    output alone; it serves that call's reconstructions from the output.
+
+    start: reconstructions start at this layer instead: only the layers below it are recorded,
+    its output is kept (as ``activations`` and ``output``), and the forward stops there.
+    """
+    return _refined(network, x, lambda: _run_lean(network, x, context, start))
 
 
 @torch.no_grad()
-def _run_lean(network: Network, x: Tensor, context: Context) -> Trace:
+def _run_lean(network: Network, x: Tensor, context: Context, start: Step | None) -> Trace:
     network.check_eval()
-    lean = {step: step.mirror.needs_under(context) for step in network.steps.values()}
-    executed = _execute(network, x, None, lean, ("lean", context.rule, context.rectifiers))
+    if start is None:
+        steps = list(network.steps.values())
+    else:
+        by_name = {step.name: step for step in network.steps.values()}
+        steps = [by_name[source] for source in network.mirror.sources(start.name)]
+    lean = {step: step.mirror.needs_under(context) for step in steps}
+    key = ("lean", context.rule, context.rectifiers, None if start is None else start.name)
+    executed = _execute(network, x, None, lean, key, start)
     if executed is None:
         return _run(network, x)
     values, switches, shapes, program = executed
@@ -306,8 +321,8 @@ def _run_lean(network: Network, x: Tensor, context: Context) -> Trace:
     shape = dict(zip(program.shaped, shapes, strict=True))
     recorded = dict(zip(program.switched, switches, strict=True))
     records: dict[str, Record] = {}
-    for node, step in network.steps.items():
-        needs = lean[step]
+    for step in steps:
+        node, needs = step.node, lean[step]
         first = shape[step.inputs[0]]
         if not shape[node] or shape[node][0] != first[0]:  # pragma: no cover - the first trace refines
             return _run(network, x)
@@ -318,8 +333,9 @@ def _run_lean(network: Network, x: Tensor, context: Context) -> Trace:
             tuple(env[r] for r in step.refs) if "values" in needs else (),
             tuple(shape[node]),
         )
-    output = env[network.output]
-    return Trace(x, output, {network.steps[network.output].name: output}, records, network)
+    last = network.steps[network.output] if start is None else start
+    output = env[last.node]
+    return Trace(x, output, {last.name: output}, records, network)
 
 
 def run_layers(network: Network, x: Tensor, steps: Sequence[Step]) -> list[Tensor]:

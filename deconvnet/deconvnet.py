@@ -225,15 +225,15 @@ class DeconvNet:
             return x
         return self.trace(x)
 
-    def _traced_lean(self, x: Tensor | Trace, context: Context) -> Trace:
+    def _traced_lean(self, x: Tensor | Trace, context: Context, start: Step | None = None) -> Trace:
         """A given trace, or one that keeps only what one call under ``context`` reads from the
-        output down (see :func:`~deconvnet.capture.run_lean`): a Tensor x is traced for that
-        call alone, so nothing else needs keeping."""
+        output (or ``start``) down (see :func:`~deconvnet.capture.run_lean`): a Tensor x is
+        traced for that call alone, so nothing else needs keeping."""
         if isinstance(x, Trace):
             return self._traced(x)
         x = self._checked_input(x)
         with torch.autocast(x.device.type, enabled=False):
-            return run_lean(self._network, x, context)
+            return run_lean(self._network, x, context, start)
 
     # --- reconstructions ------------------------------------------------------------------
 
@@ -530,8 +530,9 @@ class DeconvNet:
         check_chunk_size(chunk_size)
         if crop not in (None, True, False):
             raise InputError(f"crop must be True, False or None, got {crop!r}")
-        trace = self._traced(x)
         step = self._network.resolve(layer)
+        context = self.context(rule)
+        trace = self._traced_lean(x, context, step)
         activation = trace.activations[step.name]
         if activation.dim() != 4:
             raise InputError(f"reconstruct_units needs a layer with spatial maps; {step.name} outputs {tuple(activation.shape)}")
@@ -550,7 +551,6 @@ class DeconvNet:
             if not isinstance(values, Tensor) or values.shape != (total,):
                 raise InputError(f"values must be a Tensor[{total}] or None")
             kept = values.to(device=device, dtype=flat.dtype)
-        context = self.context(rule)
         below = self._crop_chain(step, activation, "max", crop, trace, context)
         if below is not None:
             result = flat.new_zeros(total, 1, *trace.input.shape[1:], dtype=self.mirror_dtype or flat.dtype)

@@ -87,3 +87,22 @@ def test_the_gpu_paste_equals_the_cpu_paste():
     _paste_all(window, origin, together, images, slots)
     assert torch.equal(each, together)
     assert each[0, 0].count_nonzero() > 0 and each[1, 1].count_nonzero() > 0  # windows partly inside land
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_units_of_a_repeated_call_through_the_forward_cut_at_the_layer_equal_the_full_trace(crop):
+    # From the second call on, reconstruct_units(x, ...) traces only up to its layer, keeping
+    # only what the layers below read (run_lean with a start).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, 3)).eval()
+    dn = DeconvNet(model)
+    x = torch.randn(3, 3, 16, 16)
+    units = dict(images=[0, 2, 2], channels=[1, 4, 7], positions=[5, 17, 60], crop=crop)
+    full = dn.reconstruct_units(dn.trace(x), "5", **units)
+    for _ in range(3):
+        assert torch.equal(dn.reconstruct_units(x, "5", **units), full)
+    program = dn.network.programs["lean", "deconvnet", "all", "5"]
+    called = {str(node.target) for node in program.module.graph.nodes if node.op == "call_module"}
+    assert len(called) == 6  # layers 0 to 5 (the pool with its switches); 6, 7 and 8 are not run
