@@ -187,7 +187,7 @@ class Deconvolution(_RuleGradients):
         classes = _per_example(target, tensors[0].shape[0]) if dn is not None else None
         result: tuple[Tensor, ...]
         if dn is not None and classes is not None:
-            trace = dn.trace(tensors[0])
+            trace = dn._traced_lean(tensors[0], dn.context(self.rule))  # kept for this call alone
             if trace.output.dim() != 2:
                 result = self._gradients(tensors, extra, lambda out: _select(out, target))
             elif len(set(classes)) == 1:
@@ -241,7 +241,7 @@ class NeuronDeconvolution(_RuleGradients):
                 name = None
         result: tuple[Tensor, ...]
         if dn is not None and name is not None:
-            trace = dn.trace(tensors[0])
+            trace = dn._traced_lean(tensors[0], dn.context(self.rule), dn.network.resolve(name))  # up to the layer
             activation = dn.activation(trace, name)
             unit = _single_unit(neuron_selector, activation)
             if unit is not None:  # one unit of a map: projected on its receptive field alone
