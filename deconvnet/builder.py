@@ -77,13 +77,12 @@ class Found:
 
 
 def _item_key(node: fx.Node) -> tuple[str, int | str] | None:
-    """(module path, item) for an item taken from a module's output, else None."""
-    if node.op != "call_function" or node.target not in (operator.getitem, getattr):
+    """(module path, item) for an item taken from a module's output (see :func:`_is_item`),
+    else None."""
+    producer = node.args[0] if node.args else None
+    if not isinstance(producer, fx.Node) or producer.op != "call_module" or not _is_item(node, producer):
         return None
-    producer, item = node.args[0], node.args[1]
-    if not isinstance(producer, fx.Node) or producer.op != "call_module" or not isinstance(item, (int, str)):
-        return None
-    return str(producer.target), item
+    return str(producer.target), cast(Any, node.args[1])
 
 
 def _holds_tensor(value: Any) -> bool:
@@ -424,10 +423,8 @@ def _trace(model: nn.Module, ruleset: rules.RuleSet, whole: dict[str, str] | Non
             for path in inner:  # reversed whole, by their exact VJP: the batch is back at the end
                 opaque.setdefault(path, "it moves the batch dimension inside, so it is reversed whole")
             continue
-        if root is not model:
-            graph, calls, opaque, constants = _unwrapped(graph, tracer.module_calls, opaque, constants)
-            return _Traced(graph, calls, opaque, constants, optional or {}, {p[len(prefix):] for p in stateful})
-        return _Traced(graph, tracer.module_calls, opaque, constants, optional or {}, stateful)
+        traced = _Traced(graph, tracer.module_calls, opaque, constants, optional or {}, stateful)
+        return _unwrapped(traced) if root is not model else traced
 
 
 class _KeptAsFound(nn.Module):
@@ -473,16 +470,14 @@ def _transformers_image_model(model: nn.Module) -> bool:
     )
 
 
-def _unwrapped(
-    graph: fx.Graph, module_calls: list[tuple[str, fx.Node]], opaque: dict[str, str], constants: dict[str, Any]
-) -> tuple[fx.Graph, list[tuple[str, fx.Node]], dict[str, str], dict[str, Any]]:
-    """The graph traced through :class:`_PixelLogits`, naming the model's modules and parameters
+def _unwrapped(traced: _Traced) -> _Traced:
+    """What was traced through :class:`_PixelLogits`, naming the model's modules and parameters
     as the model itself does (``resnet.encoder``, not ``model.resnet.encoder``)."""
 
     def inner(path: str) -> str:
         return path[len("model."):] if path.startswith("model.") else path
 
-    for node in graph.nodes:
+    for node in traced.graph.nodes:
         if node.op in ("call_module", "get_attr"):
             node.target = inner(str(node.target))
         stack = node.meta.get("nn_module_stack")
@@ -490,8 +485,11 @@ def _unwrapped(
             node.meta["nn_module_stack"] = type(stack)(
                 (inner(path), (inner(str(where)), owner)) for path, (where, owner) in stack.items() if path != "model"
             )
-    calls = [(inner(path), node) for path, node in module_calls if path != "model"]
-    return graph, calls, {inner(path): why for path, why in opaque.items()}, constants
+    return traced._replace(
+        module_calls=[(inner(path), node) for path, node in traced.module_calls if path != "model"],
+        opaque={inner(path): why for path, why in traced.opaque.items()},
+        stateful={inner(path) for path in traced.stateful},
+    )
 
 
 def _optional_arguments(model: nn.Module) -> dict[str, Any] | None:
@@ -1162,13 +1160,12 @@ def _build(model: nn.Module, ruleset: rules.RuleSet, strict: bool, found: Found)
         if _item_key(node) in found.constants:
             continue  # an item of a module's output that holds no tensor (sizes)
         name = module_names.get(node, node.name)
-        if _is_module_item(node, producers) and node.args[1] == 0:
-            name = module_names[cast(fx.Node, node.args[0])]  # out, _ = attention(x): the module's output
+        owner = module_names[cast(fx.Node, node.args[0])] if _is_module_item(node, producers) else None
+        if owner is not None and node.args[1] == 0:
+            name = owner  # out, _ = attention(x): the module's output
             module_calls.append((str(cast(fx.Node, node.args[0]).target), node))
-        elif _is_module_item(node, producers) and isinstance(node.args[1], str) and (
-            f"{module_names[cast(fx.Node, node.args[0])]}.{node.args[1]}" not in taken
-        ):
-            name = f"{module_names[cast(fx.Node, node.args[0])]}.{node.args[1]}"  # body(x).last_hidden_state
+        elif owner is not None and isinstance(node.args[1], str) and f"{owner}.{node.args[1]}" not in taken:
+            name = f"{owner}.{node.args[1]}"  # body(x).last_hidden_state
         elif node.op != "call_module" and name in taken:
             name = f"{node.name}()"  # the call, told apart from the module of the same name
         built = _read(reader, node, name, producers)
@@ -1225,10 +1222,7 @@ def _build(model: nn.Module, ruleset: rules.RuleSet, strict: bool, found: Found)
 def _is_module_item(node: fx.Node, producers: set[fx.Node]) -> bool:
     """Whether ``node`` takes an item of a module's tuple output (or an attribute of its
     ``ModelOutput``)."""
-    return (
-        node.op == "call_function" and node.target in (operator.getitem, getattr) and node.args[0] in producers
-        and cast(fx.Node, node.args[0]).op == "call_module"
-    )
+    return _item_key(node) is not None and node.args[0] in producers
 
 
 def _ancestors(graph: fx.Graph) -> set[fx.Node]:

@@ -309,8 +309,7 @@ def _run_lean(network: Network, x: Tensor, context: Context, start: Step | None)
     if start is None:
         steps = list(network.steps.values())
     else:
-        by_name = {step.name: step for step in network.steps.values()}
-        steps = [by_name[source] for source in network.mirror.sources(start.name)]
+        steps = [network.layers[source] for source in network.mirror.sources(start.name)]
     lean = {step: step.mirror.needs_under(context) for step in steps}
     key = ("lean", context.rule, context.rectifiers, None if start is None else start.name)
     executed = _execute(network, x, None, lean, key, start)

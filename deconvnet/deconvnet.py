@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,8 @@ from .errors import InputError, SignalShapeError, TargetOutOfRangeError
 from .mirror import RECTIFIERS, RULES, Context, Mirror, MirrorLayer
 from .receptive import ReceptiveField, receptive_fields
 from .rules import DEFAULT_RULES, Rule
+
+_R = TypeVar("_R")
 
 __all__ = ["DeconvNet", "Targets"]
 
@@ -157,9 +160,14 @@ class DeconvNet:
 
     def trace(self, x: Tensor) -> Trace:
         """Run one forward pass of x (Tensor[N, C, H, W]) and keep switches and activations."""
+        return self._forward(run, x)
+
+    def _forward(self, function: Callable[..., _R], x: Tensor, *args: Any) -> _R:
+        """``function(network, x, *args)`` (one of :mod:`deconvnet.capture`'s runs) on the checked
+        input, with autocast off: switches and kept units in full precision."""
         x = self._checked_input(x)
-        with torch.autocast(x.device.type, enabled=False):  # switches and kept units in full precision
-            return run(self._network, x)
+        with torch.autocast(x.device.type, enabled=False):
+            return function(self._network, x, *args)
 
     def activations(self, x: Tensor, layers: Sequence[str | nn.Module]) -> dict[str, Tensor]:
         """Just the outputs of ``layers`` for x (Tensor[N, C, H, W]): layer name -> Tensor[N, ...].
@@ -169,10 +177,8 @@ class DeconvNet:
                 f"layers must be a sequence of layer names or modules, got {type(layers).__name__}; "
                 "for one layer pass [layer] or use dn.activation(x, layer)"
             )
-        x = self._checked_input(x)
         steps = [self._network.resolve(layer) for layer in layers]
-        with torch.autocast(x.device.type, enabled=False):
-            values = run_layers(self._network, x, steps)
+        values = self._forward(run_layers, x, steps)
         return {step.name: value for step, value in zip(steps, values, strict=True)}
 
     def _checked_input(self, x: Tensor) -> Tensor:
@@ -231,9 +237,7 @@ class DeconvNet:
         traced for that call alone, so nothing else needs keeping."""
         if isinstance(x, Trace):
             return self._traced(x)
-        x = self._checked_input(x)
-        with torch.autocast(x.device.type, enabled=False):
-            return run_lean(self._network, x, context, start)
+        return self._forward(run_lean, x, context, start)
 
     # --- reconstructions ------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import functools
 import inspect
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 from typing import Any, ClassVar, cast
 
@@ -174,6 +174,10 @@ class Call:
             out = getattr(args[0], self.target)(*args[1:], **kwargs)
         else:
             out = self.target(*args, **kwargs)
+        return self._picked(out)
+
+    def _picked(self, out: Any) -> Any:
+        """The call's result, or its :attr:`item`."""
         if self.item is None:
             return out
         return getattr(out, self.item) if isinstance(self.item, str) else out[self.item]
@@ -183,22 +187,16 @@ class Call:
         (parameters, buffers, values computed from them) a constant: differentiating it gives
         gradients for the primals only (an attention bias made from a parameter must not ask
         for one: ``scaled_dot_product_attention`` refuses a mask that requires grad)."""
-        values = [v.detach() if isinstance(v, Tensor) else v for v in record.values]
-        for ref, primal in zip(self.signals, primals, strict=False):
-            values[ref] = primal
-        args, kwargs = _fill(self.args, values), _fill(self.kwargs, values)
-        if self.kind != "module":
-            return self(*args, **kwargs)
-        module = self.target
-        frozen = {name: p.detach() for name, p in module.named_parameters() if p.requires_grad}
+        constants = replace(record, values=tuple(v.detach() if isinstance(v, Tensor) else v for v in record.values))
+        args, kwargs = self.arguments(constants, primals)
+        frozen = {} if self.kind != "module" else {
+            name: p.detach() for name, p in self.target.named_parameters() if p.requires_grad
+        }
         if not frozen:
             return self(*args, **kwargs)
         # The module's own parameters swapped for detached views of them for this call only
         # (torch.func puts them back); the model's flags and values are never changed.
-        out = torch.func.functional_call(module, frozen, tuple(args), kwargs)
-        if self.item is None:
-            return out
-        return getattr(out, self.item) if isinstance(self.item, str) else out[self.item]
+        return self._picked(torch.func.functional_call(self.target, frozen, tuple(args), kwargs))
 
     def describe(self) -> str:
         if self.kind == "module":
