@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import inspect
 import operator
 import re
@@ -746,7 +747,10 @@ class _Reader:
             return getattr(x, target)(*values, **named) if isinstance(target, str) else target(x, *values, **named)
 
         gradient = None
-        if all(not isinstance(a, fx.Node) for a in (*rest, *kwargs.values())):
+        weights = [*fetched, *options.values()]
+        if target in (torch.nn.functional.prelu, torch.prelu, "prelu") and len(weights) == 1:
+            gradient = functools.partial(rules.prelu_gradient, weight=weights[0])
+        elif all(not isinstance(a, fx.Node) for a in (*rest, *kwargs.values())):
             gradient = rules.call_gradient(target, tuple(rest), {k: v for k, v in kwargs.items() if k != "inplace"})
         return _Built(mirror_layers.Activation(what, function, rectifier=rectifier, gradient=gradient), inputs)
 

@@ -229,9 +229,21 @@ def _module_gradient(module: nn.Module) -> Gradient | None:
         return call_gradient(F.leaky_relu, (module.negative_slope,), {})
     if isinstance(module, nn.Softplus):
         return call_gradient(F.softplus, (module.beta, module.threshold), {})
+    if isinstance(module, nn.PReLU):
+        return functools.partial(prelu_gradient, weight=lambda: module.weight)
     function = {nn.Hardswish: F.hardswish, nn.SiLU: F.silu, nn.Hardsigmoid: F.hardsigmoid, nn.Sigmoid: torch.sigmoid,
                 nn.Tanh: torch.tanh, nn.Mish: F.mish}.get(type(module))
     return call_gradient(function, (), {}) if function is not None else None
+
+
+def prelu_gradient(g: Tensor, x: Tensor, weight: Callable[[], Tensor]) -> Tensor:
+    """PReLU's f'(x) * g as its backward computes it: the slope ``weight()`` (one per channel
+    of dim 1, or one for all) where x <= 0, x = 0 included. Forward-mode autograd takes 1 at
+    x = 0, which differs wherever a ReLU before the PReLU left zeros."""
+    w = weight().detach().to(g.dtype)
+    if w.numel() > 1:
+        w = w.view(-1, *([1] * (x.dim() - 2)))
+    return torch.where(x > 0, g, g * w)
 
 
 def _sigmoid_gradient(g: Tensor, x: Tensor) -> Tensor:

@@ -300,3 +300,36 @@ def test_timm_same_conv_adjoint():
     conv = timm.layers.Conv2dSame(3, 4, 4, stride=3, bias=False)
     for size in ((7, 8), (9, 10)):  # the padding differs per input size
         check_linear_adjoint(nn.Sequential(conv), torch.randn(2, 3, *size, dtype=torch.float64))
+
+
+class _ReluThenPrelu(nn.Module):
+    """PReLU (module and function) after a ReLU: its input holds exact zeros, the kink."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.prelu = nn.PReLU(3, init=0.3)
+        self.functional = functional
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.conv(x))
+        y = F.prelu(y, self.prelu.weight) if self.functional else self.prelu(y)
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+def test_prelu_at_zero_takes_its_slope_as_autograd_does(functional, rule):
+    # Forward-mode autograd gives PReLU a derivative of 1 at x = 0, its backward the slope.
+    # With rectifiers="relu" the PReLU passes its gradient, which the oracle takes by backward.
+    from reference import classes_reference
+
+    torch.manual_seed(0)
+    model = _ReluThenPrelu(functional).double().eval()
+    with torch.no_grad():
+        model.prelu.weight.copy_(torch.tensor([0.3, -0.5, 2.0]))
+    x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
+    assert (F.relu(model.conv(x)) == 0).any()
+    ours = DeconvNet(model, rule=rule, rectifiers="relu").reconstruct_classes(x)
+    assert_exact(ours, classes_reference(model, x, [0, 1], rule, "relu"))
