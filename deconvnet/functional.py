@@ -27,6 +27,7 @@ __all__ = [
     "normalize_vjp",
     "sum_to",
     "multiply",
+    "multiply_",
     "conv_transpose2d",
     "transpose_kernel",
     "unpool2d",
@@ -428,3 +429,18 @@ def multiply(signal: Tensor, factor: Tensor) -> Tensor:
         out = (flat * scale).view(n, k, *signal.shape[3:], signal.shape[2])
         return out.permute(0, 1, 4, 2, 3)
     return (signal.reshape(n, k, -1) * factor.reshape(n, 1, -1).to(signal.dtype)).view(signal.shape)
+
+
+def multiply_(signal: Tensor, factor: Tensor) -> Tensor:
+    """:func:`multiply` written into ``signal``; returns it."""
+    n, k = signal.shape[:2]
+    factor = factor.to(signal.dtype)
+    if signal.dim() == 5 and signal.stride(2) == 1 and signal.shape[2] > 1:
+        signal_flat, factor_flat = signal.permute(0, 1, 3, 4, 2), factor.permute(0, 2, 3, 1)
+    else:
+        signal_flat, factor_flat = signal, factor
+    if signal_flat.is_contiguous():
+        signal_flat.view(n, k, -1).mul_(factor_flat.reshape(n, 1, -1))
+    else:  # a layout the flat view cannot take
+        signal.mul_(factor.unsqueeze(1))
+    return signal

@@ -19,7 +19,7 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from math import prod
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -575,6 +575,18 @@ class Activation(_Described):
         out = self.gradient(signal, record)
         return F.relu(out) if rule == "guided" else out
 
+    def forward_in_place(self, signal: Tensor, record: Record, context: Context) -> Tensor:
+        """:meth:`forward` written into ``signal``, which the mirror owns: the same values
+        without a fresh tensor (for K targets, f'(x) is still computed once, at N)."""
+        rule = context.rule if self.takes_rule(context) else "gradient"
+        if rule == "deconvnet":
+            return signal.relu_()
+        if signal.shape[1] == 1 and self.closed_gradient is not None:  # type: ignore[attr-defined]
+            out = self.gradient(signal, record)  # one pass already; no broadcast to save
+        else:
+            out = functional.multiply_(signal, self.slope(record))
+        return out.relu_() if rule == "guided" else out
+
     def croppable(self, context: Context) -> bool:
         # relu(g) reads nothing recorded; the other rules need f'(x) at every window position.
         return self.takes_rule(context) and context.rule == "deconvnet"
@@ -638,6 +650,10 @@ class ChannelScale(_Described):
         """signal (Tensor[N, K, C, ...]) -> same shape."""
         scale = self.scale().to(signal.dtype)
         return signal * scale.view(-1, *([1] * (signal.dim() - 3)))
+
+    def forward_in_place(self, signal: Tensor, record: Record, context: Context) -> Tensor:
+        """:meth:`forward` written into ``signal``, which the mirror owns."""
+        return signal.mul_(self.scale().to(signal.dtype).view(-1, *([1] * (signal.dim() - 3))))
 
     def croppable(self, context: Context) -> bool:
         return True
@@ -1036,6 +1052,41 @@ def _pass_on(signal: Tensor, record: Record) -> Tensor:
     return signal
 
 
+class _Step(NamedTuple):
+    """One mirror layer as the loop in :meth:`Mirror.forward` runs it."""
+
+    source: str
+    forward: Callable[..., Any]
+    takes_context: bool
+    inputs: tuple[str, ...]
+    ownership: object  # _FRESH: returns a new tensor nothing else holds; _PASSED_ON: returns its signal
+    in_place: Callable[..., Any] | None  # forward written into a signal the loop owns
+
+
+_FRESH, _PASSED_ON = object(), object()
+
+
+def _hand_back(pending: dict[str, Tensor], owned: set[str], name: str, signal: Tensor, fresh: bool) -> None:
+    """Add ``signal`` to what is pending for forward value ``name``; in place where the loop
+    owns the pending tensor and the sum has its shape and dtype."""
+    if name not in pending:
+        pending[name] = signal
+        if fresh:
+            owned.add(name)
+        return
+    held = pending[name]
+    if name in owned and held.shape == torch.broadcast_shapes(held.shape, signal.shape) and held.dtype == signal.dtype:
+        held.add_(signal)
+    else:
+        pending[name] = held + signal
+        owned.add(name)
+# Built-in layers (exactly these types: a subclass may return what it likes) whose output is a
+# new tensor, and those with a forward_in_place.
+_FRESH_TYPES = frozenset({ConvTranspose2d, FetchedConvTranspose2d, SameConvTranspose2d, MaxUnpool2d, OverlapUnpool2d,
+                          Activation, ReLU, LinearTranspose, ChannelScale})
+_IN_PLACE_TYPES = frozenset({Activation, ReLU, ChannelScale})
+
+
 def _takes_context(layer: MirrorLayer) -> bool:
     try:
         parameters = inspect.signature(layer.forward).parameters
@@ -1060,11 +1111,13 @@ class Mirror(nn.Module):
         self._index = {layer.source: i for i, layer in enumerate(self.layers)}
         # What the loop in forward reads per layer, as plain Python: indexing a ModuleList and
         # nn.Module.__call__ cost more per layer than the small layers' own work.
-        self._plan: list[tuple[str, Callable[..., Any], bool, tuple[str, ...]]] = [
-            (layer.source, layer.forward, _takes_context(layer), tuple(layer.inputs))  # type: ignore[arg-type]
+        self._plan: list[_Step] = [
+            _Step(layer.source, layer.forward, _takes_context(layer), tuple(layer.inputs),  # type: ignore[arg-type]
+                  _FRESH if type(layer) in _FRESH_TYPES else None,
+                  layer.forward_in_place if type(layer) in _IN_PLACE_TYPES else None)  # type: ignore[attr-defined]
             for layer in self.layers
         ]
-        self._unfolded: dict[int, tuple[str, Callable[..., Any], bool, tuple[str, ...]]] = {}
+        self._unfolded: dict[int, _Step] = {}
         self._fold_batch_norms()
 
     def _fold_batch_norms(self) -> None:
@@ -1082,9 +1135,10 @@ class Mirror(nn.Module):
             conv = self.layers[j] if j is not None else None
             if type(conv) is not ConvTranspose2d or taken.get(conv.source) != 1:
                 continue
-            self._plan[i] = (layer.source, _pass_on, False, tuple(layer.inputs))
+            self._plan[i] = _Step(layer.source, _pass_on, False, tuple(layer.inputs), _PASSED_ON, None)
             self._unfolded[j] = self._plan[j]  # type: ignore[index]
-            self._plan[j] = (conv.source, functools.partial(conv.folded_forward, layer), True, tuple(conv.inputs))  # type: ignore[index]
+            self._plan[j] = _Step(conv.source, functools.partial(conv.folded_forward, layer), True, tuple(conv.inputs),  # type: ignore[index]
+                                  _FRESH, None)
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -1114,18 +1168,27 @@ class Mirror(nn.Module):
         plan = itertools.islice(self._plan, first, None)
         if first in self._unfolded:  # a conv whose batch-norm's scale is folded in, started at itself
             plan = itertools.chain([self._unfolded[first]], itertools.islice(self._plan, first + 1, None))
-        for source, forward, takes_context, inputs in plan:
+        # Names whose pending signal the loop owns: a tensor a built-in layer made fresh, or a sum
+        # made here, that nothing else holds. Those are overwritten in place (activation
+        # gradients, batch-norm scales, the sums where branches meet) instead of allocated anew;
+        # the caller's signal, and anything a layer hands to several inputs, never are.
+        owned: set[str] = set()
+        for source, forward, takes_context, inputs, ownership, in_place in plan:
             arriving = pending.pop(source, None)
             if arriving is None:
                 continue  # a branch the signal does not run through
             record = records[source]
-            out = forward(arriving, record, context) if takes_context else forward(arriving, record)
+            mine = source in owned
+            owned.discard(source)
+            if mine and in_place is not None:
+                out = in_place(arriving, record, context)
+            else:
+                out = forward(arriving, record, context) if takes_context else forward(arriving, record)
             if len(inputs) == 1 and not isinstance(out, list):
-                name = inputs[0]
-                pending[name] = pending[name] + out if name in pending else out
+                _hand_back(pending, owned, inputs[0], out, ownership is _FRESH or (ownership is _PASSED_ON and mine))
                 continue
             for name, part in zip(inputs, out, strict=True):
-                pending[name] = pending[name] + part if name in pending else part
+                _hand_back(pending, owned, name, part, False)  # parts may share memory
         return pending[INPUT]
 
     def chain_below(self, start: str) -> list[MirrorLayer] | None:

@@ -78,3 +78,69 @@ def test_rule_argument_is_checked():
         DeconvNet(net, rule="lrp")
     with pytest.raises(InputError, match="rule must be one of"):
         DeconvNet(net).reconstruct_classes(x, rule="saliency")
+
+
+class _Fork(torch.nn.Module):
+    """One value read by two scaling branches that meet again: the mirror of the sum hands the
+    same signal to both, which neither may overwrite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn1, self.bn2 = torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        y = torch.relu(self.bn1(h)) + torch.nn.functional.silu(self.bn2(h)) + h
+        return self.fc(y.mean((2, 3)))
+
+
+def _resnet():
+    import torchvision
+
+    return torchvision.models.resnet18(weights=None, num_classes=3), "layer2", "layer3.0.bn2"
+
+
+def _fork():
+    model = _Fork()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.weight.uniform_(0.5, 2.0)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model, "add", "bn2"
+
+
+@pytest.mark.parametrize("make", [_resnet, _fork])
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+def test_the_mirror_writes_in_place_only_into_its_own_tensors(make, rule):
+    # The loop overwrites signals it made itself (activation gradients, batch-norm scales, the
+    # sums where branches meet); never the caller's signal, a recorded value, or a tensor it
+    # handed to several branches. The same calls with that switched off must agree bitwise.
+    torch.manual_seed(0)
+    model, middle, lower = make()
+    model = model.double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    dn = DeconvNet(model, rule=rule, rectifiers="all")
+    trace = dn.trace(x)
+    kept = {name: [v.clone() for v in (r.input, r.output, r.switches) if isinstance(v, torch.Tensor)]
+            for name, r in trace.records.items()}
+    signal = torch.randn(2, 3, *dn.activation(trace, middle).shape[1:], dtype=torch.float64)
+    given_signal = signal.clone()
+    ours = (dn.reconstruct_classes(trace), dn.reconstruct_from(trace, middle, signal), dn.reconstruct(trace, lower, [0, 3]))
+    assert torch.equal(signal, given_signal)
+    for name, record in trace.records.items():
+        now = [v for v in (record.input, record.output, record.switches) if isinstance(v, torch.Tensor)]
+        assert all(torch.equal(a, b) for a, b in zip(now, kept[name], strict=True)), name
+    assert_exact(ours[0], classes_reference(model, x, [0, 1, 2], rule, "all"))
+    mirror = dn.mirror
+    plan = mirror._plan
+    try:
+        mirror._plan = [step._replace(ownership=None, in_place=None) for step in plan]
+        plain = (dn.reconstruct_classes(trace), dn.reconstruct_from(trace, middle, signal),
+                 dn.reconstruct(trace, lower, [0, 3]))
+    finally:
+        mirror._plan = plan
+    assert any(step.in_place is not None for step in plan)
+    for a, b in zip(ours, plain, strict=True):
+        assert torch.equal(a, b)
