@@ -8,6 +8,8 @@ is per input, ``Tensor[N, ...]``, and is broadcast over ``K`` without copies.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -111,26 +113,35 @@ def conv_transpose2d(
         kernel = prepared(memory_format)
     else:
         kernel = transpose_kernel(weight, stride, dilation, groups, memory_format)
-    if _subpixel(weight.shape[2:], stride, dilation, groups):
-        out = _subpixel_transpose(flat, weight.shape, kernel, input_size, stride, (padding[0][0], padding[1][0]))
-        return out.unflatten(0, (n, k))
-    window = Window(pair(weight.shape[2:]), stride, (padding[0][0], padding[1][0]), dilation)
-    full = window.extent(signal.shape[-2:])
-    output_padding = [
-        max(0, size + 2 * before - reach)
-        for size, (before, _), reach in zip(input_size, padding, full, strict=True)
-    ]
-    out = F.conv_transpose2d(
-        flat,
-        kernel,
-        stride=stride,
-        padding=(padding[0][0], padding[1][0]),
-        output_padding=tuple(output_padding),
-        groups=groups,
-        dilation=dilation,
+    size = (int(input_size[0]), int(input_size[1]))
+    start = (padding[0][0], padding[1][0])
+    subpixel, output_padding, crop = _transpose_geometry(
+        tuple(weight.shape[2:]), stride, start, dilation, groups, tuple(signal.shape[-2:]), size
     )
-    out = out[..., : input_size[0], : input_size[1]]
-    return out.unflatten(0, (n, k))
+    if subpixel:
+        out = _subpixel_transpose(flat, weight.shape, kernel, size, stride, start)
+    else:
+        out = F.conv_transpose2d(flat, kernel, None, stride, start, output_padding, groups, dilation)
+        if crop:
+            out = out[..., : size[0], : size[1]]
+    return out.view(n, k, *out.shape[1:])
+
+
+@functools.lru_cache(maxsize=4096)
+def _transpose_geometry(
+    kernel_size: tuple[int, ...], stride: Pair, padding: Pair, dilation: Pair, groups: int, signal_size: tuple[int, ...],
+    input_size: Pair,
+) -> tuple[bool, Pair, bool]:
+    """(sub-pixel form, output_padding, crop to input_size) of one transposed conv's call;
+    cached: the per-call arithmetic cost more than a small layer's convolution."""
+    if _subpixel(kernel_size, stride, dilation, groups):
+        return True, (0, 0), False
+    window = Window(pair(kernel_size), stride, padding, dilation)
+    full = window.extent(signal_size)
+    first, second = (max(0, size + 2 * before - reach) for size, before, reach in zip(input_size, padding, full, strict=True))
+    produced = ((h - 1) * s - 2 * p + r for h, s, p, r in zip(signal_size, stride, padding, window.span(), strict=True))
+    crop = any(made > size for made, size in zip(produced, input_size, strict=True))  # the padded output is longer
+    return False, (first, second), crop
 
 
 # The sub-pixel form multiplies the work of the transposed conv by the product over both axes of

@@ -334,7 +334,8 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
         weight = self.weight
         var, factor, eps = scale.statistics()  # type: ignore[operator]
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, tuple(weight.shape),
-               *((t.data_ptr(), t._version) for t in (var, factor) if t is not None), eps)
+               var.data_ptr(), var._version, eps,
+               None if factor is None else factor.data_ptr(), None if factor is None else factor._version)
         cached = self._kernels.get((scale, memory_format))  # type: ignore[call-overload]
         if cached is None or cached[0] != key:
             folded = weight.detach() * scale.scale().detach().to(weight.dtype).view(-1, 1, 1, 1)
