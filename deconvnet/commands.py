@@ -368,8 +368,8 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 def explorer_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The :class:`deconvnet.serve.Explorer` that ``deconvnet serve`` runs, from its arguments."""
-    from .demo import shapes_samples
     from .serve import Explorer
+    from .shapes import held_out_samples
 
     for option in ("cache_mb", "max_upload_mb", "max_positions"):
         value = getattr(args, option)
@@ -381,7 +381,7 @@ def explorer_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return Explorer(loaded, name=args.model, rule=args.rule, rectifiers=args.rectifiers, atlas=args.atlas,
                     cache_bytes=args.cache_mb << 20, max_upload_bytes=args.max_upload_mb << 20,
                     max_positions=args.max_positions,
-                    samples=shapes_samples() if args.model == "shapes" else None)
+                    samples=held_out_samples() if args.model == "shapes" else None)
 
 
 def serve_command(args: argparse.Namespace) -> list[Path]:

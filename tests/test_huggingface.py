@@ -13,7 +13,7 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers", reason="needs the huggingface extra (pip install -e '.[test]')")
 
-from deconvnet import DeconvNet, InputError, TracingError, UnsupportedLayerError  # noqa: E402
+from deconvnet import DeconvNet, InputError, TracingError  # noqa: E402
 from deconvnet.cli import main  # noqa: E402
 from deconvnet.loading import load_model  # noqa: E402
 from deconvnet.shapes import render  # noqa: E402

@@ -33,8 +33,8 @@ from ..loading import Preprocessing, image_files, load_image
 from ..pictures import image
 from ..pictures.figures import crop_to_field
 from ..progress import ProgressFactory, Silent
-from ..receptive import ReceptiveField
-from .topk import TopUnits, batch_top_units, merge_top_units
+from ..pictures.site import SiteWriter
+from .topk import Atlas, Tile, TopUnits, batch_top_units, merge_top_units
 
 __all__ = ["Atlas", "AtlasImages", "RankFailedError", "Tile", "build_atlas", "mine_atlas", "project_atlas",
            "rank_and_world", "shard"]
@@ -183,43 +183,6 @@ def _collate(items: list[tuple[int, Tensor | None, str | None]]) -> tuple[Tensor
     if len(shapes) > 1:
         raise InputError(f"images of one batch differ in shape {sorted(shapes)}; resize them to one size")
     return torch.tensor([i for i, _ in good]), torch.stack([x for _, x in good]), skipped
-
-
-@dataclass
-class Atlas:
-    """The mined atlas: per layer, the k strongest units of every channel (see :class:`TopUnits`).
-
-    names: every dataset item's name (``TopUnits.images`` index into it); skipped: the items that
-    could not be read, with why; mined: how many were read and mined.
-    """
-
-    model: str
-    source: str
-    names: list[str]
-    k: int
-    layers: dict[str, TopUnits]
-    fields: dict[str, ReceptiveField | None]
-    skipped: dict[int, str] = field(default_factory=dict)
-    mined: int = 0
-
-    def to_json(self) -> dict:
-        """The ``atlas.json`` document (units strongest first; empty slots left out)."""
-        layers = {}
-        for name, top in self.layers.items():
-            f = self.fields[name]
-            units = []
-            for c in range(top.values.shape[0]):
-                units.append([
-                    {"image": int(top.images[c, r]), "value": float(top.values[c, r]),
-                     "position": list(top.unit(c, r))}
-                    for r in range(self.k) if torch.isfinite(top.values[c, r])
-                ])
-            layers[name] = {"channels": top.values.shape[0], "k": self.k, "shape": list(top.shape),
-                            "receptive_field": list(f.size) if f is not None else None, "units": units}
-        skipped = [{"image": i, "name": self.names[i], "error": e} for i, e in sorted(self.skipped.items())]
-        return {"model": self.model, "images": self.names,
-                "dataset": {"source": self.source, "count": len(self.names), "mined": self.mined, "skipped": skipped},
-                "layers": layers}
 
 
 @dataclass
@@ -408,18 +371,6 @@ def _merge_ranks(state: _State, names: list[str], images: AtlasImages, k: int, m
     return Atlas(model_name, images.source, images.names, k, layers, fields, skipped, mined)
 
 
-@dataclass(frozen=True)
-class Tile:
-    """One kept unit drawn: its projection and its image patch, cropped to the receptive field,
-    as PNG bytes. rank: its place among the channel's units (0 = strongest)."""
-
-    layer: str
-    channel: int
-    rank: int
-    projection: bytes
-    patch: bytes
-
-
 def project_atlas(
     dn: DeconvNet,
     images: AtlasImages,
@@ -512,8 +463,6 @@ def build_atlas(
     Under torch.distributed every rank calls this with the same arguments; rank 0 writes the
     site. Returns the Atlas (on every rank).
     """
-    from ..pictures.site import SiteWriter
-
     dn = model if isinstance(model, DeconvNet) else DeconvNet(model)
     images = data if isinstance(data, AtlasImages) else AtlasImages(data, preprocessing, names)
     out = Path(out)

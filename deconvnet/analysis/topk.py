@@ -9,15 +9,16 @@ again and projects each kept unit down on its own.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from ..deconvnet import DeconvNet
 from ..errors import InputError
+from ..receptive import ReceptiveField
 
-__all__ = ["TopUnits", "batch_top_units", "merge_top_units", "mine_top_units", "project_top_units"]
+__all__ = ["Atlas", "Tile", "TopUnits", "batch_top_units", "merge_top_units", "mine_top_units", "project_top_units"]
 
 
 @dataclass
@@ -145,3 +146,56 @@ def project_top_units(
         for t, (_, c, r) in enumerate(chunk):
             result[channels.index(c), r] = projected[t]
     return result  # type: ignore[return-value]
+
+
+# The unit atlas's data (mined by :mod:`deconvnet.analysis.atlas`, drawn by
+# :mod:`deconvnet.pictures.site`): here, so that the site needs nothing of how it was mined.
+
+
+@dataclass
+class Atlas:
+    """The mined atlas: per layer, the k strongest units of every channel (see :class:`TopUnits`).
+
+    names: every dataset item's name (``TopUnits.images`` index into it); skipped: the items that
+    could not be read, with why; mined: how many were read and mined.
+    """
+
+    model: str
+    source: str
+    names: list[str]
+    k: int
+    layers: dict[str, TopUnits]
+    fields: dict[str, ReceptiveField | None]
+    skipped: dict[int, str] = field(default_factory=dict)
+    mined: int = 0
+
+    def to_json(self) -> dict:
+        """The ``atlas.json`` document (units strongest first; empty slots left out)."""
+        layers = {}
+        for name, top in self.layers.items():
+            f = self.fields[name]
+            units = []
+            for c in range(top.values.shape[0]):
+                units.append([
+                    {"image": int(top.images[c, r]), "value": float(top.values[c, r]),
+                     "position": list(top.unit(c, r))}
+                    for r in range(self.k) if torch.isfinite(top.values[c, r])
+                ])
+            layers[name] = {"channels": top.values.shape[0], "k": self.k, "shape": list(top.shape),
+                            "receptive_field": list(f.size) if f is not None else None, "units": units}
+        skipped = [{"image": i, "name": self.names[i], "error": e} for i, e in sorted(self.skipped.items())]
+        return {"model": self.model, "images": self.names,
+                "dataset": {"source": self.source, "count": len(self.names), "mined": self.mined, "skipped": skipped},
+                "layers": layers}
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One kept unit drawn: its projection and its image patch, cropped to the receptive field,
+    as PNG bytes. rank: its place among the channel's units (0 = strongest)."""
+
+    layer: str
+    channel: int
+    rank: int
+    projection: bytes
+    patch: bytes

@@ -4,7 +4,7 @@
     SITE/<layer>/index.html    every channel's top projection; sort by strength, filter by number
     SITE/<layer>/<c>.html      one channel's top-k projections next to their image patches
     SITE/<layer>/img/<c>-<r>.png, <c>-<r>-patch.png
-    SITE/atlas.json            what was mined (see :meth:`deconvnet.analysis.atlas.Atlas.to_json`)
+    SITE/atlas.json            what was mined (see :meth:`deconvnet.analysis.topk.Atlas.to_json`)
 
 Plain HTML and CSS; the layer page has a few lines of script for sorting and filtering.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ..analysis.atlas import Atlas, ProgressFactory, Silent, Tile
+from ..analysis.topk import Atlas, Tile
+from ..progress import ProgressFactory, Silent
 
 __all__ = ["SiteWriter", "layer_folders", "slug"]
 
