@@ -1,4 +1,4 @@
-"""``python -m benchmarks gpu``: every GPU row of the README in one command (a few minutes on one
+"""``python -m benchmarks gpu``: every GPU row of docs/guides/gpu.md in one command (a few minutes on one
 GPU), written to ``benchmarks/results/gpu.md`` and ``gpu.json`` with the card, torch, and the
 precision settings in force.
 

@@ -14,7 +14,7 @@
     python -m benchmarks atlas               # atlas mining/projecting: 1 vs 2 gloo processes vs 2 threads
     python -m benchmarks memory              # all 1000 VGG16 classes: peak memory and time
     python -m benchmarks chunks              # per-target time against the chunk size (the planner's cap)
-    python -m benchmarks gpu                 # every GPU row of the README (see benchmarks/gpu.py)
+    python -m benchmarks gpu                 # every GPU row of docs/guides/gpu.md (see benchmarks/gpu.py)
     python -m benchmarks dropin              # deconvnet.captum vs Captum on the same calls
     python -m benchmarks serve               # the explorer: latency per endpoint, 16 clients (benchmarks/serve.py)
 

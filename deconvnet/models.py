@@ -39,7 +39,7 @@ _INFO = "shapes_net.json"
 # Training steps (of 2000) whose ShapesNet weights ship for the feature-evolution figure, all from
 # one run of scripts/train_shapes.py on this project's CPU machine. Its last step is not the
 # bundled shapes_net.pt: that was trained earlier on another machine, and training reproduces
-# bit for bit only on the same kind of machine (see the README).
+# bit for bit only on the same kind of machine (see docs/guides/paper.md).
 EVOLUTION_STEPS = (20, 100, 300, 800, 2000)
 
 

@@ -334,7 +334,7 @@ class Explorer:
     """Serves one model: add images (each traced once), then project classes, channels and units
     of any layer from the cached trace, and run occlusion in the background.
 
-    loaded: the model and its preprocessing (:func:`deconvnet.load_model`); name: what pages call
+    loaded: the model and its preprocessing (:func:`deconvnet.loading.load_model`); name: what pages call
     it; rule/rectifiers: as :class:`DeconvNet`; atlas: a site folder of the same model;
     cache_bytes: memory the cached traces may hold; max_upload_bytes/max_pixels: upload limits;
     max_positions: the most occluder positions one occlusion request may ask for.
