@@ -21,7 +21,7 @@ from .builder import Network, Step, call_site
 from .errors import InputError, UnsupportedLayerError
 from .mirror import Context, Record
 
-__all__ = ["Trace", "run", "run_lean", "run_layers"]
+__all__ = ["Trace", "checked_input", "run", "run_lean", "run_layers"]
 
 _T = TypeVar("_T")
 
@@ -243,6 +243,45 @@ def _smallest_size(network: Network, x: Tensor, limit: int = 4096) -> int | None
     except Exception:  # anything else at some size (an exact size required): no hint
         return None
     return high
+
+
+def checked_input(network: Network, x: Tensor) -> Tensor:
+    """x validated as a batch for the network's model (Tensor[N, C, H, W], finite, the model's
+    channels and dtype), on the model's device: InputError naming what is wrong and the fix."""
+    if not isinstance(x, Tensor):
+        raise InputError(f"x must be a Tensor[N, C, H, W], got {type(x).__name__}")
+    if x.dim() != 4:
+        hint = "; add a batch dimension with x.unsqueeze(0)" if x.dim() == 3 else ""
+        raise InputError(f"x must be a Tensor[N, C, H, W], got shape {tuple(x.shape)}{hint}")
+    if x.shape[0] == 0:
+        raise InputError("x is an empty batch (N = 0)")
+    if not x.is_floating_point():
+        raise InputError(f"x must be a floating-point tensor, got {x.dtype}")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        nan = int(torch.isnan(x).sum())
+        raise InputError(
+            f"x holds {nan} NaN and {int((~finite).sum()) - nan} infinite values (of {x.numel()}); a max-pool's "
+            "switches and a rectifier's mask over them are arbitrary, so no reconstruction of it would mean "
+            "anything: replace them first (torch.nan_to_num, or fix the preprocessing)"
+        )
+    expected = network.input_channels
+    if expected is not None and x.shape[1] != expected:
+        first = next(iter(network.steps.values()))
+        raise InputError(
+            f"x has {x.shape[1]} channels but {first.name} "
+            f"({type(first.module).__name__}) expects {expected}"
+        )
+    parameter = next(network.model.parameters(), None)
+    if parameter is not None:
+        if x.dtype != parameter.dtype:
+            raise InputError(
+                f"x is {x.dtype} but the model's parameters are {parameter.dtype}; "
+                f"convert x with x.to({parameter.dtype})"
+            )
+        # From pinned memory to a GPU the copy need not wait for the device (mining streams).
+        x = x.to(parameter.device, non_blocking=parameter.device.type == "cuda")
+    return x
 
 
 def run(network: Network, x: Tensor) -> Trace:

@@ -21,7 +21,8 @@ depend on the chunk size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from math import ceil, prod
 
@@ -31,11 +32,11 @@ from torch import Tensor
 from .capture import Trace
 from .crop import widest_window
 from .errors import InputError
-from .mirror import Mirror, MirrorLayer
+from .mirror import Context, Mirror, MirrorLayer
 
 __all__ = [
     "CPU_BUDGET", "INDEX_LIMIT", "THROUGHPUT_ELEMENTS", "DeviceMemory", "budget", "check_chunk_size", "collect",
-    "device_memory", "mirror_chunk", "mirror_needs", "plan", "window_chunk", "window_needs",
+    "device_memory", "mirror_chunk", "mirror_chunks", "mirror_needs", "plan", "window_chunk", "window_needs",
 ]
 
 CPU_BUDGET = 2 * 1024**3
@@ -148,6 +149,29 @@ def window_chunk(trace: Trace, layers: Sequence[MirrorLayer], images: int, chann
                  count: int | None = None) -> int:
     """How many of ``count`` targets to run at once on the cropped path, within ``memory`` bytes."""
     return plan(count or INDEX_LIMIT, *window_needs(trace, layers, images, channels), memory, trace.input.device.type)
+
+
+def mirror_chunks(
+    mirror: Mirror,
+    trace: Trace,
+    start: str,
+    targets: Tensor,
+    make: Callable[[Tensor], Tensor],
+    chunk_size: int | None,
+    memory: int,
+    context: Context,
+    precision: Callable[[], AbstractContextManager[None]],
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The mirror from layer ``start`` down over ``targets``, ``chunk_size`` at a time (default:
+    as planned within ``memory`` bytes): yields (targets of the chunk, Tensor[N, k, ...]).
+    ``make(chunk)`` builds a chunk's signal (see :mod:`deconvnet.signals`); ``precision()`` is
+    entered around each chunk's mirror, not around the yield, so the caller keeps its modes."""
+    size = chunk_size or mirror_chunk(mirror, trace, start, memory, targets.numel())
+    for lo in range(0, targets.numel(), size):
+        chunk = targets[lo : lo + size]
+        with torch.no_grad(), precision():
+            out = mirror(make(chunk), trace.records, start, context)
+        yield chunk, out
 
 
 def collect(chunks: Iterator[tuple[Tensor, Tensor]], total: int) -> Tensor:

@@ -14,19 +14,107 @@ with any other layer below the start runs uncropped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .mirror import Context, MirrorLayer, Record
+from .errors import InputError
+from .mirror import Context, Mirror, MirrorLayer, Record
 
-__all__ = ["croppable", "project_units", "widest_window"]
+if TYPE_CHECKING:
+    from .receptive import ReceptiveField
+
+__all__ = ["CROP_AREA", "crop_chain", "cropped_channels", "cropped_units", "croppable", "project_units", "widest_window"]
+
+CROP_AREA = 0.5
+"""By default single-unit projections are cropped where the receptive field covers at most this
+share of the input (on small maps the windows' bookkeeping would cost more than it saves)."""
 
 
 def croppable(layers: Sequence[MirrorLayer], context: Context) -> bool:
     """Whether every mirror layer can run on windows under ``context``."""
     return all(layer.croppable(context) for layer in layers)
+
+
+def crop_chain(
+    mirror: Mirror,
+    start: str,
+    field: ReceptiveField | None,
+    activation: Tensor,
+    mode: str,
+    crop: bool | None,
+    input_size: Sequence[int],
+    context: Context,
+) -> list[MirrorLayer] | None:
+    """The mirror layers to run on receptive-field windows from layer ``start`` down, or None to
+    run uncropped. ``crop``: None decides (a small enough field, a chain of croppable layers,
+    ``mode="max"``), False never, True insists (InputError where it cannot)."""
+    if crop is False:
+        return None
+    below = mirror.chain_below(start)
+    usable = (
+        mode == "max" and activation.dim() == 4 and field is not None
+        and below is not None and croppable(below, context)
+    )
+    if crop is True and not usable:
+        raise InputError(
+            f"crop=True needs mode='max', rule='deconvnet' and, below {start}, a chain of "
+            "only convs, max-pools, rectifiers, batch-norms, constant pads and identities"
+        )
+    if not usable:
+        return None
+    height, width = input_size
+    small = field.size[0] * field.size[1] <= CROP_AREA * height * width  # type: ignore[union-attr]
+    return below if crop is True or small else None
+
+
+Precision = Callable[[], AbstractContextManager[None]]
+
+
+def cropped_channels(
+    below: list[MirrorLayer], records: dict[str, Record], activation: Tensor, where: Tensor, targets: Tensor,
+    signal: str, size: int, input_shape: Sequence[int], context: Context, precision: Precision, dtype: torch.dtype,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Each target channel's strongest unit (``where``: LongTensor[N, C] flat positions) of every
+    input projected on its window, ``size`` channels at a time: yields (channels LongTensor[k],
+    Tensor[N, k, *input_shape])."""
+    n, channels_in, width = activation.shape[0], activation.shape[1], activation.shape[-1]
+    flat = activation.reshape(n, channels_in, -1)
+    for lo in range(0, targets.numel(), size):
+        chunk = targets[lo : lo + size]
+        k = chunk.numel()
+        images = torch.arange(n, device=flat.device).repeat_interleave(k)
+        channels = chunk.repeat(n)
+        at = where[images, channels]
+        values = flat[images, channels, at] if signal == "activation" else torch.ones_like(at, dtype=flat.dtype)
+        units = torch.stack([at // width, at % width], dim=1)
+        slots = torch.arange(k, device=flat.device).repeat(n)
+        with precision():
+            result = flat.new_zeros(n, k, *input_shape, dtype=dtype)
+            project_units(below, records, values, units, channels, images, result, slots, channels_in, context)
+        yield chunk, result
+
+
+def cropped_units(
+    below: list[MirrorLayer], records: dict[str, Record], activation: Tensor, images: Tensor, channels: Tensor,
+    positions: Tensor, values: Tensor, size: int, input_shape: Sequence[int], context: Context, precision: Precision,
+    dtype: torch.dtype,
+) -> Tensor:
+    """T chosen units (see :func:`deconvnet.signals.unit_signal`), each projected on its window,
+    ``size`` at a time: Tensor[T, *input_shape]."""
+    total, count, width = images.numel(), activation.shape[1], activation.shape[-1]
+    result = activation.new_zeros(total, 1, *input_shape, dtype=dtype)
+    for lo in range(0, total, size):
+        part = slice(lo, lo + size)
+        units = torch.stack([positions[part] // width, positions[part] % width], dim=1)
+        rows = torch.arange(lo, min(lo + size, total), device=activation.device)
+        with precision():
+            project_units(below, records, values[part], units, channels[part], images[part], result,
+                          torch.zeros_like(rows), count, context, rows=rows)
+    return result[:, 0]
 
 
 def project_units(

@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from . import signals
 from .builder import Network, Step, build
-from .capture import Trace, run, run_layers, run_lean
-from .chunks import budget, check_chunk_size, collect, mirror_chunk, window_chunk
-from .crop import croppable, project_units
-from .errors import InputError, SignalShapeError, TargetOutOfRangeError
-from .mirror import RECTIFIERS, RULES, Context, Mirror, MirrorLayer
+from .capture import Trace, checked_input, run, run_layers, run_lean
+from .chunks import budget, check_chunk_size, collect, mirror_chunks, window_chunk
+from .crop import crop_chain, cropped_channels, cropped_units
+from .errors import InputError, SignalShapeError
+from .mirror import RECTIFIERS, RULES, Context, Mirror, MirrorLayer, precision
 from .receptive import ReceptiveField, receptive_fields
 from .rules import DEFAULT_RULES, Rule
+from .signals import Targets, check_choice
 
 _R = TypeVar("_R")
 
 __all__ = ["DeconvNet", "Targets"]
-
-Targets = int | Sequence[int] | Tensor | None
-"""Which channels or classes: one index, a sequence of indices, or ``None`` for all."""
-
-# Crop single-unit projections when the receptive field covers at most this share of the input.
-_CROP_AREA = 0.5
 
 
 class DeconvNet:
@@ -96,7 +92,7 @@ class DeconvNet:
         self.mirror_dtype = mirror_dtype
         if strict not in (True, False):
             raise InputError(f"strict must be True or False, got {strict!r}")
-        _check_choice("rectifiers", rectifiers, RECTIFIERS)
+        check_choice("rectifiers", rectifiers, RECTIFIERS)
         self.model = model
         self.rule = self._rule(rule)
         self.rectifiers = rectifiers
@@ -165,7 +161,7 @@ class DeconvNet:
     def _forward(self, function: Callable[..., _R], x: Tensor, *args: Any) -> _R:
         """``function(network, x, *args)`` (one of :mod:`deconvnet.capture`'s runs) on the checked
         input, with autocast off: switches and kept units in full precision."""
-        x = self._checked_input(x)
+        x = checked_input(self._network, x)
         with torch.autocast(x.device.type, enabled=False):
             return function(self._network, x, *args)
 
@@ -181,47 +177,10 @@ class DeconvNet:
         values = self._forward(run_layers, x, steps)
         return {step.name: value for step, value in zip(steps, values, strict=True)}
 
-    def _checked_input(self, x: Tensor) -> Tensor:
-        """x validated as a batch for the model, on the model's device."""
-        if not isinstance(x, Tensor):
-            raise InputError(f"x must be a Tensor[N, C, H, W], got {type(x).__name__}")
-        if x.dim() != 4:
-            hint = "; add a batch dimension with x.unsqueeze(0)" if x.dim() == 3 else ""
-            raise InputError(f"x must be a Tensor[N, C, H, W], got shape {tuple(x.shape)}{hint}")
-        if x.shape[0] == 0:
-            raise InputError("x is an empty batch (N = 0)")
-        if not x.is_floating_point():
-            raise InputError(f"x must be a floating-point tensor, got {x.dtype}")
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            nan = int(torch.isnan(x).sum())
-            raise InputError(
-                f"x holds {nan} NaN and {int((~finite).sum()) - nan} infinite values (of {x.numel()}); a max-pool's "
-                "switches and a rectifier's mask over them are arbitrary, so no reconstruction of it would mean "
-                "anything: replace them first (torch.nan_to_num, or fix the preprocessing)"
-            )
-        expected = self._network.input_channels
-        if expected is not None and x.shape[1] != expected:
-            first = next(iter(self._network.steps.values()))
-            raise InputError(
-                f"x has {x.shape[1]} channels but {first.name} "
-                f"({type(first.module).__name__}) expects {expected}"
-            )
-        parameter = next(self.model.parameters(), None)
-        if parameter is not None:
-            if x.dtype != parameter.dtype:
-                raise InputError(
-                    f"x is {x.dtype} but the model's parameters are {parameter.dtype}; "
-                    f"convert x with x.to({parameter.dtype})"
-                )
-            # From pinned memory to a GPU the copy need not wait for the device (mining streams).
-            x = x.to(parameter.device, non_blocking=parameter.device.type == "cuda")
-        return x
-
     def _rule(self, rule: str | None) -> str:
         if rule is None:
             return self.rule
-        _check_choice("rule", rule, RULES)
+        check_choice("rule", rule, RULES)
         return rule
 
     def _traced(self, x: Tensor | Trace) -> Trace:
@@ -306,8 +265,8 @@ class DeconvNet:
         crop: bool | None,
         rule: str | None,
     ) -> tuple[Iterator[tuple[Tensor, Tensor]], int]:
-        _check_choice("mode", mode, ("max", "map"))
-        _check_choice("signal", signal, ("activation", "unit"))
+        check_choice("mode", mode, ("max", "map"))
+        check_choice("signal", signal, ("activation", "unit"))
         check_chunk_size(chunk_size)
         if crop not in (None, True, False):
             raise InputError(f"crop must be True, False or None, got {crop!r}")
@@ -317,29 +276,17 @@ class DeconvNet:
         if activation.dim() < 2:
             raise InputError(f"{step.name}'s output has no channel dimension")
         count = activation.shape[1]
-        targets = _targets(channels, count, "channel", f"{step.name} has {count} channels", activation.device)
-        flat = activation.reshape(*activation.shape[:2], -1)  # [N, C, P]
-        n = flat.shape[0]
-        batch = torch.arange(n, device=flat.device)[:, None]
-        strongest = flat.argmax(dim=2) if mode == "max" else None  # [N, C]
+        targets = signals.targets(channels, count, "channel", f"{step.name} has {count} channels", activation.device)
+        where = signals.strongest(activation)[1] if mode == "max" else None
         context = self.context(rule)
         below = self._crop_chain(step, activation, mode, crop, trace, context)
         if below is not None:
-            return self._cropped(trace, below, activation, flat, strongest, targets, signal, chunk_size,
-                                 context), targets.numel()
-
-        def make(chunk: Tensor) -> Tensor:
-            k = chunk.numel()
-            out = flat.new_zeros(n, k, *flat.shape[1:])
-            slot = torch.arange(k, device=flat.device)
-            if strongest is not None:
-                where = strongest[:, chunk]  # [N, k]
-                kept = flat[batch, chunk, where] if signal == "activation" else 1.0
-                out[batch, slot, chunk, where] = kept
-            else:
-                out[:, slot, chunk] = flat[:, chunk] if signal == "activation" else 1.0
-            return out.view(n, k, *activation.shape[1:])
-
+            size = chunk_size or window_chunk(trace, below, activation.shape[0], count, self._budget(trace),
+                                              targets.numel())
+            return cropped_channels(below, trace.records, activation, where, targets, signal, size,  # type: ignore[arg-type]
+                                    trace.input.shape[1:], context, self._precision(trace),
+                                    self.mirror_dtype or activation.dtype), targets.numel()
+        make = signals.channel_signal(activation, where, signal)
         return self._chunks(trace, step, targets, make, chunk_size, context), targets.numel()
 
     @torch.no_grad()
@@ -384,14 +331,8 @@ class DeconvNet:
             )
         count = output.shape[1]
         step = self._network.steps[self._network.output]
-        targets = _targets(classes, count, "class", f"the model has {count} classes", output.device)
-
-        def make(chunk: Tensor) -> Tensor:
-            out = output.new_zeros(output.shape[0], chunk.numel(), count)
-            out[:, torch.arange(chunk.numel(), device=out.device), chunk] = 1.0
-            return out
-
-        return self._chunks(trace, step, targets, make, chunk_size, context), targets.numel()
+        targets = signals.targets(classes, count, "class", f"the model has {count} classes", output.device)
+        return self._chunks(trace, step, targets, signals.class_signal(output), chunk_size, context), targets.numel()
 
     @torch.no_grad()
     def reconstruct_from(
@@ -453,61 +394,8 @@ class DeconvNet:
         """The mirror layers to run on receptive-field windows, or None to run uncropped."""
         if crop is False:
             return None
-        below = self.mirror.chain_below(step.name)
-        field = self._receptive_fields[step.name]
-        usable = (
-            mode == "max" and activation.dim() == 4 and field is not None
-            and below is not None and croppable(below, context)
-        )
-        if crop is True and not usable:
-            raise InputError(
-                f"crop=True needs mode='max', rule='deconvnet' and, below {step.name}, a chain of "
-                "only convs, max-pools, rectifiers, batch-norms, constant pads and identities"
-            )
-        if not usable:
-            return None
-        height, width = trace.input.shape[-2:]
-        small = field.size[0] * field.size[1] <= _CROP_AREA * height * width  # type: ignore[union-attr]
-        return below if crop is True or small else None
-
-    def _cropped(
-        self,
-        trace: Trace,
-        below: list[MirrorLayer],
-        activation: Tensor,
-        flat: Tensor,
-        strongest: Tensor,
-        targets: Tensor,
-        signal: str,
-        chunk_size: int | None,
-        context: Context,
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        n, width = activation.shape[0], activation.shape[-1]
-        channels_in = activation.shape[1]
-        size = chunk_size or window_chunk(trace, below, n, channels_in, budget(self.memory_budget, trace.input.device),
-                                          targets.numel())
-        return self._cropped_chunks(trace, below, flat, strongest, targets, signal, size, context, width, channels_in)
-
-    @torch.no_grad()
-    def _cropped_chunks(
-        self, trace: Trace, below: list[MirrorLayer], flat: Tensor, strongest: Tensor, targets: Tensor, signal: str,
-        size: int, context: Context, width: int, channels_in: int,
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        n, total = flat.shape[0], targets.numel()
-        for lo in range(0, total, size):
-            chunk = targets[lo : lo + size]
-            k = chunk.numel()
-            images = torch.arange(n, device=flat.device).repeat_interleave(k)
-            channels = chunk.repeat(n)
-            where = strongest[images, channels]
-            values = flat[images, channels, where] if signal == "activation" else torch.ones_like(where, dtype=flat.dtype)
-            units = torch.stack([where // width, where % width], dim=1)
-            slots = torch.arange(k, device=flat.device).repeat(n)
-            with self._precision(trace):
-                result = flat.new_zeros(n, k, *trace.input.shape[1:], dtype=self.mirror_dtype or flat.dtype)
-                project_units(below, trace.records, values, units, channels, images, result, slots, channels_in,
-                              context)
-            yield chunk, result
+        return crop_chain(self.mirror, step.name, self._receptive_fields[step.name], activation, mode, crop,
+                          trace.input.shape[-2:], context)
 
     @torch.no_grad()
     def reconstruct_units(
@@ -542,50 +430,29 @@ class DeconvNet:
             raise InputError(f"reconstruct_units needs a layer with spatial maps; {step.name} outputs {tuple(activation.shape)}")
         n, count, height, width = activation.shape
         device = activation.device
-        images_t = _indices("images", images, n, f"the batch has {n} inputs", device)
-        channels_t = _indices("channels", channels, count, f"{step.name} has {count} channels", device)
-        positions_t = _indices("positions", positions, height * width, f"{step.name} maps have {height * width} positions", device)
+        images_t = signals.indices("images", images, n, f"the batch has {n} inputs", device)
+        channels_t = signals.indices("channels", channels, count, f"{step.name} has {count} channels", device)
+        positions_t = signals.indices("positions", positions, height * width,
+                                      f"{step.name} maps have {height * width} positions", device)
         total = images_t.numel()
         if not channels_t.numel() == positions_t.numel() == total:
             raise InputError(f"images, channels and positions must have one entry per unit; got {total}, "
                              f"{channels_t.numel()} and {positions_t.numel()}")
-        flat = activation.reshape(n, count, -1)
-        kept = flat[images_t, channels_t, positions_t]
+        kept = activation.reshape(n, count, -1)[images_t, channels_t, positions_t]
         if values is not None:
             if not isinstance(values, Tensor) or values.shape != (total,):
                 raise InputError(f"values must be a Tensor[{total}] or None")
-            kept = values.to(device=device, dtype=flat.dtype)
+            kept = values.to(device=device, dtype=activation.dtype)
         below = self._crop_chain(step, activation, "max", crop, trace, context)
         if below is not None:
-            result = flat.new_zeros(total, 1, *trace.input.shape[1:], dtype=self.mirror_dtype or flat.dtype)
-            size = chunk_size or window_chunk(trace, below, 1, count, budget(self.memory_budget, device), total)
-            for lo in range(0, total, size):
-                part = slice(lo, lo + size)
-                units = torch.stack([positions_t[part] // width, positions_t[part] % width], dim=1)
-                rows = torch.arange(lo, min(lo + size, total), device=device)
-                with self._precision(trace):
-                    project_units(below, trace.records, kept[part], units, channels_t[part], images_t[part], result,
-                                  torch.zeros_like(rows), count, context, rows=rows)
-            return result[:, 0]
-        # Uncropped: unit t is target slot[t] of its own input; inputs with fewer units get
-        # zero targets in the remaining slots (one unit per image, as in top-9, wastes none).
-        seen: dict[int, int] = {}
-        slots = []
-        for image in images_t.tolist():
-            slots.append(seen.get(image, 0))
-            seen[image] = slots[-1] + 1
-        slot_t = torch.tensor(slots, device=device)
-        width_k = max(seen.values())
-
-        def make(chunk: Tensor) -> Tensor:
-            out = flat.new_zeros(n, chunk.numel(), count, height * width)
-            chosen = (slot_t >= chunk[0]) & (slot_t <= chunk[-1])
-            out[images_t[chosen], slot_t[chosen] - chunk[0], channels_t[chosen], positions_t[chosen]] = kept[chosen]
-            return out.view(n, chunk.numel(), count, height, width)
-
-        projected = collect(self._chunks(trace, step, torch.arange(width_k, device=device), make, chunk_size, context),
-                             width_k)
-        return projected[images_t, slot_t]
+            size = chunk_size or window_chunk(trace, below, 1, count, self._budget(trace), total)
+            return cropped_units(below, trace.records, activation, images_t, channels_t, positions_t, kept, size,
+                                 trace.input.shape[1:], context, self._precision(trace),
+                                 self.mirror_dtype or activation.dtype)
+        make, slot, slots = signals.unit_signal(activation, images_t, channels_t, positions_t, kept)
+        projected = collect(self._chunks(trace, step, torch.arange(slots, device=device), make, chunk_size, context),
+                             slots)
+        return projected[images_t, slot]
 
     def activation(self, x: Tensor | Trace, layer: str | nn.Module) -> Tensor:
         """The output of ``layer`` for x: Tensor[N, ...]."""
@@ -594,84 +461,17 @@ class DeconvNet:
 
     # --- batching -------------------------------------------------------------------------
 
+    def _budget(self, trace: Trace) -> int:
+        return budget(self.memory_budget, trace.input.device)
+
+    def _precision(self, trace: Trace) -> Callable[[], AbstractContextManager[None]]:
+        """What the mirror runs under for this DeconvNet (see :func:`deconvnet.mirror.precision`)."""
+        return lambda: precision(trace.input.device.type, self.mirror_dtype, self.deterministic)
+
     def _chunks(
-        self,
-        trace: Trace,
-        start: Step,
-        targets: Tensor,
-        make: Callable[[Tensor], Tensor],
-        chunk_size: int | None,
+        self, trace: Trace, start: Step, targets: Tensor, make: Callable[[Tensor], Tensor], chunk_size: int | None,
         context: Context,
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """The mirror over the targets, ``chunk_size`` at a time (default: as many as the memory
-        budget holds): yields (targets of the chunk, Tensor[N, k, ...])."""
-        size = chunk_size or mirror_chunk(self.mirror, trace, start.name, budget(self.memory_budget, trace.input.device),
-                                          targets.numel())
-        for lo in range(0, targets.numel(), size):
-            chunk = targets[lo : lo + size]
-            with torch.no_grad(), self._precision(trace):  # not around the yield: the caller keeps its modes
-                out = self.mirror(make(chunk), trace.records, start.name, context)
-            yield chunk, out
-
-    @contextmanager
-    def _precision(self, trace: Trace) -> Iterator[None]:
-        """While the mirror runs: autocast to ``mirror_dtype`` (or off) and, with
-        ``deterministic=True`` on CUDA, cuDNN's deterministic algorithms (no autotuning), restored
-        after. TF32 follows PyTorch's own settings (``torch.backends.cudnn.allow_tf32``,
-        ``torch.backends.cuda.matmul.allow_tf32``), as the model's forward does."""
-        device = trace.input.device.type
-        cudnn = torch.backends.cudnn
-        saved = cudnn.deterministic, cudnn.benchmark
-        switch = bool(self.deterministic) and device == "cuda"
-        if switch:
-            cudnn.deterministic, cudnn.benchmark = True, False
-        try:
-            with torch.autocast(device, dtype=self.mirror_dtype or torch.float32, enabled=self.mirror_dtype is not None):
-                yield
-        finally:
-            if switch:
-                cudnn.deterministic, cudnn.benchmark = saved
-
-
-def _indices(name: str, value: Tensor | Sequence[int], count: int, owner: str, device: torch.device) -> Tensor:
-    """A LongTensor[T] of indices below ``count``."""
-    tensor = torch.as_tensor(value, device=device) if not isinstance(value, Tensor) else value.to(device)
-    if tensor.dim() != 1 or tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.numel() == 0:
-        raise InputError(f"{name} must be a non-empty 1-D integer sequence or tensor, got shape {tuple(tensor.shape)} "
-                         f"of {tensor.dtype}")
-    if int(tensor.min()) < 0 or int(tensor.max()) >= count:
-        bad = int(tensor.max()) if int(tensor.max()) >= count else int(tensor.min())
-        raise TargetOutOfRangeError(f"{name[:-1]} {bad} is out of range: {owner} (0..{count - 1})")
-    return tensor.long()
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
-def _targets(
-    value: Targets, count: int, what: str, owner: str, device: torch.device
-) -> Tensor:
-    """Target indices as a LongTensor[K] on ``device``, validated against ``count``."""
-    whats = "classes" if what == "class" else f"{what}s"
-    if value is None:
-        return torch.arange(count, device=device)
-    if isinstance(value, Tensor):
-        if value.dim() > 1 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-            raise InputError(f"{whats} must be an int or a 1-D integer tensor, got {value.dtype} of shape {tuple(value.shape)}")
-        items = value.reshape(-1).tolist()
-    elif isinstance(value, bool) or not isinstance(value, (int, Sequence)) or isinstance(value, str):
-        raise InputError(f"{whats} must be an int, a sequence of ints or None, got {type(value).__name__}")
-    elif isinstance(value, int):
-        items = [value]
-    else:
-        items = list(value)
-    if not items:
-        raise InputError(f"no {whats} given: pass at least one, or None for all")
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise InputError(f"{what} {item!r} is not an int")
-        if not 0 <= item < count:
-            raise TargetOutOfRangeError(f"{what} {item} is out of range: {owner} (0..{count - 1})")
-    return torch.tensor(items, dtype=torch.long, device=device)
+        """The mirror over the targets, a planned chunk at a time (see :mod:`deconvnet.chunks`)."""
+        return mirror_chunks(self.mirror, trace, start.name, targets, make, chunk_size, self._budget(trace), context,
+                             self._precision(trace))

@@ -16,7 +16,8 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from math import prod
 from typing import Any, ClassVar, NamedTuple, cast
@@ -30,6 +31,7 @@ from .functional import Window, pair
 
 __all__ = [
     "Context",
+    "precision",
     "Record",
     "Call",
     "MirrorLayer",
@@ -1222,3 +1224,22 @@ class Mirror(nn.Module):
                 line += "  -> " + ", ".join(name or "input" for name in layer.inputs)
             lines.append(line)
         return "Mirror(output -> input\n" + "\n".join(lines) + "\n)"
+
+
+@contextmanager
+def precision(device_type: str, dtype: torch.dtype | None, deterministic: bool | None) -> Iterator[None]:
+    """While the mirror runs: autocast to ``dtype`` (``None``: off) and, with
+    ``deterministic=True`` on CUDA, cuDNN's deterministic algorithms (no autotuning), restored
+    after. TF32 follows PyTorch's own settings (``torch.backends.cudnn.allow_tf32``,
+    ``torch.backends.cuda.matmul.allow_tf32``), as the model's forward does."""
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    switch = bool(deterministic) and device_type == "cuda"
+    if switch:
+        cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            yield
+    finally:
+        if switch:
+            cudnn.deterministic, cudnn.benchmark = saved

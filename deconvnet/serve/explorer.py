@@ -30,7 +30,8 @@ from torchvision.utils import make_grid
 
 from ..analysis.occlusion import Occlusion, occlusion
 from ..capture import Trace
-from ..deconvnet import DeconvNet, _targets
+from ..deconvnet import DeconvNet
+from ..signals import targets as _targets
 from ..errors import DeconvnetError, InputError, LayerNotFoundError
 from ..loading import PHOTOS, LoadedModel, photo
 from ..mirror import MaxUnpool2d, RULES
