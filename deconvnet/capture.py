@@ -147,8 +147,11 @@ def _program(
             [n for step in network.steps.values() for n in (step.node, *step.inputs, *step.refs)] + [network.output]
         ))
         switched = list(switches)
-    shapes = tuple(graph.call_function(getattr, (mapping[n], "shape")) for n in shaped)
-    graph.output((tuple(mapping[n] for n in kept), tuple(switches[s] for s in switched), shapes))
+    shapes = []
+    for n in shaped:  # read where each value is made, so the generated code frees it after its last real use
+        with graph.inserting_after(mapping[n]):
+            shapes.append(graph.call_function(getattr, (mapping[n], "shape")))
+    graph.output((tuple(mapping[n] for n in kept), tuple(switches[s] for s in switched), tuple(shapes)))
     module = fx.GraphModule(owners, graph)
     if start is not None:
         module.graph.eliminate_dead_code()  # the forward stops where the last value it returns is made

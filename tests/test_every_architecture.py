@@ -220,3 +220,23 @@ def test_repeated_calls_through_the_lean_trace_equal_the_full_trace(family):
         full = dn.reconstruct_classes(dn.trace(x), [1, 5])
         for _ in range(3):  # the first interpreted, then the generated lean forward
             assert torch.equal(dn.reconstruct_classes(x, [1, 5]), full)
+
+
+def test_the_lean_forward_frees_each_value_after_its_last_use():
+    # A lean program returns every step's shape; read at the end, the shapes kept every
+    # activation alive to the end (one class of 16 images on ResNet-50 peaked 2.2 GiB above the
+    # start, as the full trace does; 0.37 GiB once freed).
+    # Each shape is read right where its value is made, and the generated code drops the value
+    # after its last real use.
+    torch.manual_seed(0)
+    model = build("resnet").eval()
+    dn = DeconvNet(model)
+    x = torch.randn(1, 3, 32, 32)
+    for _ in range(2):  # the second call generates the program
+        dn.reconstruct_classes(x, [0])
+    (program,) = [p for key, p in dn.network.programs.items() if isinstance(key, tuple) and key[0] == "lean"]
+    shapes = [n for n in program.module.graph.nodes if n.op == "call_function" and n.args[1:] == ("shape",)]
+    assert len(shapes) > 50
+    assert all(node.prev is node.args[0] or node.args[0].op == "placeholder" for node in shapes)
+    code = program.module.code
+    assert code.count(" = None") > 40  # values released along the way, not all at the return
