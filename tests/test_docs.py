@@ -84,6 +84,8 @@ def test_the_site_builds_strictly_and_documents_every_public_name(tmp_path):
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert (site / "index.html").exists() and (site / "guides" / "classes.html").exists()
+    for page in site.rglob("*.html"):  # opens offline: nothing loaded from the internet
+        assert not re.search(r'<(?:script|link)[^>]+(?:src|href)="(?:https?:)?//', page.read_text()), page
     anchors = set()
     for page in (site / "reference").glob("*.html"):
         anchors |= set(re.findall(r'id="(deconvnet[\w.]*)"', page.read_text()))
