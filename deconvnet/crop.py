@@ -27,7 +27,7 @@ from .mirror import Context, Mirror, MirrorLayer, Record
 if TYPE_CHECKING:
     from .receptive import ReceptiveField
 
-__all__ = ["CROP_AREA", "crop_chain", "cropped_channels", "cropped_units", "croppable", "project_units", "widest_window"]
+__all__ = ["CROP_AREA", "check_crop", "crop_chain", "cropped_channels", "cropped_units", "croppable", "project_units", "widest_window"]
 
 CROP_AREA = 0.5
 """By default single-unit projections are cropped where the receptive field covers at most this
@@ -37,6 +37,12 @@ share of the input (on small maps the windows' bookkeeping would cost more than 
 def croppable(layers: Sequence[MirrorLayer], context: Context) -> bool:
     """Whether every mirror layer can run on windows under ``context``."""
     return all(layer.croppable(context) for layer in layers)
+
+
+def check_crop(crop: object) -> None:
+    """InputError unless ``crop`` is True, False or None."""
+    if crop not in (None, True, False):
+        raise InputError(f"crop must be True, False or None, got {crop!r}")
 
 
 def crop_chain(

@@ -13,7 +13,7 @@ from . import signals
 from .builder import Network, Step, build
 from .capture import Trace, checked_input, run, run_layers, run_lean
 from .chunks import budget, check_chunk_size, collect, mirror_chunks, window_chunk
-from .crop import crop_chain, cropped_channels, cropped_units
+from .crop import check_crop, crop_chain, cropped_channels, cropped_units
 from .errors import InputError, SignalShapeError
 from .mirror import RECTIFIERS, RULES, Context, Mirror, MirrorLayer, precision
 from .receptive import ReceptiveField, receptive_fields
@@ -268,8 +268,7 @@ class DeconvNet:
         check_choice("mode", mode, ("max", "map"))
         check_choice("signal", signal, ("activation", "unit"))
         check_chunk_size(chunk_size)
-        if crop not in (None, True, False):
-            raise InputError(f"crop must be True, False or None, got {crop!r}")
+        check_crop(crop)
         trace = self._traced(x)
         step = self._network.resolve(layer)
         activation = trace.activations[step.name]
@@ -277,7 +276,7 @@ class DeconvNet:
             raise InputError(f"{step.name}'s output has no channel dimension")
         count = activation.shape[1]
         targets = signals.targets(channels, count, "channel", f"{step.name} has {count} channels", activation.device)
-        where = signals.strongest(activation)[1] if mode == "max" else None
+        where = signals.strongest(activation) if mode == "max" else None
         context = self.context(rule)
         below = self._crop_chain(step, activation, mode, crop, trace, context)
         if below is not None:
@@ -420,8 +419,7 @@ class DeconvNet:
         returns Tensor[T, C, H, W].
         """
         check_chunk_size(chunk_size)
-        if crop not in (None, True, False):
-            raise InputError(f"crop must be True, False or None, got {crop!r}")
+        check_crop(crop)
         step = self._network.resolve(layer)
         context = self.context(rule)
         trace = self._traced_lean(x, context, step)

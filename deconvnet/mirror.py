@@ -313,43 +313,46 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
         else:
             del self.weight  # a buffer, read from the model on each call: see FetchedConvTranspose2d
         self.pads = pads
-        self._kernels: dict[torch.memory_format, tuple[tuple[Any, ...], Tensor]] = {}
+        self._kernels: dict[Any, tuple[tuple[Any, ...], Tensor]] = {}  # slot -> (key, kernel)
 
     def kernel(self, memory_format: torch.memory_format) -> Tensor:
         """The weight rearranged for the transposed conv (in ``memory_format``, or as sub-pixel
         phases), prepared once and again only when the weight changes (its storage or version
         counter: an optimizer step, ``load_state_dict``, ``model.to``)."""
-        weight = self.weight
-        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, tuple(weight.shape))
-        cached = self._kernels.get(memory_format)
-        if cached is None or cached[0] != key:
-            kernel = functional.transpose_kernel(
-                weight.detach(), pair(self.stride), pair(self.dilation), self.groups, memory_format
-            )
-            cached = self._kernels[memory_format] = (key, kernel)
-        return cached[1]
+        return self._prepared(memory_format, memory_format, (), lambda weight: weight)
 
     def folded_kernel(self, scale: ChannelScale, memory_format: torch.memory_format) -> Tensor:
         """:meth:`kernel` of the weight times the batch-norm ``scale`` that follows the conv
         (per output channel): the mirror's scale-then-transpose in one convolution. Prepared
         again only when the weight or the batch-norm's statistics change."""
-        weight = self.weight
         var, factor, eps = scale.statistics()  # type: ignore[operator]
-        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, tuple(weight.shape),
-               var.data_ptr(), var._version, eps,
-               None if factor is None else factor.data_ptr(), None if factor is None else factor._version)
-        cached = self._kernels.get((scale, memory_format))  # type: ignore[call-overload]
+        statistics = (var.data_ptr(), var._version, eps,
+                      None if factor is None else factor.data_ptr(), None if factor is None else factor._version)
+        return self._prepared((scale, memory_format), memory_format, statistics,
+                              lambda weight: weight * scale.scale().detach().to(weight.dtype).view(-1, 1, 1, 1))
+
+    def _prepared(self, slot: Any, memory_format: torch.memory_format, depends: tuple[Any, ...],
+                  weight_of: Callable[[Tensor], Tensor]) -> Tensor:
+        """The kernel cached under ``slot``: ``weight_of(weight)`` rearranged, prepared again when
+        the weight or anything in ``depends`` changed."""
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, tuple(weight.shape), *depends)
+        cached = self._kernels.get(slot)
         if cached is None or cached[0] != key:
-            folded = weight.detach() * scale.scale().detach().to(weight.dtype).view(-1, 1, 1, 1)
-            kernel = functional.transpose_kernel(folded, pair(self.stride), pair(self.dilation), self.groups, memory_format)
-            cached = self._kernels[(scale, memory_format)] = (key, kernel)  # type: ignore[index]
+            kernel = functional.transpose_kernel(
+                weight_of(weight.detach()), pair(self.stride), pair(self.dilation), self.groups, memory_format
+            )
+            cached = self._kernels[slot] = (key, kernel)
         return cached[1]
 
     def folded_forward(self, scale: ChannelScale, signal: Tensor, record: Record, context: Context) -> Tensor:
         """:meth:`forward` of ``scale``'s mirror (the batch-norm after the conv) then this one."""
+        return self._transposed(signal, record, functools.partial(self.folded_kernel, scale))
+
+    def _transposed(self, signal: Tensor, record: Record, prepared: Callable[[torch.memory_format], Tensor]) -> Tensor:
         return functional.conv_transpose2d(
             signal, self.weight, record.input_shape[2:], pair(self.stride), self.pads, pair(self.dilation), self.groups,
-            functools.partial(self.folded_kernel, scale),
+            prepared,
         )
 
     @classmethod
@@ -359,10 +362,7 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:  # type: ignore[override]
         """signal (Tensor[N, K, C_out, h, w]) -> Tensor[N, K, C_in, H, W]."""
-        return functional.conv_transpose2d(
-            signal, self.weight, record.input_shape[2:], pair(self.stride), self.pads, pair(self.dilation), self.groups,
-            self.kernel,
-        )
+        return self._transposed(signal, record, self.kernel)
 
     def window(self) -> Window:
         """The forward conv's sliding window (its ``"same"`` padding resolved)."""
@@ -572,23 +572,25 @@ class Activation(_Described):
         return functional.multiply(signal, self.slope(record))
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
-        rule = context.rule if self.takes_rule(context) else "gradient"
-        if rule == "deconvnet":
-            return F.relu(signal)
-        out = self.gradient(signal, record)
-        return F.relu(out) if rule == "guided" else out
+        return self._reversed(signal, record, context, in_place=False)
 
     def forward_in_place(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         """:meth:`forward` written into ``signal``, which the mirror owns: the same values
         without a fresh tensor (for K targets, f'(x) is still computed once, at N)."""
+        return self._reversed(signal, record, context, in_place=True)
+
+    def _reversed(self, signal: Tensor, record: Record, context: Context, in_place: bool) -> Tensor:
         rule = context.rule if self.takes_rule(context) else "gradient"
         if rule == "deconvnet":
-            return signal.relu_()
-        if signal.shape[1] == 1 and self.closed_gradient is not None:  # type: ignore[attr-defined]
-            out = self.gradient(signal, record)  # one pass already; no broadcast to save
-        else:
+            return signal.relu_() if in_place else F.relu(signal)
+        one_pass = signal.shape[1] == 1 and self.closed_gradient is not None  # type: ignore[attr-defined]
+        if in_place and not one_pass:  # one target already takes one pass: no broadcast to save
             out = functional.multiply_(signal, self.slope(record))
-        return out.relu_() if rule == "guided" else out
+        else:
+            out = self.gradient(signal, record)
+        if rule != "guided":
+            return out
+        return out.relu_() if in_place else F.relu(out)
 
     def croppable(self, context: Context) -> bool:
         # relu(g) reads nothing recorded; the other rules need f'(x) at every window position.
@@ -1083,6 +1085,8 @@ def _hand_back(pending: dict[str, Tensor], owned: set[str], name: str, signal: T
     else:
         pending[name] = held + signal
         owned.add(name)
+
+
 # Built-in layers (exactly these types: a subclass may return what it likes) whose output is a
 # new tensor, and those with a forward_in_place.
 _FRESH_TYPES = frozenset({ConvTranspose2d, FetchedConvTranspose2d, SameConvTranspose2d, MaxUnpool2d, OverlapUnpool2d,

@@ -81,11 +81,10 @@ def class_signal(output: Tensor) -> Make:
     return make
 
 
-def strongest(activation: Tensor) -> tuple[Tensor, Tensor]:
-    """activation (Tensor[N, C, ...]) as (Tensor[N, C, P] flat maps, LongTensor[N, C] the flat
-    position of each channel's strongest unit: the first on ties, as ``torch.argmax``)."""
-    flat = activation.reshape(*activation.shape[:2], -1)
-    return flat, flat.argmax(dim=2)
+def strongest(activation: Tensor) -> Tensor:
+    """The flat position of each channel's strongest unit in activation (Tensor[N, C, ...]):
+    LongTensor[N, C], the first on ties, as ``torch.argmax``."""
+    return activation.reshape(*activation.shape[:2], -1).argmax(dim=2)
 
 
 def channel_signal(activation: Tensor, where: Tensor | None, signal: str) -> Make:

@@ -31,7 +31,7 @@ from torchvision.utils import make_grid
 from ..analysis.occlusion import Occlusion, occlusion
 from ..capture import Trace
 from ..deconvnet import DeconvNet
-from ..signals import targets as _targets
+from .. import signals
 from ..errors import DeconvnetError, InputError, LayerNotFoundError
 from ..loading import PHOTOS, LoadedModel, photo
 from ..mirror import MaxUnpool2d, RULES
@@ -671,7 +671,7 @@ class Explorer:
 
 def _check_index(what: str, value: int, count: int, owner: str) -> None:
     """One index below ``count``, checked as DeconvNet checks channels and classes."""
-    _targets(value, count, what, owner, torch.device("cpu"))
+    signals.targets(value, count, what, owner, torch.device("cpu"))
 
 
 def _installed_photos() -> list[str]:
