@@ -115,33 +115,70 @@ def conv_transpose2d(
         kernel = transpose_kernel(weight, stride, dilation, groups, memory_format)
     size = (int(input_size[0]), int(input_size[1]))
     start = (padding[0][0], padding[1][0])
-    subpixel, output_padding, crop = _transpose_geometry(
+    form, pads, crop = _transpose_geometry(
         tuple(weight.shape[2:]), stride, start, dilation, groups, tuple(signal.shape[-2:]), size
     )
-    if subpixel:
+    if form is _DIRECT:
+        out = _direct_transpose(flat, kernel, pads, dilation, groups)
+    elif form is _SUBPIXEL:
         out = _subpixel_transpose(flat, weight.shape, kernel, size, stride, start)
     else:
-        out = F.conv_transpose2d(flat, kernel, None, stride, start, output_padding, groups, dilation)
+        out = F.conv_transpose2d(flat, kernel, None, stride, start, pads[:2], groups, dilation)
         if crop:
             out = out[..., : size[0], : size[1]]
     return out.view(n, k, *out.shape[1:])
+
+
+# How conv_transpose2d runs a transposed conv: as the ordinary conv with the flipped kernel
+# (stride 1), as sub-pixel phases, or as torch's transposed conv.
+_DIRECT, _SUBPIXEL, _TRANSPOSED = "direct", "subpixel", "transposed"
 
 
 @functools.lru_cache(maxsize=4096)
 def _transpose_geometry(
     kernel_size: tuple[int, ...], stride: Pair, padding: Pair, dilation: Pair, groups: int, signal_size: tuple[int, ...],
     input_size: Pair,
-) -> tuple[bool, Pair, bool]:
-    """(sub-pixel form, output_padding, crop to input_size) of one transposed conv's call;
-    cached: the per-call arithmetic cost more than a small layer's convolution."""
+) -> tuple[str, tuple[int, ...], bool]:
+    """(form, pads, crop) of one transposed conv's call; cached: the per-call arithmetic cost
+    more than a small layer's convolution. The direct form's pads are the flipped conv's
+    (left, right, top, bottom), negative where it crops; the transposed form's are its
+    output_padding, with crop: its output is longer than input_size."""
+    if stride == (1, 1):
+        # Output row i of the stride-1 transpose is row i + padding of the full correlation with
+        # the flipped kernel, which the flipped conv gives with (reach - 1 - padding) rows of
+        # zeros before, and after as many as make input_size rows.
+        (top, bottom), (left, right) = (
+            (reach - 1 - before, size - h + reach - 1 - (reach - 1 - before))
+            for reach, before, size, h in zip(
+                Window(pair(kernel_size), stride, padding, dilation).span(), padding, input_size, signal_size, strict=True
+            )
+        )
+        return _DIRECT, (left, right, top, bottom), False
     if _subpixel(kernel_size, stride, dilation, groups):
-        return True, (0, 0), False
+        return _SUBPIXEL, (), False
     window = Window(pair(kernel_size), stride, padding, dilation)
     full = window.extent(signal_size)
     first, second = (max(0, size + 2 * before - reach) for size, before, reach in zip(input_size, padding, full, strict=True))
     produced = ((h - 1) * s - 2 * p + r for h, s, p, r in zip(signal_size, stride, padding, window.span(), strict=True))
     crop = any(made > size for made, size in zip(produced, input_size, strict=True))  # the padded output is longer
-    return False, (first, second), crop
+    return _TRANSPOSED, (first, second), crop
+
+
+def _direct_transpose(signal: Tensor, kernel: Tensor, pads: tuple[int, ...], dilation: Pair, groups: int) -> Tensor:
+    """A stride-1 transposed conv as the ordinary conv with the flipped kernel (see
+    :func:`transpose_kernel`): signal (Tensor[B, C_out, h, w]) -> Tensor[B, C_in, H, W].
+
+    CPU convolution kernels run the ordinary conv faster than the transposed one (MobileNetV2's
+    stride-1 convs, one signal: 17 -> 13 ms in all), and a 1x1 conv of one signal fastest as a
+    matrix product (10 ms)."""
+    left, right, top, bottom = pads
+    if signal.shape[0] == 1 and kernel.shape[2:] == (1, 1) and groups == 1 and not any(pads):
+        c_in, c_out = kernel.shape[:2]
+        out = torch.mm(kernel.reshape(c_in, c_out), signal.reshape(c_out, -1))
+        return out.view(1, c_in, *signal.shape[2:])
+    if left == right >= 0 and top == bottom >= 0:
+        return F.conv2d(signal, kernel, None, 1, (top, left), dilation, groups)
+    return F.conv2d(F.pad(signal, pads), kernel, None, 1, 0, dilation, groups)
 
 
 # The sub-pixel form multiplies the work of the transposed conv by the product over both axes of
@@ -174,9 +211,14 @@ def layout(batch: int) -> torch.memory_format:
 def transpose_kernel(
     weight: Tensor, stride: Pair, dilation: Pair, groups: int, memory_format: torch.memory_format
 ) -> Tensor:
-    """The kernel :func:`conv_transpose2d` runs, derived from a conv's weight: the weight in
-    ``memory_format`` (the convolution kernels run it without reordering per call), or, for a
-    strided conv, its sub-pixel phases. A mirror layer prepares it once per weight version."""
+    """The kernel :func:`conv_transpose2d` runs, derived from a conv's weight (Tensor[C_out,
+    C_in / groups, kh, kw]), in ``memory_format`` (the convolution kernels run it without
+    reordering per call): for a stride-1 conv the flipped kernel of the ordinary conv that is its
+    transpose (Tensor[C_in, C_out / groups, kh, kw]); for a strided conv its sub-pixel phases, or
+    the weight itself. A mirror layer prepares it once per weight version."""
+    if stride == (1, 1):  # the flipped kernel of the ordinary conv: Tensor[C_in, C_out / groups, kh, kw]
+        flipped = rearrange(weight, "(g o) i kh kw -> (g i) o kh kw", g=groups).flip(2, 3)
+        return flipped.contiguous(memory_format=memory_format)
     if not _subpixel(weight.shape[2:], stride, dilation, groups):
         return weight.contiguous(memory_format=memory_format)
     c_out, c_in, kh, kw = weight.shape

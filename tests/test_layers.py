@@ -56,15 +56,18 @@ def check_adjoint(layer: nn.Module, x: Tensor, linear_part=None) -> None:
     st.integers(4, 17),
     st.integers(4, 17),
     st.booleans(),
+    st.integers(1, 2),
 )
-def test_conv_adjoint(cin, cmul, kernel, stride, pad, dilation, groups, h, w, same):
+def test_conv_adjoint(cin, cmul, kernel, stride, pad, dilation, groups, h, w, same, batch):
+    # stride 1 runs as the ordinary conv with the flipped kernel; a 1x1 one of one signal as a
+    # matrix product; padding beyond the kernel's reach (kernel 1, pad 2) crops
     cin, cout = cin * groups, cmul * groups
     span = dilation * (kernel - 1)
     if span >= min(h, w):
         kernel, span = 1, 0
     padding = "same" if same and stride == 1 else pad
     conv = nn.Conv2d(cin, cout, kernel, stride, padding, dilation, groups, bias=True)
-    check_adjoint(conv, torch.randn(2, cin, h, w, dtype=torch.float64))
+    check_adjoint(conv, torch.randn(batch, cin, h, w, dtype=torch.float64))
 
 
 @SETTINGS
