@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
-from torch import Tensor, fx
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
 
+from . import rules
 from .builder import Network, Step, call_site
 from .errors import InputError, UnsupportedLayerError
-from .mirror import Context, Record
+from .mirror import Activation, Context, Record, ReLU
 
 __all__ = ["Trace", "checked_input", "run", "run_lean", "run_layers"]
 
@@ -106,6 +108,15 @@ def _program(
     owners: dict[str, Any] = {}
     attributes: list[tuple[str, Any]] = []
     switches: dict[Step, fx.Node] = {}
+    kept: list[fx.Node] = []
+    if lean is not None:
+        wanted: list[fx.Node] = []
+        for step, needs in lean.items():
+            wanted += [step.inputs[0]] if "input" in needs else []
+            wanted += [step.node] if "output" in needs else []
+            wanted += step.refs if "values" in needs else []
+        kept = list(dict.fromkeys([*wanted, network.output if start is None else start.node]))
+    in_place = _in_place(network, lean, kept) if lean is not None else {}
     for node in network.nodes:
         step = network.steps.get(node)
         if node.op == "placeholder":
@@ -120,10 +131,16 @@ def _program(
             switches[step] = graph.call_function(operator.getitem, (pair, 1))
         else:
             new = graph.node_copy(node, mapping.__getitem__)
+            twin = in_place.get(node)
+            if twin is not None and node.op != "call_module":
+                new.target, args, kwargs = twin
+                new.args, new.kwargs = fx.node.map_arg((args, kwargs), mapping.__getitem__)  # type: ignore[assignment]
             if node.op in ("call_module", "get_attr"):
                 target = str(node.target)
                 name = f"{'module' if node.op == 'call_module' else 'attribute'}_{len(owners)}"
-                if node.op == "call_module":
+                if twin is not None:
+                    owners[name] = twin[0]
+                elif node.op == "call_module":
                     owners[name] = network.substitutes.get(target) or network.model.get_submodule(target)
                 else:
                     owners[name] = network.attribute(target)
@@ -134,12 +151,6 @@ def _program(
     if only is not None:
         kept, switched = list(only), []
     elif lean is not None:
-        wanted: list[fx.Node] = []
-        for step, needs in lean.items():
-            wanted += [step.inputs[0]] if "input" in needs else []
-            wanted += [step.node] if "output" in needs else []
-            wanted += step.refs if "values" in needs else []
-        kept = list(dict.fromkeys([*wanted, network.output if start is None else start.node]))
         shaped = list(dict.fromkeys(n for step in lean for n in (step.node, *step.inputs)))
         switched = [step for step in switches if step in lean]
     else:
@@ -158,6 +169,46 @@ def _program(
         module.recompile()
     placeholders = [n.name for n in network.nodes if n.op == "placeholder"]
     return _Program(module, kept, switched, attributes, placeholders, shaped)
+
+
+# Layers whose output is a new tensor that no one else holds (exactly these types: a subclass
+# may return what it likes), and functions likewise.
+_FRESH_MODULES = frozenset({nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d})
+_FRESH_FUNCTIONS = frozenset({operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul, torch.cat,
+                              F.conv2d, F.linear, F.batch_norm})
+
+
+def _in_place(
+    network: Network, lean: dict[Step, frozenset[str]], kept: Sequence[fx.Node]
+) -> dict[fx.Node, tuple[Any, tuple[Any, ...], dict[str, Any]]]:
+    """Activations the lean forward runs in place, as the model's own forward may (a ReLU6 that
+    writes a new tensor costs MobileNetV2's forward a fifth more): node -> its in-place call
+    (:func:`~deconvnet.rules.in_place_call`). Each one's mirror reads at most its output, and
+    its input is a new tensor (a conv's, a norm's, a sum's) that nothing else reads or keeps."""
+    kept_values = set(kept)
+    found = {}
+    for step, needs in lean.items():
+        node = step.node
+        value = node.args[0] if node.args else None
+        if (type(step.mirror) not in (Activation, ReLU) or needs - {"output"} or not isinstance(value, fx.Node)
+                or value in kept_values or len(value.users) != 1 or not _fresh(network, value)):
+            continue
+        target = network.model.get_submodule(str(node.target)) if node.op == "call_module" else node.target
+        twin = rules.in_place_call(node.op, target, tuple(node.args), dict(node.kwargs))
+        if twin is not None:
+            found[node] = twin
+    return found
+
+
+def _fresh(network: Network, node: fx.Node) -> bool:
+    """Whether the node's value is a new tensor nothing else holds."""
+    if node.op == "call_module":
+        target = str(node.target)
+        return target not in network.substitutes and type(network.model.get_submodule(target)) in _FRESH_MODULES
+    try:
+        return node.op == "call_function" and node.target in _FRESH_FUNCTIONS
+    except TypeError:  # an unhashable target
+        return False
 
 
 class _BatchLost(UnsupportedLayerError):

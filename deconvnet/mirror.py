@@ -527,7 +527,7 @@ class Activation(_Described):
     """
 
     pointwise = True
-    needs = frozenset({"input"})
+    needs = frozenset({"input", "output"})
 
     def __init__(
         self,
@@ -536,15 +536,19 @@ class Activation(_Described):
         rectifier: bool,
         relu: bool = False,
         gradient: Callable[[Tensor, Tensor], Tensor] | None = None,
+        output_gradient: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         # function may be the user's module: kept, not registered as a child. gradient:
         # (g, x) -> f'(x) * g in closed form for g and x of one shape, when known; forward-mode
-        # autograd through ``function`` otherwise.
+        # autograd through ``function`` otherwise. output_gradient: the same from y = f(x) where y
+        # tells (see rules.output_gradient); then only the output is read, so the lean forward
+        # may run f in place.
         if relu:
-            gradient = _relu_gradient
+            gradient = output_gradient = _relu_gradient
         super().__init__(what, function=function, closed_gradient=gradient)
         self.rectifier = rectifier
         self.is_relu = relu
+        self.output_gradient = output_gradient
 
     def extra_repr(self) -> str:
         return f"{self.what}, {'rectifier' if self.rectifier else 'gradient'}"
@@ -553,22 +557,29 @@ class Activation(_Described):
         return self.is_relu or (self.rectifier and context.rectifiers == "all")
 
     def needs_under(self, context: Context) -> frozenset[str]:
-        # relu(g) reads nothing recorded
-        return frozenset() if self.takes_rule(context) and context.rule == "deconvnet" else self.needs
+        if self.takes_rule(context) and context.rule == "deconvnet":
+            return frozenset()  # relu(g) reads nothing recorded
+        return frozenset({"output" if self.output_gradient is not None else "input"})
+
+    def _closed(self, record: Record) -> tuple[Callable[[Tensor, Tensor], Tensor] | None, Tensor]:
+        """The closed-form gradient and the recorded tensor it reads (the output where it can)."""
+        if self.output_gradient is not None:
+            return self.output_gradient, cast(Tensor, record.output)
+        return self.closed_gradient, cast(Tensor, record.input)  # type: ignore[attr-defined]
 
     def slope(self, record: Record) -> Tensor:
         """f'(x) at the recorded input, Tensor[N, ...]."""
-        x = cast(Tensor, record.input)
-        if self.closed_gradient is not None:  # type: ignore[attr-defined]
-            return self.closed_gradient(torch.ones_like(x), x)  # type: ignore[attr-defined]
-        return _derivative(self.function, x)  # type: ignore[arg-type]
+        closed, recorded = self._closed(record)
+        if closed is not None:
+            return closed(torch.ones_like(recorded), recorded)
+        return _derivative(self.function, recorded)  # type: ignore[arg-type]
 
     def gradient(self, signal: Tensor, record: Record) -> Tensor:
         """f'(x) * signal for signal (Tensor[N, K, ...]): in one pass for one target, else
         f'(x) once, broadcast over the K targets."""
-        x = cast(Tensor, record.input)
-        if signal.shape[1] == 1 and signal.dtype == x.dtype and self.closed_gradient is not None:  # type: ignore[attr-defined]
-            return self.closed_gradient(signal.squeeze(1), x).unsqueeze(1)  # type: ignore[attr-defined]
+        closed, recorded = self._closed(record)
+        if signal.shape[1] == 1 and signal.dtype == recorded.dtype and closed is not None:
+            return closed(signal.squeeze(1), recorded).unsqueeze(1)
         return functional.multiply(signal, self.slope(record))
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
@@ -583,7 +594,7 @@ class Activation(_Described):
         rule = context.rule if self.takes_rule(context) else "gradient"
         if rule == "deconvnet":
             return signal.relu_() if in_place else F.relu(signal)
-        one_pass = signal.shape[1] == 1 and self.closed_gradient is not None  # type: ignore[attr-defined]
+        one_pass = signal.shape[1] == 1 and self._closed(record)[0] is not None
         if in_place and not one_pass:  # one target already takes one pass: no broadcast to save
             out = functional.multiply_(signal, self.slope(record))
         else:

@@ -206,7 +206,8 @@ def _mirror_activation(module: nn.Module) -> mirror.MirrorLayer:
     name = type(module).__name__
     if relu:
         return mirror.ReLU(name)
-    return mirror.Activation(name, out_of_place(module), rectifier=rectifier, gradient=_module_gradient(module))
+    return mirror.Activation(name, out_of_place(module), rectifier=rectifier, gradient=_module_gradient(module),
+                             output_gradient=_module_output_gradient(module))
 
 
 # f'(x) * g by the backward kernel autograd itself runs (the same conventions at kinks), for the
@@ -234,6 +235,33 @@ def _module_gradient(module: nn.Module) -> Gradient | None:
     function = {nn.Hardswish: F.hardswish, nn.SiLU: F.silu, nn.Hardsigmoid: F.hardsigmoid, nn.Sigmoid: torch.sigmoid,
                 nn.Tanh: torch.tanh, nn.Mish: F.mish}.get(type(module))
     return call_gradient(function, (), {}) if function is not None else None
+
+
+def output_gradient(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Gradient | None:
+    """``(g, y) -> f'(x) * g`` read from the output ``y = f(x)`` of an activation call, where ``y``
+    tells what ``x`` does (a clamp's bounds, the sign under a positive slope) and autograd's own
+    kernel takes it: the same values as :func:`call_gradient`'s. A trace that keeps ``y`` lets
+    ``f`` run in place, as the model's forward may. None for the other activations."""
+    options = dict(kwargs)
+    if target is F.relu6:
+        return lambda g, y: _aten.hardtanh_backward(g, y, 0.0, 6.0)
+    if target in (F.hardtanh, F.hardtanh_) and all(isinstance(a, (int, float)) for a in args[:2]):
+        low = float(args[0] if args else options.get("min_val", -1.0))
+        high = float(args[1] if len(args) > 1 else options.get("max_val", 1.0))
+        return (lambda g, y: _aten.hardtanh_backward(g, y, low, high)) if low < high else None
+    if target in (F.leaky_relu, F.leaky_relu_) and all(isinstance(a, (int, float)) for a in args[:1]):
+        slope = float(args[0] if args else options.get("negative_slope", 0.01))
+        return (lambda g, y: _aten.leaky_relu_backward(g, y, slope, True)) if slope >= 0 else None
+    return None
+
+
+def _module_output_gradient(module: nn.Module) -> Gradient | None:
+    """:func:`output_gradient` of the function the module calls."""
+    if type(module) in (nn.Hardtanh, nn.ReLU6):
+        return output_gradient(F.hardtanh, (module.min_val, module.max_val), {})  # type: ignore[attr-defined]
+    if type(module) is nn.LeakyReLU:
+        return output_gradient(F.leaky_relu, (module.negative_slope,), {})
+    return None
 
 
 def prelu_gradient(g: Tensor, x: Tensor, weight: Callable[[], Tensor]) -> Tensor:
@@ -447,6 +475,30 @@ def out_of_place_call(op: str, target: Any, args: tuple[Any, ...], kwargs: dict[
     if position is not None and len(args) > position and args[position] is True:
         args = tuple(False if i == position else a for i, a in enumerate(args))
     return target, args, kwargs
+
+
+def in_place_call(
+    op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]] | None:
+    """The same activation call made to write into its input (a module: a shallow copy with
+    ``inplace=True``, the user's own left as it is), or None where it has no in-place form."""
+    if op == "call_module":
+        if type(target) not in ACTIVATION_MODULES or not isinstance(getattr(target, "inplace", None), bool):
+            return None
+        module = copy.copy(target)
+        module.inplace = True
+        return module, args, kwargs
+    if op == "call_method":
+        twin = f"{target}_"
+        return (twin, args, kwargs) if isinstance(target, str) and callable(getattr(Tensor, twin, None)) else None
+    if activation_kind(target, args, kwargs) is None:
+        return None
+    position = _inplace_position(target)
+    if position is None:
+        return None
+    if len(args) > position:
+        return target, tuple(True if i == position else a for i, a in enumerate(args)), kwargs
+    return target, args, {**kwargs, "inplace": True}
 
 
 # --- the built-in module rules ------------------------------------------------------------------
