@@ -116,7 +116,7 @@ def conv_transpose2d(
     size = (int(input_size[0]), int(input_size[1]))
     start = (padding[0][0], padding[1][0])
     form, pads, crop = _transpose_geometry(
-        tuple(weight.shape[2:]), stride, start, dilation, groups, tuple(signal.shape[-2:]), size
+        tuple(weight.shape), stride, start, dilation, groups, tuple(signal.shape[-2:]), size
     )
     if form is _DIRECT:
         out = _direct_transpose(flat, kernel, pads, dilation, groups)
@@ -136,14 +136,15 @@ _DIRECT, _SUBPIXEL, _TRANSPOSED = "direct", "subpixel", "transposed"
 
 @functools.lru_cache(maxsize=4096)
 def _transpose_geometry(
-    kernel_size: tuple[int, ...], stride: Pair, padding: Pair, dilation: Pair, groups: int, signal_size: tuple[int, ...],
+    weight_shape: tuple[int, ...], stride: Pair, padding: Pair, dilation: Pair, groups: int, signal_size: tuple[int, ...],
     input_size: Pair,
 ) -> tuple[str, tuple[int, ...], bool]:
     """(form, pads, crop) of one transposed conv's call; cached: the per-call arithmetic cost
     more than a small layer's convolution. The direct form's pads are the flipped conv's
     (left, right, top, bottom), negative where it crops; the transposed form's are its
     output_padding, with crop: its output is longer than input_size."""
-    if stride == (1, 1):
+    kernel_size = weight_shape[2:]
+    if _direct(weight_shape, stride, groups):
         # Output row i of the stride-1 transpose is row i + padding of the full correlation with
         # the flipped kernel, which the flipped conv gives with (reach - 1 - padding) rows of
         # zeros before, and after as many as make input_size rows.
@@ -164,13 +165,33 @@ def _transpose_geometry(
     return _TRANSPOSED, (first, second), crop
 
 
+# Output channels of a stride-1 conv up to which its transpose runs as the ordinary conv: CPU
+# kernels run the transposed conv of a conv with few output channels up to 5x slower than the
+# ordinary conv (DenseNet's 128 -> 32 3x3 convs, maps of 14x14), and that of a wide one 5-15%
+# faster (VGG's, ResNet's).
+_NARROW = 32
+
+
+def _direct(weight_shape: Sequence[int], stride: Pair, groups: int) -> bool:
+    """Whether a conv's transpose runs as the ordinary conv with the flipped kernel: stride 1,
+    and depthwise, or 1x1, or with few output channels, where CPU kernels run that faster (one
+    1x1 signal: as a matrix product). Measured per layer with ``F.conv2d`` against
+    ``F.conv_transpose2d`` on MobileNetV2, EfficientNet-B0, ResNet-50, DenseNet-121 and VGG16."""
+    if stride != (1, 1):
+        return False
+    out_channels, per_group = weight_shape[:2]
+    depthwise = groups > 1 and per_group == 1
+    dense = groups == 1
+    return depthwise or (dense and (tuple(weight_shape[2:]) == (1, 1) or out_channels <= _NARROW))
+
+
 def _direct_transpose(signal: Tensor, kernel: Tensor, pads: tuple[int, ...], dilation: Pair, groups: int) -> Tensor:
     """A stride-1 transposed conv as the ordinary conv with the flipped kernel (see
     :func:`transpose_kernel`): signal (Tensor[B, C_out, h, w]) -> Tensor[B, C_in, H, W].
 
-    CPU convolution kernels run the ordinary conv faster than the transposed one (MobileNetV2's
-    stride-1 convs, one signal: 17 -> 13 ms in all), and a 1x1 conv of one signal fastest as a
-    matrix product (10 ms)."""
+    A 1x1 conv of one signal runs as a matrix product, which CPU kernels run fastest (MobileNetV2's
+    stride-1 convs of one signal, summed: 17 ms as transposed convs, 13 as ordinary ones, 10 with
+    the 1x1 ones as matrix products)."""
     left, right, top, bottom = pads
     if signal.shape[0] == 1 and kernel.shape[2:] == (1, 1) and groups == 1 and not any(pads):
         c_in, c_out = kernel.shape[:2]
@@ -213,10 +234,11 @@ def transpose_kernel(
 ) -> Tensor:
     """The kernel :func:`conv_transpose2d` runs, derived from a conv's weight (Tensor[C_out,
     C_in / groups, kh, kw]), in ``memory_format`` (the convolution kernels run it without
-    reordering per call): for a stride-1 conv the flipped kernel of the ordinary conv that is its
-    transpose (Tensor[C_in, C_out / groups, kh, kw]); for a strided conv its sub-pixel phases, or
-    the weight itself. A mirror layer prepares it once per weight version."""
-    if stride == (1, 1):  # the flipped kernel of the ordinary conv: Tensor[C_in, C_out / groups, kh, kw]
+    reordering per call): where the transpose runs as the ordinary conv (stride 1, see
+    :func:`_direct`) that conv's flipped kernel, Tensor[C_in, C_out / groups, kh, kw]; for a
+    strided conv its sub-pixel phases; else the weight itself. A mirror layer prepares it once
+    per weight version."""
+    if _direct(weight.shape, stride, groups):
         flipped = rearrange(weight, "(g o) i kh kw -> (g i) o kh kw", g=groups).flip(2, 3)
         return flipped.contiguous(memory_format=memory_format)
     if not _subpixel(weight.shape[2:], stride, dilation, groups):

@@ -47,7 +47,7 @@ def check_adjoint(layer: nn.Module, x: Tensor, linear_part=None) -> None:
 @SETTINGS
 @given(
     st.integers(1, 3),
-    st.integers(1, 3),
+    st.sampled_from([1, 2, 3, 33]),
     st.integers(1, 4),
     st.integers(1, 3),
     st.integers(0, 2),
@@ -59,8 +59,10 @@ def check_adjoint(layer: nn.Module, x: Tensor, linear_part=None) -> None:
     st.integers(1, 2),
 )
 def test_conv_adjoint(cin, cmul, kernel, stride, pad, dilation, groups, h, w, same, batch):
-    # stride 1 runs as the ordinary conv with the flipped kernel; a 1x1 one of one signal as a
-    # matrix product; padding beyond the kernel's reach (kernel 1, pad 2) crops
+    # Each form of the transpose: a stride-1 conv with few output channels runs as the ordinary
+    # conv with the flipped kernel (a 1x1 one of one signal as a matrix product; padding beyond
+    # the kernel's reach, kernel 1 and pad 2, crops), a wide one (33 per group) as torch's
+    # transposed conv, a strided one as that or as sub-pixel phases
     cin, cout = cin * groups, cmul * groups
     span = dilation * (kernel - 1)
     if span >= min(h, w):
