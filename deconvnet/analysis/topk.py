@@ -123,28 +123,30 @@ def project_top_units(
     """
     channels = list(range(top.values.shape[0])) if channels is None else list(channels)
     k = top.values.shape[1]
-    entries = [(c, r) for c in channels for r in range(k) if torch.isfinite(top.values[c, r])]
+    # Read once as Python lists: per-unit tensor indexing cost more than small units' projections.
+    finite = torch.isfinite(top.values[channels]).tolist()
+    images, positions = top.images[channels].tolist(), top.positions[channels].tolist()
+    entries = [(row, r) for row in range(len(channels)) for r in range(k) if finite[row][r]]
     if not entries:
         raise InputError(f"no units were mined for {top.layer}")
     # Trace each kept image once, batch_size images at a time, and project all of its units.
     by_image: dict[int, list[tuple[int, int]]] = {}
-    for c, r in entries:
-        by_image.setdefault(int(top.images[c, r]), []).append((c, r))
+    for row, r in entries:
+        by_image.setdefault(images[row][r], []).append((row, r))
     order = list(by_image)
     result: Tensor | None = None
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        chunk = [(b, c, r) for b, image in enumerate(batch) for c, r in by_image[image]]
+        chunk = [(b, row, r) for b, image in enumerate(batch) for row, r in by_image[image]]
         projected = dn.reconstruct_units(
             torch.stack([load(i) for i in batch]), top.layer,
             images=[b for b, _, _ in chunk],
-            channels=[c for _, c, _ in chunk],
-            positions=[int(top.positions[c, r]) for _, c, r in chunk],
+            channels=[channels[row] for _, row, _ in chunk],
+            positions=[positions[row][r] for _, row, r in chunk],
         )
         if result is None:
             result = projected.new_zeros(len(channels), k, *projected.shape[1:])
-        for t, (_, c, r) in enumerate(chunk):
-            result[channels.index(c), r] = projected[t]
+        result[[row for _, row, _ in chunk], [r for _, _, r in chunk]] = projected
     return result  # type: ignore[return-value]
 
 
