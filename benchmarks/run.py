@@ -344,7 +344,9 @@ def bench_dropin(model_name: str, size: int, repeats: int, device: torch.device)
     from deconvnet import captum as ours
 
     model, label = _captum_comparable(model_name, device)
-    layer = dict(model.named_modules())["features.16" if model_name.startswith("vgg") else "layer2"]
+    middle = {"vgg16": "features.16", "resnet50": "layer2", "densenet121": "features.denseblock2",
+              "mobilenet_v2": "features.7", "efficientnet_b0": "features.4"}
+    layer = dict(model.named_modules())[middle[model_name]]
     images = [torch.randn(1, 3, size, size, device=device) for _ in range(repeats + 1)]
     reused = ours.Deconvolution(model)
     neurons = ours.NeuronDeconvolution(model, layer)
@@ -756,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         for model_name in ("vgg16", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"):
             emit(bench_everyday(model_name, args.size, max(args.repeats, 5), device))
     if args.which in ("dropin", "all"):
-        for model_name in ("vgg16", "resnet50"):
+        for model_name in ("vgg16", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"):
             emit(bench_dropin(model_name, args.size, max(args.repeats, 5), device))
         emit(bench_dropin_occlusion("vgg16", args.size, 1, device))
     if args.which in ("trace", "all"):

@@ -206,7 +206,7 @@ def _fresh(network: Network, node: fx.Node) -> bool:
         target = str(node.target)
         return target not in network.substitutes and type(network.model.get_submodule(target)) in _FRESH_MODULES
     try:
-        return node.op == "call_function" and node.target in _FRESH_FUNCTIONS
+        return node.op == "call_function" and node.target in _FRESH_FUNCTIONS and "out" not in node.kwargs
     except TypeError:  # an unhashable target
         return False
 

@@ -488,11 +488,11 @@ def in_place_call(
         module = copy.copy(target)
         module.inplace = True
         return module, args, kwargs
+    if activation_kind(target, args, kwargs) is None:
+        return None
     if op == "call_method":
         twin = f"{target}_"
         return (twin, args, kwargs) if isinstance(target, str) and callable(getattr(Tensor, twin, None)) else None
-    if activation_kind(target, args, kwargs) is None:
-        return None
     position = _inplace_position(target)
     if position is None:
         return None
