@@ -8,11 +8,12 @@ layer's mirror declares it needs.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,18 +35,42 @@ class Trace:
 
     input (Tensor[N, C, H, W]): the batch.
     output (Tensor[N, ...]): the model's output, equal to ``model(input)``.
-    activations: layer step name -> that layer's output ``Tensor[N, ...]``.
+    activations: layer step name -> that layer's output ``Tensor[N, ...]`` (a read-only mapping;
+        a batch-norm's output that the activation after it overwrote in place is computed again
+        from the batch-norm's input when first read: the same values).
     records: layer step name -> what its mirror layer needs (input shape, switches).
     """
 
     input: Tensor
     output: Tensor
-    activations: dict[str, Tensor]
+    activations: Mapping[str, Tensor]
     records: dict[str, Record]
     network: Network
 
     def __len__(self) -> int:
         return self.input.shape[0]
+
+
+class _Activations(Mapping[str, Tensor]):
+    """Layer name -> output, in layer order; the outputs in ``later`` are made when first read."""
+
+    def __init__(self, values: dict[str, Tensor | None], later: dict[str, Callable[[], Tensor]]) -> None:
+        self._values, self._later = values, later
+
+    def __getitem__(self, name: str) -> Tensor:
+        value = self._values[name]
+        if value is None:
+            value = self._values[name] = self._later.pop(name)()
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self._values)})"
 
 
 def evaluate(node: fx.Node, args: Any, kwargs: Any, network: Network) -> Any:
@@ -89,6 +114,8 @@ class _Program:
     """Its inputs: the image, and forward's optional arguments (at their defaults)."""
     shaped: list[fx.Node] = field(default_factory=list)
     """Nodes whose shapes it returns (a lean program: their values are freed as it goes)."""
+    overwritten: list[fx.Node] = field(default_factory=list)
+    """Values an activation after them overwrites in place (a full program: batch-norm outputs)."""
 
     def current(self, network: Network) -> bool:
         """Whether the parameters and buffers it reads are still the model's (``model.to``
@@ -108,15 +135,21 @@ def _program(
     owners: dict[str, Any] = {}
     attributes: list[tuple[str, Any]] = []
     switches: dict[Step, fx.Node] = {}
-    kept: list[fx.Node] = []
-    if lean is not None:
+    if only is not None:
+        kept, in_place = list(only), {}
+    elif lean is not None:
         wanted: list[fx.Node] = []
         for step, needs in lean.items():
             wanted += [step.inputs[0]] if "input" in needs else []
             wanted += [step.node] if "output" in needs else []
             wanted += step.refs if "values" in needs else []
         kept = list(dict.fromkeys([*wanted, network.output if start is None else start.node]))
-    in_place = _in_place(network, lean, kept) if lean is not None else {}
+        in_place = _in_place(network, lean, kept)
+    else:
+        kept = list(dict.fromkeys(
+            [n for step in network.steps.values() for n in (step.node, *step.inputs, *step.refs)] + [network.output]
+        ))
+        in_place = _overwriting(network, kept)
     for node in network.nodes:
         step = network.steps.get(node)
         if node.op == "placeholder":
@@ -149,14 +182,11 @@ def _program(
         mapping[node] = new
     shaped: list[fx.Node] = []
     if only is not None:
-        kept, switched = list(only), []
+        switched = []
     elif lean is not None:
         shaped = list(dict.fromkeys(n for step in lean for n in (step.node, *step.inputs)))
         switched = [step for step in switches if step in lean]
     else:
-        kept = list(dict.fromkeys(
-            [n for step in network.steps.values() for n in (step.node, *step.inputs, *step.refs)] + [network.output]
-        ))
         switched = list(switches)
     shapes = []
     for n in shaped:  # read where each value is made, so the generated code frees it after its last real use
@@ -168,7 +198,8 @@ def _program(
         module.graph.eliminate_dead_code()  # the forward stops where the last value it returns is made
         module.recompile()
     placeholders = [n.name for n in network.nodes if n.op == "placeholder"]
-    return _Program(module, kept, switched, attributes, placeholders, shaped)
+    overwritten = [node.args[0] for node in in_place] if lean is None else []
+    return _Program(module, kept, switched, attributes, placeholders, shaped, overwritten)  # type: ignore[arg-type]
 
 
 # Layers whose output is a new tensor that no one else holds (exactly these types: a subclass
@@ -198,6 +229,64 @@ def _in_place(
         if twin is not None:
             found[node] = twin
     return found
+
+
+_NORMS = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d})
+_SUMS = frozenset({operator.add, torch.add})
+
+
+def _overwriting(
+    network: Network, kept: Sequence[fx.Node]
+) -> dict[fx.Node, tuple[Any, tuple[Any, ...], dict[str, Any]]]:
+    """Activations a full trace runs in place over the value before them, as the model's own
+    forward may: node -> its in-place call. A Trace keeps every layer's output, and a new tensor
+    for each costs the forward a fifth more on MobileNetV2; the overwritten value, a batch-norm's
+    output or a sum (ResNet's residual), is computed again from its inputs, which the trace keeps,
+    when it is read (:func:`_again`). Only where the activation's mirror reads its output alone
+    (ReLU, ReLU6, leaky ReLU), the overwritten layer's mirror reads nothing recorded, and
+    nothing else reads the overwritten value."""
+    kept_values = set(kept)
+    found = {}
+    for step in network.steps.values():
+        node, mirror = step.node, step.mirror
+        value = node.args[0] if node.args else None
+        if (type(mirror) not in (Activation, ReLU) or cast(Activation, mirror).output_gradient is None
+                or not isinstance(value, fx.Node) or len(value.users) != 1 or value is network.output):
+            continue
+        made = network.steps.get(value)
+        if (made is None or made.run is not None or made.mirror.needs & {"output", "input", "values"}
+                or not _recomputable(network, value) or not set(value.all_input_nodes) <= kept_values):
+            continue
+        twin = rules.in_place_call(node.op, network.model.get_submodule(str(node.target)) if node.op == "call_module"
+                                   else node.target, tuple(node.args), dict(node.kwargs))
+        if twin is not None:
+            found[node] = twin
+    return found
+
+
+def _recomputable(network: Network, node: fx.Node) -> bool:
+    """Whether running the node again from its inputs gives its value again, cheaply: a
+    batch-norm (the model is in eval mode) or a sum."""
+    if node.op == "call_module":
+        target = str(node.target)
+        return target not in network.substitutes and type(network.model.get_submodule(target)) in _NORMS
+    try:
+        return node.op == "call_function" and node.target in _SUMS and "out" not in node.kwargs
+    except TypeError:  # an unhashable target
+        return False
+
+
+def _again(network: Network, node: fx.Node, env: dict[fx.Node, Any]) -> Callable[[], Tensor]:
+    """The node's value, computed again from the trace's values when called, as the forward ran
+    it: no autograd, no autocast."""
+    call = network.model.get_submodule(str(node.target)) if node.op == "call_module" else node.target
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
+    device = env[node].device.type
+
+    def run() -> Tensor:
+        with torch.no_grad(), torch.autocast(device, enabled=False):
+            return call(*args, **kwargs)  # type: ignore[operator]
+    return run
 
 
 def _fresh(network: Network, node: fx.Node) -> bool:
@@ -353,11 +442,19 @@ def _run(network: Network, x: Tensor) -> Trace:
     env = dict(zip(program.kept, values, strict=True))
     recorded = dict(zip(program.switched, switches, strict=True))
     records: dict[str, Record] = {}
-    activations: dict[str, Tensor] = {}
+    activations: dict[str, Tensor | None] = {}
+    later: dict[str, Callable[[], Tensor]] = {}
+    overwritten = set(program.overwritten)
     for node, step in network.steps.items():
-        records[step.name] = _record(step, env, recorded.get(step))
-        activations[step.name] = env[node]
-    return Trace(x, env[network.output], activations, records, network)
+        record = _record(step, env, recorded.get(step))
+        if node in overwritten:  # holds the activation's output now: made again when read
+            record = dataclasses.replace(record, output=None)
+            later[step.name] = _again(network, node, env)
+        elif step.inputs[0] in overwritten:  # the activation after it: its mirror reads its output
+            record = dataclasses.replace(record, input=None)
+        records[step.name] = record
+        activations[step.name] = None if node in overwritten else env[node]
+    return Trace(x, env[network.output], _Activations(activations, later), records, network)
 
 
 def _execute(

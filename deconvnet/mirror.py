@@ -107,7 +107,10 @@ class Record:
     output_shape: the layer's output shape.
 
     A lean trace (:func:`deconvnet.capture.run_lean`) leaves ``output``, ``input`` and
-    ``values`` out where the layer's mirror does not read them under the call's context.
+    ``values`` out where the layer's mirror does not read them under the call's context; a full
+    trace leaves out a batch-norm's output or a sum that the activation after it overwrote in
+    place (that activation's ``input`` too: its mirror reads its output), which
+    ``Trace.activations`` makes again when read.
     """
 
     input_shape: tuple[int, ...]

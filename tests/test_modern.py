@@ -104,7 +104,12 @@ def test_generated_trace_equals_node_by_node_interpretation(case):
     assert fast.records.keys() == slow.records.keys()
     for name, record in fast.records.items():
         other = slow.records[name]
-        assert record.input_shapes == other.input_shapes and torch.equal(record.output, other.output)
+        assert record.input_shapes == other.input_shapes
+        # a value an activation overwrote in place is left out of the records (their mirrors do
+        # not read it) and made again by the trace's activations when read
+        assert torch.equal(fast.activations[name], slow.activations[name])
+        assert record.output is None or torch.equal(record.output, other.output)
+        assert record.input is None or torch.equal(record.input, other.input)
         assert (record.switches is None) == (other.switches is None)
         if record.switches is not None:
             assert torch.equal(record.switches, other.switches)
