@@ -264,16 +264,22 @@ def _overwriting(
     return found
 
 
+def _made_by(network: Network, node: fx.Node, modules: frozenset[type], functions: frozenset[Any]) -> bool:
+    """Whether the node calls a module of exactly one of ``modules`` (the model's own, not a
+    substitute) or one of ``functions`` (without an ``out=`` tensor)."""
+    if node.op == "call_module":
+        target = str(node.target)
+        return target not in network.substitutes and type(network.model.get_submodule(target)) in modules
+    try:
+        return node.op == "call_function" and node.target in functions and "out" not in node.kwargs
+    except TypeError:  # an unhashable target
+        return False
+
+
 def _recomputable(network: Network, node: fx.Node) -> bool:
     """Whether running the node again from its inputs gives its value again, cheaply: a
     batch-norm (the model is in eval mode) or a sum."""
-    if node.op == "call_module":
-        target = str(node.target)
-        return target not in network.substitutes and type(network.model.get_submodule(target)) in _NORMS
-    try:
-        return node.op == "call_function" and node.target in _SUMS and "out" not in node.kwargs
-    except TypeError:  # an unhashable target
-        return False
+    return _made_by(network, node, _NORMS, _SUMS)
 
 
 def _again(network: Network, node: fx.Node, env: dict[fx.Node, Any]) -> Callable[[], Tensor]:
@@ -291,13 +297,7 @@ def _again(network: Network, node: fx.Node, env: dict[fx.Node, Any]) -> Callable
 
 def _fresh(network: Network, node: fx.Node) -> bool:
     """Whether the node's value is a new tensor nothing else holds."""
-    if node.op == "call_module":
-        target = str(node.target)
-        return target not in network.substitutes and type(network.model.get_submodule(target)) in _FRESH_MODULES
-    try:
-        return node.op == "call_function" and node.target in _FRESH_FUNCTIONS and "out" not in node.kwargs
-    except TypeError:  # an unhashable target
-        return False
+    return _made_by(network, node, _FRESH_MODULES, _FRESH_FUNCTIONS)
 
 
 class _BatchLost(UnsupportedLayerError):
