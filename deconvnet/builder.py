@@ -746,16 +746,16 @@ class _Reader:
             named = {k: f() for k, f in options.items()}
             return getattr(x, target)(*values, **named) if isinstance(target, str) else target(x, *values, **named)
 
-        gradient = from_output = None
+        gradient, from_output = None, False
         weights = [*fetched, *options.values()]
         if target in (torch.nn.functional.prelu, torch.prelu, "prelu") and len(weights) == 1:
             gradient = functools.partial(rules.prelu_gradient, weight=weights[0])
         elif all(not isinstance(a, fx.Node) for a in (*rest, *kwargs.values())):
             constant = {k: v for k, v in kwargs.items() if k != "inplace"}
             gradient = rules.call_gradient(target, tuple(rest), constant)
-            from_output = rules.output_gradient(target, tuple(rest), constant)
+            from_output = rules.gradient_reads_output(target, tuple(rest), constant)
         return _Built(mirror_layers.Activation(what, function, rectifier=rectifier, gradient=gradient,
-                                               output_gradient=from_output), inputs)
+                                               from_output=from_output), inputs)
 
     def _max_pool(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)

@@ -36,8 +36,8 @@ class Trace:
     input (Tensor[N, C, H, W]): the batch.
     output (Tensor[N, ...]): the model's output, equal to ``model(input)``.
     activations: layer step name -> that layer's output ``Tensor[N, ...]`` (a read-only mapping;
-        a batch-norm's output that the activation after it overwrote in place is computed again
-        from the batch-norm's input when first read: the same values).
+        a batch-norm's output or a sum that the activation after it overwrote in place is
+        computed again from its inputs when first read: the same values).
     records: layer step name -> what its mirror layer needs (input shape, switches).
     """
 
@@ -115,7 +115,8 @@ class _Program:
     shaped: list[fx.Node] = field(default_factory=list)
     """Nodes whose shapes it returns (a lean program: their values are freed as it goes)."""
     overwritten: list[fx.Node] = field(default_factory=list)
-    """Values an activation after them overwrites in place (a full program: batch-norm outputs)."""
+    """Values an activation after them overwrites in place (a full program: batch-norm outputs
+    and sums)."""
 
     def current(self, network: Network) -> bool:
         """Whether the parameters and buffers it reads are still the model's (``model.to``
@@ -202,11 +203,13 @@ def _program(
     return _Program(module, kept, switched, attributes, placeholders, shaped, overwritten)  # type: ignore[arg-type]
 
 
-# Layers whose output is a new tensor that no one else holds (exactly these types: a subclass
-# may return what it likes), and functions likewise.
-_FRESH_MODULES = frozenset({nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d})
-_FRESH_FUNCTIONS = frozenset({operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul, torch.cat,
-                              F.conv2d, F.linear, F.batch_norm})
+# Layers (exactly these types: a subclass may return what it likes) and functions whose output
+# is a new tensor that no one else holds; of those, the ones a trace may run again to give the
+# same value cheaply (a batch-norm in eval mode, a sum).
+_NORMS = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d})
+_SUMS = frozenset({operator.add, torch.add})
+_FRESH_MODULES = _NORMS | {nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear}
+_FRESH_FUNCTIONS = _SUMS | {operator.sub, operator.mul, torch.sub, torch.mul, torch.cat, F.conv2d, F.linear, F.batch_norm}
 
 
 def _in_place(
@@ -219,20 +222,27 @@ def _in_place(
     kept_values = set(kept)
     found = {}
     for step, needs in lean.items():
-        node = step.node
-        value = node.args[0] if node.args else None
-        if (type(step.mirror) not in (Activation, ReLU) or needs - {"output"} or not isinstance(value, fx.Node)
-                or value in kept_values or len(value.users) != 1 or not _fresh(network, value)):
+        value = _read_once(step)
+        if value is None or needs - {"output"} or value in kept_values or not _fresh(network, value):
             continue
-        target = network.model.get_submodule(str(node.target)) if node.op == "call_module" else node.target
-        twin = rules.in_place_call(node.op, target, tuple(node.args), dict(node.kwargs))
+        twin = _in_place_twin(network, step.node)
         if twin is not None:
-            found[node] = twin
+            found[step.node] = twin
     return found
 
 
-_NORMS = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d})
-_SUMS = frozenset({operator.add, torch.add})
+def _read_once(step: Step) -> fx.Node | None:
+    """The value an activation step takes, where nothing else reads it; else None."""
+    value = step.node.args[0] if step.node.args else None
+    if type(step.mirror) not in (Activation, ReLU) or not isinstance(value, fx.Node) or len(value.users) != 1:
+        return None
+    return value
+
+
+def _in_place_twin(network: Network, node: fx.Node) -> tuple[Any, tuple[Any, ...], dict[str, Any]] | None:
+    """:func:`~deconvnet.rules.in_place_call` of the node (a module: the model's own)."""
+    target = network.model.get_submodule(str(node.target)) if node.op == "call_module" else node.target
+    return rules.in_place_call(node.op, target, tuple(node.args), dict(node.kwargs))
 
 
 def _overwriting(
@@ -248,19 +258,16 @@ def _overwriting(
     kept_values = set(kept)
     found = {}
     for step in network.steps.values():
-        node, mirror = step.node, step.mirror
-        value = node.args[0] if node.args else None
-        if (type(mirror) not in (Activation, ReLU) or cast(Activation, mirror).output_gradient is None
-                or not isinstance(value, fx.Node) or len(value.users) != 1 or value is network.output):
+        value = _read_once(step)
+        if value is None or not cast(Activation, step.mirror).from_output or value is network.output:
             continue
         made = network.steps.get(value)
         if (made is None or made.run is not None or made.mirror.needs & {"output", "input", "values"}
                 or not _recomputable(network, value) or not set(value.all_input_nodes) <= kept_values):
             continue
-        twin = rules.in_place_call(node.op, network.model.get_submodule(str(node.target)) if node.op == "call_module"
-                                   else node.target, tuple(node.args), dict(node.kwargs))
+        twin = _in_place_twin(network, step.node)
         if twin is not None:
-            found[node] = twin
+            found[step.node] = twin
     return found
 
 

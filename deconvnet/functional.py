@@ -147,9 +147,9 @@ def _transpose_geometry(
     if _direct(weight_shape, stride, groups):
         # Output row i of the stride-1 transpose is row i + padding of the full correlation with
         # the flipped kernel, which the flipped conv gives with (reach - 1 - padding) rows of
-        # zeros before, and after as many as make input_size rows.
+        # zeros before, and after as many as make input_size rows (size - h + padding).
         (top, bottom), (left, right) = (
-            (reach - 1 - before, size - h + reach - 1 - (reach - 1 - before))
+            (reach - 1 - before, size - h + before)
             for reach, before, size, h in zip(
                 Window(pair(kernel_size), stride, padding, dilation).span(), padding, input_size, signal_size, strict=True
             )

@@ -539,19 +539,19 @@ class Activation(_Described):
         rectifier: bool,
         relu: bool = False,
         gradient: Callable[[Tensor, Tensor], Tensor] | None = None,
-        output_gradient: Callable[[Tensor, Tensor], Tensor] | None = None,
+        from_output: bool = False,
     ) -> None:
         # function may be the user's module: kept, not registered as a child. gradient:
         # (g, x) -> f'(x) * g in closed form for g and x of one shape, when known; forward-mode
-        # autograd through ``function`` otherwise. output_gradient: the same from y = f(x) where y
-        # tells (see rules.output_gradient); then only the output is read, so the lean forward
+        # autograd through ``function`` otherwise. from_output: gradient gives the same handed
+        # y = f(x) (see rules.gradient_reads_output); then only the output is read, so a trace
         # may run f in place.
         if relu:
-            gradient = output_gradient = _relu_gradient
+            gradient, from_output = _relu_gradient, True
         super().__init__(what, function=function, closed_gradient=gradient)
         self.rectifier = rectifier
         self.is_relu = relu
-        self.output_gradient = output_gradient
+        self.from_output = from_output and gradient is not None
 
     def extra_repr(self) -> str:
         return f"{self.what}, {'rectifier' if self.rectifier else 'gradient'}"
@@ -562,13 +562,12 @@ class Activation(_Described):
     def needs_under(self, context: Context) -> frozenset[str]:
         if self.takes_rule(context) and context.rule == "deconvnet":
             return frozenset()  # relu(g) reads nothing recorded
-        return frozenset({"output" if self.output_gradient is not None else "input"})
+        return frozenset({"output" if self.from_output else "input"})
 
     def _closed(self, record: Record) -> tuple[Callable[[Tensor, Tensor], Tensor] | None, Tensor]:
         """The closed-form gradient and the recorded tensor it reads (the output where it can)."""
-        if self.output_gradient is not None:
-            return self.output_gradient, cast(Tensor, record.output)
-        return self.closed_gradient, cast(Tensor, record.input)  # type: ignore[attr-defined]
+        recorded = record.output if self.from_output else record.input
+        return self.closed_gradient, cast(Tensor, recorded)  # type: ignore[attr-defined]
 
     def slope(self, record: Record) -> Tensor:
         """f'(x) at the recorded input, Tensor[N, ...]."""

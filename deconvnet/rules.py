@@ -207,7 +207,7 @@ def _mirror_activation(module: nn.Module) -> mirror.MirrorLayer:
     if relu:
         return mirror.ReLU(name)
     return mirror.Activation(name, out_of_place(module), rectifier=rectifier, gradient=_module_gradient(module),
-                             output_gradient=_module_output_gradient(module))
+                             from_output=_module_reads_output(module))
 
 
 # f'(x) * g by the backward kernel autograd itself runs (the same conventions at kinks), for the
@@ -237,31 +237,46 @@ def _module_gradient(module: nn.Module) -> Gradient | None:
     return call_gradient(function, (), {}) if function is not None else None
 
 
-def output_gradient(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Gradient | None:
-    """``(g, y) -> f'(x) * g`` read from the output ``y = f(x)`` of an activation call, where ``y``
-    tells what ``x`` does (a clamp's bounds, the sign under a positive slope) and autograd's own
-    kernel takes it: the same values as :func:`call_gradient`'s. A trace that keeps ``y`` lets
-    ``f`` run in place, as the model's forward may. None for the other activations."""
+def gradient_reads_output(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+    """Whether :func:`call_gradient`'s kernel gives the same ``f'(x) * g`` when handed the output
+    ``y = f(x)`` for ``x``: ReLU6 and Hardtanh (where x lies against the bounds, which y tells
+    alike) and leaky ReLU with a slope >= 0 (the sign). Their mirror then reads y, so a trace may
+    run f in place, as the model's forward may."""
     options = dict(kwargs)
     if target is F.relu6:
-        return lambda g, y: _aten.hardtanh_backward(g, y, 0.0, 6.0)
-    if target in (F.hardtanh, F.hardtanh_) and all(isinstance(a, (int, float)) for a in args[:2]):
-        low = float(args[0] if args else options.get("min_val", -1.0))
-        high = float(args[1] if len(args) > 1 else options.get("max_val", 1.0))
-        return (lambda g, y: _aten.hardtanh_backward(g, y, low, high)) if low < high else None
-    if target in (F.leaky_relu, F.leaky_relu_) and all(isinstance(a, (int, float)) for a in args[:1]):
-        slope = float(args[0] if args else options.get("negative_slope", 0.01))
-        return (lambda g, y: _aten.leaky_relu_backward(g, y, slope, True)) if slope >= 0 else None
-    return None
+        return True
+    if target in (F.hardtanh, F.hardtanh_):
+        bounds = _hardtanh_bounds(args, options)
+        return bounds is not None and bounds[0] < bounds[1]
+    if target in (F.leaky_relu, F.leaky_relu_):
+        slope = _leaky_slope(args, options)
+        return slope is not None and slope >= 0
+    return False
 
 
-def _module_output_gradient(module: nn.Module) -> Gradient | None:
-    """:func:`output_gradient` of the function the module calls."""
+def _module_reads_output(module: nn.Module) -> bool:
+    """:func:`gradient_reads_output` of the function the module calls."""
     if type(module) in (nn.Hardtanh, nn.ReLU6):
-        return output_gradient(F.hardtanh, (module.min_val, module.max_val), {})  # type: ignore[attr-defined]
+        return gradient_reads_output(F.hardtanh, (module.min_val, module.max_val), {})  # type: ignore[attr-defined]
     if type(module) is nn.LeakyReLU:
-        return output_gradient(F.leaky_relu, (module.negative_slope,), {})
-    return None
+        return gradient_reads_output(F.leaky_relu, (module.negative_slope,), {})
+    return False
+
+
+def _hardtanh_bounds(args: tuple[Any, ...], options: Mapping[str, Any]) -> tuple[float, float] | None:
+    """(min_val, max_val) of a hardtanh call's arguments after the input, if constant."""
+    if not all(isinstance(a, (int, float)) for a in args[:2]):
+        return None
+    low = args[0] if args else options.get("min_val", -1.0)
+    high = args[1] if len(args) > 1 else options.get("max_val", 1.0)
+    return float(low), float(high)
+
+
+def _leaky_slope(args: tuple[Any, ...], options: Mapping[str, Any]) -> float | None:
+    """negative_slope of a leaky_relu call's arguments after the input, if constant."""
+    if not all(isinstance(a, (int, float)) for a in args[:1]):
+        return None
+    return float(args[0] if args else options.get("negative_slope", 0.01))
 
 
 def prelu_gradient(g: Tensor, x: Tensor, weight: Callable[[], Tensor]) -> Tensor:
@@ -288,10 +303,10 @@ def call_gradient(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any])
     options = dict(kwargs)
     if target is F.relu6:
         return lambda g, x: _aten.hardtanh_backward(g, x, 0.0, 6.0)
-    if target in (F.hardtanh, F.hardtanh_) and all(isinstance(a, (int, float)) for a in args[:2]):
-        low = args[0] if args else options.get("min_val", -1.0)
-        high = args[1] if len(args) > 1 else options.get("max_val", 1.0)
-        return lambda g, x: _aten.hardtanh_backward(g, x, float(low), float(high))
+    bounds = _hardtanh_bounds(args, options) if target in (F.hardtanh, F.hardtanh_) else None
+    if bounds is not None:
+        low, high = bounds
+        return lambda g, x: _aten.hardtanh_backward(g, x, low, high)
     try:
         backward = {F.hardswish: _aten.hardswish_backward, F.silu: _aten.silu_backward,
                     F.hardsigmoid: _aten.hardsigmoid_backward, F.mish: _aten.mish_backward,
@@ -301,8 +316,8 @@ def call_gradient(target: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any])
         backward = None
     if backward is not None and all(isinstance(a, bool) for a in args) and not set(options) - {"inplace"}:
         return backward
-    if target in (F.leaky_relu, F.leaky_relu_) and all(isinstance(a, (int, float)) for a in args[:1]):
-        slope = float(args[0] if args else options.get("negative_slope", 0.01))
+    slope = _leaky_slope(args, options) if target in (F.leaky_relu, F.leaky_relu_) else None
+    if slope is not None:
         return lambda g, x: _aten.leaky_relu_backward(g, x, slope, False)
     if target is F.softplus and all(isinstance(a, (int, float)) for a in args[:2]):
         beta = float(args[0] if args else options.get("beta", 1.0))
