@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import ceil, prod
 
 import torch
@@ -167,6 +167,8 @@ def mirror_chunks(
     ``make(chunk)`` builds a chunk's signal (see :mod:`deconvnet.signals`); ``precision()`` is
     entered around each chunk's mirror, not around the yield, so the caller keeps its modes."""
     size = chunk_size or mirror_chunk(mirror, trace, start, memory, targets.numel())
+    if size < targets.numel():  # what layers derive from the trace, made once for every chunk
+        context = replace(context, memo={})
     for lo in range(0, targets.numel(), size):
         chunk = targets[lo : lo + size]
         with torch.no_grad(), precision():

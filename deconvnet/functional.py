@@ -28,7 +28,11 @@ __all__ = [
     "unpool_window",
     "normalize_vjp",
     "sum_to",
+    "channels_last",
+    "flat_factor",
     "multiply",
+    "multiply_flat",
+    "multiply_flat_",
     "multiply_",
     "conv_transpose2d",
     "transpose_kernel",
@@ -491,31 +495,57 @@ def normalize_vjp(signal: Tensor, x: Tensor, dims: Sequence[int], weight: Tensor
     ) * rstd.unsqueeze(1)
 
 
+def channels_last(signal: Tensor) -> bool:
+    """Whether a signal (Tensor[N, K, C, H, W]) is laid out channels last, as a transposed
+    conv leaves it: its flat views then run over (H, W, C)."""
+    return signal.dim() == 5 and signal.stride(2) == 1 and signal.shape[2] > 1
+
+
+def flat_factor(signal: Tensor, factor: Tensor) -> Tensor:
+    """A per-input factor (Tensor[N, ...]) as Tensor[N, 1, L] in the element order of
+    ``signal``'s flat view (see :func:`multiply_flat`), in ``signal``'s dtype. A copy where the
+    layouts differ: a call that runs several chunks makes it once (see ``Context.memo``)."""
+    if channels_last(signal):
+        factor = factor.permute(0, 2, 3, 1)
+    return factor.reshape(signal.shape[0], 1, -1).to(signal.dtype)
+
+
+def _broadcastable(flat: Tensor, signal: Tensor) -> Tensor:
+    """A :func:`flat_factor` as a view that broadcasts against ``signal`` as it is."""
+    if channels_last(signal):
+        return flat.view(signal.shape[0], 1, *signal.shape[3:], signal.shape[2]).permute(0, 1, 4, 2, 3)
+    return flat.view(signal.shape[0], 1, *signal.shape[2:])
+
+
 def multiply(signal: Tensor, factor: Tensor) -> Tensor:
     """signal (Tensor[N, K, ...]) times a per-input factor (Tensor[N, ...]) broadcast over K.
 
     Done on flat views in the signal's own memory layout (channels_last after a transposed
     conv): broadcasting the 5-D tensors directly is several times slower on CPU.
     """
+    return multiply_flat(signal, flat_factor(signal, factor))
+
+
+def multiply_flat(signal: Tensor, flat: Tensor) -> Tensor:
+    """:func:`multiply` with the factor already a :func:`flat_factor` of ``signal``."""
     n, k = signal.shape[:2]
-    if signal.dim() == 5 and signal.stride(2) == 1 and signal.shape[2] > 1:
-        flat = signal.permute(0, 1, 3, 4, 2).reshape(n, k, -1)
-        scale = factor.permute(0, 2, 3, 1).reshape(n, 1, -1)
-        out = (flat * scale).view(n, k, *signal.shape[3:], signal.shape[2])
-        return out.permute(0, 1, 4, 2, 3)
-    return (signal.reshape(n, k, -1) * factor.reshape(n, 1, -1).to(signal.dtype)).view(signal.shape)
+    if channels_last(signal):
+        out = signal.permute(0, 1, 3, 4, 2).reshape(n, k, -1) * flat
+        return out.view(n, k, *signal.shape[3:], signal.shape[2]).permute(0, 1, 4, 2, 3)
+    return (signal.reshape(n, k, -1) * flat).view(signal.shape)
 
 
 def multiply_(signal: Tensor, factor: Tensor) -> Tensor:
     """:func:`multiply` written into ``signal``; returns it."""
+    return multiply_flat_(signal, flat_factor(signal, factor))
+
+
+def multiply_flat_(signal: Tensor, flat: Tensor) -> Tensor:
+    """:func:`multiply_flat` written into ``signal``; returns it."""
     n, k = signal.shape[:2]
-    factor = factor.to(signal.dtype)
-    if signal.dim() == 5 and signal.stride(2) == 1 and signal.shape[2] > 1:
-        signal_flat, factor_flat = signal.permute(0, 1, 3, 4, 2), factor.permute(0, 2, 3, 1)
-    else:
-        signal_flat, factor_flat = signal, factor
-    if signal_flat.is_contiguous():
-        signal_flat.view(n, k, -1).mul_(factor_flat.reshape(n, 1, -1))
+    viewed = signal.permute(0, 1, 3, 4, 2) if channels_last(signal) else signal
+    if viewed.is_contiguous():
+        viewed.view(n, k, -1).mul_(flat)
     else:  # a layout the flat view cannot take
-        signal.mul_(factor.unsqueeze(1))
+        signal.mul_(_broadcastable(flat, signal))
     return signal

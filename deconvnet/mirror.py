@@ -18,7 +18,7 @@ import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from math import prod
 from typing import Any, ClassVar, NamedTuple, cast
 
@@ -86,11 +86,29 @@ class Context:
     rule: one of :data:`RULES`; rectifiers: one of :data:`RECTIFIERS`; deterministic: sum
     overlapping unpooling in a fixed order (``None``: follow
     ``torch.are_deterministic_algorithms_enabled()`` on CUDA).
+
+    memo: where a call that runs the mirror in several chunks keeps what each layer derives
+    from its record and would otherwise derive again per chunk (an activation's slope, a
+    product's operand, laid out for the signal): ``{key: (record, value)}``, a value counting
+    only for the record it was made from. ``None`` (one chunk): nothing is kept. At most one
+    tensor the size of a recorded activation per layer, freed with the call.
     """
 
     rule: str = "deconvnet"
     rectifiers: str = "all"
     deterministic: bool | None = None
+    memo: dict[Any, tuple[Record, Any]] | None = field(default=None, compare=False, repr=False)
+
+    def kept(self, key: Any, record: Record, make: Callable[[], Any]) -> Any:
+        """``make()``, or what it gave for ``record`` earlier in this call (see ``memo``)."""
+        if self.memo is None:
+            return make()
+        hit = self.memo.get(key)
+        if hit is not None and hit[0] is record:
+            return hit[1]
+        value = make()
+        self.memo[key] = (record, value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -576,13 +594,18 @@ class Activation(_Described):
             return closed(torch.ones_like(recorded), recorded)
         return _derivative(self.function, recorded)  # type: ignore[arg-type]
 
-    def gradient(self, signal: Tensor, record: Record) -> Tensor:
+    def gradient(self, signal: Tensor, record: Record, context: Context | None = None) -> Tensor:
         """f'(x) * signal for signal (Tensor[N, K, ...]): in one pass for one target, else
         f'(x) once, broadcast over the K targets."""
         closed, recorded = self._closed(record)
         if signal.shape[1] == 1 and signal.dtype == recorded.dtype and closed is not None:
             return closed(signal.squeeze(1), recorded).unsqueeze(1)
-        return functional.multiply(signal, self.slope(record))
+        return functional.multiply_flat(signal, self._flat_slope(signal, record, context or Context()))
+
+    def _flat_slope(self, signal: Tensor, record: Record, context: Context) -> Tensor:
+        """f'(x) laid out for ``signal`` (:func:`functional.flat_factor`), once per call."""
+        key = (self, functional.channels_last(signal), signal.dtype)
+        return context.kept(key, record, lambda: functional.flat_factor(signal, self.slope(record)))
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         return self._reversed(signal, record, context, in_place=False)
@@ -598,9 +621,9 @@ class Activation(_Described):
             return signal.relu_() if in_place else F.relu(signal)
         one_pass = signal.shape[1] == 1 and self._closed(record)[0] is not None
         if in_place and not one_pass:  # one target already takes one pass: no broadcast to save
-            out = functional.multiply_(signal, self.slope(record))
+            out = functional.multiply_flat_(signal, self._flat_slope(signal, record, context))
         else:
-            out = self.gradient(signal, record)
+            out = self.gradient(signal, record, context)
         if rule != "guided":
             return out
         return out.relu_() if in_place else F.relu(out)
@@ -819,28 +842,31 @@ class Product(MirrorLayer):
         return f"{'divide' if self.divide else 'multiply'}, {kind}"
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> list[Tensor]:
-        args, _ = self.call.arguments(record)
-        a, b = args[0], args[1]
-        # d(a * b) = (b, a); d(a / b) = (1 / b, -a / b**2): computed once per input, not per target
-        partials = (1 / b, -a / (b * b)) if self.divide else (b, a)
         refs = [arg.index if isinstance(arg, _Ref) else None for arg in self.call.args[:2]]
         out = []
         for ref, shape in zip(self.call.signals, record.input_shapes, strict=True):
-            if refs.count(ref) == 2:  # x * x
-                part = _times(signal, partials[0] + partials[1])
-            else:
-                part = _times(signal, partials[refs.index(ref)])
+            which = 2 if refs.count(ref) == 2 else refs.index(ref)  # 2: x * x
+            key = (self, which, functional.channels_last(signal), signal.dtype)
+            flat, factor = context.kept(key, record, lambda which=which: self._factor(signal, record, which))
+            part = functional.multiply_flat(signal, factor) if flat else signal * _with_k(factor, signal.dim() - 1)
             out.append(functional.sum_to(part, shape))
         return out
 
-
-def _times(signal: Tensor, factor: Any) -> Tensor:
-    """signal (Tensor[N, K, ...]) times a forward operand (Tensor[N, ...], broadcastable, or a
-    number)."""
-    if isinstance(factor, Tensor) and factor.dim() == signal.dim() - 1 and factor.shape[0] == signal.shape[0] \
-            and tuple(factor.shape[1:]) == tuple(signal.shape[2:]):
-        return functional.multiply(signal, factor)  # a full-size operand: the fast flat product
-    return signal * _with_k(factor, signal.dim() - 1)
+    def _factor(self, signal: Tensor, record: Record, which: int) -> tuple[bool, Any]:
+        """What the signal into operand ``which`` (0 or 1; 2: both, as in ``x * x``) is
+        multiplied by: d(a * b) = (b, a), d(a / b) = (1 / b, -a / b**2), summed for ``x * x``.
+        (True, a flat factor) for an operand of the signal's full size (the fast flat
+        product, :func:`functional.multiply_flat`), else (False, the operand or number)."""
+        args, _ = self.call.arguments(record)
+        a, b = args[0], args[1]
+        if self.divide:
+            factor = 1 / b - a / (b * b) if which == 2 else 1 / b if which == 0 else -a / (b * b)
+        else:
+            factor = b + a if which == 2 else b if which == 0 else a
+        if isinstance(factor, Tensor) and factor.dim() == signal.dim() - 1 and factor.shape[0] == signal.shape[0] \
+                and tuple(factor.shape[1:]) == tuple(signal.shape[2:]):
+            return True, functional.flat_factor(signal, factor)
+        return False, factor
 
 
 class Broadcast(_Described):

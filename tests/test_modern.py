@@ -54,6 +54,67 @@ def test_modern_units_match_oracle(case, rule, rectifiers, data):
     assert_exact(ours, reference)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(modern_nets(), RULES, RECTIFIERS, st.integers(1, 3))
+def test_modern_classes_in_chunks_match_oracle(case, rule, rectifiers, chunk):
+    # Several chunks share what each layer derives from the trace (slopes, product operands,
+    # laid out for the signal): made by the first chunk, read by the rest.
+    net, x = case
+    dn = DeconvNet(net, rule=rule, rectifiers=rectifiers)
+    ours = dn.reconstruct_classes(x, chunk_size=chunk)
+    assert_exact(ours, classes_reference(net, x, list(range(ours.shape[1])), rule, rectifiers))
+
+
+class _Gated(nn.Module):
+    """A SiLU, a squeeze-and-excitation gate, a square and a quotient: every layer whose mirror
+    derives a factor from its record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.SiLU()
+        self.squeeze = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(4 * 36, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv(x))
+        x = x * torch.sigmoid(self.squeeze(x.mean((2, 3), keepdim=True)))
+        x = x * x / (1.0 + x.abs())
+        return self.fc(F.max_pool2d(x, 2).flatten(1))
+
+
+@pytest.mark.parametrize("rule", ["guided", "gradient"])
+def test_a_call_in_chunks_derives_each_slope_and_operand_once(monkeypatch, rule):
+    from deconvnet.mirror import Activation, Product
+
+    torch.manual_seed(0)
+    net = _Gated().double().eval()
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    made: dict[tuple[str, str, object], int] = {}
+
+    def count(cls, name):  # type: ignore[no-untyped-def]
+        method = getattr(cls, name)
+
+        def counted(self, *args):  # type: ignore[no-untyped-def]
+            key = (self.source, name, args[-1] if name == "_factor" else None)  # _factor's last: which operand
+            made[key] = made.get(key, 0) + 1
+            return method(self, *args)
+
+        monkeypatch.setattr(cls, name, counted)
+
+    count(Activation, "slope")
+    count(Product, "_factor")
+    dn = DeconvNet(net, rule=rule)
+    ours = dn.reconstruct_classes(x, chunk_size=2)  # 7 classes: 4 chunks
+    assert_exact(ours, classes_reference(net, x, list(range(7)), rule))
+    assert sum(name == "slope" for _, name, _ in made) == 2  # the SiLU and the gate's sigmoid
+    assert sum(name == "_factor" for _, name, _ in made) == 5  # x * gate and (x * x) / (1 + |x|): two each; x * x
+    assert set(made.values()) == {1}, made
+    made.clear()
+    dn.reconstruct_classes(x, chunk_size=2)  # a new call makes them again, for its own trace
+    assert set(made.values()) == {1}, made
+
+
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
 def test_every_activation_inside_a_general_layer_takes_the_rule(activation):
     # An untraceable module is reversed by its VJP; its activations, in every spelling (the
