@@ -16,7 +16,9 @@ A chunk size is the smallest of three caps:
 
 Then the targets are split into equal chunks (``ceil(K / ceil(K / cap))`` each), so a call
 runs at most two shapes, and the same call plans the same shapes every time. Results never
-depend on the chunk size.
+depend on the chunk size. A call in several chunks derives each activation's slope and each
+product's operand once, for all its chunks (``Context.memo``), while those take at most a
+quarter of the budget (:data:`MEMO_SHARE`, :func:`memo_bytes`).
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ from torch import Tensor
 from .capture import Trace
 from .crop import widest_window
 from .errors import InputError
-from .mirror import Context, Mirror, MirrorLayer
+from .mirror import Activation, Context, Mirror, MirrorLayer, Product
 
 __all__ = [
     "CPU_BUDGET", "INDEX_LIMIT", "THROUGHPUT_ELEMENTS", "DeviceMemory", "budget", "check_chunk_size", "collect",
-    "device_memory", "mirror_chunk", "mirror_chunks", "mirror_needs", "plan", "window_chunk", "window_needs",
+    "device_memory", "memo_bytes", "mirror_chunk", "mirror_chunks", "mirror_needs", "plan", "window_chunk", "window_needs",
 ]
 
 CPU_BUDGET = 2 * 1024**3
@@ -58,6 +60,9 @@ EfficientNet-Lite0 and 24 on VGG11 (3e7 to 7.7e7 elements)."""
 # Peak memory of one mirror layer per target, as a multiple of its input plus output signal:
 # room for the signal being built and for convolution workspaces.
 WORKSPACE_FACTOR = 3
+# A call in several chunks keeps what layers derive from the trace (Context.memo) while that
+# takes at most this fraction of the chunk budget; past it, each chunk derives it again.
+MEMO_SHARE = 4
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,15 @@ def mirror_needs(mirror: Mirror, trace: Trace, start: str) -> tuple[int, int]:
     return (result + WORKSPACE_FACTOR * widest) * images * trace.output.element_size(), max(widest, result) * images
 
 
+def memo_bytes(mirror: Mirror, trace: Trace, start: str) -> int:
+    """The most a call's ``Context.memo`` can hold from layer ``start`` down: one tensor the
+    size of its recorded output for each activation and product (fewer under the deconvnet
+    rule, whose rectifiers derive nothing)."""
+    elements = sum(prod(trace.records[layer.source].output_shape) for layer in mirror.layers[mirror.index_of(start):]
+                   if isinstance(layer, (Activation, Product)))
+    return elements * trace.output.element_size()
+
+
 def window_needs(trace: Trace, layers: Sequence[MirrorLayer], images: int, channels: int) -> tuple[int, int]:
     """(bytes, elements of the widest tensor) one target needs on the cropped path: its widest
     window and its pasted result, for ``images`` inputs."""
@@ -167,8 +181,8 @@ def mirror_chunks(
     ``make(chunk)`` builds a chunk's signal (see :mod:`deconvnet.signals`); ``precision()`` is
     entered around each chunk's mirror, not around the yield, so the caller keeps its modes."""
     size = chunk_size or mirror_chunk(mirror, trace, start, memory, targets.numel())
-    if size < targets.numel():  # what layers derive from the trace, made once for every chunk
-        context = replace(context, memo={})
+    if size < targets.numel() and memo_bytes(mirror, trace, start) <= memory // MEMO_SHARE:
+        context = replace(context, memo={})  # what layers derive from the trace, made once for every chunk
     for lo in range(0, targets.numel(), size):
         chunk = targets[lo : lo + size]
         with torch.no_grad(), precision():

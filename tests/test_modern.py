@@ -113,6 +113,12 @@ def test_a_call_in_chunks_derives_each_slope_and_operand_once(monkeypatch, rule)
     made.clear()
     dn.reconstruct_classes(x, chunk_size=2)  # a new call makes them again, for its own trace
     assert set(made.values()) == {1}, made
+    made.clear()
+    tight = DeconvNet(net, rule=rule, memory_budget=1)  # no room to keep them: every chunk makes its own
+    assert_exact(tight.reconstruct_classes(x, chunk_size=2), ours)
+    # chunks of 2, 2, 2 and 1: the last passes f'(x) * g in one pass, without a slope
+    assert {count for (_, name, _), count in made.items() if name == "slope"} == {3}, made
+    assert {count for (_, name, _), count in made.items() if name == "_factor"} == {4}, made
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
