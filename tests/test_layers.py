@@ -74,6 +74,31 @@ def test_conv_adjoint(cin, cmul, kernel, stride, pad, dilation, groups, h, w, sa
 
 @SETTINGS
 @given(
+    st.integers(1, 3), st.integers(1, 3), st.integers(0, 1), st.integers(1, 2), st.booleans(),
+    st.integers(3, 15), st.integers(3, 15), st.integers(1, 40), st.integers(1, 2),
+    st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), st.integers(0, 2**31 - 1),
+)
+def test_the_trace_pools_as_the_model_does_bitwise(kernel, stride, pad, dilation, ceil, h, w, channels, batch, dtype,
+                                                    seed):
+    # The trace pools an NCHW input channels last (faster on a CPU) and lays the results back
+    # out: the same values and switches as the model's own pool, ties (ReLU's zeros, repeated
+    # values) going to the same position, in the model's layout.
+    from deconvnet.rules import DEFAULT_RULES
+
+    pad = min(pad, kernel // 2)
+    if pooled_size(min(h, w), kernel, stride, pad, dilation, ceil) < 1 or dilation * (kernel - 1) >= min(h, w):
+        kernel, pad = 1, 0
+    pool = nn.MaxPool2d(kernel, stride, pad, dilation, ceil_mode=ceil)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(-2, 3, (batch, channels, h, w), generator=generator).relu().to(dtype)  # mostly ties
+    out, switches = DEFAULT_RULES.rule_for(pool).run(pool, x)
+    expected, expected_switches = F.max_pool2d(x, kernel, stride, pad, dilation, ceil, return_indices=True)
+    assert torch.equal(out, expected) and torch.equal(switches, expected_switches)
+    assert out.stride() == expected.stride() and switches.stride() == expected_switches.stride()
+
+
+@SETTINGS
+@given(
     st.integers(1, 3),
     st.integers(1, 3),
     st.integers(0, 1),
