@@ -89,6 +89,18 @@ def evaluate(node: fx.Node, args: Any, kwargs: Any, network: Network) -> Any:
     raise AssertionError(f"unexpected fx node kind {node.op}")  # pragma: no cover
 
 
+class _MaxPool(torch.nn.Module):
+    """A max-pool of a program that needs no switches, as a module of it: the pool's output
+    laid out as the trace's pools are (:func:`deconvnet.rules.max_pool`), bitwise the model's."""
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: Tensor, *rest: Any, **options: Any) -> Tensor:
+        return rules.max_pool(self.pool, x)
+
+
 class _StepRun(torch.nn.Module):
     """A layer that must record more than its output (a max-pool's switches), as a module of
     the generated program: returns (output, switches)."""
@@ -163,6 +175,11 @@ def _program(
             pair = graph.call_module(name, args, kwargs)  # type: ignore[arg-type]
             new = graph.call_function(operator.getitem, (pair, 0))
             switches[step] = graph.call_function(operator.getitem, (pair, 1))
+        elif step is not None and step.run is not None and type(step.module) is nn.MaxPool2d:
+            # no switches wanted (only=): the pool alone, as fast as the trace's
+            name = f"pool_{len(owners)}"
+            owners[name] = _MaxPool(step.module)
+            new = graph.call_module(name, (mapping[step.inputs[0]],))
         else:
             new = graph.node_copy(node, mapping.__getitem__)
             twin = in_place.get(node)

@@ -524,13 +524,27 @@ def _run_max_pool(pool: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor | None]
     results laid back out as NCHW: the same values and switches, bitwise (the same windows,
     scanned in the same order, ties to the first), in 0.3x-1.0x the time of the NCHW kernel,
     which does not vectorize over channels (the copies included; 16-512 channels, 14-224 px)."""
-    relaid = x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() \
-        and not x.is_contiguous(memory_format=torch.channels_last)
+    relaid = _pools_channels_last(x)
     out, switches = F.max_pool2d(
         x.contiguous(memory_format=torch.channels_last) if relaid else x,
         pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode, return_indices=True,
     )
     return (out.contiguous(), switches.contiguous()) if relaid else (out, switches)
+
+
+def max_pool(pool: nn.MaxPool2d, x: Tensor) -> Tensor:
+    """The pool's output alone, laid out as :func:`_run_max_pool` does: bitwise ``pool(x)``."""
+    if not _pools_channels_last(x):
+        return pool(x)
+    out = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), pool.kernel_size, pool.stride,
+                       pool.padding, pool.dilation, ceil_mode=pool.ceil_mode)
+    return out.contiguous()
+
+
+def _pools_channels_last(x: Tensor) -> bool:
+    """Whether a max-pool of x runs faster channels last: an NCHW batch on a CPU."""
+    return x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() \
+        and not x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _run_adaptive_max_pool(pool: nn.AdaptiveMaxPool2d, x: Tensor) -> tuple[Tensor, Tensor | None]:

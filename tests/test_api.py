@@ -347,6 +347,53 @@ def test_mirror_in_bfloat16_is_close_to_float32_and_the_trace_stays_exact():
         DeconvNet(net, mirror_dtype=torch.int8)
 
 
+class _Pools(nn.Module):
+    """Max-pools as modules and as calls (padding, ceil mode, a stride apart from the kernel)
+    over ReLU outputs: many ties."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 24, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)
+        self.conv2 = nn.Conv2d(24, 8, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv(x)))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_generated_forwards_pool_bitwise_as_the_model_does():
+    # Generated forwards pool an NCHW batch channels last on a CPU and lay it back out; what
+    # they return must be the model's own values, in its layout, switches included.
+    from deconvnet.capture import _MaxPool
+
+    torch.manual_seed(0)
+    net = _Pools().eval()
+    dn = DeconvNet(net)
+    x = torch.randn(3, 3, 23, 23).round()
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+             for name, m in net.named_children()]
+    try:
+        net(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    pooled = F.max_pool2d(F.relu(net.conv2(seen["pool"])), 2, return_indices=True)
+    for _ in range(3):  # interpreted the first time, generated programs after
+        some = dn.activations(x, ["pool", "conv2", "max_pool2d"])
+        trace = dn.trace(x)
+        for name, value in some.items():
+            expected = pooled[0] if name == "max_pool2d" else seen[name]
+            assert torch.equal(value, expected) and value.stride() == expected.stride(), name
+            assert torch.equal(trace.activations[name], expected), name
+        assert torch.equal(trace.records["max_pool2d"].switches, pooled[1])
+    programs = [p.module for p in dn.network.programs.values() if p is not None]
+    assert any(isinstance(m, _MaxPool) for program in programs for m in program.modules())
+
+
 def test_activations_of_some_layers_equal_the_trace():
     net = small_net()
     dn = DeconvNet(net)
