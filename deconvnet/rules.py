@@ -529,7 +529,7 @@ def _run_max_pool(pool: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor | None]
         x.contiguous(memory_format=torch.channels_last) if relaid else x,
         pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode, return_indices=True,
     )
-    return (out.contiguous(), switches.contiguous()) if relaid else (out, switches)
+    return (_nchw(out), _nchw(switches)) if relaid else (out, switches)
 
 
 def max_pool(pool: nn.MaxPool2d, x: Tensor) -> Tensor:
@@ -538,7 +538,21 @@ def max_pool(pool: nn.MaxPool2d, x: Tensor) -> Tensor:
         return pool(x)
     out = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), pool.kernel_size, pool.stride,
                        pool.padding, pool.dilation, ceil_mode=pool.ceil_mode)
-    return out.contiguous()
+    return _nchw(out)
+
+
+def _nchw(t: Tensor) -> Tensor:
+    """``t`` laid out as the NCHW kernel lays out a new tensor: contiguous, with the strides
+    PyTorch gives a new tensor of its shape in dims of size 1 too. ``contiguous()`` leaves
+    those as they were, and a later kernel reads them to choose its layout: a pooled
+    ``[N, C, 1, 1]`` with channels-last strides made the next conv's output channels last."""
+    t = t.contiguous()
+    strides, step = [], 1
+    for size in reversed(t.shape):
+        strides.append(step)
+        step *= max(size, 1)
+    strides.reverse()
+    return t if list(t.stride()) == strides else t.as_strided(t.shape, strides)
 
 
 def _pools_channels_last(x: Tensor) -> bool:

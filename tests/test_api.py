@@ -394,6 +394,29 @@ def test_generated_forwards_pool_bitwise_as_the_model_does():
     assert any(isinstance(m, _MaxPool) for program in programs for m in program.modules())
 
 
+def test_a_pool_to_one_pixel_leaves_the_next_layers_in_the_models_layout():
+    # A pooled [N, C, 1, 1] is contiguous in either layout; with channels-last strides the
+    # padded conv after it wrote a channels-last output, and the model's .view(n, -1) refused it.
+    class ViewNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.pool, self.conv2 = nn.Conv2d(1, 2, 1, stride=2), nn.MaxPool2d(1, 3), nn.Conv2d(2, 2, 1, padding=1)
+            self.fc = nn.Linear(18, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.relu(self.conv2(self.pool(F.relu(self.conv(x)))))
+            return self.fc(x.view(x.shape[0], -1))
+
+    torch.manual_seed(0)
+    net = ViewNet().double().eval()
+    x = torch.randn(2, 1, 5, 5, dtype=torch.float64)
+    dn = DeconvNet(net)
+    for _ in range(3):  # interpreted, then generated forwards
+        assert_exact(dn.reconstruct_classes(x), classes_reference(net, x, [0, 1, 2]))
+        assert torch.equal(dn.trace(x).output, net(x))
+        assert torch.equal(dn.activations(x, ["conv2"])["conv2"], net.conv2(net.pool(F.relu(net.conv(x)))))
+
+
 def test_activations_of_some_layers_equal_the_trace():
     net = small_net()
     dn = DeconvNet(net)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from chains import pooled_size
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from reference import assert_exact
 from torch import Tensor, nn
@@ -78,6 +78,7 @@ def test_conv_adjoint(cin, cmul, kernel, stride, pad, dilation, groups, h, w, sa
     st.integers(3, 15), st.integers(3, 15), st.integers(1, 40), st.integers(1, 2),
     st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), st.integers(0, 2**31 - 1),
 )
+@example(2, 1, 0, 2, False, 3, 3, 2, 1, torch.float32, 0)  # a 1x1 output: strides in dims of size 1 count
 def test_the_trace_pools_as_the_model_does_bitwise(kernel, stride, pad, dilation, ceil, h, w, channels, batch, dtype,
                                                     seed):
     # The trace pools an NCHW input channels last (faster on a CPU) and lays the results back
