@@ -148,8 +148,9 @@ def _program(
     owners: dict[str, Any] = {}
     attributes: list[tuple[str, Any]] = []
     switches: dict[Step, fx.Node] = {}
-    if only is not None:
-        kept, in_place = list(only), {}
+    if only is not None:  # none of the layers' mirrors will run: an activation may overwrite what it alone reads
+        kept = list(only)
+        in_place = _in_place(network, {step: frozenset() for step in network.steps.values()}, kept)
     elif lean is not None:
         wanted: list[fx.Node] = []
         for step, needs in lean.items():
@@ -212,7 +213,7 @@ def _program(
             shapes.append(graph.call_function(getattr, (mapping[n], "shape")))
     graph.output((tuple(mapping[n] for n in kept), tuple(switches[s] for s in switched), tuple(shapes)))
     module = fx.GraphModule(owners, graph)
-    if start is not None:
+    if start is not None or only is not None:
         module.graph.eliminate_dead_code()  # the forward stops where the last value it returns is made
         module.recompile()
     placeholders = [n.name for n in network.nodes if n.op == "placeholder"]

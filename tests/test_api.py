@@ -392,6 +392,18 @@ def test_generated_forwards_pool_bitwise_as_the_model_does():
         assert torch.equal(trace.records["max_pool2d"].switches, pooled[1])
     programs = [p.module for p in dn.network.programs.values() if p is not None]
     assert any(isinstance(m, _MaxPool) for program in programs for m in program.modules())
+    # A forward for some layers only runs an activation in place over what it alone reads,
+    # never over a value asked for, and stops at the last layer asked for.
+    conv = net.conv(x)
+    for _ in range(2):
+        alone = dn.activations(x, ["relu"])
+        both = dn.activations(x, ["conv", "relu"])
+        assert torch.equal(alone["relu"], F.relu(conv)) and torch.equal(both["relu"], F.relu(conv))
+        assert torch.equal(both["conv"], conv)
+    code = {key: p.module.code for key, p in dn.network.programs.items() if p is not None}
+    assert "inplace = True" in code[(dn.network.layers["relu"].node,)]
+    assert "inplace = True" not in code[(dn.network.layers["conv"].node, dn.network.layers["relu"].node)]
+    assert "conv2" not in code[(dn.network.layers["relu"].node,)] and "fc" not in code[(dn.network.layers["relu"].node,)]
 
 
 def test_a_pool_to_one_pixel_leaves_the_next_layers_in_the_models_layout():
