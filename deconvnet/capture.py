@@ -97,7 +97,7 @@ class _MaxPool(torch.nn.Module):
         super().__init__()
         self.pool = pool
 
-    def forward(self, x: Tensor, *rest: Any, **options: Any) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         return rules.max_pool(self.pool, x)
 
 

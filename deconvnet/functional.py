@@ -30,10 +30,8 @@ __all__ = [
     "sum_to",
     "channels_last",
     "flat_factor",
-    "multiply",
     "multiply_flat",
     "multiply_flat_",
-    "multiply_",
     "conv_transpose2d",
     "transpose_kernel",
     "unpool2d",
@@ -517,27 +515,18 @@ def _broadcastable(flat: Tensor, signal: Tensor) -> Tensor:
     return flat.view(signal.shape[0], 1, *signal.shape[2:])
 
 
-def multiply(signal: Tensor, factor: Tensor) -> Tensor:
-    """signal (Tensor[N, K, ...]) times a per-input factor (Tensor[N, ...]) broadcast over K.
+def multiply_flat(signal: Tensor, flat: Tensor) -> Tensor:
+    """signal (Tensor[N, K, ...]) times a per-input factor broadcast over K, the factor given as
+    its :func:`flat_factor` for ``signal``.
 
     Done on flat views in the signal's own memory layout (channels_last after a transposed
     conv): broadcasting the 5-D tensors directly is several times slower on CPU.
     """
-    return multiply_flat(signal, flat_factor(signal, factor))
-
-
-def multiply_flat(signal: Tensor, flat: Tensor) -> Tensor:
-    """:func:`multiply` with the factor already a :func:`flat_factor` of ``signal``."""
     n, k = signal.shape[:2]
     if channels_last(signal):
         out = signal.permute(0, 1, 3, 4, 2).reshape(n, k, -1) * flat
         return out.view(n, k, *signal.shape[3:], signal.shape[2]).permute(0, 1, 4, 2, 3)
     return (signal.reshape(n, k, -1) * flat).view(signal.shape)
-
-
-def multiply_(signal: Tensor, factor: Tensor) -> Tensor:
-    """:func:`multiply` written into ``signal``; returns it."""
-    return multiply_flat_(signal, flat_factor(signal, factor))
 
 
 def multiply_flat_(signal: Tensor, flat: Tensor) -> Tensor:

@@ -594,13 +594,13 @@ class Activation(_Described):
             return closed(torch.ones_like(recorded), recorded)
         return _derivative(self.function, recorded)  # type: ignore[arg-type]
 
-    def gradient(self, signal: Tensor, record: Record, context: Context | None = None) -> Tensor:
+    def gradient(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         """f'(x) * signal for signal (Tensor[N, K, ...]): in one pass for one target, else
         f'(x) once, broadcast over the K targets."""
         closed, recorded = self._closed(record)
         if signal.shape[1] == 1 and signal.dtype == recorded.dtype and closed is not None:
             return closed(signal.squeeze(1), recorded).unsqueeze(1)
-        return functional.multiply_flat(signal, self._flat_slope(signal, record, context or Context()))
+        return functional.multiply_flat(signal, self._flat_slope(signal, record, context))
 
     def _flat_slope(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         """f'(x) laid out for ``signal`` (:func:`functional.flat_factor`), once per call."""

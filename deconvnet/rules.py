@@ -520,25 +520,28 @@ def in_place_call(
 
 
 def _run_max_pool(pool: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor | None]:
-    """The pool's output and switches. On a CPU an NCHW input is pooled channels last and both
-    results laid back out as NCHW: the same values and switches, bitwise (the same windows,
-    scanned in the same order, ties to the first), in 0.3x-1.0x the time of the NCHW kernel,
-    which does not vectorize over channels (the copies included; 16-512 channels, 14-224 px)."""
-    relaid = _pools_channels_last(x)
-    out, switches = F.max_pool2d(
-        x.contiguous(memory_format=torch.channels_last) if relaid else x,
-        pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode, return_indices=True,
-    )
-    return (_nchw(out), _nchw(switches)) if relaid else (out, switches)
+    """The pool's output and switches, laid out as :func:`_max_pool2d` does."""
+    return _max_pool2d(pool, x, switches=True)
 
 
 def max_pool(pool: nn.MaxPool2d, x: Tensor) -> Tensor:
-    """The pool's output alone, laid out as :func:`_run_max_pool` does: bitwise ``pool(x)``."""
-    if not _pools_channels_last(x):
-        return pool(x)
-    out = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), pool.kernel_size, pool.stride,
-                       pool.padding, pool.dilation, ceil_mode=pool.ceil_mode)
-    return _nchw(out)
+    """The pool's output alone, laid out as :func:`_max_pool2d` does: bitwise ``pool(x)``."""
+    return _max_pool2d(pool, x, switches=False)
+
+
+def _max_pool2d(pool: nn.MaxPool2d, x: Tensor, switches: bool) -> Any:
+    """``F.max_pool2d`` with the pool's settings (and its switches if asked). On a CPU an NCHW
+    input is pooled channels last and the results laid back out as NCHW: the same values and
+    switches, bitwise (the same windows, scanned in the same order, ties to the first), in
+    0.3x-1.0x the time of the NCHW kernel, which does not vectorize over channels (the copies
+    included; 16-512 channels, 14-224 px)."""
+    relaid = x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() \
+        and not x.is_contiguous(memory_format=torch.channels_last)
+    out = F.max_pool2d(x.contiguous(memory_format=torch.channels_last) if relaid else x, pool.kernel_size,
+                       pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode, return_indices=switches)
+    if not relaid:
+        return out
+    return tuple(_nchw(t) for t in out) if switches else _nchw(out)
 
 
 def _nchw(t: Tensor) -> Tensor:
@@ -553,12 +556,6 @@ def _nchw(t: Tensor) -> Tensor:
         step *= max(size, 1)
     strides.reverse()
     return t if list(t.stride()) == strides else t.as_strided(t.shape, strides)
-
-
-def _pools_channels_last(x: Tensor) -> bool:
-    """Whether a max-pool of x runs faster channels last: an NCHW batch on a CPU."""
-    return x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() \
-        and not x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _run_adaptive_max_pool(pool: nn.AdaptiveMaxPool2d, x: Tensor) -> tuple[Tensor, Tensor | None]:
