@@ -1,5 +1,6 @@
 """The ``deconvnet`` command line: the paper's figures for a model and a folder of images.
 
+    deconvnet info                      the model, checkpoint, classes, preprocessing and layers a run uses
     deconvnet classes IMG...            class reconstructions of the top-k predictions
     deconvnet layers IMG                the strongest unit of every layer, projected down
     deconvnet channels IMG --layer L    every channel of one layer
@@ -15,9 +16,10 @@
     deconvnet demo                      all of the above: a real ImageNet model on real photos,
                                         then the bundled ShapesNet
 
-Models: ``--model shapes`` (bundled, trained), ``--model efficientnet-lite0`` (ImageNet-trained,
-offline with the ``real`` extra), a torchvision name with ``--weights``, a local state dict with
-``--checkpoint``, or ``module:factory``. Errors end with one line and exit 1.
+Models (--model): the bundled 'shapes' and 'efficientnet-lite0', torchvision names, timm:NAME,
+Hugging Face folders or cached hub ids, module:factory. Your own weights: --checkpoint (the head's
+size read from it), --labels for class names, --input-size/--resize/--mean/--std to match your
+training. Errors end with a short message and exit 1.
 
 This module only parses and dispatches: what each command does is in :mod:`deconvnet.commands`,
 the demo in :mod:`deconvnet.demo`.
@@ -38,6 +40,7 @@ from .commands import (
     correspondence_command,
     evolution_command,
     filters_command,
+    info_command,
     invariance_command,
     serve_command,
     layers_command,
@@ -46,6 +49,7 @@ from .commands import (
 )
 from .demo import demo_command
 from .errors import DeconvnetError
+from .loading import MODEL_HELP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,10 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def model_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default="shapes",
-                       help="'shapes' (bundled), a torchvision name, or module:factory (default: shapes)")
-        p.add_argument("--weights", default=None, help="torchvision weights name, e.g. DEFAULT (downloads)")
-        p.add_argument("--checkpoint", type=Path, default=None, help="a local state dict (.pt)")
+        p.add_argument("--model", default="shapes", help=f"{MODEL_HELP} (default: shapes)")
+        p.add_argument("--weights", default=None,
+                       help="torchvision weights name or DEFAULT (downloads); timm: DEFAULT, from the local cache")
+        p.add_argument("--checkpoint", type=Path, default=None,
+                       help="your trained weights: a state dict (.pt, .pth, .ckpt, .bin; plain, under 'state_dict', "
+                            "'model' or 'model_state_dict', with module./model./_orig_mod. prefixes) or .safetensors; "
+                            "the head's size is read from it")
+        p.add_argument("--num-classes", type=int, default=None, help="the head's size, where the checkpoint does not tell")
+        p.add_argument("--labels", type=Path, default=None,
+                       help="class names: one per line, a JSON list, or JSON {index: name} (default: the checkpoint's, "
+                            "the model's config's or the pretrained weights')")
+        p.add_argument("--input-size", type=int, nargs="+", default=None, metavar="PX",
+                       help="the model's input side, or HEIGHT WIDTH (default: the model's own preprocessing)")
+        p.add_argument("--resize", type=int, nargs="+", default=None, metavar="PX",
+                       help="resize the shorter side to this before the centre crop, or HEIGHT WIDTH to squash")
+        p.add_argument("--mean", type=float, nargs=3, default=None, help="per-channel normalisation mean")
+        p.add_argument("--std", type=float, nargs=3, default=None, help="per-channel normalisation std")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1")
         p.add_argument("--rule", default="deconvnet", choices=["deconvnet", "guided", "gradient"],
                        help="what the mirror does at rectifiers (default: deconvnet)")
@@ -71,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--out", type=Path, default=Path("deconvnet-out"), help="output folder")
         return p
+
+    p = commands.add_parser("info", help="what a run would feed and read: model, checkpoint, classes, preprocessing, "
+                                         "layers with their shapes",
+                            description="Print the model (and its source), the checkpoint, the class names, the "
+                                        "preprocessing, the input size, every layer one can name with its output "
+                                        "shape, and the layers reversed by their exact vector-Jacobian product.")
+    model_options(p)
+    p.set_defaults(run=info_command)
 
     p = command("classes", "class reconstructions of the top-k predicted (or given) classes")
     p.add_argument("images", type=Path, nargs="+")
@@ -173,12 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ERROR_LINES = 6
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
     except (DeconvnetError, OSError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"deconvnet: error: {message}", file=sys.stderr)
+        # Messages are a line, or a few for a checkpoint that does not fit; never a wall of keys.
+        lines = str(error).splitlines()[:_ERROR_LINES] if str(error) else [type(error).__name__]
+        print(f"deconvnet: error: {lines[0]}", *lines[1:], sep="\n", file=sys.stderr)
         return 1
     return 0

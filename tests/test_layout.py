@@ -64,4 +64,4 @@ def test_the_command_line_only_parses_and_dispatches():
     # cli.py builds the parser and calls commands.py / demo.py; no figure or model code in it.
     tree = ast.parse((PACKAGE / "cli.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= {"__future__", "pathlib", "analysis.invariance", "commands", "demo", "errors"}, imported
+    assert imported <= {"__future__", "pathlib", "analysis.invariance", "commands", "demo", "errors", "loading"}, imported
