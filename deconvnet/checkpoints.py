@@ -13,6 +13,7 @@ still does not fit raises an error of a few lines: what differs, how much, what 
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -134,20 +135,19 @@ def _strip(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
 def fit_state(state: Mapping[str, Tensor], expected: Mapping[str, Any]) -> tuple[dict[str, Tensor], str]:
     """The state under the wrapper prefix whose keys match ``expected``'s best, and that prefix.
 
-    Prefixes of :data:`WRAPPER_PREFIXES`, nested in any order (``model._orig_mod.``), are taken
-    off while doing so finds more of the model's keys; keys outside the chosen prefix (a
-    Lightning module's loss weights) are left out.
+    Prefixes are :data:`WRAPPER_PREFIXES` nested up to three deep in any order
+    (``model._orig_mod.``); keys outside the chosen prefix (a Lightning module's loss weights)
+    are left out. With no prefix matching more keys, the state is returned as it is.
     """
-    best, prefix = dict(state), ""
-    while True:
-        found = len(best.keys() & expected.keys())
-        if found == len(expected):
-            return best, prefix
-        options = [(len(_strip(best, p).keys() & expected.keys()), p) for p in WRAPPER_PREFIXES]
-        count, chosen = max(options)
-        if count <= found:
-            return best, prefix
-        best, prefix = _strip(best, chosen), prefix + chosen
+    best, chosen = dict(state), ""
+    found = len(best.keys() & expected.keys())
+    nested = ("".join(parts) for depth in (1, 2, 3) for parts in itertools.product(WRAPPER_PREFIXES, repeat=depth))
+    for prefix in nested:  # shortest first: a tie keeps the shorter
+        stripped = _strip(state, prefix)
+        count = len(stripped.keys() & expected.keys())
+        if count > found:
+            best, chosen, found = stripped, prefix, count
+    return best, chosen
 
 
 def head_size(state: Mapping[str, Tensor], expected: Mapping[str, Any]) -> int | None:

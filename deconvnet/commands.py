@@ -304,7 +304,7 @@ def _atlas(s: Session, images: AtlasImages, layers: Sequence[str], out: Path, *,
         s.dn, images, layers, out, k=k, model_name=s.args.model, batch_size=s.args.batch_size,
         workers=getattr(s.args, "workers", 0), resume=resume,
         checkpoint_every=getattr(s.args, "checkpoint_every", 500),
-        progress=functools.partial(tqdm, disable=rank != 0, mininterval=1.0),
+        progress=functools.partial(tqdm, disable=rank != 0, mininterval=1.0), categories=s.loaded.categories,
     )
     if rank != 0:
         return []

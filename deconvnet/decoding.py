@@ -29,6 +29,7 @@ __all__ = ["BACKGROUND", "Decoded", "decode", "open_image", "read_image"]
 BACKGROUND = (255, 255, 255)
 """What transparent pixels are composited on (white)."""
 
+_ORIENTATION = 0x0112  # the EXIF tag: 1 upright, 2-8 mirrored and/or turned
 # Integer modes Pillow opens high-bit-depth grayscale as, and the full scale of each.
 _HIGH_BIT = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
 
@@ -75,9 +76,11 @@ def decode(opened: Image.Image, name: str = "the image") -> Decoded:
         opened.seek(0)
         notes.append(f"{name} is animated ({frames} frames): the first frame is used")
     opened.load()
-    upright = ImageOps.exif_transpose(opened) or opened
-    if upright is not opened:
-        notes.append(f"{name} turned upright by its EXIF orientation")
+    orientation = opened.getexif().get(_ORIENTATION, 1)
+    upright = opened
+    if orientation in range(2, 9):
+        upright = ImageOps.exif_transpose(opened)
+        notes.append(f"{name} turned upright by its EXIF orientation ({orientation})")
     mode = upright.mode
     if mode in _HIGH_BIT or mode in ("I", "F"):
         return Decoded(_gray_to_8bit(upright, name, notes).convert("RGB"), tuple(notes))

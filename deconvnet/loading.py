@@ -101,7 +101,6 @@ class _Source:
     preprocessing: Callable[[nn.Module], Preprocessing]
     categories: Callable[[nn.Module], Sequence[str] | None] = lambda model: None
     trained: bool = False  # build(None) loads trained weights
-    resizable: bool = True  # build(n) gives a head of n classes
     reference: Callable[[], nn.Module] | None = None  # the architecture, cheaply, to compare a checkpoint with
     notes: list[str] = field(default_factory=list)
 
@@ -296,8 +295,8 @@ def _factory(spec: str) -> _Source:
 
     def build(n: int | None) -> nn.Module:
         if n is not None and not takes_classes:
-            raise InputError(f"{spec}() takes no num_classes, so its head cannot be sized to {n} classes; "
-                             "give it a num_classes argument or build the head it was trained with")
+            raise InputError(f"a head of {n} classes is needed (the checkpoint's, or num_classes), but {spec}() takes "
+                             "no num_classes; give the factory a num_classes argument, or make it build that head")
         try:
             model = factory(num_classes=n) if n is not None else factory()
         except Exception as error:  # the user's code: any failure is reported in one line
@@ -308,7 +307,7 @@ def _factory(spec: str) -> _Source:
 
     return _Source(f"{spec}()", build, lambda model: Preprocessing.imagenet(
         source=f"ImageNet defaults: {spec} names no preprocessing; set --size, --mean, --std to your training's"),
-        resizable=takes_classes, reference=lambda: build(None))
+        reference=lambda: build(None))
 
 
 def _unknown_model(name: str) -> str:
@@ -441,15 +440,13 @@ def load_model(spec: str, *, weights: str | None = None, checkpoint: Path | str 
                          f"{source.name}; give the fine-tuned checkpoint too")
     size = num_classes
     fitted = ""
-    if saved is not None and source.resizable and source.reference is not None:
+    if saved is not None and source.reference is not None:
         expected = source.reference().state_dict()
         state, prefix = fit_state(saved.state, expected)
         found = head_size(state, expected)
         if found is not None and num_classes is not None and found != num_classes:
             raise InputError(f"checkpoint {saved.path}'s head has {found} classes, but num_classes is {num_classes}")
         size = found if found is not None else num_classes
-    elif num_classes is not None and not source.resizable:
-        raise InputError(f"{source.name} cannot be built with another number of classes")
     model = source.build(size)
     if saved is not None:
         prefix = load_state(model, saved, source.name)

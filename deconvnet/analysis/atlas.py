@@ -425,6 +425,10 @@ def _project(dn: DeconvNet, images: AtlasImages, atlas: Atlas, batch: list[int],
     x = torch.stack([images.load(i) for i in batch])
     trace = dn.trace(x)  # on the model's device
     shown = image.denormalize(x.float(), images.mean, images.std)
+    predicted: list[tuple[int, float] | None] = [None] * len(batch)
+    if trace.output.dim() == 2:  # a classifier: each kept image's top class, free from this forward pass
+        probability, top_class = trace.output.float().softmax(-1).max(-1)
+        predicted = [(int(c), float(p)) for c, p in zip(top_class.tolist(), probability.tolist(), strict=True)]
     for name, top in atlas.layers.items():
         units = [(b, c, r) for b, i in enumerate(batch) for layer, c, r in by_image[i] if layer == name]
         if not units:
@@ -438,7 +442,7 @@ def _project(dn: DeconvNet, images: AtlasImages, atlas: Atlas, batch: list[int],
             unit = top.unit(c, r)
             projection = image.signed_to_unit(crop_to_field(projected[t], field_, unit, 0.0))
             patch = crop_to_field(shown[b], field_, unit, 1.0)
-            yield Tile(name, c, r, image.to_png(projection), image.to_png(patch))
+            yield Tile(name, c, r, image.to_png(projection), image.to_png(patch), batch[b], predicted[b])
 
 
 def build_atlas(
@@ -456,9 +460,12 @@ def build_atlas(
     resume: bool = False,
     checkpoint_every: int = 500,
     progress: ProgressFactory = Silent,
+    categories: Sequence[str] | None = None,
 ) -> Atlas:
     """Mine ``data`` for the top-k units of every channel of ``layers``, project them, and write
     the static site to ``out`` (``index.html``, a page per layer and per channel, ``atlas.json``).
+    For a classifier each unit's image shows the model's top class for it, named by
+    ``categories`` (else "class 3").
 
     Under torch.distributed every rank calls this with the same arguments; rank 0 writes the
     site. Returns the Atlas (on every rank).
@@ -470,7 +477,7 @@ def build_atlas(
     atlas = mine_atlas(dn, images, layers, k=k, model_name=name, batch_size=batch_size, workers=workers,
                        state=out, resume=resume, checkpoint_every=checkpoint_every, progress=progress)
     rank, _ = rank_and_world()
-    writer = SiteWriter(out, atlas) if rank == 0 else None
+    writer = SiteWriter(out, atlas, categories) if rank == 0 else None
     project_atlas(dn, images, atlas, writer.tile if writer else (lambda tile: None), batch_size=batch_size,
                   progress=progress if rank == 0 else Silent)
     if writer is not None:

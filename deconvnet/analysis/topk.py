@@ -194,10 +194,14 @@ class Atlas:
 @dataclass(frozen=True)
 class Tile:
     """One kept unit drawn: its projection and its image patch, cropped to the receptive field,
-    as PNG bytes. rank: its place among the channel's units (0 = strongest)."""
+    as PNG bytes. rank: its place among the channel's units (0 = strongest). image: the dataset
+    index of the image it is from; predicted: the model's top class for that image and its
+    probability, when the model is a classifier."""
 
     layer: str
     channel: int
     rank: int
     projection: bytes
     patch: bytes
+    image: int = -1
+    predicted: tuple[int, float] | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -100,9 +100,11 @@ def _number(value: float) -> str:
 class SiteWriter:
     """Writes the site of ``atlas`` under ``folder``: tiles as they arrive, then the pages."""
 
-    def __init__(self, folder: Path, atlas: Atlas) -> None:
+    def __init__(self, folder: Path, atlas: Atlas, categories: Sequence[str] | None = None) -> None:
         self.folder = Path(folder)
         self.atlas = atlas
+        self.categories = categories
+        self.predicted: dict[int, tuple[int, float]] = {}  # image index -> the model's top class, its probability
         self.slugs = layer_folders(atlas.layers)
         for folder in self.slugs.values():
             (self.folder / folder / "img").mkdir(parents=True, exist_ok=True)
@@ -111,13 +113,23 @@ class SiteWriter:
         base = self.folder / self.slugs[tile.layer] / "img"
         (base / f"{tile.channel}-{tile.rank}.png").write_bytes(tile.projection)
         (base / f"{tile.channel}-{tile.rank}-patch.png").write_bytes(tile.patch)
+        if tile.predicted is not None:
+            self.predicted[tile.image] = tile.predicted
+
+    def _label(self, c: int) -> str:
+        names = self.categories
+        return str(names[c]) if names is not None and 0 <= c < len(names) else f"class {c}"
 
     def pages(self, progress: ProgressFactory = Silent) -> None:
         atlas = self.atlas
         total = 1 + sum(1 + top.values.shape[0] for top in atlas.layers.values())
         bar = progress(total=total, desc="writing", unit="page")
         (self.folder / "style.css").write_text(_CSS)
-        (self.folder / "atlas.json").write_text(json.dumps(atlas.to_json(), indent=1) + "\n")
+        data = atlas.to_json()
+        data["categories"] = list(self.categories) if self.categories is not None else None
+        data["predicted"] = {atlas.names[i]: {"class": c, "label": self._label(c), "probability": p}
+                             for i, (c, p) in sorted(self.predicted.items())}
+        (self.folder / "atlas.json").write_text(json.dumps(data, indent=1) + "\n")
         (self.folder / "index.html").write_text(self._index())
         bar.update()
         for layer, top in atlas.layers.items():
@@ -134,6 +146,19 @@ class SiteWriter:
         if f is None:
             return "the whole image"
         return f"{f.size[0]}&times;{f.size[1]} px, stride {f.stride[0]}"
+
+    def _prediction(self, index: int) -> str:
+        if index not in self.predicted:
+            return ""
+        c, p = self.predicted[index]
+        return f'<br><span class="class">{html.escape(self._label(c))} {100 * p:.0f}%</span>'
+
+    def _classes(self) -> str:
+        names = self.categories
+        if names is None:
+            return ""
+        shown = ", ".join(html.escape(str(n)) for n in names[:12])
+        return f"<p>Classes ({len(names)}): {shown}{', …' if len(names) > 12 else ''}.</p>\n"
 
     def _index(self) -> str:
         atlas = self.atlas
@@ -159,7 +184,7 @@ class SiteWriter:
             f"<h1>Unit atlas: {html.escape(atlas.model)}</h1>\n"
             f'<p class="muted">The {atlas.k} strongest activations of every channel over the dataset, each projected '
             "back to pixels by the deconvnet and shown next to the image patch it saw (its receptive field).</p>\n"
-            f"<h2>Dataset</h2>\n<p>{html.escape(atlas.source)}: {len(atlas.names)} images, {atlas.mined} mined, "
+            f"{self._classes()}<h2>Dataset</h2>\n<p>{html.escape(atlas.source)}: {len(atlas.names)} images, {atlas.mined} mined, "
             f'<span id="skipped">{len(atlas.skipped)} skipped</span>.</p>\n{skipped}\n'
             "<h2>Layers</h2>\n<table>\n<tr><th>layer</th><th>channels</th><th>map</th><th>receptive field</th>"
             f"<th>strongest channels</th></tr>\n{''.join(rows)}\n</table>\n"
@@ -209,7 +234,8 @@ class SiteWriter:
                 f'<div class="unit"><img class="tile big" src="img/{c}-{r}.png" alt="projection {r + 1}">'
                 f'<img class="tile big" src="img/{c}-{r}-patch.png" alt="patch {r + 1}">'
                 f'<div class="text"><b>{r + 1}.</b> <span class="value">{_number(float(top.values[c, r]))}</span><br>'
-                f"{html.escape(atlas.names[index])}<br>row {position[0]}, col {position[1]}</div></div>"
+                f"{html.escape(atlas.names[index])}<br>row {position[0]}, col {position[1]}{self._prediction(index)}"
+                "</div></div>"
             )
         found = len(units)
         note = "" if found == atlas.k else f" (only {found} image(s) gave this channel a unit)"
@@ -217,7 +243,7 @@ class SiteWriter:
             f"<nav>{''.join(links)}</nav>\n<h1>{html.escape(layer)}, channel {c}</h1>\n"
             f'<p class="muted">Its {found} strongest activations over the dataset{note}, strongest first: the projection '
             f"(cropped to the receptive field, {self._field(layer)}) and the image patch; activation; image; unit "
-            "position in the feature map.</p>\n"
+            f"position in the feature map{'; the model’s top class for the image' if self.predicted else ''}.</p>\n"
             f'<div class="units">{"".join(units) or "<p>No image gave this channel a unit.</p>"}</div>'
         )
         return _page(f"{layer} channel {c}: {atlas.model} atlas", body, "../style.css")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import math
 import threading
@@ -32,6 +31,7 @@ from ..analysis.occlusion import Occlusion, occlusion
 from ..capture import Trace
 from ..deconvnet import DeconvNet
 from .. import signals
+from ..decoding import Decoded, decode, open_image
 from ..errors import DeconvnetError, InputError, LayerNotFoundError
 from ..loading import PHOTOS, LoadedModel, photo
 from ..mirror import MaxUnpool2d, RULES
@@ -83,19 +83,20 @@ class BadImageError(ExplorerError, ValueError):
     status = 422
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Uploaded bytes as an RGB image. The header's size is checked against ``max_pixels``
-    before any pixel is decoded (decompression bombs stop there); only :data:`IMAGE_FORMATS`."""
+def decode_image(data: bytes, max_pixels: int, name: str = "the upload") -> Decoded:
+    """Uploaded bytes as an upright RGB image with the decoder's notes (the command line's
+    decoder, :func:`deconvnet.decoding.decode`). The header's size is checked against
+    ``max_pixels`` before any pixel is decoded (decompression bombs stop there); only
+    :data:`IMAGE_FORMATS`."""
     if not data:
         raise BadImageError("the upload is empty: send the image file's bytes as the request body")
     try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as opened:
+        with open_image(data, IMAGE_FORMATS) as opened:
             width, height = opened.size
             if width * height > max_pixels:
                 raise TooLargeError(f"the image is {width}x{height} = {width * height} pixels; "
                                     f"this server takes at most {max_pixels}")
-            opened.load()
-            return opened.convert("RGB")
+            return decode(opened, name)
     except UnidentifiedImageError as error:
         raise BadImageError(f"not an image this server reads ({', '.join(IMAGE_FORMATS)})") from error
     except Image.DecompressionBombError as error:
@@ -145,6 +146,8 @@ class Picture:
     probabilities: Tensor | None
     """Tensor[classes] on the CPU, when the model is a classifier."""
     nbytes: int
+    notes: tuple[str, ...] = ()
+    """What the decoder did that the user should know (EXIF turn, 16-bit scaling, first frame)."""
 
 
 class TraceCache:
@@ -421,8 +424,8 @@ class Explorer:
             raise TooLargeError(f"the upload is {len(data)} bytes; this server takes at most {self.max_upload_bytes}")
         key = hashlib.sha256(data).hexdigest()[:20]
         if self.cache.peek(key) is None:
-            rgb = decode_image(data, self.max_pixels)
-            self._worker.submit(("add", key), (key, name, rgb), self._add).result()
+            decoded = decode_image(data, self.max_pixels, name)
+            self._worker.submit(("add", key), (key, name, decoded.image, decoded.notes), self._add).result()
         return self.describe(key)
 
     def add_photo(self, name: str) -> dict:
@@ -431,7 +434,7 @@ class Explorer:
             raise NotFoundError(f"no photo {name!r}; this server has {', '.join(self._sources) or 'none'}")
         key = hashlib.sha256(f"photo:{name}".encode()).hexdigest()[:20]
         if self.cache.peek(key) is None:
-            self._worker.submit(("add", key), (key, name, self._sources[name]()), self._add).result()
+            self._worker.submit(("add", key), (key, name, self._sources[name](), ()), self._add).result()
         return self.describe(key)
 
     def describe(self, key: str) -> dict:
@@ -442,10 +445,10 @@ class Explorer:
             top = [{"class": int(c), "label": self._label(int(c)), "probability": float(v)}
                    for v, c in zip(values, classes, strict=True)]
         return {"image": picture.id, "name": picture.name, "shape": list(picture.shown.shape), "top": top,
-                "input": data_url(picture.shown)}
+                "input": data_url(picture.shown), "notes": list(picture.notes)}
 
-    def _add(self, items: list[tuple[str, str, Image.Image]]) -> list[None]:
-        for key, name, rgb in items:
+    def _add(self, items: list[tuple[str, str, Image.Image, tuple[str, ...]]]) -> list[None]:
+        for key, name, rgb, notes in items:
             if self.cache.peek(key) is not None:
                 continue
             x = self.loaded.preprocessing.transform(rgb)
@@ -455,7 +458,7 @@ class Explorer:
             trace = self.dn.trace(x.unsqueeze(0).to(self._dtype()))
             shown = image.denormalize(x.float(), self.loaded.preprocessing.mean, self.loaded.preprocessing.std)
             probabilities = trace.output[0].float().softmax(-1).cpu() if trace.output.dim() == 2 else None
-            self.cache.put(Picture(key, name, trace, shown, probabilities, _bytes(trace)))
+            self.cache.put(Picture(key, name, trace, shown, probabilities, _bytes(trace), notes))
         return [None] * len(items)
 
     def _probe(self) -> Trace:
@@ -468,8 +471,7 @@ class Explorer:
         return parameter.dtype if parameter is not None else torch.float32
 
     def _label(self, c: int) -> str:
-        categories = self.loaded.categories
-        return str(categories[c]) if categories is not None and c < len(categories) else f"class {c}"
+        return self.loaded.label(c)
 
     # --- classes ---------------------------------------------------------------------------------
 

@@ -144,7 +144,7 @@ function showImage(answer) {
     item.append(button);
     top.append(item);
   }
-  say(`${answer.name}: traced`);
+  say(`${answer.name}: traced` + ((answer.notes || []).length ? ` (${answer.notes.join("; ")})` : ""));
   saveView();
 }
 
