@@ -359,3 +359,79 @@ def test_the_explorer_decodes_uploads_as_the_command_line_does():
     decoded = decode_image(buffer.getvalue(), 10_000, "phone.jpg")
     assert decoded.image.size == (10, 30) and decoded.notes
     assert decode(Image.new("LA", (4, 4), (0, 0))).image.getpixel((0, 0)) == (255, 255, 255)
+
+
+# --- every command, the explorer and the atlas ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def labelled(forms, tmp_path_factory):
+    """A fine-tuned checkpoint, its labels file and a folder of photos (one stored sideways)."""
+    folder = tmp_path_factory.mktemp("own")
+    (folder / "labels.txt").write_text("\n".join(NAMES) + "\n")
+    photos = folder / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 256, (100, 80, 3), dtype=np.uint8)).save(photos / "phone.jpg", exif=exif)
+    return {"checkpoint": forms["lightning.ckpt"], "labels": folder / "labels.txt", "photos": photos}
+
+
+def _own(labelled: dict) -> list[str]:
+    return ["--model", "resnet18", "--checkpoint", str(labelled["checkpoint"]), "--labels", str(labelled["labels"]),
+            "--input-size", "64", "--device", "cpu"]
+
+
+def test_info_prints_what_a_run_would_use(labelled, capsys):
+    assert main(["info", *_own(labelled)]) == 0
+    out = capsys.readouterr().out
+    for line in ("model: torchvision resnet18 (5 classes)",
+                 "checkpoint: lightning.ckpt: checkpoint['state_dict'], keys under 'model.', 123 tensors",
+                 "classes: cat, dog, bird, fish, horse (from labels.txt)",
+                 "preprocessing: resize the shorter side to 73 (bilinear), centre-crop 64x64",
+                 "input: Tensor[N, 3, 64, 64]", "outputs: 5 classes",
+                 "general layers (reversed by their exact vector-Jacobian product): none"):
+        assert line in out, line
+    assert "  layer4.1.conv2 " in out and "[512, 2, 2]" in out
+
+
+def test_classes_names_the_fine_tuned_classes_and_prints_the_decoders_notes(labelled, tmp_path, capsys):
+    photos = labelled["photos"]
+    assert main(["classes", str(photos / "0.png"), str(photos / "phone.jpg"), *_own(labelled), "--top-k", "2",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "deconvnet: note: phone.jpg turned upright by its EXIF orientation (6)" in out
+    assert "deconvnet: classes: cat, dog, bird, fish, horse (from labels.txt)" in out
+    assert Image.open(tmp_path / "classes.png").size[0] > 64
+
+
+def test_the_explorer_shows_the_fine_tuned_labels(labelled):
+    pytest.importorskip("fastapi")
+    from deconvnet.cli import build_parser
+    from deconvnet.commands import explorer_for
+
+    explorer = explorer_for(build_parser().parse_args(["serve", *_own(labelled)]))
+    try:
+        assert explorer.info()["categories"] == NAMES and explorer.info()["classes"] == 5
+        answer = explorer.add_upload((labelled["photos"] / "phone.jpg").read_bytes(), "phone.jpg")
+        assert {entry["label"] for entry in answer["top"]} == set(NAMES)
+        assert answer["notes"] == ["phone.jpg turned upright by its EXIF orientation (6)"]
+        assert explorer.class_projection(answer["image"], 4)["label"] == "horse"
+    finally:
+        explorer.close()
+
+
+def test_the_atlas_names_each_units_image_with_the_fine_tuned_labels(labelled, tmp_path):
+    out = tmp_path / "atlas"
+    assert main(["atlas", str(labelled["photos"]), "--layers", "layer4", "--k", "2", *_own(labelled),
+                 "--out", str(out)]) == 0
+    assert "Classes (5): cat, dog, bird, fish, horse." in (out / "index.html").read_text()
+    data = json.loads((out / "atlas.json").read_text())
+    assert data["categories"] == NAMES and set(data["predicted"]) <= {"0.png", "1.png", "2.png", "phone.jpg"}
+    assert {p["label"] for p in data["predicted"].values()} <= set(NAMES)
+    page = next((out).glob("layer4*/0.html")).read_text()
+    shown = [name for name in NAMES if f'<span class="class">{name} ' in page]
+    assert shown, "a unit page names its images' classes"
