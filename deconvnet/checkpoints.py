@@ -100,12 +100,14 @@ def read_checkpoint(path: Path | str) -> Checkpoint:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickled code, corrupt files: each fails its own way
         text = str(error)
-        if "weights_only" in text or "Unsupported global" in text:
+        if "Unsupported global" in text:  # a class the safe unpickler will not build: pickled code
             raise InputError(
                 f"checkpoint {path} holds pickled Python objects (a whole model saved with torch.save(model)?), "
                 "which are not loaded: nothing here unpickles code. Save model.state_dict() instead"
             ) from error
-        raise InputError(f"cannot read checkpoint {path}: {text.splitlines()[0] if text else type(error).__name__}") from error
+        reason = next((line.strip() for line in text.splitlines() if line.strip().startswith("Unsupported")), None)
+        reason = reason or (text.splitlines()[0] if text else type(error).__name__)
+        raise InputError(f"cannot read checkpoint {path}: not a PyTorch or safetensors file ({reason})") from error
     if _is_state(saved):
         return Checkpoint(path, dict(saved), "a plain state dict")
     if not isinstance(saved, Mapping):
