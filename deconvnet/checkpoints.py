@@ -181,8 +181,8 @@ def _shape(tensor: Any) -> str:
 
 def load_state(model: nn.Module, checkpoint: Checkpoint, model_name: str) -> str:
     """Load ``checkpoint`` into ``model`` (strictly, but for batch-norm counters a checkpoint may
-    lack); returns the prefix taken off. CheckpointMismatchError, a few lines long, when it does
-    not fit."""
+    lack); returns what was loaded, for the user ("122 tensors, keys under 'model.', 1 outside
+    it left out"). CheckpointMismatchError, a few lines long, when it does not fit."""
     expected = model.state_dict()
     state, prefix = fit_state(checkpoint.state, expected)
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
@@ -205,4 +205,10 @@ def load_state(model: nn.Module, checkpoint: Checkpoint, model_name: str) -> str
         raise CheckpointMismatchError("\n".join(lines))
     filled = {**{k: v for k, v in expected.items() if k not in state}, **state}
     model.load_state_dict(filled, strict=True)
-    return prefix
+    text = f"{len(state)} tensors"
+    if prefix:
+        text += f", keys under {prefix!r}"
+    if len(state) < len(checkpoint.state):
+        outside = [k for k in checkpoint.state if not k.startswith(prefix)]
+        text += f", {len(outside)} outside it left out ({', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''})"
+    return text

@@ -442,16 +442,14 @@ def load_model(spec: str, *, weights: str | None = None, checkpoint: Path | str 
     fitted = ""
     if saved is not None and source.reference is not None:
         expected = source.reference().state_dict()
-        state, prefix = fit_state(saved.state, expected)
+        state, _ = fit_state(saved.state, expected)
         found = head_size(state, expected)
         if found is not None and num_classes is not None and found != num_classes:
             raise InputError(f"checkpoint {saved.path}'s head has {found} classes, but num_classes is {num_classes}")
         size = found if found is not None else num_classes
     model = source.build(size)
     if saved is not None:
-        prefix = load_state(model, saved, source.name)
-        fitted = f"{saved.path.name}: {saved.where}" + (f", keys under {prefix!r}" if prefix else "") + \
-            f", {len(saved.state)} tensors"
+        fitted = f"{saved.path.name}: {saved.where}, {load_state(model, saved, source.name)}"
     model.eval()
     preprocessing = source.preprocessing(model)
     chosen, where = _choose_labels(labels, saved, source, model)

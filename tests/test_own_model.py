@@ -389,7 +389,8 @@ def test_info_prints_what_a_run_would_use(labelled, capsys):
     assert main(["info", *_own(labelled)]) == 0
     out = capsys.readouterr().out
     for line in ("model: torchvision resnet18 (5 classes)",
-                 "checkpoint: lightning.ckpt: checkpoint['state_dict'], keys under 'model.', 123 tensors",
+                 "checkpoint: lightning.ckpt: checkpoint['state_dict'], 122 tensors, keys under 'model.', "
+                 "1 outside it left out (loss.weight)",
                  "classes: cat, dog, bird, fish, horse (from labels.txt)",
                  "preprocessing: resize the shorter side to 73 (bilinear), centre-crop 64x64",
                  "input: Tensor[N, 3, 64, 64]", "outputs: 5 classes",
@@ -426,12 +427,12 @@ def test_the_explorer_shows_the_fine_tuned_labels(labelled):
 
 def test_the_atlas_names_each_units_image_with_the_fine_tuned_labels(labelled, tmp_path):
     out = tmp_path / "atlas"
-    assert main(["atlas", str(labelled["photos"]), "--layers", "layer4", "--k", "2", *_own(labelled),
+    assert main(["atlas", str(labelled["photos"]), "--layers", "layer1", "--k", "2", *_own(labelled),
                  "--out", str(out)]) == 0
     assert "Classes (5): cat, dog, bird, fish, horse." in (out / "index.html").read_text()
     data = json.loads((out / "atlas.json").read_text())
     assert data["categories"] == NAMES and set(data["predicted"]) <= {"0.png", "1.png", "2.png", "phone.jpg"}
     assert {p["label"] for p in data["predicted"].values()} <= set(NAMES)
-    page = next((out).glob("layer4*/0.html")).read_text()
+    page = next(out.glob("layer1*/0.html")).read_text()
     shown = [name for name in NAMES if f'<span class="class">{name} ' in page]
     assert shown, "a unit page names its images' classes"
