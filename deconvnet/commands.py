@@ -176,6 +176,7 @@ def classes_command(args: argparse.Namespace) -> list[Path]:
         picture = figures.class_figure(
             s.dn, x[start : start + args.batch_size], s.mean, s.std, categories=s.loaded.categories,
             top_k=args.top_k, classes=args.classes, scale=s.scale,
+            names=[Path(p).name for p in args.images[start : start + args.batch_size]],
         )
         suffix = "" if x.shape[0] <= args.batch_size else f"-{start // args.batch_size}"
         written.append(s.save(picture, f"classes{suffix}.png"))

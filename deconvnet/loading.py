@@ -64,6 +64,8 @@ PHOTOS: dict[str, Callable[[Any], Any]] = {
     "motorcycle": lambda data: data.stereo_motorcycle()[0],
     "rocket": lambda data: data.rocket(),
 }
+# torchvision models whose pretrained build drops auxiliary heads and turns transform_input on
+_AUXILIARY = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 _DEFAULT_LABEL = re.compile(r"LABEL_\d+")  # what transformers names classes nobody named
 
@@ -97,7 +99,7 @@ class _Source:
     comes), how it wants its images, and what its own classes are called."""
 
     name: str
-    build: Callable[[int | None], nn.Module]
+    build: Callable[[int | None, frozenset[str]], nn.Module]  # (classes, the checkpoint's keys) -> model
     preprocessing: Callable[[nn.Module], Preprocessing]
     categories: Callable[[nn.Module], Sequence[str] | None] = lambda model: None
     trained: bool = False  # build(None) loads trained weights
@@ -124,11 +126,11 @@ def _bundled(spec: str, checkpoint: bool) -> _Source:
     from .models import EfficientNetLite0, ShapesNet, efficientnet_lite0, imagenet_categories, shapes_net
 
     if spec == "shapes":
-        return _Source("the bundled ShapesNet", lambda n: shapes_net() if n is None and not checkpoint else ShapesNet(
+        return _Source("the bundled ShapesNet", lambda n, keys: shapes_net() if n is None and not checkpoint else ShapesNet(
             n or len(shapes.CLASSES)), lambda model: Preprocessing.shapes(), lambda model: shapes.CLASSES,
             trained=True, reference=_on_meta(ShapesNet))
     return _Source("the bundled EfficientNet-Lite0 (ImageNet weights)",
-                   lambda n: efficientnet_lite0() if n is None and not checkpoint else EfficientNetLite0(n or 1000),
+                   lambda n, keys: efficientnet_lite0() if n is None and not checkpoint else EfficientNetLite0(n or 1000),
                    lambda model: Preprocessing.efficientnet_lite(), lambda model: imagenet_categories(),
                    trained=True, reference=_on_meta(EfficientNetLite0))
 
@@ -153,9 +155,15 @@ def _torchvision(name: str, weights: str | None, checkpoint: bool) -> _Source:
     # The recipe comes from the weights asked for, else the default weights' (numbers in the enum: no download).
     recipe_from = chosen if chosen is not None else (enum.DEFAULT if enum is not None else None)
 
-    def build(n: int | None) -> nn.Module:
+    def build(n: int | None, keys: frozenset[str]) -> nn.Module:
         if n is not None or checkpoint or chosen is None:
-            return builder(weights=None, **({"num_classes": n} if n is not None else {}))
+            kwargs: dict[str, Any] = {"num_classes": n} if n is not None else {}
+            if name in _AUXILIARY and keys and not any(k.startswith(_AUXILIARY[name]) for k in keys):
+                # Fine-tuned from torchvision's pretrained build: no auxiliary heads, and its input
+                # transform on (it is a flag, not a weight: the checkpoint cannot say it).
+                kwargs.update(aux_logits=False, transform_input=True, init_weights=False)
+                notes.append("aux_logits=False, transform_input=True, as torchvision's pretrained weights build it")
+            return builder(weights=None, **kwargs)
         try:
             return builder(weights=chosen)
         except Exception as error:  # downloads fail in many ways; all mean the same here
@@ -165,10 +173,11 @@ def _torchvision(name: str, weights: str | None, checkpoint: bool) -> _Source:
         return Preprocessing.from_weights(recipe_from) if recipe_from is not None else Preprocessing.imagenet()
 
     trained = chosen is not None and not checkpoint
+    notes: list[str] = []
     label = f"torchvision {name}" + (f" ({type(chosen).__name__}.{chosen.name})" if trained else "")
     return _Source(label, build, preprocessing,
                    lambda model: chosen.meta.get("categories") if trained else None,  # type: ignore[union-attr]
-                   trained=trained, reference=_on_meta(lambda: builder(weights=None)))
+                   trained=trained, reference=_on_meta(lambda: builder(weights=None)), notes=notes)
 
 
 def _timm(name: str, weights: str | None, checkpoint: bool) -> _Source:
@@ -187,7 +196,7 @@ def _timm(name: str, weights: str | None, checkpoint: bool) -> _Source:
         raise InputError(f"--weights for a timm model is DEFAULT (the pretrained tag in timm:{name}), got {weights!r}")
     overlay = {"file": _timm_cached_file(name)} if pretrained else None
 
-    def build(n: int | None) -> nn.Module:
+    def build(n: int | None, keys: frozenset[str]) -> nn.Module:
         kwargs: dict[str, Any] = {"num_classes": n} if n is not None else {}
         try:
             return timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay, **kwargs)
@@ -236,7 +245,7 @@ def _huggingface(folder: Path, name: str) -> _Source:
     except ImportError as error:
         raise InputError(f'{name} is a transformers model: pip install "deconvnet[huggingface]"') from error
 
-    def build(n: int | None) -> nn.Module:
+    def build(n: int | None, keys: frozenset[str]) -> nn.Module:
         kwargs: dict[str, Any] = {"num_labels": n, "ignore_mismatched_sizes": True} if n is not None else {}
         try:
             return transformers.AutoModelForImageClassification.from_pretrained(folder, local_files_only=True, **kwargs)
@@ -293,7 +302,7 @@ def _factory(spec: str) -> _Source:
     except (TypeError, ValueError):
         takes_classes = False
 
-    def build(n: int | None) -> nn.Module:
+    def build(n: int | None, keys: frozenset[str] = frozenset()) -> nn.Module:
         if n is not None and not takes_classes:
             raise InputError(f"a head of {n} classes is needed (the checkpoint's, or num_classes), but {spec}() takes "
                              "no num_classes; give the factory a num_classes argument, or make it build that head")
@@ -440,24 +449,27 @@ def load_model(spec: str, *, weights: str | None = None, checkpoint: Path | str 
                          f"{source.name}; give the fine-tuned checkpoint too")
     size = num_classes
     fitted = ""
+    keys = frozenset(saved.state) if saved is not None else frozenset()
     if saved is not None and source.reference is not None:
         expected = source.reference().state_dict()
         state, _ = fit_state(saved.state, expected)
+        keys = frozenset(state)
         found = head_size(state, expected)
         if found is not None and num_classes is not None and found != num_classes:
             raise InputError(f"checkpoint {saved.path}'s head has {found} classes, but num_classes is {num_classes}")
         size = found if found is not None else num_classes
-    model = source.build(size)
+    model = source.build(size, keys)
     if saved is not None:
         fitted = f"{saved.path.name}: {saved.where}, {load_state(model, saved, source.name)}"
     model.eval()
     preprocessing = source.preprocessing(model)
     chosen, where = _choose_labels(labels, saved, source, model)
-    if chosen is not None and where not in ("the pretrained weights", "the model's config"):
+    if chosen is not None and where not in ("the pretrained weights", "the model's config", "the bundled model"):
         classes = size if size is not None else _classes(model, preprocessing)
         chosen = _named(chosen, classes, where)
-    classes_text = f" ({size} classes)" if size is not None else ""
-    return LoadedModel(model, preprocessing, chosen, source.name + classes_text, where if chosen else None, fitted or None)
+    described = source.name + (f" ({size} classes)" if size is not None else "") + \
+        "".join(f"; {note}" for note in source.notes)
+    return LoadedModel(model, preprocessing, chosen, described, where if chosen else None, fitted or None)
 
 
 def _choose_labels(labels: Any, saved: Checkpoint | None, source: _Source, model: nn.Module) -> tuple[Any, str | None]:
@@ -472,7 +484,9 @@ def _choose_labels(labels: Any, saved: Checkpoint | None, source: _Source, model
     names = source.categories(model)
     if names is None:
         return None, None
-    return list(names), "the model's config" if source.name.startswith("Hugging Face") else "the pretrained weights"
+    if source.name.startswith("Hugging Face"):
+        return list(names), "the model's config"
+    return list(names), "the bundled model" if source.name.startswith("the bundled") else "the pretrained weights"
 
 
 def load_checkpoint(model: nn.Module, path: Path | str, spec: str | None = None) -> Checkpoint:

@@ -274,6 +274,26 @@ def test_preprocessing_can_be_overridden_piece_by_piece():
         custom.overridden(size=[64])
 
 
+@pytest.mark.parametrize(("name", "model"), [
+    ("googlenet", lambda: torchvision.models.GoogLeNet(num_classes=4, aux_logits=False, transform_input=True,
+                                                       init_weights=False)),
+    ("inception_v3", lambda: torchvision.models.Inception3(num_classes=4, aux_logits=False, transform_input=True,
+                                                           init_weights=False)),
+])
+def test_googlenet_and_inception_fine_tuned_from_torchvisions_weights_keep_their_input_transform(name, model, tmp_path):
+    # torchvision's pretrained build drops the auxiliary heads and turns transform_input on; a flag
+    # the checkpoint cannot carry, read from the missing auxiliary heads
+    torch.manual_seed(0)
+    tuned = model().eval()
+    torch.save(tuned.state_dict(), tmp_path / "ft.pt")
+    loaded = load_model(name, checkpoint=tmp_path / "ft.pt")
+    assert loaded.model.transform_input and not loaded.model.aux_logits
+    assert "transform_input=True" in loaded.source
+    x = torch.randn(1, 3, 96 if name == "googlenet" else 299, 96 if name == "googlenet" else 299)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), tuned(x))
+
+
 def test_a_factory_takes_the_checkpoints_head(tmp_path, monkeypatch):
     import sys
     import types

@@ -52,9 +52,11 @@ def class_figure(
     top_k: int = 3,
     classes: Sequence[int] | None = None,
     scale: int = 1,
+    names: Sequence[str] | None = None,
 ) -> Image.Image:
-    """One row per image of x (Tensor[N, 3, H, W]): the image, then the reconstructions of its
-    top-k predicted classes (or of ``classes``), labelled with name and probability."""
+    """One row per image of x (Tensor[N, 3, H, W]): the image (labelled by ``names``, else
+    "image 0"), then the reconstructions of its top-k predicted classes (or of ``classes``),
+    labelled with name and probability."""
     trace = dn.trace(x)
     probabilities = trace.output.softmax(dim=1)
     if classes is None:
@@ -68,7 +70,7 @@ def class_figure(
     pictures, labels = [], []
     for n in range(x.shape[0]):
         pictures.append(image.denormalize(trace.input[n], mean, std))
-        labels.append(f"image {n}")
+        labels.append(names[n] if names is not None and n < len(names) else f"image {n}")
         for c in chosen[n].tolist():
             pictures.append(image.signed_to_unit(reconstructions[n, slot[c]]))
             labels.append(f"{_name(categories, c)} {probabilities[n, c]:.2f}")
