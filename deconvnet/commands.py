@@ -44,6 +44,7 @@ from .mirror import MaxUnpool2d
 from .models import EVOLUTION_STEPS, shapes_net_at
 from .pictures import figures, image
 from .pictures.site import slug
+from .preprocessing import Preprocessing
 
 NO_SWITCHES = ("this model has no max-pooling, so the deconvnet rule has no switches to carry the image: its "
                "projections look alike for every image (often a checkerboard); try --rule guided")
@@ -76,7 +77,26 @@ def _load(args: argparse.Namespace, checkpoint: Path | None = None) -> LoadedMod
     changed = loaded.preprocessing.overridden(size=getattr(args, "input_size", None),
                                               resize=getattr(args, "resize", None), mean=getattr(args, "mean", None),
                                               std=getattr(args, "std", None))
+    if changed is not loaded.preprocessing:
+        _check_input_size(loaded.model, changed, args.model)
     return replace(loaded, preprocessing=changed)
+
+
+def _check_input_size(model: torch.nn.Module, preprocessing: Preprocessing, name: str) -> None:
+    """One forward pass of a grey image as the changed preprocessing makes it: a model that
+    only takes its trained size (a ViT's position embeddings) says so here, in a line, rather
+    than in a traceback from deep in a trace."""
+    x = preprocessing.transform(Image.new("RGB", (256, 256), (128, 128, 128)))[None]
+    parameter = next(model.parameters(), None)
+    if parameter is not None:
+        x = x.to(parameter.device, parameter.dtype)
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as error:  # the model's own code refuses the size: any failure means that here
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"{name} does not run on a {'x'.join(str(d) for d in x.shape[1:])} input ({reason}); "
+                         "give --input-size the size it was trained at") from error
 
 
 def describe(loaded: LoadedModel, shown: int = 5) -> list[str]:

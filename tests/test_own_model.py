@@ -419,6 +419,14 @@ def test_info_prints_what_a_run_would_use(labelled, capsys):
     assert "  layer4.1.conv2 " in out and "[512, 2, 2]" in out
 
 
+def test_an_input_size_the_model_refuses_is_one_line(capsys):
+    pytest.importorskip("timm")
+    assert main(["info", "--model", "timm:vit_tiny_patch16_224", "--input-size", "128", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("deconvnet: error: timm:vit_tiny_patch16_224 does not run on a 3x128x128 input (")
+    assert err.rstrip().endswith("give --input-size the size it was trained at") and err.count("\n") == 1
+
+
 def test_classes_names_the_fine_tuned_classes_and_prints_the_decoders_notes(labelled, tmp_path, capsys):
     photos = labelled["photos"]
     assert main(["classes", str(photos / "0.png"), str(photos / "phone.jpg"), *_own(labelled), "--top-k", "2",
