@@ -186,3 +186,47 @@ def test_the_api_docs_open_offline(browser, server):
                                      ".map(e => e.src || e.href)")
     assert sources and all(source.startswith(server.url) for source in sources)
     assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
+
+
+def test_a_fine_tuned_checkpoint_shows_its_labels_and_an_upright_phone_photo(browser, tmp_path):
+    # deconvnet serve --model resnet18 --checkpoint ft.ckpt --labels labels.txt --input-size 64
+    import torch
+    import torchvision
+    from PIL import Image
+
+    from deconvnet.cli import build_parser
+    from deconvnet.commands import explorer_for
+
+    torch.manual_seed(0)
+    names = ["ok", "scratch", "dent", "stain"]
+    weights = torchvision.models.resnet18(num_classes=4).state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in weights.items()}}, tmp_path / "ft.ckpt")
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n")
+    args = build_parser().parse_args(["serve", "--model", "resnet18", "--checkpoint", str(tmp_path / "ft.ckpt"),
+                                      "--labels", str(tmp_path / "labels.txt"), "--input-size", "64", "--device", "cpu"])
+    phone = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    picture = Image.new("RGB", (120, 80), (20, 20, 20))
+    picture.paste((250, 250, 250), (0, 0, 40, 80))
+    picture.save(phone, exif=exif)
+    explorer = explorer_for(args)
+    with BackgroundServer(create_app(explorer)) as running:
+        browser.get(running.url + "/")
+        wait(browser, lambda d: "4 classes" in d.find_element(By.ID, "model").text, "the model's header")
+        browser.find_element(By.ID, "file").send_keys(str(phone))
+        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#top button")) == 4, "the classes listed")
+        listed = [b.text.split(" — ")[0] for b in browser.find_elements(By.CSS_SELECTOR, "#top button")]
+        assert sorted(listed) == sorted(names)
+        assert browser.find_element(By.ID, "image-name").text == \
+            "phone.jpg (turned upright by its EXIF orientation (6))"
+        # upright: the white band stored on the left is on top, as the browser shows the file
+        top, bottom = browser.execute_script("""
+            const img = document.getElementById('input'), c = document.createElement('canvas');
+            c.width = img.naturalWidth; c.height = img.naturalHeight;
+            const x = c.getContext('2d'); x.drawImage(img, 0, 0);
+            const data = x.getImageData(0, 0, c.width, c.height).data, w = c.width * 4;
+            const row = (y) => data.slice(y * w, (y + 1) * w).reduce((a, v) => a + v, 0) / c.width;
+            return [row(2), row(c.height - 3)];""")
+        assert top > bottom + 300
+        no_console_errors(browser)

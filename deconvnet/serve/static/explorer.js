@@ -132,7 +132,9 @@ function showImage(answer) {
   $("input").src = answer.input;
   $("input").hidden = false;
   $("box").hidden = true;
-  $("image-name").textContent = answer.name;
+  // What the decoder did (a phone photo turned upright, a 16-bit image scaled) stays beside the name.
+  const notes = (answer.notes || []).map((note) => note.replace(`${answer.name} `, ""));
+  $("image-name").textContent = answer.name + (notes.length ? ` (${notes.join("; ")})` : "");
   const top = $("top");
   top.innerHTML = "";
   for (const entry of answer.top) {
@@ -144,7 +146,7 @@ function showImage(answer) {
     item.append(button);
     top.append(item);
   }
-  say(`${answer.name}: traced` + ((answer.notes || []).length ? ` (${answer.notes.join("; ")})` : ""));
+  say(`${answer.name}: traced`);
   saveView();
 }
 
