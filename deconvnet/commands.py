@@ -99,6 +99,12 @@ def _check_input_size(model: torch.nn.Module, preprocessing: Preprocessing, name
                          "give --input-size the size it was trained at") from error
 
 
+def _title(args: argparse.Namespace) -> str:
+    """What pages call the model: its name, and the checkpoint's file when there is one."""
+    checkpoint = getattr(args, "checkpoint", None)
+    return f"{args.model} ({Path(checkpoint).name})" if checkpoint else args.model
+
+
 def describe(loaded: LoadedModel, shown: int = 5) -> list[str]:
     """What a run feeds the model, in lines for the user: the model, the checkpoint, the class
     names, the preprocessing."""
@@ -322,7 +328,7 @@ def _atlas(s: Session, images: AtlasImages, layers: Sequence[str], out: Path, *,
         print(f"atlas: resuming from {saved}" if saved.exists() else
               f"atlas: --resume found no checkpoint at {saved}; starting from the beginning")
     atlas = build_atlas(
-        s.dn, images, layers, out, k=k, model_name=s.args.model, batch_size=s.args.batch_size,
+        s.dn, images, layers, out, k=k, model_name=_title(s.args), batch_size=s.args.batch_size,
         workers=getattr(s.args, "workers", 0), resume=resume,
         checkpoint_every=getattr(s.args, "checkpoint_every", 500),
         progress=functools.partial(tqdm, disable=rank != 0, mininterval=1.0), categories=s.loaded.categories,
@@ -470,7 +476,7 @@ def explorer_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     for line in describe(loaded):
         print(f"deconvnet serve: {line}")
     loaded = replace(loaded, model=loaded.model.to(device))
-    return Explorer(loaded, name=args.model, rule=args.rule, rectifiers=args.rectifiers, atlas=args.atlas,
+    return Explorer(loaded, name=_title(args), rule=args.rule, rectifiers=args.rectifiers, atlas=args.atlas,
                     cache_bytes=args.cache_mb << 20, max_upload_bytes=args.max_upload_mb << 20,
                     max_positions=args.max_positions,
                     samples=held_out_samples() if args.model == "shapes" else None)
