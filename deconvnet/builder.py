@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from . import mirror as mirror_layers
@@ -34,7 +35,7 @@ from .errors import (
     TrainingModeError,
     UnsupportedLayerError,
 )
-from .functional import pair
+from .functional import ntuple
 from .mirror import Call, Mirror, MirrorLayer, _Ref
 
 __all__ = ["Step", "Network", "build"]
@@ -114,6 +115,9 @@ class Network:
     """Names one can reconstruct from, in forward order: module outputs and functional calls."""
     mirror: Mirror
     input_channels: int | None
+    spatial_dims: int = 2
+    """Spatial dims of the model's input: 1 (signals, Tensor[N, C, L]), 2 (images), 3 (volumes,
+    clips: Tensor[N, C, D, H, W])."""
     modules: dict[str, list[str]] = field(default_factory=dict)
     """Module qualified name -> its layer names (several when the module is called more than once)."""
     substitutes: dict[str, nn.Module] = field(default_factory=dict)
@@ -761,7 +765,7 @@ class _Reader:
         inputs = self.first_only(node)
         self.plain(node.args[1:], node.kwargs)
         try:
-            pool = _as_max_pool(*node.args[1:], **node.kwargs)
+            pool = _as_max_pool(_DIMS.get(node.target, 2), *node.args[1:], **node.kwargs)
         except (TypeError, ValueError) as error:
             raise _General from error
         return self.as_module(pool, inputs)
@@ -769,13 +773,18 @@ class _Reader:
     def _avg_pool(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
         self.plain(node.args[1:], node.kwargs)
-        return _Built(mirror_layers.AvgPool2dTranspose(nn.AvgPool2d(*node.args[1:], **node.kwargs)), inputs)
+        dims = _DIMS.get(node.target, 2)
+        pool = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)[dims - 1](*node.args[1:], **node.kwargs)
+        transpose = (mirror_layers.AvgPool1dTranspose, mirror_layers.AvgPool2dTranspose, mirror_layers.AvgPool3dTranspose)
+        return _Built(transpose[dims - 1](pool), inputs)
 
     def _adaptive_avg_pool(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
         self.plain(node.args[1:], node.kwargs)
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
-        return _Built(mirror_layers.AdaptiveAvgPool2dTranspose(size), inputs)
+        transpose = (mirror_layers.AdaptiveAvgPool1dTranspose, mirror_layers.AdaptiveAvgPool2dTranspose,
+                     mirror_layers.AdaptiveAvgPool3dTranspose)
+        return _Built(transpose[_DIMS.get(node.target, 2) - 1](size), inputs)
 
     def _adaptive_max_pool(self, node: fx.Node, name: str) -> _Built:
         inputs = self.first_only(node)
@@ -783,7 +792,8 @@ class _Reader:
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
         if node.kwargs.get("return_indices") or (len(node.args) > 2 and node.args[2]):
             raise _General
-        return self.as_module(nn.AdaptiveMaxPool2d(size), inputs)
+        pools = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+        return self.as_module(pools[_DIMS.get(node.target, 2) - 1](size), inputs)
 
     def _reshape(self, node: fx.Node, name: str) -> _Built:
         return _Built(mirror_layers.Reshape(_describe(node)), self.first_only(node))
@@ -922,14 +932,18 @@ class _Reader:
             raise _General  # a weight computed in the forward
         self.plain(*(given.get(k) for k in names[2:]))
         parameter = self.attribute(weight)()
-        if not isinstance(parameter, Tensor) or parameter.dim() != 4:
+        if not isinstance(parameter, Tensor) or parameter.dim() not in (3, 4, 5):
             raise _General
-        stride = pair(given.get("stride", 1))
-        dilation = pair(given.get("dilation", 1))
+        dims = parameter.dim() - 2
+        stride = ntuple(given.get("stride", 1), dims)
+        dilation = ntuple(given.get("dilation", 1), dims)
         padding = mirror_layers.conv_padding(given.get("padding", 0), parameter.shape[2:], dilation)
         groups = int(given.get("groups", 1))
         if isinstance(parameter, nn.Parameter):
-            return _Built(mirror_layers.ConvTranspose2d(parameter, stride, padding, dilation, groups), inputs)
+            transpose = (mirror_layers.ConvTranspose1d, mirror_layers.ConvTranspose2d, mirror_layers.ConvTranspose3d)
+            return _Built(transpose[dims - 1](parameter, stride, padding, dilation, groups), inputs)
+        if dims != 2:
+            raise _General  # a buffer kernel (a blur) outside 2-D: its exact vector-Jacobian product
         fetched = mirror_layers.FetchedConvTranspose2d(self.attribute(weight), stride, padding, dilation, groups)
         return _Built(fetched, inputs)
 
@@ -1013,7 +1027,15 @@ def _module_run(rule: rules.Rule, module: nn.Module) -> Run:
     return run
 
 
-def _as_max_pool(*args: Any, **kwargs: Any) -> nn.Module:
+# The functional pools and convs by their number of spatial dims (the 2-D ones are the default).
+_DIMS: dict[Any, int] = {
+    F.max_pool1d: 1, torch.max_pool1d: 1, F.max_pool3d: 3, torch.max_pool3d: 3,
+    F.avg_pool1d: 1, torch.avg_pool1d: 1, F.avg_pool3d: 3, torch._C._nn.avg_pool3d: 3,
+    F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool3d: 3, F.adaptive_max_pool1d: 1, F.adaptive_max_pool3d: 3,
+}
+
+
+def _as_max_pool(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
     if kwargs.pop("return_indices", False) or len(args) > 5 and args[5]:
         raise ValueError("return_indices=True is not supported: the call must return one tensor")
     args = args[:5]
@@ -1021,7 +1043,7 @@ def _as_max_pool(*args: Any, **kwargs: Any) -> nn.Module:
         args = (args[0], None, *args[2:])  # torch.max_pool2d spells the default stride []
     if kwargs.get("stride") in ([], ()):
         kwargs["stride"] = None
-    return nn.MaxPool2d(*args, **kwargs)
+    return (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[dims - 1](*args, **kwargs)
 
 
 def _flatten(value: Any) -> list[Any]:
@@ -1216,6 +1238,7 @@ def _build(model: nn.Module, ruleset: rules.RuleSet, strict: bool, found: Found)
         layers=dict(ordered),
         mirror=Mirror(reversed(layers_mirrored)),
         input_channels=_input_channels(first) if first is not None and placeholders[0] in first.inputs else None,
+        spatial_dims=_spatial_dims(steps),
         modules=modules,
         substitutes=substitutes,
         defaults={n.name: v for n, v in fixed.items()},
@@ -1308,8 +1331,18 @@ def _strict_error(
 
 def _input_channels(first: Step | None) -> int | None:
     module = first.module if first is not None else None
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, nn.modules.conv._ConvNd):
         return module.in_channels
-    if isinstance(module, nn.BatchNorm2d):
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.BatchNorm1d):
         return module.num_features
     return None
+
+
+def _spatial_dims(steps: dict[fx.Node, Step]) -> int:
+    """How many spatial dims the model's input has: those of its first sliding-window layer
+    (a conv or a pool of any dimension, as module or functional call); 2 (images) without one."""
+    for step in steps.values():
+        dims = getattr(step.mirror, "dims", None)
+        if isinstance(dims, int):
+            return dims
+    return 2

@@ -380,19 +380,24 @@ def _too_small_message(network: Network, x: Tensor, small: _TooSmall) -> str:
         where += call_site(small.node)
     reached = "x".join(str(d) for d in small.shape[1:]) if small.shape else "too small"
     smallest = _smallest_size(network, x)
-    hint = f"; the smallest square input {type(network.model).__name__} runs is {smallest}x{smallest}" if smallest else ""
+    sides = x.dim() - 2
+    equal = "square" if sides == 2 else "cube" if sides == 3 else "signal"
+    hint = (f"; the smallest {equal} input {type(network.model).__name__} runs is {'x'.join([str(smallest)] * sides)}"
+            if smallest else "")
+    size = "x".join(str(d) for d in x.shape[2:])
     return (
-        f"x of {x.shape[2]}x{x.shape[3]} pixels is too small for this model: at {where} the input had become "
-        f"{reached}, smaller than its window ({small.error}){hint}"
+        f"x of {size} {'pixels' if sides == 2 else 'samples' if sides == 1 else 'voxels'} is too small for this model: "
+        f"at {where} the input had become {reached}, smaller than its window ({small.error}){hint}"
     )
 
 
 def _smallest_size(network: Network, x: Tensor, limit: int = 4096) -> int | None:
-    """The smallest square input size the forward runs at (one zero image per try), or None."""
+    """The smallest input size, every spatial side equal, the forward runs at (one zero input
+    per try), or None."""
 
     def runs(size: int) -> bool:
         try:
-            _interpret(network, x.new_zeros(1, x.shape[1], size, size))
+            _interpret(network, x.new_zeros(1, x.shape[1], *[size] * (x.dim() - 2)))
         except _TooSmall:
             return False
         return True
@@ -413,14 +418,27 @@ def _smallest_size(network: Network, x: Tensor, limit: int = 4096) -> int | None
     return high
 
 
+_FORMS = {1: "Tensor[N, C, L]", 2: "Tensor[N, C, H, W]", 3: "Tensor[N, C, D, H, W]"}
+_WHAT = {1: "signals", 2: "images", 3: "volumes or clips"}
+
+
 def checked_input(network: Network, x: Tensor) -> Tensor:
-    """x validated as a batch for the network's model (Tensor[N, C, H, W], finite, the model's
-    channels and dtype), on the model's device: InputError naming what is wrong and the fix."""
+    """x validated as a batch for the network's model (Tensor[N, C, H, W] for an image model,
+    Tensor[N, C, L] for a signal model, Tensor[N, C, D, H, W] for a volume or clip model; finite,
+    the model's channels and dtype), on the model's device: InputError naming what is wrong and
+    the fix."""
+    dims = network.spatial_dims
+    form = _FORMS[dims]
     if not isinstance(x, Tensor):
-        raise InputError(f"x must be a Tensor[N, C, H, W], got {type(x).__name__}")
-    if x.dim() != 4:
-        hint = "; add a batch dimension with x.unsqueeze(0)" if x.dim() == 3 else ""
-        raise InputError(f"x must be a Tensor[N, C, H, W], got shape {tuple(x.shape)}{hint}")
+        raise InputError(f"x must be a {form}, got {type(x).__name__}")
+    if x.dim() != dims + 2:
+        if x.dim() == dims + 1:
+            hint = "; add a batch dimension with x.unsqueeze(0)"
+        elif x.dim() in (3, 4, 5):
+            hint = f": this model's convolutions and pools are {dims}-D, for {_WHAT[dims]}, not {_WHAT[x.dim() - 2]}"
+        else:
+            hint = ""
+        raise InputError(f"x must be a {form}, got shape {tuple(x.shape)}{hint}")
     if x.shape[0] == 0:
         raise InputError("x is an empty batch (N = 0)")
     if not x.is_floating_point():

@@ -9,6 +9,8 @@ is per input, ``Tensor[N, ...]``, and is broadcast over ``K`` without copies.
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,9 @@ __all__ = [
     "multiply_flat",
     "multiply_flat_",
     "conv_transpose2d",
+    "conv_transpose",
+    "ntuple",
+    "unpool",
     "transpose_kernel",
     "unpool2d",
     "linear_transpose",
@@ -41,6 +46,7 @@ __all__ = [
 ]
 
 Pair = tuple[int, int]
+Sizes = tuple[int, ...]  # one per spatial dim: (length,), (rows, columns) or (depth, rows, columns)
 
 
 def pair(value: int | Sequence[int]) -> Pair:
@@ -51,38 +57,60 @@ def pair(value: int | Sequence[int]) -> Pair:
     return (int(first), int(second))
 
 
+def ntuple(value: int | Sequence[int], dims: int) -> Sizes:
+    """A layer's size argument as one value per spatial dim: ``ntuple(3, 3)`` -> ``(3, 3, 3)``."""
+    if isinstance(value, int):
+        return (value,) * dims
+    values = tuple(int(v) for v in value)
+    if len(values) == 1 and dims > 1:
+        return values * dims
+    if len(values) != dims:
+        raise ValueError(f"{values} has {len(values)} sizes for {dims} spatial dims")
+    return values
+
+
 @dataclass(frozen=True)
 class Window:
-    """A sliding-window layer's geometry (conv, pool, pad), each field as (rows, columns).
+    """A sliding-window layer's geometry (conv, pool, pad), each field one value per spatial
+    dim: (rows, columns) in 2-D, (length,) in 1-D, (depth, rows, columns) in 3-D.
 
-    kernel, stride, padding (before, i.e. top and left), dilation. A pad is a window of kernel 1
-    whose padding is the pad itself. Every feature that needs a layer's footprint (receptive
-    fields, cropping, overlapping unpooling) reads it from here.
+    kernel, stride, padding (before, i.e. top and left), dilation; padding and dilation default
+    to 0 and 1 in every dim. A pad is a window of kernel 1 whose padding is the pad itself. Every
+    feature that needs a layer's footprint (receptive fields, cropping, overlapping unpooling)
+    reads it from here.
     """
 
-    kernel: Pair
-    stride: Pair
-    padding: Pair = (0, 0)
-    dilation: Pair = (1, 1)
+    kernel: Sizes
+    stride: Sizes
+    padding: Sizes | None = None
+    dilation: Sizes | None = None
 
-    def span(self) -> Pair:
-        """Input rows and columns one output unit sees: ``d * (k - 1) + 1``."""
-        first, second = (d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation, strict=True))
-        return (first, second)
+    def __post_init__(self) -> None:
+        dims = len(self.kernel)
+        if self.padding is None:
+            object.__setattr__(self, "padding", (0,) * dims)
+        if self.dilation is None:
+            object.__setattr__(self, "dilation", (1,) * dims)
 
-    def extent(self, size: Sequence[int]) -> Pair:
-        """Input rows and columns that ``size`` neighbouring output units see together."""
-        first, second = ((n - 1) * s + w for n, s, w in zip(size, self.stride, self.span(), strict=True))
-        return (first, second)
+    @property
+    def dims(self) -> int:
+        return len(self.kernel)
+
+    def span(self) -> Sizes:
+        """Input positions along each dim one output unit sees: ``d * (k - 1) + 1``."""
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation, strict=True))  # type: ignore[arg-type]
+
+    def extent(self, size: Sequence[int]) -> Sizes:
+        """Input positions along each dim that ``size`` neighbouring output units see together."""
+        return tuple((n - 1) * s + w for n, s, w in zip(size, self.stride, self.span(), strict=True))
 
     def overlaps(self) -> bool:
         """Whether neighbouring windows share input positions."""
         return any(k > 1 and s < w for k, s, w in zip(self.kernel, self.stride, self.span(), strict=True))
 
-    def phases(self) -> Pair:
+    def phases(self) -> Sizes:
         """Window groups per axis within which windows cannot overlap: ceil(span / stride)."""
-        first, second = (-(-w // s) for w, s in zip(self.span(), self.stride, strict=True))
-        return (first, second)
+        return tuple(-(-w // s) for w, s in zip(self.span(), self.stride, strict=True))
 
 
 def conv_transpose2d(
@@ -109,26 +137,31 @@ def conv_transpose2d(
     """
     n, k = signal.shape[:2]
     flat = signal.flatten(0, 1)
-    memory_format = layout(flat.shape[0])
+    memory_format = layout(flat.shape[0], flat.dim())
     flat = flat.contiguous(memory_format=memory_format)
     if prepared is not None:
         kernel = prepared(memory_format)
     else:
         kernel = transpose_kernel(weight, stride, dilation, groups, memory_format)
-    size = (int(input_size[0]), int(input_size[1]))
-    start = (padding[0][0], padding[1][0])
+    size = tuple(int(v) for v in input_size)
+    start = tuple(before for before, _ in padding)
+    dims = len(size)
     form, pads, crop = _transpose_geometry(
-        tuple(weight.shape), stride, start, dilation, groups, tuple(signal.shape[-2:]), size
+        tuple(weight.shape), tuple(stride), start, tuple(dilation), groups, tuple(signal.shape[-dims:]), size
     )
     if form is _DIRECT:
         out = _direct_transpose(flat, kernel, pads, dilation, groups)
     elif form is _SUBPIXEL:
         out = _subpixel_transpose(flat, weight.shape, kernel, size, stride, start)
     else:
-        out = F.conv_transpose2d(flat, kernel, None, stride, start, pads[:2], groups, dilation)
+        out = _CONV_TRANSPOSE[dims](flat, kernel, None, stride, start, pads, groups, dilation)
         if crop:
-            out = out[..., : size[0], : size[1]]
+            out = out[(..., *(slice(0, extent) for extent in size))]
     return out.view(n, k, *out.shape[1:])
+
+
+conv_transpose = conv_transpose2d  # the same function in every dimension; the 2-D name is the one callers know
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 # How conv_transpose2d runs a transposed conv: as the ordinary conv with the flipped kernel
@@ -159,12 +192,13 @@ def _transpose_geometry(
         return _DIRECT, (left, right, top, bottom), False
     if _subpixel(kernel_size, stride, dilation, groups):
         return _SUBPIXEL, (), False
-    window = Window(pair(kernel_size), stride, padding, dilation)
+    window = Window(tuple(kernel_size), stride, padding, dilation)
     full = window.extent(signal_size)
-    first, second = (max(0, size + 2 * before - reach) for size, before, reach in zip(input_size, padding, full, strict=True))
+    output_padding = tuple(max(0, size + 2 * before - reach)
+                           for size, before, reach in zip(input_size, padding, full, strict=True))
     produced = ((h - 1) * s - 2 * p + r for h, s, p, r in zip(signal_size, stride, padding, window.span(), strict=True))
     crop = any(made > size for made, size in zip(produced, input_size, strict=True))  # the padded output is longer
-    return _TRANSPOSED, (first, second), crop
+    return _TRANSPOSED, output_padding, crop
 
 
 # Output channels of a stride-1 conv up to which its transpose runs as the ordinary conv: CPU
@@ -179,7 +213,7 @@ def _direct(weight_shape: Sequence[int], stride: Pair, groups: int) -> bool:
     and depthwise, or 1x1, or with few output channels, where CPU kernels run that faster (one
     1x1 signal: as a matrix product). Measured per layer with ``F.conv2d`` against
     ``F.conv_transpose2d`` on MobileNetV2, EfficientNet-B0, ResNet-50, DenseNet-121 and VGG16."""
-    if stride != (1, 1):
+    if tuple(stride) != (1, 1):  # 2-D only: measured there; other dims take torch's transposed conv
         return False
     out_channels, per_group = weight_shape[:2]
     depthwise = groups > 1 and per_group == 1
@@ -213,7 +247,7 @@ _SUBPIXEL_WASTE = 1.5
 
 
 def _subpixel(kernel_size: Sequence[int], stride: Pair, dilation: Pair, groups: int) -> bool:
-    if max(stride) == 1 or groups != 1 or dilation != (1, 1):
+    if len(stride) != 2 or max(stride) == 1 or groups != 1 or tuple(dilation) != (1, 1):
         return False
     waste = 1.0
     for k, s in zip(kernel_size, stride, strict=True):
@@ -221,14 +255,16 @@ def _subpixel(kernel_size: Sequence[int], stride: Pair, dilation: Pair, groups: 
     return waste <= _SUBPIXEL_WASTE
 
 
-def layout(batch: int) -> torch.memory_format:
-    """The memory format the mirror's convolutions run a batch of ``batch`` signals in.
+def layout(batch: int, ndim: int = 4) -> torch.memory_format:
+    """The memory format the mirror's convolutions run a batch of ``batch`` signals of ``ndim``
+    dims (4 for images) in.
 
-    Measured on CPU (2 threads): for 16 signals channels_last runs 1.2-14x faster (depthwise
-    convs the most); for one signal it gains little on dense convs and is 3-5x slower on
-    depthwise ones, and converting the layout at every conv costs more than it saves.
+    Measured on CPU (2 threads) for images: for 16 signals channels_last runs 1.2-14x faster
+    (depthwise convs the most); for one signal it gains little on dense convs and is 3-5x slower
+    on depthwise ones, and converting the layout at every conv costs more than it saves. Signals
+    and volumes stay contiguous (not measured).
     """
-    return torch.channels_last if batch > 1 else torch.contiguous_format
+    return torch.channels_last if batch > 1 and ndim == 4 else torch.contiguous_format
 
 
 def transpose_kernel(
@@ -287,52 +323,58 @@ def unpool2d(
     switches: Tensor,
     input_size: Sequence[int],
     accumulate: bool,
-    phases: tuple[int, int] | None = None,
+    phases: Sequence[int] | None = None,
 ) -> Tensor:
-    """Put each pooled value back where the forward max came from.
+    """Put each pooled value back where the forward max came from, in any number of spatial dims.
 
-    signal (Tensor[N, K, C, h, w]), switches (Tensor[N, C, h, w]) the flat ``H * W`` positions
-    that ``max_pool2d(..., return_indices=True)`` returned, input_size (H, W).
-    Returns Tensor[N, K, C, H, W].
+    signal (Tensor[N, K, C, *pooled]), switches (Tensor[N, C, *pooled]) the flat positions in
+    the input map that ``max_pool{1,2,3}d(..., return_indices=True)`` returned, input_size (H, W)
+    (or (L,), or (D, H, W)). Returns Tensor[N, K, C, *input_size].
 
     With overlapping windows one input position can be the max of several windows; its signal
     must be the sum of theirs (``accumulate=True``), which is what the gradient does.
     ``nn.MaxUnpool2d`` writes instead of adding and keeps only one of them.
 
-    phases (m_h, m_w): sum deterministically. CUDA's ``scatter_add_`` adds colliding values in
-    no fixed order; instead the windows are split into ``m_h * m_w`` groups (every m-th window
-    along each axis) whose windows cannot overlap, each group is written without collisions,
-    and the groups are added in a fixed order. ``m`` must be at least window span / stride.
+    phases (one per dim): sum deterministically. CUDA's ``scatter_add_`` adds colliding values
+    in no fixed order; instead the windows are split into ``prod(phases)`` groups (every m-th
+    window along each axis) whose windows cannot overlap, each group is written without
+    collisions, and the groups are added in a fixed order. ``m`` must be at least window span /
+    stride.
     """
     if accumulate and phases is not None:
         out = None
-        for a in range(phases[0]):
-            for b in range(phases[1]):
-                part = unpool2d(signal[..., a :: phases[0], b :: phases[1]],
-                                switches[..., a :: phases[0], b :: phases[1]], input_size, False)
-                out = part if out is None else out + part
+        for start in itertools.product(*(range(m) for m in phases)):
+            picked = (..., *(slice(a, None, m) for a, m in zip(start, phases, strict=True)))
+            part = unpool2d(signal[picked], switches[picked], input_size, False)
+            out = part if out is None else out + part
         return cast(Tensor, out)
-    n, k, c, h, w = signal.shape
-    height, width = input_size
-    if signal.stride(2) == 1 and c > 1:
+    n, k, c = signal.shape[:3]
+    pooled = math.prod(signal.shape[3:])
+    dims = len(input_size)
+    flat_size = math.prod(int(v) for v in input_size)
+    if dims == 2 and signal.stride(2) == 1 and c > 1:
         # channels_last signal (from a transposed conv): scatter over positions with channels
         # innermost, and hand back a channels_last result without copying the signal.
+        h, w = signal.shape[3:]
         source = signal.permute(0, 1, 3, 4, 2).reshape(n, k, h * w, c)
         index = switches.permute(0, 2, 3, 1).reshape(n, 1, h * w, c).expand(n, k, h * w, c)
-        out = signal.new_zeros(n, k, height * width, c)
+        out = signal.new_zeros(n, k, flat_size, c)
         dim = 2
     else:
-        source = signal.reshape(n, k, c, h * w)
-        index = switches.flatten(2).unsqueeze(1).expand(n, k, c, h * w)
-        out = signal.new_zeros(n, k, c, height * width)
+        source = signal.reshape(n, k, c, pooled)
+        index = switches.flatten(2).unsqueeze(1).expand(n, k, c, pooled)
+        out = signal.new_zeros(n, k, c, flat_size)
         dim = 3
     if accumulate:
         out.scatter_add_(dim, index, source)
     else:
         out.scatter_(dim, index, source)
     if dim == 2:
-        return out.view(n, k, height, width, c).permute(0, 1, 4, 2, 3)
-    return out.view(n, k, c, height, width)
+        return out.view(n, k, *input_size, c).permute(0, 1, 4, 2, 3)
+    return out.view(n, k, c, *input_size)
+
+
+unpool = unpool2d  # the same function in every dimension
 
 
 def linear_transpose(signal: Tensor, weight: Tensor) -> Tensor:
@@ -352,20 +394,27 @@ def _shape_stub(like: Tensor, shape: Sequence[int]) -> Tensor:
 def avg_pool2d_transpose(
     signal: Tensor,
     input_size: Sequence[int],
-    kernel_size: Pair,
-    stride: Pair,
-    padding: Pair,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
     ceil_mode: bool,
     count_include_pad: bool,
     divisor_override: int | None,
 ) -> Tensor:
-    """Transpose of ``avg_pool2d``: each window's signal spread evenly back over the window.
+    """Transpose of ``avg_pool{1,2,3}d``: each window's signal spread evenly back over the window.
 
-    signal (Tensor[N, K, C, h, w]), input_size (H, W). Returns Tensor[N, K, C, H, W].
+    signal (Tensor[N, K, C, *pooled]), input_size (H, W), (L,) or (D, H, W). Returns
+    Tensor[N, K, C, *input_size]. A 1-D pool is the 2-D one over rows of height 1, as torch runs
+    ``avg_pool1d``.
     """
+    if len(input_size) == 1:
+        out = avg_pool2d_transpose(signal.unsqueeze(-2), (1, *input_size), (1, *kernel_size), (1, *stride),
+                                   (0, *padding), ceil_mode, count_include_pad, divisor_override)
+        return out.squeeze(-2)
     n, k, c = signal.shape[:3]
     flat = signal.flatten(0, 1)
-    out = torch.ops.aten.avg_pool2d_backward(
+    backward = torch.ops.aten.avg_pool2d_backward if len(input_size) == 2 else torch.ops.aten.avg_pool3d_backward
+    out = backward(
         flat,
         _shape_stub(flat, (n * k, c, *input_size)),
         list(kernel_size),
@@ -379,17 +428,21 @@ def avg_pool2d_transpose(
 
 
 def adaptive_avg_pool2d_transpose(signal: Tensor, input_size: Sequence[int]) -> Tensor:
-    """Transpose of ``adaptive_avg_pool2d``, also where it upsamples (VGG's head at 97 px).
+    """Transpose of ``adaptive_avg_pool{1,2,3}d``, also where it upsamples (VGG's head at 97 px).
 
-    signal (Tensor[N, K, C, h, w]), input_size (H, W). Returns Tensor[N, K, C, H, W].
+    signal (Tensor[N, K, C, *pooled]), input_size (H, W), (L,) or (D, H, W). Returns
+    Tensor[N, K, C, *input_size].
     """
     n, k, c = signal.shape[:3]
-    if signal.shape[-2:] == (1, 1):  # global pooling: spread evenly, no copy
-        return (signal / (input_size[0] * input_size[1])).expand(n, k, c, *input_size)
+    dims = len(input_size)
+    if all(s == 1 for s in signal.shape[3:]):  # global pooling: spread evenly, no copy
+        return (signal / math.prod(int(v) for v in input_size)).expand(n, k, c, *input_size)
+    if dims == 1:  # torch runs adaptive_avg_pool1d as the 2-D pool over rows of height 1
+        return adaptive_avg_pool2d_transpose(signal.unsqueeze(-2), (1, *input_size)).squeeze(-2)
     flat = signal.flatten(0, 1)
-    out = torch.ops.aten._adaptive_avg_pool2d_backward(
-        flat.contiguous(), _shape_stub(flat, (n * k, c, *input_size))
-    )
+    backward = torch.ops.aten._adaptive_avg_pool2d_backward if dims == 2 else \
+        torch.ops.aten._adaptive_avg_pool3d_backward
+    out = backward(flat.contiguous(), _shape_stub(flat, (n * k, c, *input_size)))
     return out.unflatten(0, (n, k))
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional
-from .functional import Window, pair
+from .functional import Window, ntuple, pair
 
 __all__ = [
     "Context",
@@ -35,17 +35,30 @@ __all__ = [
     "Record",
     "Call",
     "MirrorLayer",
+    "ConvTranspose1d",
     "ConvTranspose2d",
+    "ConvTranspose3d",
     "SameConvTranspose2d",
+    "MaxUnpool1d",
     "MaxUnpool2d",
+    "MaxUnpool3d",
+    "OverlapUnpool1d",
     "OverlapUnpool2d",
+    "OverlapUnpool3d",
+    "unpooling",
+    "AdaptiveMaxUnpool1d",
     "AdaptiveMaxUnpool2d",
+    "AdaptiveMaxUnpool3d",
     "ReLU",
     "Activation",
     "LinearTranspose",
     "ChannelScale",
+    "AvgPool1dTranspose",
     "AvgPool2dTranspose",
+    "AvgPool3dTranspose",
+    "AdaptiveAvgPool1dTranspose",
     "AdaptiveAvgPool2dTranspose",
+    "AdaptiveAvgPool3dTranspose",
     "Crop",
     "Scatter",
     "Permute",
@@ -257,6 +270,15 @@ class MirrorLayer(nn.Module):
     rectifier: bool = False
     needs: ClassVar[frozenset[str]] = frozenset()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A mirror layer that also is a torch layer of some dimension (ConvTranspose3d,
+        # MaxUnpool1d) takes its number of spatial dims, and the torch class to initialise, from it.
+        super().__init_subclass__(**kwargs)
+        for base in cls.__mro__[1:]:
+            if base.__module__.startswith("torch.nn.modules") and base.__name__[-2:] in ("1d", "2d", "3d"):
+                cls._base, cls.dims = base, int(base.__name__[-2])  # type: ignore[attr-defined]
+                break
+
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor | list[Tensor]:  # pragma: no cover
         raise NotImplementedError
 
@@ -300,33 +322,38 @@ class _Described(MirrorLayer):
         return self.what
 
 
-class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
-    """Transposed conv whose ``weight`` **is** the forward convolution's Parameter, no bias.
+class _ConvTranspose(MirrorLayer):
+    """Transposed conv whose ``weight`` **is** the forward convolution's Parameter, no bias, in
+    any number of spatial dims: :class:`ConvTranspose1d`, :class:`ConvTranspose2d` and
+    :class:`ConvTranspose3d` declare only their torch base (what they print as).
 
-    Built from a ``Conv2d`` (:meth:`from_conv`) or from the arguments of an ``F.conv2d`` call.
+    Built from a ``Conv{1,2,3}d`` (:meth:`from_conv`) or from the arguments of an
+    ``F.conv{1,2,3}d`` call.
     """
 
     needs = frozenset({"input_shape"})
+    dims: ClassVar[int] = 2
+    _base: ClassVar[type[nn.Module]] = nn.ConvTranspose2d
 
     def __init__(
         self,
         weight: Tensor,
-        stride: tuple[int, int],
-        pads: tuple[tuple[int, int], tuple[int, int]],
-        dilation: tuple[int, int],
+        stride: Sequence[int],
+        pads: Sequence[tuple[int, int]],
+        dilation: Sequence[int],
         groups: int,
     ) -> None:
-        out_channels, in_per_group, kh, kw = weight.shape
-        nn.ConvTranspose2d.__init__(
+        out_channels, in_per_group = weight.shape[:2]
+        self._base.__init__(
             self,
             out_channels,
             in_per_group * groups,
-            (kh, kw),
-            stride=stride,
-            padding=(pads[0][0], pads[1][0]),
+            tuple(weight.shape[2:]),
+            stride=tuple(stride),
+            padding=tuple(before for before, _ in pads),
             groups=groups,
             bias=False,
-            dilation=dilation,
+            dilation=tuple(dilation),
             device="meta",
         )
         if isinstance(weight, nn.Parameter):
@@ -349,8 +376,9 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
         var, factor, eps = scale.statistics()  # type: ignore[operator]
         statistics = (var.data_ptr(), var._version, eps,
                       None if factor is None else factor.data_ptr(), None if factor is None else factor._version)
+        shape = (-1, *[1] * (self.dims + 1))
         return self._prepared((scale, memory_format), memory_format, statistics,
-                              lambda weight: weight * scale.scale().detach().to(weight.dtype).view(-1, 1, 1, 1))
+                              lambda weight: weight * scale.scale().detach().to(weight.dtype).view(shape))
 
     def _prepared(self, slot: Any, memory_format: torch.memory_format, depends: tuple[Any, ...],
                   weight_of: Callable[[Tensor], Tensor]) -> Tensor:
@@ -361,7 +389,7 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
         cached = self._kernels.get(slot)
         if cached is None or cached[0] != key:
             kernel = functional.transpose_kernel(
-                weight_of(weight.detach()), pair(self.stride), pair(self.dilation), self.groups, memory_format
+                weight_of(weight.detach()), tuple(self.stride), tuple(self.dilation), self.groups, memory_format
             )
             cached = self._kernels[slot] = (key, kernel)
         return cached[1]
@@ -371,27 +399,31 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
         return self._transposed(signal, record, functools.partial(self.folded_kernel, scale))
 
     def _transposed(self, signal: Tensor, record: Record, prepared: Callable[[torch.memory_format], Tensor]) -> Tensor:
-        return functional.conv_transpose2d(
-            signal, self.weight, record.input_shape[2:], pair(self.stride), self.pads, pair(self.dilation), self.groups,
-            prepared,
+        return functional.conv_transpose(
+            signal, self.weight, record.input_shape[2:], tuple(self.stride), self.pads, tuple(self.dilation),
+            self.groups, prepared,
         )
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> ConvTranspose2d:
-        return cls(conv.weight, pair(conv.stride), conv_padding(conv.padding, conv.kernel_size, conv.dilation),
-                   pair(conv.dilation), conv.groups)
+    def from_conv(cls, conv: nn.Module) -> _ConvTranspose:
+        """The mirror of a ``Conv{1,2,3}d``, of the class of its dimension."""
+        dims = conv.weight.dim() - 2
+        mirror_class = cls if cls.dims == dims else _CONV_TRANSPOSE[dims]
+        return mirror_class(conv.weight, ntuple(conv.stride, dims),
+                            conv_padding(conv.padding, conv.kernel_size, conv.dilation), ntuple(conv.dilation, dims),
+                            conv.groups)
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:  # type: ignore[override]
-        """signal (Tensor[N, K, C_out, h, w]) -> Tensor[N, K, C_in, H, W]."""
+        """signal (Tensor[N, K, C_out, *out]) -> Tensor[N, K, C_in, *in] (h, w; L; or D, H, W)."""
         return self._transposed(signal, record, self.kernel)
 
     def window(self) -> Window:
         """The forward conv's sliding window (its ``"same"`` padding resolved)."""
-        before = (self.pads[0][0], self.pads[1][0])
-        return Window(pair(self.weight.shape[2:]), pair(self.stride), before, pair(self.dilation))
+        before = tuple(first for first, _ in self.pads)
+        return Window(tuple(self.weight.shape[2:]), tuple(self.stride), before, tuple(self.dilation))
 
     def croppable(self, context: Context) -> bool:
-        return True
+        return self.dims == 2  # windows are cut and pasted in 2-D
 
     def forward_window(
         self, signal: Tensor, origin: Tensor, record: Record, images: Tensor, context: Context
@@ -399,6 +431,21 @@ class ConvTranspose2d(MirrorLayer, nn.ConvTranspose2d):
         return functional.conv_transpose_window(
             signal, self.weight, self.window(), self.groups, origin, record.input_shape[2:], self.kernel
         )
+
+
+class ConvTranspose1d(_ConvTranspose, nn.ConvTranspose1d):
+    """:class:`_ConvTranspose` of a ``Conv1d``: signals (Tensor[N, K, C, L])."""
+
+
+class ConvTranspose2d(_ConvTranspose, nn.ConvTranspose2d):
+    """:class:`_ConvTranspose` of a ``Conv2d``: images (Tensor[N, K, C, H, W])."""
+
+
+class ConvTranspose3d(_ConvTranspose, nn.ConvTranspose3d):
+    """:class:`_ConvTranspose` of a ``Conv3d``: volumes and clips (Tensor[N, K, C, D, H, W])."""
+
+
+_CONV_TRANSPOSE: dict[int, type[_ConvTranspose]] = {1: ConvTranspose1d, 2: ConvTranspose2d, 3: ConvTranspose3d}
 
 
 class FetchedConvTranspose2d(ConvTranspose2d):
@@ -426,16 +473,16 @@ class FetchedConvTranspose2d(ConvTranspose2d):
 
 def conv_padding(
     padding: str | int | Sequence[int], kernel_size: Sequence[int] | int, dilation: Sequence[int] | int
-) -> tuple[tuple[int, int], tuple[int, int]]:
+) -> tuple[tuple[int, int], ...]:
     """(before, after) padding per spatial dim of a conv, resolving ``"same"`` and ``"valid"``."""
+    dims = len(kernel_size) if not isinstance(kernel_size, int) else 2
     if padding == "valid":
-        return ((0, 0), (0, 0))
+        return ((0, 0),) * dims
     if padding == "same":
         # torch pads the odd extra row/column of "same" at the end.
-        spans = Window(pair(kernel_size), (1, 1), (0, 0), pair(dilation)).span()
-        return tuple(((s - 1) // 2, s - 1 - (s - 1) // 2) for s in spans)  # type: ignore[return-value]
-    ph, pw = pair(padding)  # type: ignore[arg-type]
-    return ((ph, ph), (pw, pw))
+        spans = Window(ntuple(kernel_size, dims), (1,) * dims, None, ntuple(dilation, dims)).span()
+        return tuple(((s - 1) // 2, s - 1 - (s - 1) // 2) for s in spans)
+    return tuple((p, p) for p in ntuple(padding, dims))  # type: ignore[arg-type]
 
 
 class SameConvTranspose2d(ConvTranspose2d):
@@ -468,14 +515,18 @@ class SameConvTranspose2d(ConvTranspose2d):
         return False
 
 
-class MaxUnpool2d(MirrorLayer, nn.MaxUnpool2d):
-    """Unpooling into the forward switches, for max-pools whose windows do not overlap."""
+class _MaxUnpool(MirrorLayer):
+    """Unpooling into the forward switches, for max-pools whose windows do not overlap, in any
+    number of spatial dims (``MaxUnpool1d``, ``MaxUnpool2d``, ``MaxUnpool3d`` declare their torch
+    base); the ``Overlap`` ones add signals meeting on a switch."""
 
     accumulate = False
     needs = frozenset({"switches"})
+    dims: ClassVar[int] = 2
+    _base: ClassVar[type[nn.Module]] = nn.MaxUnpool2d
 
-    def __init__(self, pool: nn.MaxPool2d) -> None:
-        nn.MaxUnpool2d.__init__(self, pool.kernel_size, pool.stride, pool.padding)
+    def __init__(self, pool: nn.Module) -> None:
+        self._base.__init__(self, pool.kernel_size, pool.stride, pool.padding)
         self.dilation = pool.dilation
         self.ceil_mode = pool.ceil_mode
 
@@ -489,15 +540,16 @@ class MaxUnpool2d(MirrorLayer, nn.MaxUnpool2d):
         if ordered is None:
             ordered = signal.is_cuda and torch.are_deterministic_algorithms_enabled()
         phases = self.window().phases() if ordered and self.accumulate else None
-        return functional.unpool2d(signal, switches, record.input_shape[2:], self.accumulate, phases)
+        return functional.unpool(signal, switches, record.input_shape[2:], self.accumulate, phases)
 
     def window(self) -> Window:
         """The forward max-pool's sliding window."""
         stride = self.stride if self.stride is not None else self.kernel_size
-        return Window(pair(self.kernel_size), pair(stride), pair(self.padding), pair(self.dilation))
+        d = self.dims
+        return Window(ntuple(self.kernel_size, d), ntuple(stride, d), ntuple(self.padding, d), ntuple(self.dilation, d))
 
     def croppable(self, context: Context) -> bool:
-        return True
+        return self.dims == 2  # windows are cut and pasted in 2-D
 
     def forward_window(
         self, signal: Tensor, origin: Tensor, record: Record, images: Tensor, context: Context
@@ -506,10 +558,43 @@ class MaxUnpool2d(MirrorLayer, nn.MaxUnpool2d):
         return functional.unpool_window(signal, switches, self.window(), origin, images, record.input_shape[3])
 
 
+class MaxUnpool1d(_MaxUnpool, nn.MaxUnpool1d):
+    """:class:`_MaxUnpool` of a ``MaxPool1d``."""
+
+
+class MaxUnpool2d(_MaxUnpool, nn.MaxUnpool2d):
+    """:class:`_MaxUnpool` of a ``MaxPool2d``."""
+
+
+class MaxUnpool3d(_MaxUnpool, nn.MaxUnpool3d):
+    """:class:`_MaxUnpool` of a ``MaxPool3d``."""
+
+
+class OverlapUnpool1d(MaxUnpool1d):
+    """Unpooling for overlapping windows (kernel > stride): signals meeting on a switch add up."""
+
+    accumulate = True
+
+
 class OverlapUnpool2d(MaxUnpool2d):
     """Unpooling for overlapping windows (kernel > stride): signals meeting on a switch add up."""
 
     accumulate = True
+
+
+class OverlapUnpool3d(MaxUnpool3d):
+    """Unpooling for overlapping windows (kernel > stride): signals meeting on a switch add up."""
+
+    accumulate = True
+
+
+def unpooling(pool: nn.Module) -> _MaxUnpool:
+    """The mirror of a ``MaxPool{1,2,3}d``: its dimension's unpooling, adding where windows overlap."""
+    dims = {nn.MaxPool1d: 1, nn.MaxPool3d: 3}.get(type(pool), 2)
+    plain = {1: MaxUnpool1d, 2: MaxUnpool2d, 3: MaxUnpool3d}[dims](pool)
+    if not plain.window().overlaps():
+        return plain
+    return {1: OverlapUnpool1d, 2: OverlapUnpool2d, 3: OverlapUnpool3d}[dims](pool)
 
 
 class _Adaptive(MirrorLayer):
@@ -525,12 +610,20 @@ class _Adaptive(MirrorLayer):
 
 class AdaptiveMaxUnpool2d(_Adaptive):
     """``AdaptiveMaxPool2d`` reversed: unpooling into its switches (adaptive windows may
-    overlap, so colliding signals add up)."""
+    overlap, so colliding signals add up). The same in 1-D and 3-D, under their names."""
 
     needs = frozenset({"switches"})
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
-        return functional.unpool2d(signal, cast(Tensor, record.switches), record.input_shape[2:], True)
+        return functional.unpool(signal, cast(Tensor, record.switches), record.input_shape[2:], True)
+
+
+class AdaptiveMaxUnpool1d(AdaptiveMaxUnpool2d):
+    """``AdaptiveMaxPool1d`` reversed (see :class:`AdaptiveMaxUnpool2d`)."""
+
+
+class AdaptiveMaxUnpool3d(AdaptiveMaxUnpool2d):
+    """``AdaptiveMaxPool3d`` reversed (see :class:`AdaptiveMaxUnpool2d`)."""
 
 
 def _derivative(function: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -701,16 +794,20 @@ class ChannelScale(_Described):
 
 
 class AvgPool2dTranspose(MirrorLayer):
-    """Exact transpose of ``AvgPool2d``, with its padding, ceil_mode and divisor rules."""
+    """Exact transpose of ``AvgPool2d``, with its padding, ceil_mode and divisor rules; the 1-D
+    and 3-D ones are the same layer under their names."""
 
-    def __init__(self, pool: nn.AvgPool2d) -> None:
+    dims: ClassVar[int] = 2
+
+    def __init__(self, pool: nn.Module) -> None:
         super().__init__()
-        self.kernel_size = pair(pool.kernel_size)
-        self.stride = pair(pool.stride if pool.stride is not None else pool.kernel_size)
-        self.padding = pair(pool.padding)
+        d = self.dims
+        self.kernel_size = ntuple(pool.kernel_size, d)
+        self.stride = ntuple(pool.stride if pool.stride is not None else pool.kernel_size, d)
+        self.padding = ntuple(pool.padding, d)
         self.ceil_mode = bool(pool.ceil_mode)
         self.count_include_pad = bool(pool.count_include_pad)
-        self.divisor_override = pool.divisor_override
+        self.divisor_override = getattr(pool, "divisor_override", None)
 
     def window(self) -> Window:
         """The forward avg-pool's sliding window."""
@@ -729,11 +826,32 @@ class AvgPool2dTranspose(MirrorLayer):
         )
 
 
+class AvgPool1dTranspose(AvgPool2dTranspose):
+    """Exact transpose of ``AvgPool1d`` (see :class:`AvgPool2dTranspose`)."""
+
+    dims = 1
+
+
+class AvgPool3dTranspose(AvgPool2dTranspose):
+    """Exact transpose of ``AvgPool3d`` (see :class:`AvgPool2dTranspose`)."""
+
+    dims = 3
+
+
 class AdaptiveAvgPool2dTranspose(_Adaptive):
-    """Exact transpose of ``AdaptiveAvgPool2d`` (also when it upsamples)."""
+    """Exact transpose of ``AdaptiveAvgPool2d`` (also when it upsamples); the 1-D and 3-D ones
+    are the same layer under their names."""
 
     def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:
         return functional.adaptive_avg_pool2d_transpose(signal, record.input_shape[2:])
+
+
+class AdaptiveAvgPool1dTranspose(AdaptiveAvgPool2dTranspose):
+    """Exact transpose of ``AdaptiveAvgPool1d``."""
+
+
+class AdaptiveAvgPool3dTranspose(AdaptiveAvgPool2dTranspose):
+    """Exact transpose of ``AdaptiveAvgPool3d``."""
 
 
 class Crop(MirrorLayer):

@@ -1,7 +1,8 @@
 """Receptive fields of every layer, computed from the traced graph.
 
 Unit ``(i, j)`` of a layer sees input rows ``offset + i * stride ... offset + i * stride +
-size - 1`` (and likewise columns). Offsets can be negative: the field reaches into the padding.
+size - 1`` (and likewise columns; in 1-D and 3-D likewise along each spatial dim). Offsets can be
+negative: the field reaches into the padding.
 Layers after a global operation (adaptive pooling, flatten, linear) see the whole input and have
 no spatial field (``None``).
 """
@@ -19,11 +20,12 @@ __all__ = ["ReceptiveField", "receptive_fields"]
 
 @dataclass(frozen=True)
 class ReceptiveField:
-    """size, stride and offset in input pixels, each as (rows, columns)."""
+    """size, stride and offset in input pixels, each as (rows, columns); in 1-D (length,), in 3-D
+    (depth, rows, columns)."""
 
-    size: tuple[int, int]
-    stride: tuple[int, int]
-    offset: tuple[int, int]
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: tuple[int, ...]
 
     def box(self, i: int, j: int, height: int | None = None, width: int | None = None) -> tuple[int, int, int, int]:
         """(top, left, bottom, right), bottom/right exclusive, of unit (i, j)'s field; clipped to
@@ -48,14 +50,17 @@ def receptive_fields(network: Network, records: Mapping[str, Record] | None = No
     VJP layer) makes it global. Where branches meet (add, cat, a gate), the field is the
     smallest box holding every branch's field (``None`` if their strides differ or one is global).
     """
-    unit = ReceptiveField((1, 1), (1, 1), (0, 0))
+    dims = network.spatial_dims
+    unit = ReceptiveField((1,) * dims, (1,) * dims, (0,) * dims)
     fields: dict[object, ReceptiveField | None] = {}
     for node, step in network.steps.items():
         below = [fields.get(i, unit) for i in step.inputs]  # the model input: a single pixel
         field = _union(below)
         record = records.get(step.name) if records is not None else None
         window = step.mirror.window_at(record.input_shape) if record is not None else step.mirror.window()
-        if field is not None and window is not None:
+        if field is not None and window is not None and len(window.kernel) != len(field.size):
+            field = None  # a window over other dims than the input's (a 2-D pool inside a 3-D net)
+        elif field is not None and window is not None:
             field = ReceptiveField(
                 size=_zip(lambda f, w, j: f + (w - 1) * j, field.size, window.span(), field.stride),
                 stride=_zip(lambda j, s: j * s, field.stride, window.stride),
@@ -73,13 +78,13 @@ def _union(fields: list[ReceptiveField | None]) -> ReceptiveField | None:
     first = fields[0]
     if len(fields) == 1:
         return first
-    top = min(f.offset[0] for f in fields)  # type: ignore[union-attr]
-    left = min(f.offset[1] for f in fields)  # type: ignore[union-attr]
-    bottom = max(f.offset[0] + f.size[0] for f in fields)  # type: ignore[union-attr]
-    right = max(f.offset[1] + f.size[1] for f in fields)  # type: ignore[union-attr]
-    return ReceptiveField((bottom - top, right - left), first.stride, (top, left))  # type: ignore[union-attr]
+    if len({len(f.size) for f in fields}) != 1:  # type: ignore[union-attr]
+        return None
+    low = tuple(min(values) for values in zip(*(f.offset for f in fields), strict=True))  # type: ignore[union-attr]
+    high = tuple(max(o + s for o, s in pairs) for pairs in zip(
+        *(zip(f.offset, f.size, strict=True) for f in fields), strict=True))  # type: ignore[union-attr]
+    return ReceptiveField(tuple(h - l for h, l in zip(high, low, strict=True)), first.stride, low)  # type: ignore[union-attr]
 
 
-def _zip(function, *pairs: tuple[int, int]) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    first, second = (function(*values) for values in zip(*pairs, strict=True))
-    return (first, second)
+def _zip(function, *sizes: tuple[int, ...]) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
+    return tuple(function(*values) for values in zip(*sizes, strict=True))

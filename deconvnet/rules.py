@@ -389,10 +389,11 @@ def _calls(kind: str, *targets: Any) -> None:
 
 
 _calls("activation", *_RECTIFIER_FUNCTIONS)
-_calls("max_pool", F.max_pool2d, torch.max_pool2d)
-_calls("avg_pool", F.avg_pool2d, torch._C._nn.avg_pool2d)
-_calls("adaptive_avg_pool", F.adaptive_avg_pool2d)
-_calls("adaptive_max_pool", F.adaptive_max_pool2d)
+_calls("max_pool", F.max_pool1d, torch.max_pool1d, F.max_pool2d, torch.max_pool2d, F.max_pool3d, torch.max_pool3d)
+_calls("avg_pool", F.avg_pool1d, torch.avg_pool1d, F.avg_pool2d, torch._C._nn.avg_pool2d, F.avg_pool3d,
+       torch._C._nn.avg_pool3d)
+_calls("adaptive_avg_pool", F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+_calls("adaptive_max_pool", F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
 _calls("reshape", torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten,
        "view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten")
 _calls("identity", "contiguous", "clone", torch.clone)
@@ -408,7 +409,7 @@ _calls("split", torch.chunk, "chunk", torch.split, "split", torch.tensor_split, 
 _calls("permute", torch.permute, "permute", torch.transpose, "transpose", torch.swapaxes, "swapaxes",
        torch.swapdims, "swapdims", torch.movedim, "movedim")
 _calls("reduce", torch.mean, "mean", torch.sum, "sum")
-_calls("conv", F.conv2d, torch.conv2d)
+_calls("conv", F.conv1d, torch.conv1d, F.conv2d, torch.conv2d, F.conv3d, torch.conv3d)
 _calls("linear", F.linear)
 _calls("batch_norm", F.batch_norm)
 _calls("layer_norm", F.layer_norm)
@@ -524,6 +525,17 @@ def _run_max_pool(pool: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor | None]
     return _max_pool2d(pool, x, switches=True)
 
 
+_MAX_POOL = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool3d: F.max_pool3d}
+_ADAPTIVE_MAX_POOL = {nn.AdaptiveMaxPool1d: F.adaptive_max_pool1d, nn.AdaptiveMaxPool2d: F.adaptive_max_pool2d,
+                      nn.AdaptiveMaxPool3d: F.adaptive_max_pool3d}
+
+
+def _run_max_pool_nd(pool: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """A 1-D or 3-D max-pool's output and switches (flat positions in each input map)."""
+    return _MAX_POOL[type(pool)](x, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                                 ceil_mode=pool.ceil_mode, return_indices=True)
+
+
 def max_pool(pool: nn.MaxPool2d, x: Tensor) -> Tensor:
     """The pool's output alone, laid out as :func:`_max_pool2d` does: bitwise ``pool(x)``."""
     return _max_pool2d(pool, x, switches=False)
@@ -558,13 +570,8 @@ def _nchw(t: Tensor) -> Tensor:
     return t if list(t.stride()) == strides else t.as_strided(t.shape, strides)
 
 
-def _run_adaptive_max_pool(pool: nn.AdaptiveMaxPool2d, x: Tensor) -> tuple[Tensor, Tensor | None]:
-    return F.adaptive_max_pool2d(x, pool.output_size, return_indices=True)
-
-
-def _mirror_max_pool(pool: nn.MaxPool2d) -> mirror.MirrorLayer:
-    unpool = mirror.MaxUnpool2d(pool)
-    return mirror.OverlapUnpool2d(pool) if unpool.window().overlaps() else unpool
+def _run_adaptive_max_pool(pool: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    return _ADAPTIVE_MAX_POOL[type(pool)](x, pool.output_size, return_indices=True)
 
 
 def _conv_unsupported(conv: nn.Conv2d) -> str | None:
@@ -614,17 +621,30 @@ def _identity(module: nn.Module) -> mirror.MirrorLayer:
 
 
 DEFAULT_RULES.rules.update({
+    nn.Conv1d: Rule(mirror.ConvTranspose1d.from_conv, unsupported=_conv_unsupported),
     nn.Conv2d: Rule(mirror.ConvTranspose2d.from_conv, unsupported=_conv_unsupported),
-    nn.MaxPool2d: Rule(_mirror_max_pool, run=_run_max_pool, unsupported=_pool_unsupported),
+    nn.Conv3d: Rule(mirror.ConvTranspose3d.from_conv, unsupported=_conv_unsupported),
+    nn.MaxPool1d: Rule(mirror.unpooling, run=_run_max_pool_nd, unsupported=_pool_unsupported),
+    nn.MaxPool2d: Rule(mirror.unpooling, run=_run_max_pool, unsupported=_pool_unsupported),
+    nn.MaxPool3d: Rule(mirror.unpooling, run=_run_max_pool_nd, unsupported=_pool_unsupported),
+    nn.AdaptiveMaxPool1d: Rule(lambda m: mirror.AdaptiveMaxUnpool1d(m.output_size), run=_run_adaptive_max_pool,
+                               unsupported=_pool_unsupported),
     nn.AdaptiveMaxPool2d: Rule(lambda m: mirror.AdaptiveMaxUnpool2d(m.output_size), run=_run_adaptive_max_pool,
+                               unsupported=_pool_unsupported),
+    nn.AdaptiveMaxPool3d: Rule(lambda m: mirror.AdaptiveMaxUnpool3d(m.output_size), run=_run_adaptive_max_pool,
                                unsupported=_pool_unsupported),
     nn.Linear: Rule(lambda m: mirror.LinearTranspose(m.weight)),
     nn.BatchNorm1d: Rule(mirror.ChannelScale.from_norm, unsupported=_norm_unsupported, eval_only=True),
     nn.BatchNorm2d: Rule(mirror.ChannelScale.from_norm, unsupported=_norm_unsupported, eval_only=True),
+    nn.BatchNorm3d: Rule(mirror.ChannelScale.from_norm, unsupported=_norm_unsupported, eval_only=True),
     nn.LayerNorm: Rule(_layer_norm),
     nn.GroupNorm: Rule(_group_norm),
+    nn.AvgPool1d: Rule(mirror.AvgPool1dTranspose),
     nn.AvgPool2d: Rule(mirror.AvgPool2dTranspose),
+    nn.AvgPool3d: Rule(mirror.AvgPool3dTranspose),
+    nn.AdaptiveAvgPool1d: Rule(lambda m: mirror.AdaptiveAvgPool1dTranspose(m.output_size)),
     nn.AdaptiveAvgPool2d: Rule(lambda m: mirror.AdaptiveAvgPool2dTranspose(m.output_size)),
+    nn.AdaptiveAvgPool3d: Rule(lambda m: mirror.AdaptiveAvgPool3dTranspose(m.output_size)),
     nn.Flatten: Rule(lambda m: mirror.Reshape("Flatten")),
     nn.Unflatten: Rule(lambda m: mirror.Reshape("Unflatten")),
     nn.Identity: Rule(_identity),

@@ -169,7 +169,7 @@ def test_strict_refuses_a_module_without_rule_naming_layer_and_fix():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Softmax2d())
     with pytest.raises(
         UnsupportedLayerError,
-        match=r"1 \(Softmax2d\) has no deconvnet rule; supported: Conv2d, .*layer_rules=\{Softmax2d: \.\.\.\}.*"
+        match=r"1 \(Softmax2d\) has no deconvnet rule; supported: Conv1d, Conv2d, Conv3d, .*layer_rules=\{Softmax2d: \.\.\.\}.*"
         r"register_rule\(Softmax2d, mirror=\.\.\.\), or drop strict=True",
     ):
         DeconvNet(model, strict=True)

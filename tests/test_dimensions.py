@@ -1,0 +1,201 @@
+"""The mirror in 1-D (signals) and 3-D (volumes, clips), as in 2-D: the same layers generic over
+the number of spatial dims, exact against the autograd oracle in float64 for the three rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import assert_exact, channels_reference, classes_reference
+from torch import nn
+
+from deconvnet import DeconvNet, InputError
+from deconvnet import mirror as mirror_layers
+
+RULES = ("deconvnet", "guided", "gradient")
+
+
+def _statistics(model: nn.Module) -> nn.Module:
+    """Batch-norms with statistics far from the identity (so a missing scale shows), float64, eval."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return model.double().eval()
+
+
+class Residual1d(nn.Module):
+    """An ECG-style 1-D ResNet block: strided stem, overlapping max-pool, a residual add, a
+    functional global pool, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv1d(1, 8, 7, stride=2, padding=3), nn.BatchNorm1d(8), nn.ReLU(),
+                                  nn.MaxPool1d(3, 2, 1))
+        self.a, self.bn, self.relu = nn.Conv1d(8, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU()
+        self.b = nn.Conv1d(8, 8, 3, padding=2, dilation=2)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.relu(x + self.b(self.relu(self.bn(self.a(x)))))
+        return self.head(F.adaptive_avg_pool1d(x, 1).flatten(1))
+
+
+def volume_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv3d(2, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(), nn.MaxPool3d(2),
+        nn.Conv3d(4, 6, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), nn.ReLU(),
+        nn.AvgPool3d(2, ceil_mode=True), nn.Conv3d(6, 4, 1), nn.ReLU(), nn.AdaptiveMaxPool3d(1), nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+
+
+CASES = {
+    "signal": (Residual1d, (2, 1, 100), "stem.3"),
+    "volume": (volume_net, (2, 2, 6, 12, 10), "3"),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request):
+    torch.manual_seed(0)
+    make, shape, layer = CASES[request.param]
+    return _statistics(make()), torch.randn(*shape, dtype=torch.float64), layer
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_classes_and_channels_are_exact_in_1d_and_3d(case, rule):
+    model, x, layer = case
+    dn = DeconvNet(model, rule=rule)
+    assert dn.general_layers == []  # every layer has its explicit mirror
+    assert_exact(dn.reconstruct_classes(x, [0, 2]), classes_reference(model, x, [0, 2], rule))
+    module = model.get_submodule(layer)
+    for mode in ("max", "map"):
+        ours = dn.reconstruct(x, layer, [0, 3], mode=mode)
+        assert_exact(ours, channels_reference(model, x, module, [0, 3], mode, "activation", rule=rule))
+
+
+def test_the_mirror_prints_its_1d_and_3d_layers_and_shares_the_weights():
+    signal, volume = _statistics(Residual1d()), _statistics(volume_net())
+    printed = str(DeconvNet(signal).mirror)
+    for what in ("ConvTranspose1d(8, 1, kernel_size=(7,), stride=(2,), padding=(3,)", "OverlapUnpool1d(",
+                 "AdaptiveAvgPool1dTranspose(output_size=1)", "ChannelScale(8"):
+        assert what in printed, what
+    dn = DeconvNet(volume)
+    printed = str(dn.mirror)
+    for what in ("ConvTranspose3d(6, 4, kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)",
+                 "MaxUnpool3d(kernel_size=(2, 2, 2)", "AvgPool3dTranspose(", "AdaptiveMaxUnpool3d(output_size=1)"):
+        assert what in printed, what
+    convs = [m for m in dn.mirror.modules() if isinstance(m, mirror_layers.ConvTranspose3d)]
+    assert {id(m.weight) for m in convs} == {id(volume[i].weight) for i in (0, 4, 7)}  # the Parameters themselves
+
+
+def test_receptive_fields_in_1d_and_3d():
+    dn = DeconvNet(_statistics(Residual1d()))
+    # conv 7/2 pad 3: 7 samples every 2 from -3; then max-pool 3/2 pad 1: 7 + 2 * 2 = 11, every 4, from -3 - 2
+    field = dn.receptive_field("stem.3")
+    assert (field.size, field.stride, field.offset) == ((11,), (4,), (-5,))
+    dn = DeconvNet(_statistics(volume_net()))
+    field = dn.receptive_field("4")  # 3^3 conv, 2^3 pool, then (1, 3, 3) / (1, 2, 2) padded (0, 1, 1)
+    assert (field.size, field.stride, field.offset) == ((4, 8, 8), (2, 4, 4), (-1, -3, -3))
+
+
+class Functional(nn.Module):
+    """The functional spellings, in 1-D and 3-D, around module weights."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        conv = nn.Conv1d if dims == 1 else nn.Conv3d
+        self.dims = dims
+        self.conv1, self.conv2 = conv(2, 4, 3), conv(4, 4, 3)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dims == 1:
+            x = F.max_pool1d(F.relu(F.conv1d(x, self.conv1.weight, self.conv1.bias, padding=1)), 3, 2)
+            x = F.avg_pool1d(F.relu(self.conv2(x)), 2)
+            return self.head(F.adaptive_max_pool1d(x, 1).flatten(1))
+        x = F.max_pool3d(F.relu(F.conv3d(x, self.conv1.weight, self.conv1.bias, padding=1)), 3, 2)
+        x = F.avg_pool3d(F.relu(self.conv2(x)), 2, ceil_mode=True)
+        return self.head(F.adaptive_avg_pool3d(x, 1).flatten(1))
+
+
+@pytest.mark.parametrize(("dims", "shape"), [(1, (2, 2, 40)), (3, (1, 2, 9, 11, 10))])
+def test_functional_pools_and_convs_in_1d_and_3d(dims, shape):
+    torch.manual_seed(0)
+    model = Functional(dims).double().eval()
+    x = torch.randn(*shape, dtype=torch.float64)
+    for rule in RULES:
+        dn = DeconvNet(model, rule=rule)
+        assert dn.general_layers == []
+        assert_exact(dn.reconstruct_classes(x, [0, 1, 2]), classes_reference(model, x, [0, 1, 2], rule))
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "mc3_18", "r2plus1d_18"])
+def test_torchvision_video_classifiers_are_exact(name):
+    torch.manual_seed(0)
+    model = _statistics(torchvision.models.get_model(name, weights=None, num_classes=4))
+    x = torch.randn(1, 3, 4, 24, 24, dtype=torch.float64)
+    dn = DeconvNet(model, rule="guided")
+    assert dn.general_layers == []
+    assert_exact(dn.reconstruct_classes(x, [0, 3]), classes_reference(model, x, [0, 3], "guided"))
+
+
+@st.composite
+def window_nets(draw, dims: int):  # type: ignore[no-untyped-def]
+    """A random conv -> ReLU -> pool -> conv chain in ``dims`` spatial dims, with its input."""
+    conv, pool, avg = ((nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d) if dims == 1 else
+                       (nn.Conv3d, nn.MaxPool3d, nn.AvgPool3d))
+    size = draw(st.lists(st.integers(9, 14), min_size=dims, max_size=dims))
+    kernel = draw(st.integers(1, 3))
+    stride = draw(st.integers(1, 2))
+    dilation = draw(st.integers(1, 2))
+    groups = draw(st.sampled_from([1, 2]))
+    layers: list[nn.Module] = [conv(2, 4, kernel, stride=stride, padding=draw(st.integers(0, kernel // 2)),
+                                    dilation=dilation, groups=groups), nn.ReLU()]
+    pool_kernel = draw(st.integers(2, 3))
+    if draw(st.booleans()):
+        layers.append(pool(pool_kernel, stride=draw(st.integers(1, pool_kernel)), padding=draw(st.integers(0, 1)),
+                           ceil_mode=draw(st.booleans())))
+    else:
+        layers.append(avg(pool_kernel, stride=draw(st.integers(1, pool_kernel)), ceil_mode=draw(st.booleans())))
+    layers += [conv(4, 3, draw(st.integers(1, 2))), nn.ReLU()]
+    return nn.Sequential(*layers).double().eval(), (1, 2, *size)
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_window_chains_are_exact(dims, data):
+    model, shape = data.draw(window_nets(dims))
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64)
+    dn = DeconvNet(model, rule=data.draw(st.sampled_from(RULES)))
+    last = model[-1]
+    ours = dn.reconstruct(x, str(len(model) - 1), [0, 2], mode="map")
+    assert_exact(ours, channels_reference(model, x, last, [0, 2], "map", "activation", rule=dn.rule))
+
+
+def test_each_bad_input_keeps_its_one_clear_error():
+    signal = DeconvNet(_statistics(Residual1d()))
+    volume = DeconvNet(_statistics(volume_net()))
+    image = DeconvNet(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval())
+    with pytest.raises(InputError, match=r"x must be a Tensor\[N, C, H, W\], got shape \(1, 3, 4, 8, 8\): this model's "
+                                         r"convolutions and pools are 2-D, for images, not volumes or clips"):
+        image.trace(torch.randn(1, 3, 4, 8, 8))
+    with pytest.raises(InputError, match=r"x must be a Tensor\[N, C, L\], got shape \(2, 1, 8, 8\): .* 1-D, for "
+                                         r"signals, not images"):
+        signal.trace(torch.randn(2, 1, 8, 8, dtype=torch.float64))
+    with pytest.raises(InputError, match=r"x must be a Tensor\[N, C, D, H, W\], got shape \(2, 6, 12, 10\); add a "
+                                         r"batch dimension with x.unsqueeze\(0\)"):
+        volume.trace(torch.randn(2, 6, 12, 10, dtype=torch.float64))
+    with pytest.raises(InputError, match=r"x has 3 channels but 0 \(Conv3d\) expects 2"):
+        volume.trace(torch.randn(1, 3, 6, 12, 10, dtype=torch.float64))
+    with pytest.raises(InputError, match=r"x of 2x2x2 voxels is too small for this model: .*the smallest cube input "
+                                         r"Sequential runs is"):
+        volume.trace(torch.randn(1, 2, 2, 2, 2, dtype=torch.float64))
