@@ -14,9 +14,10 @@ with any other layer below the start runs uncropped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
@@ -62,8 +63,8 @@ def crop_chain(
         return None
     below = mirror.chain_below(start)
     usable = (
-        mode == "max" and activation.dim() == 4 and field is not None
-        and below is not None and croppable(below, context)
+        mode == "max" and activation.dim() == 2 + len(input_size) and field is not None
+        and len(field.size) == len(input_size) and below is not None and croppable(below, context)
     )
     if crop is True and not usable:
         raise InputError(
@@ -72,8 +73,7 @@ def crop_chain(
         )
     if not usable:
         return None
-    height, width = input_size
-    small = field.size[0] * field.size[1] <= CROP_AREA * height * width  # type: ignore[union-attr]
+    small = math.prod(field.size) <= CROP_AREA * math.prod(input_size)  # type: ignore[union-attr]
     return below if crop is True or small else None
 
 
@@ -87,7 +87,7 @@ def cropped_channels(
     """Each target channel's strongest unit (``where``: LongTensor[N, C] flat positions) of every
     input projected on its window, ``size`` channels at a time: yields (channels LongTensor[k],
     Tensor[N, k, *input_shape])."""
-    n, channels_in, width = activation.shape[0], activation.shape[1], activation.shape[-1]
+    n, channels_in = activation.shape[:2]
     flat = activation.reshape(n, channels_in, -1)
     for lo in range(0, targets.numel(), size):
         chunk = targets[lo : lo + size]
@@ -96,7 +96,7 @@ def cropped_channels(
         channels = chunk.repeat(n)
         at = where[images, channels]
         values = flat[images, channels, at] if signal == "activation" else torch.ones_like(at, dtype=flat.dtype)
-        units = torch.stack([at // width, at % width], dim=1)
+        units = torch.stack(torch.unravel_index(at, activation.shape[2:]), dim=1)
         slots = torch.arange(k, device=flat.device).repeat(n)
         with precision():
             result = flat.new_zeros(n, k, *input_shape, dtype=dtype)
@@ -111,11 +111,11 @@ def cropped_units(
 ) -> Tensor:
     """T chosen units (see :func:`deconvnet.signals.unit_signal`), each projected on its window,
     ``size`` at a time: Tensor[T, *input_shape]."""
-    total, count, width = images.numel(), activation.shape[1], activation.shape[-1]
+    total, count = images.numel(), activation.shape[1]
     result = activation.new_zeros(total, 1, *input_shape, dtype=dtype)
     for lo in range(0, total, size):
         part = slice(lo, lo + size)
-        units = torch.stack([positions[part] // width, positions[part] % width], dim=1)
+        units = torch.stack(torch.unravel_index(positions[part], activation.shape[2:]), dim=1)
         rows = torch.arange(lo, min(lo + size, total), device=activation.device)
         with precision():
             project_units(below, records, values[part], units, channels[part], images[part], result,
@@ -140,14 +140,14 @@ def project_units(
     (``rows`` defaults to ``images``).
 
     layers: the mirror layers from the start layer down to the input (all :func:`croppable`).
-    values (Tensor[T]): the kept activation of each unit; units (LongTensor[T, 2]): its (i, j);
-    channels (LongTensor[T]); images (LongTensor[T]): which input of the batch it belongs to.
-    out (Tensor[N, K, C, H, W]): zeros where the projections are pasted; slots (LongTensor[T]).
-    start_channels: the channels of the start layer's output.
+    values (Tensor[T]): the kept activation of each unit; units (LongTensor[T, d]): its (i, j)
+    (its (l,), its (d, i, j)); channels (LongTensor[T]); images (LongTensor[T]): which input of
+    the batch it belongs to. out (Tensor[N, K, C, *input size]): zeros where the projections are
+    pasted; slots (LongTensor[T]). start_channels: the channels of the start layer's output.
     """
     count = values.shape[0]
-    signal = values.new_zeros(count, start_channels, 1, 1)
-    signal[torch.arange(count, device=values.device), channels, 0, 0] = values
+    signal = values.new_zeros(count, start_channels, *[1] * units.shape[1])
+    signal.view(count, start_channels)[torch.arange(count, device=values.device), channels] = values
     origin = units.clone()
     for layer in layers:
         signal, origin = layer.forward_window(signal, origin, records[layer.source], images, context)
@@ -156,15 +156,16 @@ def project_units(
 
 def widest_window(layers: Sequence[MirrorLayer], records: dict[str, Record], start_channels: int) -> int:
     """Largest input-plus-output window, in elements, one target needs on the way down."""
-    height = width = 1
+    size: tuple[int, ...] | None = None
     channels = start_channels
     widest = 0
     for layer in layers:
-        below_channels = records[layer.source].input_shape[1]
+        shape = records[layer.source].input_shape
+        size = size or (1,) * (len(shape) - 2)
         window = layer.window()
-        below_h, below_w = window.extent((height, width)) if window is not None else (height, width)
-        widest = max(widest, channels * height * width + below_channels * below_h * below_w)
-        height, width, channels = below_h, below_w, below_channels
+        below = window.extent(size) if window is not None else size
+        widest = max(widest, channels * math.prod(size) + shape[1] * math.prod(below))
+        size, channels = below, shape[1]
     return widest
 
 
@@ -180,19 +181,21 @@ def _paste(window: Tensor, origin: Tensor, out: Tensor, images: Tensor, slots: T
 
 
 def _paste_each(window: Tensor, origin: Tensor, out: Tensor, images: Tensor, slots: Tensor) -> None:
-    """Copy each window (Tensor[T, C, h, w] at ``origin``) into ``out[images[t], slots[t]]``, one
-    slice copy per window, dropping what falls outside the image."""
-    height, width = window.shape[-2:]
-    full_h, full_w = out.shape[-2:]
-    for t, (top, left, n, slot) in enumerate(zip(*origin.T.tolist(), images.tolist(), slots.tolist(), strict=True)):
-        src_top, src_left = max(0, -top), max(0, -left)
-        dst_top, dst_left = max(0, top), max(0, left)
-        rows = min(height - src_top, full_h - dst_top)
-        cols = min(width - src_left, full_w - dst_left)
-        if rows > 0 and cols > 0:
-            out[n, slot, :, dst_top : dst_top + rows, dst_left : dst_left + cols] = window[
-                t, :, src_top : src_top + rows, src_left : src_left + cols
-            ]
+    """Copy each window (Tensor[T, C, *w] at ``origin``) into ``out[images[t], slots[t]]``, one
+    slice copy per window, dropping what falls outside the input."""
+    dims = origin.shape[1]
+    extents, full = window.shape[-dims:], out.shape[-dims:]
+    for t, (corner, n, slot) in enumerate(zip(origin.tolist(), images.tolist(), slots.tolist(), strict=True)):
+        source, target = [], []
+        for start, extent, limit in zip(corner, extents, full, strict=True):
+            skip, at = max(0, -start), max(0, start)
+            length = min(extent - skip, limit - at)
+            if length <= 0:
+                break
+            source.append(slice(skip, skip + length))
+            target.append(slice(at, at + length))
+        else:
+            out[(n, slot, slice(None), *target)] = window[(t, slice(None), *source)]
 
 
 def _paste_all(window: Tensor, origin: Tensor, out: Tensor, images: Tensor, slots: Tensor) -> None:
@@ -200,14 +203,19 @@ def _paste_all(window: Tensor, origin: Tensor, out: Tensor, images: Tensor, slot
     which holds zeros there, dropping what falls outside the image: one indexed add for all
     windows, no host synchronisation. Parts outside are zeroed and land on clamped positions,
     where adding zero changes nothing."""
-    count, channels, height, width = window.shape
-    full_h, full_w = out.shape[-2:]
-    rows = origin[:, :1] + torch.arange(height, device=out.device)  # [T, h]
-    cols = origin[:, 1:] + torch.arange(width, device=out.device)  # [T, w]
-    inside = ((rows >= 0) & (rows < full_h))[:, :, None] & ((cols >= 0) & (cols < full_w))[:, None, :]
-    where = rows.clamp(0, full_h - 1)[:, :, None] * full_w + cols.clamp(0, full_w - 1)[:, None, :]  # [T, h, w]
-    values = torch.where(inside[:, None], window, 0).to(out.dtype).flatten(2)  # [T, C, h * w]
-    planes = out.view(-1, channels, full_h * full_w)  # [N * K, C, H * W]
+    count, channels = window.shape[:2]
+    dims = origin.shape[1]
+    extents, full = window.shape[2:], out.shape[-dims:]
+    inside: Tensor | None = None
+    where: Tensor | int = 0
+    for axis, (extent, limit) in enumerate(zip(extents, full, strict=True)):
+        places = origin[:, axis, None] + torch.arange(extent, device=out.device)  # [T, w_axis]
+        shape = (-1, *(extent if a == axis else 1 for a in range(dims)))
+        ok = ((places >= 0) & (places < limit)).view(shape)
+        inside = ok if inside is None else inside & ok
+        where = where * limit + places.clamp(0, limit - 1).view(shape)  # flat position, last axis fastest
+    values = torch.where(cast(Tensor, inside)[:, None], window, 0).to(out.dtype).flatten(2)  # [T, C, prod(w)]
+    planes = out.view(-1, channels, math.prod(full))  # [N * K, C, prod(size)]
     plane = images * out.shape[1] + slots
     planes.index_put_((plane[:, None, None], torch.arange(channels, device=out.device)[None, :, None],
-                       where.flatten(1)[:, None, :]), values, accumulate=True)
+                       cast(Tensor, where).flatten(1)[:, None, :]), values, accumulate=True)

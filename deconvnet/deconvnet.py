@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
@@ -394,7 +396,7 @@ class DeconvNet:
         if crop is False:
             return None
         return crop_chain(self.mirror, step.name, self._receptive_fields[step.name], activation, mode, crop,
-                          trace.input.shape[-2:], context)
+                          trace.input.shape[2:], context)
 
     @torch.no_grad()
     def reconstruct_units(
@@ -413,10 +415,11 @@ class DeconvNet:
         """Project T single units of ``layer``'s map, each alone: the top-9 figure's projections.
 
         images, channels, positions (LongTensor[T] each): unit t is at flat spatial index
-        ``positions[t]`` of channel ``channels[t]`` of input ``images[t]`` of the batch.
+        ``positions[t]`` (over (H, W), or (L,), or (D, H, W)) of channel ``channels[t]`` of input
+        ``images[t]`` of the batch.
         values (Tensor[T] or None): the signal kept at each unit; None keeps its activation.
         crop: as in :meth:`reconstruct` (each unit runs on its receptive field when possible).
-        returns Tensor[T, C, H, W].
+        returns Tensor[T, C, H, W] (Tensor[T, C, L], Tensor[T, C, D, H, W]).
         """
         check_chunk_size(chunk_size)
         check_crop(crop)
@@ -424,14 +427,15 @@ class DeconvNet:
         context = self.context(rule)
         trace = self._traced_lean(x, context, step)
         activation = trace.activations[step.name]
-        if activation.dim() != 4:
+        if activation.dim() < 3:
             raise InputError(f"reconstruct_units needs a layer with spatial maps; {step.name} outputs {tuple(activation.shape)}")
-        n, count, height, width = activation.shape
+        n, count = activation.shape[:2]
+        places = math.prod(activation.shape[2:])
         device = activation.device
         images_t = signals.indices("images", images, n, f"the batch has {n} inputs", device)
         channels_t = signals.indices("channels", channels, count, f"{step.name} has {count} channels", device)
-        positions_t = signals.indices("positions", positions, height * width,
-                                      f"{step.name} maps have {height * width} positions", device)
+        positions_t = signals.indices("positions", positions, places,
+                                      f"{step.name} maps have {places} positions", device)
         total = images_t.numel()
         if not channels_t.numel() == positions_t.numel() == total:
             raise InputError(f"images, channels and positions must have one entry per unit; got {total}, "

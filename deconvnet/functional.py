@@ -458,19 +458,19 @@ def same_padding(size: Sequence[int], window: Window) -> tuple[Pair, Pair]:
 
 
 def mask_outside(signal: Tensor, origin: Tensor, size: Sequence[int]) -> Tensor:
-    """Zero the positions of windows (Tensor[T, C, h, w], top-left at ``origin`` LongTensor[T, 2])
-    that fall outside a map of ``size`` (H, W)."""
-    height, width = signal.shape[-2:]
-    rows = origin[:, 0, None] + torch.arange(height, device=signal.device)
-    cols = origin[:, 1, None] + torch.arange(width, device=signal.device)
-    inside_rows = (rows >= 0) & (rows < size[0])
-    inside_cols = (cols >= 0) & (cols < size[1])
-    inside = inside_rows[:, :, None] & inside_cols[:, None, :]
-    return signal * inside[:, None].to(signal.dtype)
+    """Zero the positions of windows (Tensor[T, C, *w], first corner at ``origin``
+    LongTensor[T, d]) that fall outside a map of ``size`` (d sizes: (H, W), (L,) or (D, H, W))."""
+    dims = len(size)
+    inside = None
+    for axis, (extent, limit) in enumerate(zip(signal.shape[-dims:], size, strict=True)):
+        places = origin[:, axis, None] + torch.arange(extent, device=signal.device)  # [T, w_axis]
+        ok = ((places >= 0) & (places < limit)).view(-1, *(extent if a == axis else 1 for a in range(dims)))
+        inside = ok if inside is None else inside & ok
+    return signal * cast(Tensor, inside)[:, None].to(signal.dtype)
 
 
 def origin_below(window: Window, origin: Tensor) -> Tensor:
-    """Where input windows start, for output windows starting at ``origin`` (LongTensor[T, 2])."""
+    """Where input windows start, for output windows starting at ``origin`` (LongTensor[T, d])."""
     stride = torch.tensor(window.stride, device=origin.device)
     return origin * stride - torch.tensor(window.padding, device=origin.device)
 
@@ -479,39 +479,50 @@ def conv_transpose_window(
     signal: Tensor, weight: Tensor, window: Window, groups: int, origin: Tensor, input_size: Sequence[int],
     prepared: Callable[[torch.memory_format], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """A transposed conv on windows: signal (Tensor[T, C_out, h, w]) at ``origin`` ->
-    (Tensor[T, C_in, h', w'], its origin), masked to the input map of ``input_size``."""
-    size = window.extent(signal.shape[-2:])
+    """A transposed conv on windows: signal (Tensor[T, C_out, *w]) at ``origin`` ->
+    (Tensor[T, C_in, *w'], its origin), masked to the input map of ``input_size``."""
+    dims = window.dims
+    size = window.extent(signal.shape[-dims:])
     # The whole transposed output, unpadded: the window's own padding is its origin shift.
     out = conv_transpose2d(
-        signal.unsqueeze(1), weight, size, window.stride, ((0, 0), (0, 0)), window.dilation, groups, prepared
+        signal.unsqueeze(1), weight, size, window.stride, ((0, 0),) * dims, window.dilation, groups, prepared
     ).squeeze(1)
     below = origin_below(window, origin)
     return mask_outside(out, below, input_size), below
 
 
 def unpool_window(
-    signal: Tensor, switches: Tensor, window: Window, origin: Tensor, images: Tensor, input_width: int
+    signal: Tensor, switches: Tensor, window: Window, origin: Tensor, images: Tensor, input_size: Sequence[int]
 ) -> tuple[Tensor, Tensor]:
-    """Unpooling on windows: signal (Tensor[T, C, h, w]) at ``origin`` (LongTensor[T, 2]) of
-    input ``images`` (LongTensor[T]), switches (Tensor[N, C, ph, pw]) -> (Tensor[T, C, h', w'],
-    its origin); colliding signals add up."""
-    targets, channels, height, width = signal.shape
-    pooled_h, pooled_w = switches.shape[-2:]
-    rows = (origin[:, 0, None] + torch.arange(height, device=signal.device)).clamp(0, pooled_h - 1)
-    cols = (origin[:, 1, None] + torch.arange(width, device=signal.device)).clamp(0, pooled_w - 1)
-    # switches[images[t], :, rows[t, a], cols[t, b]] -> [T, C, h, w]
-    picked = switches[images[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    """Unpooling on windows: signal (Tensor[T, C, *w]) at ``origin`` (LongTensor[T, d]) of
+    input ``images`` (LongTensor[T]), switches (Tensor[N, C, *pooled]) flat positions in input
+    maps of ``input_size`` -> (Tensor[T, C, *w'], its origin); colliding signals add up."""
+    targets, channels = signal.shape[:2]
+    extents = signal.shape[2:]
+    dims = len(extents)
+    pooled = switches.shape[2:]
+    # switches[images[t], :, p_0[t, a_0], p_1[t, a_1], ...] -> [T, C, *w], each axis clamped to the map
+    index: list[Tensor] = [images.view(-1, *[1] * dims)]
+    for axis, (extent, limit) in enumerate(zip(extents, pooled, strict=True)):
+        places = (origin[:, axis, None] + torch.arange(extent, device=signal.device)).clamp(0, limit - 1)
+        index.append(places.view(-1, *(extent if a == axis else 1 for a in range(dims))))
+    picked = switches.movedim(1, -1)[tuple(index)].movedim(-1, 1)  # [T, C, *w]
     below = origin_below(window, origin)
-    out_h, out_w = window.extent((height, width))
-    local = (picked // input_width - below[:, 0, None, None, None]) * out_w + (
-        picked % input_width - below[:, 1, None, None, None]
-    )
+    out_size = window.extent(extents)
+    # Each switch's flat input position -> its place in the output window, axis by axis (last fastest).
+    local = torch.zeros_like(picked)
+    rest = picked
+    scale = 1
+    for axis in reversed(range(dims)):
+        coordinate = rest % int(input_size[axis])
+        rest = rest // int(input_size[axis])
+        local = local + (coordinate - below[:, axis].view(-1, *[1] * (dims + 1))) * scale
+        scale *= out_size[axis]
     # Positions outside the pooled map carry zero signal; clamp their (meaningless) targets.
-    local = local.clamp(0, out_h * out_w - 1)
-    out = signal.new_zeros(targets, channels, out_h * out_w)
+    local = local.clamp(0, scale - 1)
+    out = signal.new_zeros(targets, channels, scale)
     out.scatter_add_(2, local.flatten(2), signal.reshape(targets, channels, -1))
-    return out.view(targets, channels, out_h, out_w), below
+    return out.view(targets, channels, *out_size), below
 
 
 def sum_to(signal: Tensor, shape: Sequence[int]) -> Tensor:

@@ -303,8 +303,9 @@ class MirrorLayer(nn.Module):
     def forward_window(
         self, signal: Tensor, origin: Tensor, record: Record, images: Tensor, context: Context
     ) -> tuple[Tensor, Tensor]:
-        """The mirror on windows: signal (Tensor[T, C, h, w]) whose top-left sits at ``origin``
-        (LongTensor[T, 2]) of input ``images[t]`` -> (the window below, its origin)."""
+        """The mirror on windows: signal (Tensor[T, C, *w]) whose first corner (top-left in 2-D)
+        sits at ``origin`` (LongTensor[T, d]) of input ``images[t]`` -> (the window below, its
+        origin)."""
         return self(signal.unsqueeze(1), record, context).squeeze(1), origin
 
 
@@ -423,7 +424,7 @@ class _ConvTranspose(MirrorLayer):
         return Window(tuple(self.weight.shape[2:]), tuple(self.stride), before, tuple(self.dilation))
 
     def croppable(self, context: Context) -> bool:
-        return self.dims == 2  # windows are cut and pasted in 2-D
+        return True
 
     def forward_window(
         self, signal: Tensor, origin: Tensor, record: Record, images: Tensor, context: Context
@@ -549,13 +550,13 @@ class _MaxUnpool(MirrorLayer):
         return Window(ntuple(self.kernel_size, d), ntuple(stride, d), ntuple(self.padding, d), ntuple(self.dilation, d))
 
     def croppable(self, context: Context) -> bool:
-        return self.dims == 2  # windows are cut and pasted in 2-D
+        return True
 
     def forward_window(
         self, signal: Tensor, origin: Tensor, record: Record, images: Tensor, context: Context
     ) -> tuple[Tensor, Tensor]:
         switches = cast(Tensor, record.switches)
-        return functional.unpool_window(signal, switches, self.window(), origin, images, record.input_shape[3])
+        return functional.unpool_window(signal, switches, self.window(), origin, images, record.input_shape[2:])
 
 
 class MaxUnpool1d(_MaxUnpool, nn.MaxUnpool1d):

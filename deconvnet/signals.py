@@ -118,7 +118,7 @@ def unit_signal(activation: Tensor, images: Tensor, channels: Tensor, positions:
     in the remaining slots (one unit per image, as in top-9, wastes none). Returns (make over
     slots, LongTensor[T] slot of each unit, the number of slots).
     """
-    n, count, height, width = activation.shape
+    n, count = activation.shape[:2]
     seen: dict[int, int] = {}
     slots = []
     for image in images.tolist():
@@ -127,9 +127,9 @@ def unit_signal(activation: Tensor, images: Tensor, channels: Tensor, positions:
     slot = torch.tensor(slots, device=activation.device)
 
     def make(chunk: Tensor) -> Tensor:
-        out = activation.new_zeros(n, chunk.numel(), count, height * width)
+        out = activation.new_zeros(n, chunk.numel(), count, activation[0, 0].numel())
         chosen = (slot >= chunk[0]) & (slot <= chunk[-1])
         out[images[chosen], slot[chosen] - chunk[0], channels[chosen], positions[chosen]] = values[chosen]
-        return out.view(n, chunk.numel(), count, height, width)
+        return out.view(n, chunk.numel(), *activation.shape[1:])
 
     return make, slot, max(seen.values())
