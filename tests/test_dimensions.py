@@ -184,6 +184,28 @@ def test_torchvision_video_classifiers_are_exact(name):
     assert_exact(dn.reconstruct_classes(x, [0, 3]), classes_reference(model, x, [0, 3], "guided"))
 
 
+MONAI = {
+    "DenseNet121": lambda nets: nets.DenseNet121(spatial_dims=3, in_channels=1, out_channels=3),
+    "resnet10": lambda nets: nets.resnet10(spatial_dims=3, n_input_channels=1, num_classes=3),
+    "resnet18": lambda nets: nets.resnet18(spatial_dims=3, n_input_channels=1, num_classes=3),
+    "SEResNet50": lambda nets: nets.SEResNet50(spatial_dims=3, in_channels=1, num_classes=3),
+    "EfficientNetBN": lambda nets: nets.EfficientNetBN("efficientnet-b0", spatial_dims=3, in_channels=1,
+                                                       num_classes=3, pretrained=False),
+}
+
+
+@pytest.mark.parametrize("name", list(MONAI))
+def test_monai_volume_classifiers_are_exact(name):
+    nets = pytest.importorskip("monai.networks.nets", reason="MONAI is in the test extra (pip install -e '.[test]')")
+    torch.manual_seed(0)
+    model = _statistics(MONAI[name](nets))
+    x = torch.randn(1, 1, 32, 32, 32, dtype=torch.float64)
+    dn = DeconvNet(model)
+    assert dn.general_layers == []  # 3-D convs, pools, norms, squeeze-excitation gates: all explicit
+    for rule in RULES:
+        assert_exact(dn.reconstruct_classes(x, [0, 2], rule=rule), classes_reference(model, x, [0, 2], rule))
+
+
 @st.composite
 def window_nets(draw, dims: int):  # type: ignore[no-untyped-def]
     """A random conv -> ReLU -> pool -> conv chain in ``dims`` spatial dims, with its input."""
