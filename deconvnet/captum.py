@@ -133,15 +133,18 @@ class _RuleGradients:
         return False
 
     def _deconvnet(self, tensors: tuple[Tensor, ...], extra: tuple[Any, ...]) -> DeconvNet | None:
-        """The mirror, when this call can use it: one image batch, nothing else passed. Looked
-        up on every call, so a module replaced since the last one is seen."""
-        if len(tensors) != 1 or extra or tensors[0].dim() != 4 or self._unmirrored is not None:
+        """The mirror, when this call can use it: one batch of images (or signals, or volumes,
+        as the model's convolutions take), nothing else passed. Looked up on every call, so a
+        module replaced since the last one is seen."""
+        if len(tensors) != 1 or extra or tensors[0].dim() not in (3, 4, 5) or self._unmirrored is not None:
             return None
         try:
             self._mirror = _mirror_of(self.forward_func)
         except DeconvnetError as error:  # a forward the builder cannot read: the general path serves it
             self._unmirrored = str(error)
             return None
+        if self._mirror.network.spatial_dims != tensors[0].dim() - 2:
+            return None  # not the input the model's layers are for: Captum's own path reports what it does
         return self._mirror
 
     def _gradients(self, tensors: tuple[Tensor, ...], extra: tuple[Any, ...],
@@ -245,8 +248,9 @@ class NeuronDeconvolution(_RuleGradients):
             activation = dn.activation(trace, name)
             unit = _single_unit(neuron_selector, activation)
             if unit is not None:  # one unit of a map: projected on its receptive field alone
-                n, (c, i, j) = activation.shape[0], unit
-                result = (dn.reconstruct_units(trace, name, list(range(n)), [c] * n, [i * activation.shape[3] + j] * n,
+                n, (c, *place) = activation.shape[0], unit
+                position = _flat(place, activation.shape[2:])
+                result = (dn.reconstruct_units(trace, name, list(range(n)), [c] * n, [position] * n,
                                                values=torch.ones(n, dtype=activation.dtype), rule=self.rule),)
             else:
                 with torch.enable_grad():
@@ -264,9 +268,18 @@ class NeuronGuidedBackprop(NeuronDeconvolution):
     rule = "guided"
 
 
-def _single_unit(selector: Selector, activation: Tensor) -> tuple[int, int, int] | None:
-    """(channel, row, col) when the selector names one unit of a map Tensor[N, C, H, W]."""
-    if activation.dim() != 4 or not isinstance(selector, tuple) or len(selector) != 3:
+def _flat(place: Sequence[int], shape: Sequence[int]) -> int:
+    """The flat position of ``place`` in a map of ``shape``, the last axis fastest."""
+    flat = 0
+    for index, size in zip(place, shape, strict=True):
+        flat = flat * int(size) + int(index)
+    return flat
+
+
+def _single_unit(selector: Selector, activation: Tensor) -> tuple[int, ...] | None:
+    """(channel, row, col) when the selector names one unit of a map Tensor[N, C, H, W];
+    (channel, l) of a signal's, (channel, d, row, col) of a volume's."""
+    if activation.dim() < 3 or not isinstance(selector, tuple) or len(selector) != activation.dim() - 1:
         return None
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in selector):
         return None

@@ -267,3 +267,30 @@ def test_each_bad_input_keeps_its_one_clear_error():
     with pytest.raises(InputError, match=r"x of 2x2x2 voxels is too small for this model: .*the smallest cube input "
                                          r"Sequential runs is"):
         volume.trace(torch.randn(1, 2, 2, 2, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_the_captum_drop_in_takes_signals_and_volumes_on_the_mirror(case_name, monkeypatch):
+    captum = pytest.importorskip("captum.attr")
+    from deconvnet import captum as drop_in
+
+    torch.manual_seed(0)
+    make, shape, layer = CASES[case_name]
+    model = _statistics(make())
+    x = torch.randn(*shape, dtype=torch.float64)
+    module = model.get_submodule(layer)
+    unit = (2, 7) if case_name == "signal" else (1, 1, 2, 1)
+    theirs = {name: getattr(captum, name)(model).attribute(x, target=0) for name in ("Deconvolution", "GuidedBackprop")}
+    neurons = {name: getattr(captum, name)(model, module).attribute(x, unit)
+               for name in ("NeuronDeconvolution", "NeuronGuidedBackprop")}
+
+    def general(*args, **kwargs):  # the path that does not use the mirror
+        raise AssertionError("ran the general gradient, not the mirror")
+
+    monkeypatch.setattr(drop_in._RuleGradients, "_gradients", general)
+    for name, expected in theirs.items():
+        assert expected.abs().max() > 0
+        assert_exact(getattr(drop_in, name)(model).attribute(x, target=0), expected)
+    for name, expected in neurons.items():
+        assert expected.abs().max() > 0
+        assert_exact(getattr(drop_in, name)(model, module).attribute(x, unit), expected)
