@@ -95,11 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
                                         "preprocessing, the input size, every layer one can name with its output "
                                         "shape, and the layers reversed by their exact vector-Jacobian product.")
     model_options(p)
+    p.add_argument("--example", type=Path, default=None,
+                   help="an input (an image; a .pt or .npy tensor for signal and volume models) to probe the "
+                        "layers' shapes at")
     p.set_defaults(run=info_command)
 
     p = command("classes", "class reconstructions of the top-k predicted (or given) classes")
-    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("images", type=Path, nargs="+",
+                   help="image files; for signal and volume models, tensor files (.pt, .npy), each one input or a batch")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--show", choices=["planes", "frames"], default=None,
+                   help="volumes and clips: three orthogonal planes, or a strip of frames (default: frames for "
+                        "three channels, else planes)")
     p.add_argument("--classes", type=int, nargs="+", default=None, help="these classes instead of the top-k")
     p.set_defaults(run=classes_command)
 

@@ -35,10 +35,12 @@ from .deconvnet import DeconvNet
 from .errors import InputError
 from .decoding import read_image
 from .loading import (
+    TENSOR_SUFFIXES,
     ImageFolder,
     LoadedModel,
     image_files,
     load_model,
+    load_tensor,
 )
 from .mirror import MaxUnpool2d
 from .models import EVOLUTION_STEPS, shapes_net_at
@@ -105,9 +107,9 @@ def _title(args: argparse.Namespace) -> str:
     return f"{args.model} ({Path(checkpoint).name})" if checkpoint else args.model
 
 
-def describe(loaded: LoadedModel, shown: int = 5) -> list[str]:
+def describe(loaded: LoadedModel, shown: int = 5, spatial_dims: int = 2) -> list[str]:
     """What a run feeds the model, in lines for the user: the model, the checkpoint, the class
-    names, the preprocessing."""
+    names, the preprocessing (for signal and volume models: tensor files as they are)."""
     lines = [f"model: {loaded.source}"]
     if loaded.checkpoint:
         lines.append(f"checkpoint: {loaded.checkpoint}")
@@ -117,8 +119,17 @@ def describe(loaded: LoadedModel, shown: int = 5) -> list[str]:
         lines.append(f"classes: {', '.join(str(n) for n in names[:shown])}{more} (from {loaded.labels_from})")
     else:
         lines.append("classes: unnamed, shown as 'class 3' (give --labels FILE: one name per line)")
-    lines.append(f"preprocessing: {loaded.preprocessing}")
+    if spatial_dims == 2:
+        lines.append(f"preprocessing: {loaded.preprocessing}")
+    else:
+        what = "signals [C, L]" if spatial_dims == 1 else "volumes or clips [C, D, H, W]"
+        lines.append(f"input: {what} from tensor files ({', '.join(TENSOR_SUFFIXES)}), fed as they are: "
+                     "no preprocessing")
     return lines
+
+
+# What the command line draws for signal and volume models so far; the rest draw images.
+_ANY_DIMENSION = {"classes", "info"}
 
 
 class Session:
@@ -133,16 +144,37 @@ class Session:
         self.args = args
         self.device = _device(args.device)
         self.loaded: LoadedModel = _load(args)
-        for line in describe(self.loaded):
-            print(f"deconvnet: {line}")
         self.model = self.loaded.model.to(self.device)
         self.dn = DeconvNet(self.model, rule=args.rule, rectifiers=args.rectifiers)
+        self.dims = self.dn.network.spatial_dims
+        command = getattr(args, "command", None)
+        if self.dims != 2 and command not in _ANY_DIMENSION:
+            kind = "signals" if self.dims == 1 else "volumes and clips"
+            raise InputError(f"deconvnet {command} draws images, and {args.model} takes {kind}: for those the command "
+                             f"line has {' and '.join(sorted(_ANY_DIMENSION))} so far; in Python every call takes them "
+                             "(reconstruct, reconstruct_units, mine_top_units)")
+        for line in describe(self.loaded, spatial_dims=self.dims):
+            print(f"deconvnet: {line}")
         self.out: Path = args.out
         self.out.mkdir(parents=True, exist_ok=True)
         self.mean, self.std = self.loaded.preprocessing.mean, self.loaded.preprocessing.std
+        if self.dims != 2:  # tensor files carry the model's own values: shown stretched to their range
+            self.mean = self.std = None  # type: ignore[assignment]
         self.scale = 3 if args.model == "shapes" else 1
+        self.names: list[str] = []  # one per input of the last images() call
 
     def images(self, paths: Sequence[Path]) -> torch.Tensor:
+        if self.dims != 2:  # signals, volumes, clips: tensor files, each one input or a batch
+            batches = [load_tensor(p, self.dims) for p in paths]
+            self.names = [Path(p).name if len(b) == 1 else f"{Path(p).name} #{i}"
+                          for p, b in zip(paths, batches, strict=True) for i in range(len(b))]
+            shapes = {tuple(b.shape[1:]) for b in batches}
+            if len(shapes) > 1:
+                raise InputError(f"the inputs differ in shape {sorted(shapes)}; give files of one shape")
+            parameter = next(self.model.parameters(), None)
+            dtype = parameter.dtype if parameter is not None else torch.float32
+            return torch.cat(batches).to(self.device, dtype)
+        self.names = [Path(p).name for p in paths]
         inputs = []
         for path in paths:
             decoded = read_image(path)
@@ -162,6 +194,9 @@ class Session:
         return path
 
 
+_PROBE = {1: 1024, 3: 64}  # the side info probes a signal or volume model at, without --example
+
+
 def info_command(args: argparse.Namespace) -> list[Path]:
     """Print what a run with these arguments would feed and read: model, checkpoint, classes,
     preprocessing, input size, every layer one can name with its output shape, general layers."""
@@ -169,14 +204,25 @@ def info_command(args: argparse.Namespace) -> list[Path]:
     loaded = _load(args)
     model = loaded.model.to(device)
     dn = DeconvNet(model, rule=args.rule, rectifiers=args.rectifiers)
-    probe = loaded.preprocessing.transform(Image.new("RGB", (256, 256), (128, 128, 128)))[None]
+    dims = dn.network.spatial_dims
     parameter = next(model.parameters(), None)
-    trace = dn.trace(probe.to(device, parameter.dtype if parameter is not None else torch.float32))
-    for line in describe(loaded, shown=10):
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    if getattr(args, "example", None) is not None:
+        probe = load_tensor(args.example, dims)[:1] if dims != 2 else \
+            loaded.preprocessing.transform(read_image(args.example).image)[None]
+        note = f" (the shape of {Path(args.example).name})"
+    elif dims == 2:
+        probe = loaded.preprocessing.transform(Image.new("RGB", (256, 256), (128, 128, 128)))[None]
+        note = "" if loaded.preprocessing.size else " for a square image (this preprocessing keeps each image's aspect ratio)"
+    else:
+        channels = dn.network.input_channels or 1
+        probe = torch.zeros(1, channels, *[_PROBE[dims]] * dims)
+        note = f" probed at {_PROBE[dims]} per side; give --example FILE for the shapes at your inputs' size"
+    trace = dn.trace(probe.to(device, dtype))
+    for line in describe(loaded, shown=10, spatial_dims=dims):
         print(line)
-    size = loaded.preprocessing.size
-    print(f"input: Tensor[N, {probe.shape[1]}, {probe.shape[2]}, {probe.shape[3]}]"
-          + ("" if size else " for a square image (this preprocessing keeps each image's aspect ratio)"))
+    axes = {1: "C, L", 2: "C, H, W", 3: "C, D, H, W"}[dims]
+    print(f"input: Tensor[N, {axes}] = Tensor[N, {', '.join(str(d) for d in probe.shape[1:])}]{note}")
     if trace.output.dim() == 2:
         print(f"outputs: {trace.output.shape[1]} classes")
     else:
@@ -201,8 +247,8 @@ def classes_command(args: argparse.Namespace) -> list[Path]:
     for start in range(0, x.shape[0], args.batch_size):
         picture = figures.class_figure(
             s.dn, x[start : start + args.batch_size], s.mean, s.std, categories=s.loaded.categories,
-            top_k=args.top_k, classes=args.classes, scale=s.scale,
-            names=[Path(p).name for p in args.images[start : start + args.batch_size]],
+            top_k=args.top_k, classes=args.classes, scale=s.scale, names=s.names[start:],
+            show=getattr(args, "show", None),
         )
         suffix = "" if x.shape[0] <= args.batch_size else f"-{start // args.batch_size}"
         written.append(s.save(picture, f"classes{suffix}.png"))

@@ -13,6 +13,7 @@ A model is named the same way in Python, on the command line and in ``deconvnet 
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import inspect
@@ -47,6 +48,7 @@ __all__ = [
     "load_image",
     "load_labels",
     "load_model",
+    "load_tensor",
     "photo",
 ]
 
@@ -55,7 +57,8 @@ MODEL_HELP = (
     "a torchvision name (resnet18; --weights DEFAULT downloads), timm:NAME (timm.create_model; "
     "--weights DEFAULT loads a pretrained tag only from the local Hugging Face cache), "
     "a save_pretrained folder or a Hugging Face hub id already in the local cache (hf:ORG/NAME), "
-    "or module:factory"
+    "or module:factory (with keyword arguments: monai.networks.nets:DenseNet121(spatial_dims=3, in_channels=1, "
+    "out_channels=2))"
 )
 # scikit-image's photographs, inside its wheel (the ``real`` extra): name -> how to take it from skimage.data
 PHOTOS: dict[str, Callable[[Any], Any]] = {
@@ -287,7 +290,24 @@ def _hub_folder(repo: str) -> Path:
         ) from error
 
 
-def _factory(spec: str) -> _Source:
+def _factory_arguments(spec: str) -> tuple[str, dict[str, Any]]:
+    """``module:factory(key=value, ...)`` -> (``module:factory``, its keyword arguments), the values
+    Python literals (numbers, strings, tuples, lists, booleans, None) read without running code."""
+    if not spec.endswith(")") or "(" not in spec:
+        return spec, {}
+    name, _, rest = spec.partition("(")
+    try:
+        call = ast.parse(f"f({rest}", mode="eval").body
+        if not isinstance(call, ast.Call) or call.args:
+            raise ValueError("give arguments by keyword")
+        return name, {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg is not None}
+    except (SyntaxError, ValueError) as error:
+        raise InputError(f"cannot read the arguments of {spec!r}: write module:factory(key=value, ...) with "
+                         f"Python literals ({error})") from error
+
+
+def _factory(given: str) -> _Source:
+    spec, arguments = _factory_arguments(given)
     module_name, _, factory_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -307,14 +327,14 @@ def _factory(spec: str) -> _Source:
             raise InputError(f"a head of {n} classes is needed (the checkpoint's, or num_classes), but {spec}() takes "
                              "no num_classes; give the factory a num_classes argument, or make it build that head")
         try:
-            model = factory(num_classes=n) if n is not None else factory()
+            model = factory(**arguments, **({"num_classes": n} if n is not None else {}))
         except Exception as error:  # the user's code: any failure is reported in one line
             raise InputError(f"{spec}() failed: {type(error).__name__}: {error}") from error
         if not isinstance(model, nn.Module):
             raise InputError(f"{spec}() returned {type(model).__name__}, not an nn.Module")
         return model
 
-    return _Source(f"{spec}()", build, lambda model: Preprocessing.imagenet(
+    return _Source(given if arguments else f"{spec}()", build, lambda model: Preprocessing.imagenet(
         source=f"ImageNet defaults: {spec} names no preprocessing; set --size, --mean, --std to your training's"),
         reference=lambda: build(None))
 
@@ -504,6 +524,43 @@ def load_image(path: Path | str, preprocessing: Preprocessing) -> Tensor:
     raises InputError if it cannot be read. :func:`deconvnet.decoding.read_image` also returns
     the decoder's notes."""
     return preprocessing.transform(read_image(path).image)
+
+
+TENSOR_SUFFIXES = (".pt", ".pth", ".npy")
+
+
+def load_tensor(path: Path | str, spatial_dims: int) -> Tensor:
+    """A signal, volume or clip from a tensor file, as a batch: Tensor[N, C, *spatial].
+
+    ``.pt``/``.pth``: a tensor saved with ``torch.save`` (read with ``weights_only=True``);
+    ``.npy``: a NumPy array (read without pickles). It holds one input, Tensor[C, *spatial], or a
+    batch, Tensor[N, C, *spatial]; ``spatial_dims`` is the model's (1 for signals, 3 for volumes
+    and clips). Values are taken as the model's input: no preprocessing is applied.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in TENSOR_SUFFIXES:
+        raise InputError(f"{path.name}: a signal or volume model reads tensor files ({', '.join(TENSOR_SUFFIXES)}), "
+                         "not images; save it with torch.save or numpy.save")
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    try:
+        if path.suffix.lower() == ".npy":
+            import numpy as np
+
+            value = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt files, pickles: each fails its own way
+        raise InputError(f"cannot read {path} as a tensor: {str(error).splitlines()[0]}") from error
+    if not isinstance(value, Tensor):
+        raise InputError(f"{path} holds a {type(value).__name__}, not one tensor")
+    form = {1: "[C, L]", 2: "[C, H, W]", 3: "[C, D, H, W]"}.get(spatial_dims, "")
+    if value.dim() == spatial_dims + 1:
+        value = value.unsqueeze(0)
+    if value.dim() != spatial_dims + 2:
+        raise InputError(f"{path} holds a tensor of shape {tuple(value.shape)}; this model takes {form} per input "
+                         f"(or a batch [N, {form[1:]})")
+    return value.float() if not value.is_floating_point() else value
 
 
 def image_files(folder: Path) -> list[Path]:

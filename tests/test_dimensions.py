@@ -10,6 +10,7 @@ import torchvision
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from reference import assert_exact, channels_reference, classes_reference, deconv_gradient
+from PIL import Image
 from torch import nn
 
 from deconvnet import DeconvNet, InputError
@@ -294,3 +295,94 @@ def test_the_captum_drop_in_takes_signals_and_volumes_on_the_mirror(case_name, m
     for name, expected in neurons.items():
         assert expected.abs().max() > 0
         assert_exact(getattr(drop_in, name)(model, module).attribute(x, unit), expected)
+
+
+# --- pictures and the command line ----------------------------------------------------------------
+
+
+def test_pictures_of_signals_volumes_and_clips():
+    from deconvnet.pictures import signals, volumes
+
+    torch.manual_seed(0)
+    signal = torch.randn(2, 1, 60)
+    recon = torch.randn(2, 3, 1, 60)
+    chart = signals.signal_figure(signal, recon, ["a", "b", "c"], names=["x", "y"])
+    assert chart.width > 2 * 500 and chart.height > 4 * 100  # two columns of four charts
+    volume = torch.zeros(1, 9, 12, 10)
+    volume[0, 2, 7, 3] = -5.0  # the strongest point, negative
+    assert volumes.strongest_point(volume) == (2, 7, 3)
+    axial, coronal, sagittal = volumes.planes(torch.arange(9 * 12 * 10.0).view(1, 9, 12, 10), (2, 7, 3))
+    assert axial.shape == (1, 12, 10) and coronal.shape == (1, 9, 10) and sagittal.shape == (1, 9, 12)
+    assert float(axial[0, 7, 3]) == float(coronal[0, 2, 3]) == float(sagittal[0, 2, 7])  # the same voxel
+    picture = volumes.planes_figure(torch.randn(1, 1, 9, 12, 10), volume[None, None], ["c"], names=["v"])
+    assert picture.width >= 6 * 120  # six readable tiles in a row
+    signed = volumes.signed_volume(volume)
+    assert float(signed[0, 2, 7, 3]) == 0.0 and float(signed[0, 0, 0, 0]) == 0.5  # zero at mid-grey
+    assert volumes.slice_grid(volume, count=4).width >= 4 * 20  # four slices of 10 px, twice the size
+    assert volumes._spread(4, 8) == [0, 1, 2, 3] and volumes._spread(9, 3) == [0, 4, 8]
+    strip = volumes.clip_strip(torch.rand(3, 10, 16, 16), torch.randn(3, 10, 16, 16), frames=5, title="clip")
+    assert strip.width >= 5 * 32
+
+
+@pytest.fixture
+def ecg_module(tmp_path, monkeypatch):
+    """A user's 1-D model as module:factory, its labels and two signal files."""
+    (tmp_path / "ecg.py").write_text(
+        "from torch import nn\n"
+        "def net(num_classes=4):\n"
+        "    return nn.Sequential(nn.Conv1d(1, 8, 7, padding=3), nn.BatchNorm1d(8), nn.ReLU(), nn.MaxPool1d(3, 2),\n"
+        "                         nn.Conv1d(8, 8, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),\n"
+        "                         nn.Linear(8, num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "labels.txt").write_text("normal\nAF\nother\nnoisy\n")
+    import numpy as np
+
+    np.save(tmp_path / "beat.npy", np.sin(np.linspace(0, 20, 300, dtype=np.float32))[None])
+    torch.save(torch.randn(2, 1, 300), tmp_path / "two.pt")
+    return tmp_path
+
+
+def test_the_command_line_reads_signals_from_tensor_files(ecg_module, capsys):
+    from deconvnet.cli import main
+
+    folder = ecg_module
+    common = ["--model", "ecg:net", "--labels", str(folder / "labels.txt"), "--device", "cpu"]
+    assert main(["info", *common, "--example", str(folder / "beat.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "input: Tensor[N, C, L] = Tensor[N, 1, 300] (the shape of beat.npy)" in out
+    assert "fed as they are: no preprocessing" in out and "outputs: 4 classes" in out
+    assert main(["classes", str(folder / "beat.npy"), str(folder / "two.pt"), *common, "--top-k", "2",
+                 "--out", str(folder / "out")]) == 0
+    picture = Image.open(folder / "out" / "classes.png")
+    assert picture.height > 3 * 3 * 100  # three inputs, each a signal and two reconstructions
+    assert main(["layers", str(folder / "beat.npy"), *common]) == 1
+    assert "deconvnet layers draws images, and ecg:net takes signals" in capsys.readouterr().err
+    (folder / "flat.npy").write_bytes((folder / "beat.npy").read_bytes())
+    import numpy as np
+
+    np.save(folder / "flat.npy", np.zeros((2, 3, 4, 5), dtype=np.float32))
+    assert main(["classes", str(folder / "flat.npy"), *common]) == 1
+    assert "holds a tensor of shape (2, 3, 4, 5); this model takes [C, L] per input" in capsys.readouterr().err
+    assert main(["classes", str(folder / "labels.txt"), *common]) == 1
+    assert "reads tensor files (.pt, .pth, .npy), not images" in capsys.readouterr().err
+
+
+def test_the_command_line_draws_a_monai_volume_and_a_video_clip(tmp_path):
+    pytest.importorskip("monai")
+    from deconvnet.cli import main
+
+    volume = torch.zeros(1, 32, 32, 32)
+    volume[0, 10:20, 8:24, 12:20] = 1.0
+    torch.save(volume, tmp_path / "ct.pt")
+    torch.save(torch.randn(3, 4, 32, 32), tmp_path / "clip.pt")
+    monai = "monai.networks.nets:DenseNet121(spatial_dims=3, in_channels=1, out_channels=2)"
+    assert main(["classes", str(tmp_path / "ct.pt"), "--model", monai, "--top-k", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "ct")]) == 0
+    planes = Image.open(tmp_path / "ct" / "classes.png")
+    assert planes.width >= 6 * 120 and planes.height >= 2 * 120  # two rows of six planes
+    video = "torchvision.models.video:r3d_18(num_classes=3)"
+    assert main(["classes", str(tmp_path / "clip.pt"), "--model", video, "--top-k", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "clip")]) == 0
+    strip = Image.open(tmp_path / "clip" / "classes.png")
+    assert strip.width >= 4 * 64 and strip.height >= 2 * 64  # four frames over their reconstruction

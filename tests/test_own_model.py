@@ -413,7 +413,7 @@ def test_info_prints_what_a_run_would_use(labelled, capsys):
                  "1 outside it left out (loss.weight)",
                  "classes: cat, dog, bird, fish, horse (from labels.txt)",
                  "preprocessing: resize the shorter side to 73 (bilinear), centre-crop 64x64",
-                 "input: Tensor[N, 3, 64, 64]", "outputs: 5 classes",
+                 "input: Tensor[N, C, H, W] = Tensor[N, 3, 64, 64]", "outputs: 5 classes",
                  "general layers (reversed by their exact vector-Jacobian product): none"):
         assert line in out, line
     assert "  layer4.1.conv2 " in out and "[512, 2, 2]" in out

@@ -20,7 +20,8 @@ from ..analysis.topk import TopUnits
 from ..deconvnet import DeconvNet
 from ..mirror import RULES
 from ..receptive import ReceptiveField
-from . import image
+from . import image, signals, volumes
+from .image import stack_pictures
 
 __all__ = [
     "boxes_figure",
@@ -53,10 +54,18 @@ def class_figure(
     classes: Sequence[int] | None = None,
     scale: int = 1,
     names: Sequence[str] | None = None,
+    show: str | None = None,
 ) -> Image.Image:
     """One row per image of x (Tensor[N, 3, H, W]): the image (labelled by ``names``, else
     "image 0"), then the reconstructions of its top-k predicted classes (or of ``classes``),
-    labelled with name and probability."""
+    labelled with name and probability.
+
+    Signals (Tensor[N, C, L]) and volumes or clips (Tensor[N, C, D, H, W]) take their own
+    pictures (:mod:`.signals`, :mod:`.volumes`), one input after another: a signal over its
+    reconstructions; a volume's planes through each reconstruction's strongest point
+    (``show="planes"``), or a clip's frames over each reconstruction's (``show="frames"``,
+    the default for three channels).
+    """
     trace = dn.trace(x)
     probabilities = trace.output.softmax(dim=1)
     if classes is None:
@@ -67,6 +76,8 @@ def class_figure(
     everything = sorted(set(chosen.flatten().tolist()))
     reconstructions = dn.reconstruct_classes(trace, everything)
     slot = {c: i for i, c in enumerate(everything)}
+    if x.dim() != 4:
+        return _class_figure_nd(x, reconstructions, probabilities, chosen, slot, categories, names, mean, std, show)
     pictures, labels = [], []
     for n in range(x.shape[0]):
         pictures.append(image.denormalize(trace.input[n], mean, std))
@@ -75,6 +86,30 @@ def class_figure(
             pictures.append(image.signed_to_unit(reconstructions[n, slot[c]]))
             labels.append(f"{_name(categories, c)} {probabilities[n, c]:.2f}")
     return image.labelled_grid(torch.stack(pictures), labels, ncol=1 + chosen.shape[1], scale=scale)
+
+
+def _class_figure_nd(x: Tensor, reconstructions: Tensor, probabilities: Tensor, chosen: Tensor, slot: dict[int, int],
+                     categories: Sequence[str] | None, names: Sequence[str] | None, mean: Sequence[float] | None,
+                     std: Sequence[float] | None, show: str | None) -> Image.Image:
+    """:func:`class_figure` of signals, volumes and clips: one picture per input, stacked."""
+    if show not in (None, "planes", "frames"):
+        raise ValueError(f"show must be 'planes' or 'frames', got {show!r}")
+    parts = []
+    for n in range(x.shape[0]):
+        targets = chosen[n].tolist()
+        labels = [f"{_name(categories, c)} {probabilities[n, c]:.2f}" for c in targets]
+        mine = reconstructions[n : n + 1, [slot[c] for c in targets]].float().cpu()
+        name = [names[n] if names is not None and n < len(names) else f"input {n}"]
+        shown = x[n : n + 1].float().cpu()
+        if x.dim() == 3:
+            parts.append(signals.signal_figure(shown, mine, labels, names=name))
+        elif (show or ("frames" if x.shape[1] == 3 else "planes")) == "frames":
+            strips = [volumes.clip_strip(shown[0], mine[0, j], mean=mean, std=std, label=label, title=f"{name[0]}: {label}")
+                      for j, label in enumerate(labels)]
+            parts.append(stack_pictures(strips, gap=6))
+        else:
+            parts.append(volumes.planes_figure(shown, mine, labels, mean=mean, std=std, names=name))
+    return stack_pictures(parts, gap=12)
 
 
 def rules_figure(
@@ -364,19 +399,6 @@ def _departure(transform: str, amount: float) -> float:
     if transform == "scale":
         return abs(math.log(amount)) if amount > 0 else 0.0
     return abs(amount)
-
-
-def stack_pictures(pictures: Sequence[Image.Image], *, horizontal: bool = False, gap: int = 8) -> Image.Image:
-    """PIL pictures side by side (or one above the other), top/left aligned, on white."""
-    lengths = [p.width if horizontal else p.height for p in pictures]
-    depth = max(p.height if horizontal else p.width for p in pictures)
-    total = sum(lengths) + gap * (len(pictures) - 1)
-    canvas = Image.new("RGB", (total, depth) if horizontal else (depth, total), "white")
-    offset = 0
-    for p, length in zip(pictures, lengths, strict=True):
-        canvas.paste(p, (offset, 0) if horizontal else (0, offset))
-        offset += length + gap
-    return canvas
 
 
 _LABEL_WIDTH = 96  # px: what a caption such as "#31 step 2000 225" needs in the default font

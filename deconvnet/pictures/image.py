@@ -27,6 +27,7 @@ __all__ = [
     "line_chart",
     "overlay",
     "signed_to_unit",
+    "stack_pictures",
     "to_pil",
     "to_png",
 ]
@@ -184,13 +185,14 @@ def line_chart(
     """A small line chart: series (Tensor[S, A]) against xs (A values), one colour per series
     (:data:`SERIES_COLOURS` in order), axes from 0 (or ``ylim``) with min/max tick labels."""
     width, height = size
-    left, right, top, bottom = 56, 10, 18 if title else 8, 30 if xlabel else 18
     canvas = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     values = series.detach().double().cpu()
     x_lo, x_hi = float(min(xs)), float(max(xs))
     y_lo, y_hi = ylim if ylim is not None else (min(0.0, float(values.min())), float(values.max()))
+    widest = max(draw.textlength(_tick(y), font=font) for y in (y_lo, y_hi))  # the tick labels fit left of the axis
+    left, right, top, bottom = max(56, int(widest) + 8), 10, 18 if title else 8, 30 if xlabel else 18
     x_hi = x_hi if x_hi > x_lo else x_lo + 1
     y_hi = y_hi if y_hi > y_lo else y_lo + 1
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -215,3 +217,16 @@ def line_chart(
 
 def _tick(value: float) -> str:
     return f"{value:.4g}"
+
+
+def stack_pictures(pictures: Sequence[Image.Image], *, horizontal: bool = False, gap: int = 8) -> Image.Image:
+    """PIL pictures side by side (or one above the other), top/left aligned, on white."""
+    lengths = [p.width if horizontal else p.height for p in pictures]
+    depth = max(p.height if horizontal else p.width for p in pictures)
+    total = sum(lengths) + gap * (len(pictures) - 1)
+    canvas = Image.new("RGB", (total, depth) if horizontal else (depth, total), "white")
+    offset = 0
+    for p, length in zip(pictures, lengths, strict=True):
+        canvas.paste(p, (offset, 0) if horizontal else (0, offset))
+        offset += length + gap
+    return canvas

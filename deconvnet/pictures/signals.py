@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from PIL import Image
 from torch import Tensor
 
-from .figures import stack_pictures
-from .image import line_chart
+from .image import line_chart, stack_pictures
 
 __all__ = ["signal_chart", "signal_figure"]
 

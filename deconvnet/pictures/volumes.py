@@ -18,11 +18,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from .figures import stack_pictures
-from .image import denormalize, labelled_grid, signed_to_unit
+from .image import denormalize, labelled_grid, signed_to_unit, stack_pictures
 
 __all__ = ["clip_strip", "display", "planes", "planes_figure", "signed_volume", "slice_grid", "strongest_point"]
 
@@ -61,6 +60,12 @@ def signed_volume(reconstruction: Tensor) -> Tensor:
     channels = reconstruction.shape[0]
     return signed_to_unit(reconstruction.detach().float().reshape(channels, -1, reconstruction.shape[-1])).view(
         reconstruction.shape)
+
+
+def _spread(length: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``length`` (all of them when there are fewer)."""
+    shown = min(count, length)
+    return sorted({round(i * (length - 1) / max(shown - 1, 1)) for i in range(shown)})
 
 
 def _rgb(picture: Tensor) -> Tensor:
@@ -123,8 +128,7 @@ def slice_grid(volume: Tensor, *, count: int = 12, signed: bool = False, columns
     ``signed``: a reconstruction (zero at mid-grey), else an input (stretched to its range)."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
-    depth = volume.shape[1]
-    picked = sorted({round(i * (depth - 1) / max(count - 1, 1)) for i in range(min(count, depth))})
+    picked = _spread(volume.shape[1], count)
     shown = signed_volume(volume) if signed else display(volume)
     tiles = torch.stack([_rgb(shown[:, d]) for d in picked])
     return labelled_grid(tiles, [f"{label} {d}" for d in picked], ncol=min(columns, len(picked)), scale=scale)
@@ -138,15 +142,20 @@ def clip_strip(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     label: str = "reconstruction",
+    title: str = "",
     scale: int = 2,
 ) -> Image.Image:
     """A clip (Tensor[C, T, H, W]) as a strip of up to ``frames`` frames, its reconstruction's
-    frames (one contrast for the whole clip) underneath."""
-    count = clip.shape[1]
-    picked = sorted({round(i * (count - 1) / max(frames - 1, 1)) for i in range(min(frames, count))})
+    frames (one contrast for the whole clip) underneath, ``title`` above."""
+    picked = _spread(clip.shape[1], frames)
     shown, signed = display(clip, mean, std), signed_volume(reconstruction)
     top = labelled_grid(torch.stack([_rgb(shown[:, t]) for t in picked]), [f"frame {t}" for t in picked],
                         ncol=len(picked), scale=scale)
     bottom = labelled_grid(torch.stack([_rgb(signed[:, t]) for t in picked]), [f"{label}, {t}" for t in picked],
                            ncol=len(picked), scale=scale)
-    return stack_pictures([top, bottom], gap=2)
+    strip = stack_pictures([top, bottom], gap=2)
+    if not title:
+        return strip
+    heading = Image.new("RGB", (strip.width, 16), "white")
+    ImageDraw.Draw(heading).text((2, 2), title, fill="black", font=ImageFont.load_default())
+    return stack_pictures([heading, strip], gap=0)
