@@ -17,6 +17,7 @@
     python -m benchmarks gpu                 # every GPU row of docs/guides/gpu.md (see benchmarks/gpu.py)
     python -m benchmarks dropin              # deconvnet.captum vs Captum on the same calls
     python -m benchmarks serve               # the explorer: latency per endpoint, 16 clients (benchmarks/serve.py)
+    python -m benchmarks volumes --size 64   # MONAI's 3-D DenseNet121 and a 1-D net vs Captum and MONAI (benchmarks/volumes.py)
 
 Methods are timed interleaved (A, B, C, A, B, C, ...) after a warm-up round; rows give the
 median and the ratios, which are what to compare on shared, noisy machines. Outputs are checked
@@ -730,7 +731,7 @@ def save(rows: list[dict], stem: str, header: str = "") -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["occlusion", "occlusion-sizes", "everyday", "trace", "classes", "modern", "precision", "channels", "units",
-                                          "mining", "atlas", "memory", "chunks", "gpu", "serve", "dropin", "all"])
+                                          "mining", "atlas", "memory", "chunks", "gpu", "serve", "dropin", "volumes", "all"])
     parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
     parser.add_argument("--size", type=int, default=224)
@@ -796,6 +797,12 @@ def main(argv: list[str] | None = None) -> int:
 
         header = run(device, args.size, args.repeats, args.quick, emit)
         save(rows, args.name or "gpu", f"Measured with `python -m benchmarks gpu` on: {header}.")
+        return 0
+    if args.which == "volumes":  # not in "all": it needs MONAI (the monai extra)
+        from . import volumes
+
+        volumes.run(device, args.size if args.size != 224 else 64, args.repeats, emit)
+        save(rows, args.name or "volumes")
         return 0
     if args.which == "serve":  # not in "all": its own table
         from . import serve

@@ -1,0 +1,147 @@
+"""Signals and volumes: deconvnet's 1-D and 3-D mirrors side by side with Captum and MONAI.
+
+    python -m benchmarks volumes [--size 64] [--repeats 2]
+
+Rows:
+- MONAI's 3-D DenseNet121 (random weights, one channel in, 8 classes out) on one volume of
+  ``--size``^3 voxels: all 8 classes with the deconvnet rule against Captum's ``Deconvolution``
+  (the volume repeated 8 times, one call), the same with the guided rule against MONAI's
+  ``GuidedBackpropGrad`` (one call per class: it takes one class index), and one class against
+  Captum; with the forward floor (one forward pass of the batch the call needs).
+- A 1-D ResNet-style net on one 4096-sample signal, 64 classes, against Captum.
+
+Occlusion of volumes is not here: deconvnet's occlusion is 2-D so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from deconvnet import DeconvNet
+
+from .run import _row, checked, relative_error, timed
+
+
+def _densenet(classes: int, device: torch.device) -> nn.Module:
+    from monai.networks.nets import DenseNet121
+
+    torch.manual_seed(0)
+    return DenseNet121(spatial_dims=3, in_channels=1, out_channels=classes).eval().to(device)
+
+
+def signal_net(classes: int) -> nn.Module:
+    """A 1-D ResNet-style classifier (ECG-sized): strided stem, max-pool, three residual stages."""
+
+    class Block(nn.Module):
+        def __init__(self, channels: int, stride: int) -> None:
+            super().__init__()
+            inner = channels * stride
+            self.conv1 = nn.Conv1d(channels, inner, 7, stride=stride, padding=3, bias=False)
+            self.bn1, self.relu = nn.BatchNorm1d(inner), nn.ReLU()
+            self.conv2 = nn.Conv1d(inner, inner, 7, padding=3, bias=False)
+            self.bn2 = nn.BatchNorm1d(inner)
+            self.skip = nn.Sequential(nn.Conv1d(channels, inner, 1, stride=stride, bias=False), nn.BatchNorm1d(inner))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + self.skip(x))
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv1d(1, 32, 15, stride=2, padding=7, bias=False), nn.BatchNorm1d(32), nn.ReLU(), nn.MaxPool1d(3, 2, 1),
+        Block(32, 1), Block(32, 2), Block(64, 2), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(128, classes),
+    ).eval()
+
+
+def _captum(x: torch.Tensor, model: nn.Module, classes: list[int], rule: str = "deconvnet") -> torch.Tensor:
+    from captum.attr import Deconvolution, GuidedBackprop
+
+    method = Deconvolution if rule == "deconvnet" else GuidedBackprop
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return method(model).attribute(x.repeat(len(classes), *[1] * (x.dim() - 1)), target=classes)
+
+
+def _monai_guided(x: torch.Tensor, model: nn.Module, classes: list[int]) -> torch.Tensor:
+    """MONAI's GuidedBackpropGrad, class by class (it swaps the model's ReLUs: run on a copy)."""
+    from monai.visualize import GuidedBackpropGrad
+
+    guided = GuidedBackpropGrad(model)
+    # It sets requires_grad on the tensor it is given and reads its .grad: a fresh leaf per call.
+    return torch.cat([guided(x.detach().clone(), index=c) for c in classes])
+
+
+def bench_volume(size: int, classes: int, repeats: int, device: torch.device) -> list[dict]:
+    model = _densenet(classes, device)
+    x = torch.randn(1, 1, size, size, size, device=device)
+    targets = list(range(classes))
+    rows = []
+    for rule in ("deconvnet", "guided"):
+        dn = DeconvNet(model, rule=rule)
+        ours = dn.reconstruct_classes(x, targets)[0]
+        if rule == "deconvnet":
+            other_name = "captum Deconvolution"
+            error = checked(device, relative_error(ours, _captum(x, model, targets)), "volume classes, Captum")
+
+            def other() -> torch.Tensor:
+                return _captum(x, model, targets)
+        else:
+            other_name = "monai GuidedBackpropGrad"
+            copied = copy.deepcopy(model)
+            error = checked(device, relative_error(ours, _monai_guided(x, copied, targets)), "volume guided, MONAI")
+
+            def other() -> torch.Tensor:
+                return _monai_guided(x, copied, targets)
+
+        def floor() -> None:
+            with torch.no_grad():
+                model(x.repeat(classes, 1, 1, 1, 1))
+
+        seconds = timed({"deconvnet": lambda: dn.reconstruct_classes(x, targets), other_name: other,
+                         "forward floor": floor}, repeats, device)
+        rows.append(_row(f"volume classes ({rule})", "monai DenseNet121 3-D", size, classes, device, torch.float32,
+                         seconds, **{f"{other_name} / deconvnet": seconds[other_name] / seconds["deconvnet"],
+                                     "deconvnet / floor": seconds["deconvnet"] / seconds["forward floor"],
+                                     "relative error": error}))
+    dn = DeconvNet(model)
+    error = checked(device, relative_error(dn.reconstruct_classes(x, [3])[0], _captum(x, model, [3])), "volume one class")
+
+    def once() -> None:
+        with torch.no_grad():
+            model(x)
+
+    seconds = timed({"deconvnet": lambda: dn.reconstruct_classes(x, [3]),
+                     "captum Deconvolution": lambda: _captum(x, model, [3]), "forward floor": once}, repeats, device)
+    rows.append(_row("volume one class", "monai DenseNet121 3-D", size, 1, device, torch.float32, seconds,
+                     **{"captum Deconvolution / deconvnet": seconds["captum Deconvolution"] / seconds["deconvnet"],
+                        "deconvnet / floor": seconds["deconvnet"] / seconds["forward floor"], "relative error": error}))
+    return rows
+
+
+def bench_signal(length: int, classes: int, repeats: int, device: torch.device) -> dict:
+    model = signal_net(classes).to(device)
+    x = torch.randn(1, 1, length, device=device)
+    targets = list(range(classes))
+    dn = DeconvNet(model)
+    error = checked(device, relative_error(dn.reconstruct_classes(x, targets)[0], _captum(x, model, targets)),
+                    "signal classes")
+
+    def floor() -> None:
+        with torch.no_grad():
+            model(x.repeat(classes, 1, 1))
+
+    seconds = timed({"deconvnet": lambda: dn.reconstruct_classes(x, targets),
+                     "captum Deconvolution": lambda: _captum(x, model, targets), "forward floor": floor},
+                    repeats, device)
+    return _row("signal classes", "1-D ResNet-style", length, classes, device, torch.float32, seconds,
+                **{"captum Deconvolution / deconvnet": seconds["captum Deconvolution"] / seconds["deconvnet"],
+                   "deconvnet / floor": seconds["deconvnet"] / seconds["forward floor"], "relative error": error})
+
+
+def run(device: torch.device, size: int, repeats: int, emit) -> None:  # type: ignore[no-untyped-def]
+    for row in bench_volume(size, 8, repeats, device):
+        emit(row)
+    emit(bench_signal(4096, 64, max(repeats, 5), device))
