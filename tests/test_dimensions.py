@@ -386,3 +386,18 @@ def test_the_command_line_draws_a_monai_volume_and_a_video_clip(tmp_path):
                  "--out", str(tmp_path / "clip")]) == 0
     strip = Image.open(tmp_path / "clip" / "classes.png")
     assert strip.width >= 4 * 64 and strip.height >= 2 * 64  # four frames over their reconstruction
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+@pytest.mark.parametrize(("kernel", "dilation", "groups", "out"), [(2, 1, 1, 4), (4, 2, 1, 40), (3, 1, 4, 4), (1, 1, 1, 8)])
+def test_stride_one_transposes_of_every_shape_are_exact(dims, kernel, dilation, groups, out):
+    # stride 1 runs as the ordinary conv with the flipped kernel where that is faster (narrow,
+    # pointwise, depthwise), else as torch's transposed conv; "same" with an even kernel pads
+    # one more at the end: both forms, uneven pads included, against the oracle
+    conv = nn.Conv1d if dims == 1 else nn.Conv3d
+    torch.manual_seed(0)
+    model = nn.Sequential(conv(4, out if groups == 1 else 4, kernel, padding="same", dilation=dilation, groups=groups),
+                          nn.ReLU()).double().eval()
+    x = torch.randn(2, 4, *[7] * dims, dtype=torch.float64)
+    expected = channels_reference(model, x, model[1], [0, 3], "map", "activation", rule="gradient")
+    assert_exact(DeconvNet(model, rule="gradient").reconstruct(x, "1", [0, 3], mode="map"), expected)
