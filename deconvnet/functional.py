@@ -456,15 +456,15 @@ def adaptive_avg_pool2d_transpose(signal: Tensor, input_size: Sequence[int]) -> 
     return out.unflatten(0, (n, k))
 
 
-def same_padding(size: Sequence[int], window: Window) -> tuple[Pair, Pair]:
+def same_padding(size: Sequence[int], window: Window) -> tuple[Pair, ...]:
     """TensorFlow's "SAME" padding of ``window`` (its own padding ignored) for an input of
     ``size`` (H, W): ((top, bottom), (left, right)), giving ``ceil(size / stride)`` outputs with
-    the odd extra row or column padded at the end."""
+    the odd extra row or column padded at the end; one (before, after) per dim in any dims."""
     pads = []
     for n, stride, span in zip(size, window.stride, window.span(), strict=True):
         total = max((-(-n // stride) - 1) * stride + span - n, 0)
         pads.append((total // 2, total - total // 2))
-    return (pads[0], pads[1])
+    return tuple(pads)
 
 
 def mask_outside(signal: Tensor, origin: Tensor, size: Sequence[int]) -> Tensor:

@@ -401,3 +401,87 @@ def test_stride_one_transposes_of_every_shape_are_exact(dims, kernel, dilation, 
     x = torch.randn(2, 4, *[7] * dims, dtype=torch.float64)
     expected = channels_reference(model, x, model[1], [0, 3], "map", "activation", rule="gradient")
     assert_exact(DeconvNet(model, rule="gradient").reconstruct(x, "1", [0, 3], mode="map"), expected)
+
+
+class PaddedVolume(nn.Module):
+    """A 3-D net with what incremental occlusion treats specially: a constant pad, strided and
+    dilated convs, an overlapping max-pool, an average pool, a residual add, batch-norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pad = nn.ConstantPad3d((1, 0, 0, 1, 1, 1), 0.0)
+        self.conv = nn.Conv3d(2, 4, 3, stride=(1, 2, 1))
+        self.bn, self.relu = nn.BatchNorm3d(4), nn.ReLU()
+        self.pool = nn.MaxPool3d(3, 2, 1)
+        self.branch = nn.Conv3d(4, 4, 3, padding=2, dilation=2)
+        self.avg = nn.AvgPool3d(2)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.bn(self.conv(x))))
+        x = self.relu(x + self.branch(x))
+        return self.head(F.adaptive_avg_pool3d(self.avg(self.pad(x)), 1).flatten(1))
+
+
+def _brute_force(model: nn.Module, x: torch.Tensor, size: int, stride: int, fill: float, target: int) -> torch.Tensor:
+    """P(target) with the occluder at every position, one occluded input at a time."""
+    from deconvnet.analysis.occlusion import occluder_positions
+
+    out = []
+    for corner in occluder_positions(x.shape[2:], size, stride).tolist():
+        occluded = x.clone()
+        occluded[(slice(None), slice(None), *(slice(c, c + size) for c in corner))] = fill
+        with torch.no_grad():
+            out.append(model(occluded).softmax(-1)[0, target])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("case_name", ["signal", "volume"])
+def test_occlusion_in_1d_and_3d_equals_occluding_and_running_the_model(case_name):
+    from deconvnet.analysis.occlusion import occlusion
+
+    torch.manual_seed(0)
+    if case_name == "signal":
+        model, x, size, stride, layer = _statistics(Residual1d()), torch.randn(1, 1, 160, dtype=torch.float64), 9, 8, "stem.3"
+    else:
+        model, x, size, stride, layer = _statistics(PaddedVolume()), torch.randn(1, 2, 14, 18, 16, dtype=torch.float64), 3, 3, "pool"
+    expected = _brute_force(model, x, size, stride, 0.0, 1)
+    from deconvnet.analysis import occlusion as module
+
+    cropped = []
+    slide = module._Incremental.slide
+
+    def counted(self, *args):  # type: ignore[no-untyped-def]
+        out = slide(self, *args)
+        cropped.append(out is not None)
+        return out
+
+    for incremental in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(module._Incremental, "slide", counted)
+            result = occlusion(model, x, size=size, stride=stride, target=1, layer=layer, incremental=incremental)
+        assert result.grid == tuple((n - size) // stride + 1 for n in x.shape[2:])
+        assert result.probability.shape == (1, *result.grid)
+        assert_exact(result.probability.flatten(), expected, rtol=1e-9)
+        assert result.projection.shape == x.shape
+        if incremental:  # the window layers ran on crops of the unoccluded pass, not whole
+            assert sum(cropped) >= 2, cropped
+        # the watched feature map's sum at every position, against the layer's own output
+        module_ = model.get_submodule(layer)
+        sums = []
+        from deconvnet.analysis.occlusion import occluder_positions
+
+        for corner in occluder_positions(x.shape[2:], size, stride).tolist():
+            occluded = x.clone()
+            occluded[(slice(None), slice(None), *(slice(c, c + size) for c in corner))] = 0.0
+            seen = []
+            handle = module_.register_forward_hook(lambda m, i, o: seen.append(o))
+            with torch.no_grad():
+                model(occluded)
+            handle.remove()
+            sums.append(seen[0][0, int(result.channel[0])].sum())
+        assert_exact(result.activation.flatten(), torch.stack(sums), rtol=1e-9)
+    with pytest.raises(InputError, match=r"occluder size 999 does not fit the .* (signal|volume)"):
+        occlusion(model, x, size=999, stride=1)
+    with pytest.raises(InputError, match=r"x must be a batch of (signals|volumes or clips)"):
+        occlusion(model, torch.randn(1, 2, 8, 8, dtype=torch.float64), size=2, stride=2)

@@ -17,9 +17,10 @@ occluding and running the model, up to float rounding (tests compare them positi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from ..chunks import budget, plan
 from ..capture import evaluate
 from ..deconvnet import DeconvNet
 from ..errors import InputError, TargetOutOfRangeError
-from ..functional import Pair, Window, pair, same_padding
+from ..functional import Window, ntuple, same_padding
 from ..mirror import SameConvTranspose2d, conv_padding
 from ..progress import ProgressFactory, Silent
 
@@ -43,12 +44,14 @@ _FULL_AREA = 0.5
 @dataclass(frozen=True)
 class Occlusion:
     """What occluding each position did. ``grid`` is (gh, gw); position (i, j) puts the
-    occluder's top-left corner at (i * stride, j * stride) (see :func:`occluder_corners`)."""
+    occluder's top-left corner at (i * stride, j * stride) (see :func:`occluder_corners`). For
+    a signal the grid is (gl,), for a volume or clip (gd, gh, gw): the occluder is a segment or a
+    cube of side ``size``, and every ``Tensor[N, gh, gw]`` below is ``Tensor[N, *grid]``."""
 
     size: int
     stride: int
     fill: float
-    grid: tuple[int, int]
+    grid: tuple[int, ...]
     target: Tensor
     """LongTensor[N]: the class watched (default: predicted on the unoccluded image)."""
     probability: Tensor
@@ -70,9 +73,14 @@ class Occlusion:
 def occluder_corners(height: int, width: int, size: int, stride: int) -> Tensor:
     """LongTensor[gh * gw, 2]: the occluder's (top, left) corners, row-major, for
     gh = (height - size) // stride + 1 (likewise gw)."""
-    rows = torch.arange(0, height - size + 1, stride)
-    cols = torch.arange(0, width - size + 1, stride)
-    return torch.cartesian_prod(rows, cols).reshape(-1, 2)
+    return occluder_positions((height, width), size, stride)
+
+
+def occluder_positions(spatial: Sequence[int], size: int, stride: int) -> Tensor:
+    """LongTensor[prod(grid), d]: the occluder's first corners over an input of ``spatial``
+    sizes (d of them), the last axis fastest; grid[a] = (spatial[a] - size) // stride + 1."""
+    axes = [torch.arange(0, int(n) - size + 1, stride) for n in spatial]
+    return torch.cartesian_prod(*axes).reshape(-1, len(axes)) if len(axes) > 1 else axes[0][:, None]
 
 
 @torch.no_grad()
@@ -92,6 +100,8 @@ def occlusion(
     """Occlusion sensitivity of ``model`` (a classifier, or its :class:`DeconvNet`) on
     x (Tensor[N, C, H, W]): a ``size`` x ``size`` square of ``fill`` (in every channel, in the
     model's input space: 0 is the mean colour for mean-subtracted inputs) slid by ``stride``.
+    A signal model's x is Tensor[N, C, L] and its occluder a segment; a volume or clip model's
+    x is Tensor[N, C, D, H, W] and its occluder a cube.
 
     target: the class to watch, one for all images or LongTensor[N]; default the class
         predicted on each unoccluded image.
@@ -104,13 +114,13 @@ def occlusion(
     dn = model if isinstance(model, DeconvNet) else DeconvNet(model)
     network = dn.network
     network.check_eval()
-    x = _checked_input(x)
-    height, width = x.shape[-2:]
-    _check_geometry(size, stride, height, width)
+    x = _checked_input(x, network.spatial_dims)
+    spatial = tuple(x.shape[2:])
+    _check_geometry(size, stride, spatial)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-    corners = occluder_corners(height, width, size, stride).to(x.device)
-    grid = ((height - size) // stride + 1, (width - size) // stride + 1)
+    corners = occluder_positions(spatial, size, stride).to(x.device)
+    grid = tuple((n - size) // stride + 1 for n in spatial)
     step = network.resolve(layer) if layer is not None else None
     layer_name = layer if isinstance(layer, str) else _module_name(dn.model, layer)
     watched = [network.output] + ([step.node] if step is not None else [])
@@ -168,19 +178,24 @@ def _module_name(model: nn.Module, layer: Any) -> str | None:
     return next((name for name, module in model.named_modules() if module is layer), None)
 
 
-def _checked_input(x: Any) -> Tensor:
-    if not isinstance(x, Tensor) or x.dim() != 4:
+_BATCHES = {1: "a batch of signals, Tensor[N, C, L]", 2: "a batch of images, Tensor[N, C, H, W]",
+            3: "a batch of volumes or clips, Tensor[N, C, D, H, W]"}
+
+
+def _checked_input(x: Any, dims: int = 2) -> Tensor:
+    if not isinstance(x, Tensor) or x.dim() != dims + 2:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(f"x must be a batch of images, Tensor[N, C, H, W]; got {shape}")
+        raise InputError(f"x must be {_BATCHES[dims]}; got {shape}")
     return x
 
 
-def _check_geometry(size: Any, stride: Any, height: int, width: int) -> None:
+def _check_geometry(size: Any, stride: Any, spatial: Sequence[int]) -> None:
     for name, value in (("size", size), ("stride", stride)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"occluder {name} must be a positive int (pixels), got {value!r}")
-    if size > min(height, width):
-        raise InputError(f"occluder size {size} does not fit the {height}x{width} image")
+    if size > min(spatial):
+        what = {1: "signal", 2: "image"}.get(len(spatial), "volume")
+        raise InputError(f"occluder size {size} does not fit the {'x'.join(str(n) for n in spatial)} {what}")
 
 
 def _logits(output: Any) -> Tensor:
@@ -212,7 +227,7 @@ def _target(target: int | Tensor | None, n: int, count: int, logits: Tensor) -> 
 
 
 def _feature_map(value: Any, name: str) -> Tensor:
-    if not isinstance(value, Tensor) or value.dim() != 4:
+    if not isinstance(value, Tensor) or value.dim() < 3:
         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise InputError(f"layer {name} gives {shape}, not feature maps Tensor[N, C, H, W]")
     return value
@@ -223,12 +238,11 @@ def _feature_map(value: Any, name: str) -> Tensor:
 
 @dataclass
 class _Local:
-    """Values that differ from the unoccluded pass only in a box: patch (Tensor[B, C, h, w])
-    with its top-left corner at (top[b], left[b]) (LongTensor[B] each)."""
+    """Values that differ from the unoccluded pass only in a box: patch (Tensor[B, C, *p]) with
+    its first corner (top-left in 2-D) at ``corner`` (LongTensor[B, d], one row per batch item)."""
 
     patch: Tensor
-    top: Tensor
-    left: Tensor
+    corner: Tensor
 
 
 _SAME = object()
@@ -240,20 +254,34 @@ class _Slide:
     """A sliding-window layer that can run on a crop of its explicitly padded input."""
 
     window: Window
-    pads: tuple[Pair, Pair]
-    """((top, bottom), (left, right)) for this input size."""
+    pads: tuple[tuple[int, int], ...]
+    """(before, after) per spatial dim for this input size: ((top, bottom), (left, right))."""
     value: float
     """What the padding holds: 0, or -inf for max-pooling."""
     run: Callable[[Tensor], Tensor]
     """The layer on a padded crop, without padding of its own."""
 
 
+_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_CONV_CALLS = {F.conv1d, torch.conv1d, F.conv2d, torch.conv2d, F.conv3d, torch.conv3d}
+_MAX_POOL_CALLS = {F.max_pool1d, torch.max_pool1d, F.max_pool2d, torch.max_pool2d, F.max_pool3d, torch.max_pool3d}
+
+
 def _conv_slide(weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, dilation: Any, groups: int,
-                size: tuple[int, int], same: bool = False) -> _Slide:
-    window = Window(pair(tuple(weight.shape[2:])), pair(stride), dilation=pair(dilation))
+                size: tuple[int, ...], same: bool = False) -> _Slide:
+    dims = weight.dim() - 2
+    window = Window(tuple(weight.shape[2:]), ntuple(stride, dims), dilation=ntuple(dilation, dims))
     pads = same_padding(size, window) if same else conv_padding(padding, window.kernel, window.dilation)
-    return _Slide(window, pads, 0.0,
-                  lambda crop: F.conv2d(crop, weight, bias, window.stride, 0, window.dilation, groups))
+    conv = _CONVS[dims]
+    return _Slide(window, tuple(pads), 0.0,
+                  lambda crop: conv(crop, weight, bias, window.stride, 0, window.dilation, groups))
+
+
+def _plain_conv(module: nn.Module) -> bool:
+    """A ``Conv{1,2,3}d`` whose forward is torch's own (not a subclass padding in its forward)."""
+    return type(module).forward in (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
 
 
 def _slide(node: fx.Node, module: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -261,89 +289,114 @@ def _slide(node: fx.Node, module: nn.Module | None, args: tuple[Any, ...], kwarg
     """The node as a sliding-window layer that can run on crops, or None. same: its mirror
     reverses a conv with TensorFlow "SAME" padding worked out per input size."""
     value = args[0] if args else None
-    if not isinstance(value, Tensor) or value.dim() != 4:
+    if not isinstance(value, Tensor) or value.dim() not in (3, 4, 5):
         return None
-    size = (value.shape[-2], value.shape[-1])
+    size = tuple(value.shape[2:])
+    dims = len(size)
     if module is not None:
-        if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
-            if same or type(module).forward is nn.Conv2d.forward:
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.padding_mode == "zeros" \
+                and module.weight.dim() == dims + 2:
+            if same or _plain_conv(module):
                 return _conv_slide(module.weight, module.bias, module.stride, module.padding, module.dilation,
                                    module.groups, size, same)
             return None
-        if type(module) is nn.MaxPool2d and not module.return_indices:
-            return _pool_slide("max", module.kernel_size, module.stride, module.padding, module.dilation)
-        if type(module) is nn.AvgPool2d and module.count_include_pad and module.divisor_override is None \
-                and not module.ceil_mode:
-            return _pool_slide("avg", module.kernel_size, module.stride, module.padding, 1)
+        if type(module) in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d) and not module.return_indices:
+            return _pool_slide("max", module.kernel_size, module.stride, module.padding, module.dilation, dims)
+        if type(module) in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d) and module.count_include_pad \
+                and getattr(module, "divisor_override", None) is None and not module.ceil_mode:
+            return _pool_slide("avg", module.kernel_size, module.stride, module.padding, 1, dims)
         return None
     if node.op != "call_function":
         return None
-    if node.target in (F.conv2d, torch.conv2d):
+    if node.target in _CONV_CALLS:
         named = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), args, strict=False))
         named.update(kwargs)
+        if not isinstance(named.get("weight"), Tensor) or named["weight"].dim() != dims + 2:
+            return None
         return _conv_slide(named["weight"], named.get("bias"), named.get("stride", 1), named.get("padding", 0),
                            named.get("dilation", 1), named.get("groups", 1), size)
-    if node.target in (F.max_pool2d, torch.max_pool2d):
+    if node.target in _MAX_POOL_CALLS:
         named = dict(zip(("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
                          args, strict=False))
         named.update(kwargs)
-        if named.get("return_indices"):
+        if named.get("return_indices") or named.get("ceil_mode"):
             return None
         kernel = named["kernel_size"]
-        return _pool_slide("max", kernel, named.get("stride") or kernel, named.get("padding", 0), named.get("dilation", 1))
+        return _pool_slide("max", kernel, named.get("stride") or kernel, named.get("padding", 0),
+                           named.get("dilation", 1), dims)
     return None
 
 
-def _pool_slide(kind: str, kernel: Any, stride: Any, padding: Any, dilation: Any) -> _Slide:
-    window = Window(pair(kernel), pair(stride or kernel), pair(padding), pair(dilation))
-    pads = ((window.padding[0], window.padding[0]), (window.padding[1], window.padding[1]))
+def _pool_slide(kind: str, kernel: Any, stride: Any, padding: Any, dilation: Any, dims: int = 2) -> _Slide:
+    window = Window(ntuple(kernel, dims), ntuple(stride or kernel, dims), ntuple(padding, dims),
+                    ntuple(dilation, dims))
+    pads = tuple((p, p) for p in cast(tuple, window.padding))
     if kind == "max":
+        pool = _MAX_POOLS[dims]
         return _Slide(window, pads, float("-inf"),
-                      lambda crop: F.max_pool2d(crop, window.kernel, window.stride, 0, window.dilation))
-    return _Slide(window, pads, 0.0, lambda crop: F.avg_pool2d(crop, window.kernel, window.stride, 0))
+                      lambda crop: pool(crop, window.kernel, window.stride, 0, window.dilation))
+    average = _AVG_POOLS[dims]
+    return _Slide(window, pads, 0.0, lambda crop: average(crop, window.kernel, window.stride, 0))
 
 
-def _shift(node: fx.Node, module: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Pair | None:
-    """(top, left) offset of a constant, non-negative pad of the last two dims, or None."""
+def _shift(node: fx.Node, module: nn.Module | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, ...] | None:
+    """The offset along each spatial dim (first dim first) of a constant, non-negative pad of
+    the spatial dims, or None."""
+    value = args[0] if args else None
+    if not isinstance(value, Tensor) or value.dim() not in (3, 4, 5):
+        return None
+    dims = value.dim() - 2
     if module is not None:
-        if not isinstance(module, (nn.ZeroPad2d, nn.ConstantPad2d)):
+        if not isinstance(module, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+                                   nn.ConstantPad3d)):
             return None
         pads = tuple(module.padding)
     elif node.op == "call_function" and node.target is F.pad:
         pads = tuple(args[1] if len(args) > 1 else kwargs["pad"])
         mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
-        if mode != "constant" or len(pads) not in (2, 4):
+        if mode != "constant":
             return None
     else:
         return None
-    if len(pads) == 2:
-        pads = (*pads, 0, 0)
-    if any(p < 0 for p in pads):
-        return None
-    return (pads[2], pads[0])
+    if len(pads) % 2 or len(pads) > 2 * dims or any(p < 0 for p in pads):
+        return None  # also pads channels, or crops
+    befores = list(pads[0::2]) + [0] * (dims - len(pads) // 2)  # last dim first
+    return tuple(reversed(befores))
 
 
-def _gather(value: Tensor, top: Tensor, left: Tensor, height: int, width: int) -> Tensor:
-    """value (Tensor[1, C, H, W]) -> the boxes Tensor[B, C, height, width] at (top, left)."""
-    rows = top[:, None] + torch.arange(height, device=top.device)
-    cols = left[:, None] + torch.arange(width, device=left.device)
-    return value[0][:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3).contiguous()
+def _grid(corner: Tensor, extents: Sequence[int]) -> list[Tensor]:
+    """Per spatial dim a the positions ``corner[:, a] + arange(extents[a])``, shaped to broadcast
+    into Tensor[B, *extents]."""
+    dims = len(extents)
+    return [(corner[:, a, None] + torch.arange(n, device=corner.device)).view(-1, *(n if b == a else 1
+                                                                                      for b in range(dims)))
+            for a, n in enumerate(extents)]
 
 
-def _paste(dest: Tensor, top: Tensor, left: Tensor, local: _Local) -> Tensor:
-    """dest (Tensor[B or 1, C, H, W], whose corner sits at (top, left) of the map, LongTensor[B]
-    each) with ``local``'s patches written over it, dropping what falls outside: a new
-    Tensor[B, C, H, W]. One gather and one select, no host synchronisation: every shape here
+def _gather(value: Tensor, corner: Tensor, extents: Sequence[int]) -> Tensor:
+    """value (Tensor[1, C, *S]) -> the boxes Tensor[B, C, *extents] with first corners ``corner``
+    (LongTensor[B, d])."""
+    picked = value[0][(slice(None), *_grid(corner, extents))]  # [C, B, *extents]
+    return picked.movedim(0, 1).contiguous()
+
+
+def _paste(dest: Tensor, corner: Tensor, local: _Local) -> Tensor:
+    """dest (Tensor[B or 1, C, *E], whose first corner sits at ``corner`` of the map,
+    LongTensor[B, d]) with ``local``'s patches written over it, dropping what falls outside: a
+    new Tensor[B, C, *E]. One gather and one select, no host synchronisation: every shape here
     is known before the values are."""
-    height, width = dest.shape[-2:]
-    ph, pw = local.patch.shape[-2:]
-    rows = (top - local.top)[:, None] + torch.arange(height, device=dest.device)  # [B, H] in the patch
-    cols = (left - local.left)[:, None] + torch.arange(width, device=dest.device)  # [B, W]
-    inside = ((rows >= 0) & (rows < ph))[:, :, None] & ((cols >= 0) & (cols < pw))[:, None, :]  # [B, H, W]
-    where = rows.clamp(0, ph - 1)[:, :, None] * pw + cols.clamp(0, pw - 1)[:, None, :]  # [B, H, W]
+    extents = dest.shape[2:]
+    sizes = local.patch.shape[2:]
+    inside: Tensor | None = None
+    where: Tensor | int = 0
+    for place, size in zip(_grid(corner - local.corner, extents), sizes, strict=True):  # positions in the patch
+        ok = (place >= 0) & (place < size)
+        inside = ok if inside is None else inside & ok
+        where = where * size + place.clamp(0, size - 1)
+    where = cast(Tensor, where).expand(corner.shape[0], *extents)
     patch = local.patch.flatten(2)
     picked = patch.gather(2, where.flatten(1)[:, None].expand(-1, patch.shape[1], -1))
-    return torch.where(inside[:, None], picked.view(-1, patch.shape[1], height, width).to(dest.dtype), dest)
+    return torch.where(cast(Tensor, inside)[:, None], picked.view(-1, patch.shape[1], *extents).to(dest.dtype), dest)
 
 
 def _affected(start: Tensor, length: int, span: int, stride: int, before: int, outputs: int) -> tuple[Tensor, int]:
@@ -394,11 +447,11 @@ class _Incremental:
         return self.network.substitutes.get(target) or self.network.model.get_submodule(target)
 
     def occluded(self, corners: Tensor, size: int, fill: float, watched: list[fx.Node]) -> list[Any]:
-        """The watched nodes' values for occluders at ``corners`` (LongTensor[B, 2]): each a
-        Tensor[B, ...], a :class:`_Local`, or the unoccluded value."""
-        channels = self.base[self.input].shape[1]
-        patch = self.base[self.input].new_full((corners.shape[0], channels, size, size), fill)
-        env: dict[fx.Node, Any] = {self.input: _Local(patch, corners[:, 0], corners[:, 1])}
+        """The watched nodes' values for occluders at ``corners`` (LongTensor[B, d], d the
+        input's spatial dims): each a Tensor[B, ...], a :class:`_Local`, or the unoccluded value."""
+        base = self.base[self.input]
+        patch = base.new_full((corners.shape[0], base.shape[1], *[size] * (base.dim() - 2)), fill)
+        env: dict[fx.Node, Any] = {self.input: _Local(patch, corners)}
         keep = set(watched)
         if self.full_area == 0.0:
             env[self.input] = self.whole(self.input, env[self.input])
@@ -414,8 +467,8 @@ class _Incremental:
         if not isinstance(value, _Local):
             return value
         base = self.base[node]
-        zero = torch.zeros(value.patch.shape[0], dtype=torch.long, device=base.device)
-        return _paste(base, zero, zero, value)
+        zero = torch.zeros(value.patch.shape[0], base.dim() - 2, dtype=torch.long, device=base.device)
+        return _paste(base, zero, value)
 
     def step(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
         inputs = [env.get(n, _SAME) for n in node.all_input_nodes]
@@ -430,7 +483,7 @@ class _Incremental:
             local = self.pointwise(node, env, base_out)
             if local is not None:
                 return local
-        elif len(node.all_input_nodes) == 1 or (node.op == "call_function" and node.target in (F.conv2d, torch.conv2d)):
+        elif len(node.all_input_nodes) == 1 or (node.op == "call_function" and node.target in _CONV_CALLS):
             source = node.all_input_nodes[0]
             value = env.get(source, _SAME)
             if isinstance(value, _Local) and all(not isinstance(env.get(n, _SAME), _Local)
@@ -440,10 +493,10 @@ class _Incremental:
                 kwargs = fx.node.map_arg(node.kwargs, self.base.__getitem__)
                 shift = _shift(node, module, args, kwargs)
                 if shift is not None:
-                    return _Local(value.patch, value.top + shift[0], value.left + shift[1])
+                    return _Local(value.patch, value.corner + torch.tensor(shift, device=value.corner.device))
                 same = isinstance(step.mirror, SameConvTranspose2d) if step is not None else False
                 slide = _slide(node, module, args, kwargs, same)
-                if slide is not None and base_out.dim() == 4:
+                if slide is not None and base_out.dim() == value.patch.dim():
                     local = self.slide(node, source, value, slide, base_out)
                     if local is not None:
                         return local
@@ -458,58 +511,59 @@ class _Incremental:
         kwargs = fx.node.map_arg(node.kwargs, value)
         return evaluate(node, args, kwargs, self.network)
 
-    def small(self, height: int, width: int, shape: torch.Size) -> bool:
-        return height * width <= self.full_area * shape[-2] * shape[-1]
+    def small(self, extents: Sequence[int], shape: torch.Size) -> bool:
+        return math.prod(extents) <= self.full_area * math.prod(shape[2:])
 
     def slide(self, node: fx.Node, source: fx.Node, value: _Local, slide: _Slide, base_out: Tensor) -> _Local | None:
         """A window layer (``node``) on the crops its changed outputs read."""
         base_in = self.base[source]
-        height, width = base_in.shape[-2:]
-        (top_pad, bottom_pad), (left_pad, right_pad) = slide.pads
-        out_h, out_w = base_out.shape[-2:]
+        sizes, outputs = base_in.shape[2:], base_out.shape[2:]
         window = slide.window
         span, stride = window.span(), window.stride
-        first_row, rows = _affected(value.top, value.patch.shape[-2], span[0], stride[0], top_pad, out_h)
-        first_col, cols = _affected(value.left, value.patch.shape[-1], span[1], stride[1], left_pad, out_w)
-        if not self.small(rows, cols, base_out.shape):
+        affected = [_affected(value.corner[:, a], value.patch.shape[2 + a], span[a], stride[a], slide.pads[a][0],
+                              outputs[a]) for a in range(len(sizes))]
+        first = torch.stack([f for f, _ in affected], dim=1)  # [B, d]
+        counts = [c for _, c in affected]
+        if not self.small(counts, base_out.shape):
             return None
         padded = self.padded.get(node)  # per layer: layers reading one input pad it differently
         if padded is None:
-            reach_h, reach_w = window.extent((out_h, out_w))  # what the whole output reads, padded
-            need_h = reach_h - (height + top_pad + bottom_pad)
-            need_w = reach_w - (width + left_pad + right_pad)
-            padded = F.pad(base_in, (left_pad, right_pad + max(need_w, 0), top_pad, bottom_pad + max(need_h, 0)),
-                           value=slide.value)
+            reach = window.extent(outputs)  # what the whole output reads, padded
+            pads: list[int] = []
+            for a in reversed(range(len(sizes))):  # F.pad's order: last dim first
+                before, after = slide.pads[a]
+                pads += [before, after + max(reach[a] - (sizes[a] + before + after), 0)]
+            padded = F.pad(base_in, pads, value=slide.value)
             self.padded[node] = padded
-        crop_h, crop_w = window.extent((rows, cols))
-        top, left = first_row * stride[0], first_col * stride[1]  # in padded coordinates
-        crop = _paste(_gather(padded, top, left, crop_h, crop_w), top - top_pad, left - left_pad, value)
-        return _Local(slide.run(crop), first_row, first_col)
+        crop_extents = window.extent(counts)
+        start = first * torch.tensor(stride, device=first.device)  # in padded coordinates
+        befores = torch.tensor([before for before, _ in slide.pads], device=first.device)
+        crop = _paste(_gather(padded, start, crop_extents), start - befores, value)
+        return _Local(slide.run(crop), first)
 
     def pointwise(self, node: fx.Node, env: dict[fx.Node, Any], base_out: Tensor) -> _Local | None:
         """An element-wise layer on the union of its inputs' changed boxes."""
-        if base_out.dim() != 4:
+        if base_out.dim() < 3:
             return None
-        out_hw = base_out.shape[-2:]
+        sizes = base_out.shape[2:]
         locals_ = [env[n] for n in node.all_input_nodes if isinstance(env.get(n), _Local)]
         for n in node.all_input_nodes:
             base = self.base[n]
-            if isinstance(env.get(n), _Local) and base.shape[-2:] != out_hw:
+            if isinstance(env.get(n), _Local) and base.shape[2:] != sizes:
                 return None
         first = locals_[0]
-        same_box = all(v.patch.shape[-2:] == first.patch.shape[-2:] and torch.equal(v.top, first.top)
-                       and torch.equal(v.left, first.left) for v in locals_[1:])
+        same_box = all(v.patch.shape[2:] == first.patch.shape[2:] and torch.equal(v.corner, first.corner)
+                       for v in locals_[1:])
         if same_box:
-            top, left, (height, width) = first.top, first.left, first.patch.shape[-2:]
+            corner, extents = first.corner, tuple(first.patch.shape[2:])
         else:
-            top = torch.stack([v.top for v in locals_]).amin(0)
-            left = torch.stack([v.left for v in locals_]).amin(0)
-            bottom = torch.stack([v.top + v.patch.shape[-2] for v in locals_]).amax(0)
-            right = torch.stack([v.left + v.patch.shape[-1] for v in locals_]).amax(0)
-            height = min(int((bottom - top).max()), out_hw[0])
-            width = min(int((right - left).max()), out_hw[1])
-            top, left = top.clamp(max=out_hw[0] - height), left.clamp(max=out_hw[1] - width)
-        if not self.small(height, width, base_out.shape):
+            low = torch.stack([v.corner for v in locals_]).amin(0)  # [B, d]
+            high = torch.stack([v.corner + torch.tensor(v.patch.shape[2:], device=v.corner.device)
+                                for v in locals_]).amax(0)
+            extents = tuple(min(int(e), n) for e, n in zip((high - low).amax(0).tolist(), sizes, strict=True))
+            corner = low.clamp(max=torch.tensor([n - e for n, e in zip(sizes, extents, strict=True)],
+                                                device=low.device))
+        if not self.small(extents, base_out.shape):
             return None
 
         def crop(n: fx.Node) -> Any:
@@ -517,25 +571,25 @@ class _Incremental:
             if isinstance(value, _Local):
                 if same_box:
                     return value.patch
-                return _paste(_gather(base, top, left, height, width), top, left, value)
-            if isinstance(base, Tensor) and base.dim() == 4 and base.shape[-2:] == out_hw:
-                return _gather(base, top, left, height, width) if base.shape[0] == 1 else None
+                return _paste(_gather(base, corner, extents), corner, value)
+            if isinstance(base, Tensor) and base.dim() == base_out.dim() and base.shape[2:] == sizes:
+                return _gather(base, corner, extents) if base.shape[0] == 1 else None
             return base
 
         args = fx.node.map_arg(node.args, crop)
         kwargs = fx.node.map_arg(node.kwargs, crop)
         out = evaluate(node, args, kwargs, self.network)
-        if not isinstance(out, Tensor) or out.dim() != 4 or out.shape[-2:] != (height, width):
+        if not isinstance(out, Tensor) or out.dim() != base_out.dim() or tuple(out.shape[2:]) != extents:
             return None
-        return _Local(out, top, left)
+        return _Local(out, corner)
 
     def channel_sum(self, value: Any, node: fx.Node, channel: int) -> Tensor:
         """Tensor[B]: the sum of ``channel``'s map in a watched value."""
         base = self.base[node][:, channel : channel + 1]
         if value is _SAME:
             raise AssertionError("unreachable: every layer downstream of the input changes")  # pragma: no cover
+        spatial = tuple(range(1, base.dim()))
         if isinstance(value, _Local):
-            height, width = value.patch.shape[-2:]
-            replaced = _gather(base, value.top, value.left, height, width).sum((1, 2, 3))
-            return base.sum() - replaced + value.patch[:, channel].sum((1, 2))
-        return value[:, channel].sum((1, 2))
+            replaced = _gather(base, value.corner, value.patch.shape[2:]).sum(spatial)
+            return base.sum() - replaced + value.patch[:, channel].sum(spatial[:-1])
+        return value[:, channel].sum(spatial[:-1])
