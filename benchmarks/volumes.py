@@ -10,7 +10,11 @@ Rows:
   Captum; with the forward floor (one forward pass of the batch the call needs).
 - A 1-D ResNet-style net on one 4096-sample signal, 64 classes, against Captum.
 
-Occlusion of volumes is not here: deconvnet's occlusion is 2-D so far.
+- Occlusion of one volume by an 8-voxel cube (stride 8, no overlap) with MONAI's DenseNet121:
+  deconvnet's incremental occlusion against Captum's ``Occlusion`` (the same windows, on
+  softmax probabilities: its per-voxel map must equal ours) and MONAI's
+  ``OcclusionSensitivity`` (``overlap=0``, fill 0; its windows are centred on voxels and cover
+  the edges, so its map is timed, not compared).
 """
 
 from __future__ import annotations
@@ -141,7 +145,55 @@ def bench_signal(length: int, classes: int, repeats: int, device: torch.device) 
                    "deconvnet / floor": seconds["deconvnet"] / seconds["forward floor"], "relative error": error})
 
 
+def bench_volume_occlusion(size: int, cube: int, repeats: int, device: torch.device) -> dict:
+    from captum.attr import Occlusion
+    from monai.visualize import OcclusionSensitivity
+
+    from deconvnet.analysis.occlusion import occlusion
+
+    model = _densenet(4, device)
+    x = torch.randn(1, 1, size, size, size, device=device)
+    with torch.no_grad():
+        target = int(model(x).argmax())
+    dn = DeconvNet(model)
+
+    def ours() -> torch.Tensor:
+        return occlusion(dn, x, size=cube, stride=cube, target=target).probability
+
+    def probabilities(inputs: torch.Tensor) -> torch.Tensor:
+        return model(inputs).softmax(-1)
+
+    def captum() -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Occlusion(probabilities).attribute(x, sliding_window_shapes=(1, cube, cube, cube),
+                                                      strides=(1, cube, cube, cube), target=target, baselines=0.0,
+                                                      perturbations_per_eval=16)
+
+    monai = OcclusionSensitivity(model, mask_size=cube, n_batch=16, verbose=False, mode=0.0, overlap=0.0)
+
+    def monai_map() -> torch.Tensor:
+        with torch.no_grad():
+            return monai(x)[0]
+
+    with torch.no_grad():
+        base = probabilities(x)[0, target]
+        grid = ours()[0]
+    # Captum's map: per voxel, the drop in P(target) with the cube over it (one window per voxel here)
+    expected = (base - grid).repeat_interleave(cube, 0).repeat_interleave(cube, 1).repeat_interleave(cube, 2)
+    error = checked(device, relative_error(expected, captum()[0, 0]), "volume occlusion, Captum")
+    seconds = timed({"deconvnet": ours, "captum Occlusion": captum, "monai OcclusionSensitivity": monai_map},
+                    repeats, device)
+    positions = (size // cube) ** 3
+    return _row("volume occlusion", f"monai DenseNet121 3-D, {cube}^3 cube, {positions} positions", size, 1, device,
+                torch.float32, seconds,
+                **{"captum / deconvnet": seconds["captum Occlusion"] / seconds["deconvnet"],
+                   "monai / deconvnet": seconds["monai OcclusionSensitivity"] / seconds["deconvnet"],
+                   "relative error": error})
+
+
 def run(device: torch.device, size: int, repeats: int, emit) -> None:  # type: ignore[no-untyped-def]
     for row in bench_volume(size, 8, repeats, device):
         emit(row)
     emit(bench_signal(4096, 64, max(repeats, 5), device))
+    emit(bench_volume_occlusion(min(size, 48), 8, max(repeats - 1, 1), device))
