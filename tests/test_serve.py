@@ -209,8 +209,16 @@ def test_occlusion_defaults_to_the_deepest_spatial_layer(client, star, explorer)
 
 
 def test_concurrent_clicks_on_one_layer_share_one_mirror_pass(explorer, star):
-    release = threading.Event()
-    blocker = explorer._worker.submit(("hold",), None, lambda items: [release.wait(30)] * len(items))
+    release, holding = threading.Event(), threading.Event()
+
+    def hold(items):  # type: ignore[no-untyped-def]
+        holding.set()
+        return [release.wait(30)] * len(items)
+
+    blocker = explorer._worker.submit(("hold",), None, hold)
+    # The worker must be inside the blocker before the clicks queue: a worker slow to wake took
+    # the blocker and the first click in one round, and the other four came as a second batch.
+    assert holding.wait(30)
     channels = [0, 5, 9, 5, 17]
     answers: dict[int, dict] = {}
 
