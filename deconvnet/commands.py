@@ -128,8 +128,13 @@ def describe(loaded: LoadedModel, shown: int = 5, spatial_dims: int = 2) -> list
     return lines
 
 
+def _listed(names: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 # What the command line draws for signal and volume models so far; the rest draw images.
-_ANY_DIMENSION = {"classes", "info"}
+_ANY_DIMENSION = {"classes", "info", "occlusion"}
 
 
 class Session:
@@ -151,7 +156,7 @@ class Session:
         if self.dims != 2 and command not in _ANY_DIMENSION:
             kind = "signals" if self.dims == 1 else "volumes and clips"
             raise InputError(f"deconvnet {command} draws images, and {args.model} takes {kind}: for those the command "
-                             f"line has {' and '.join(sorted(_ANY_DIMENSION))} so far; in Python every call takes them "
+                             f"line has {_listed(sorted(_ANY_DIMENSION))} so far; in Python every call takes them "
                              "(reconstruct, reconstruct_units, mine_top_units)")
         for line in describe(self.loaded, spatial_dims=self.dims):
             print(f"deconvnet: {line}")
@@ -273,8 +278,8 @@ def _map_layers(s: Session, x: torch.Tensor) -> list[str]:
     modules = dict(s.dn.model.named_modules())
     names = [
         name for name in s.dn.layers
-        if s.dn.layer_name(name) == name and trace.activations[name].dim() == 4
-        and trace.activations[name].shape[-2:].numel() > 1 and name in modules and not list(modules[name].children())
+        if s.dn.layer_name(name) == name and trace.activations[name].dim() == x.dim()
+        and trace.activations[name].shape[2:].numel() > 1 and name in modules and not list(modules[name].children())
     ]
     if len(names) <= _PANELS:
         return names
@@ -337,11 +342,11 @@ def occlusion_command(args: argparse.Namespace) -> list[Path]:
     x = s.images(args.images)
     layer = args.layer or _map_layers(s, x[:1])[-1]
     written = []
-    for n, path in enumerate(args.images):
+    for n, name in enumerate(s.names):
         result = occlusion(s.dn, x[n : n + 1], size=args.size, stride=args.stride, fill=args.fill,
                            target=args.target, layer=layer, batch_size=args.batch_size)
         picture = figures.occlusion_figure(result, x[n : n + 1], s.mean, s.std, categories=s.loaded.categories)
-        written.append(s.save(picture, f"occlusion-{slug(Path(path).stem)}.png"))
+        written.append(s.save(picture, f"occlusion-{slug(Path(name).stem)}.png"))
     return written
 
 

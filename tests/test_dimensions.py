@@ -356,8 +356,14 @@ def test_the_command_line_reads_signals_from_tensor_files(ecg_module, capsys):
                  "--out", str(folder / "out")]) == 0
     picture = Image.open(folder / "out" / "classes.png")
     assert picture.height > 3 * 3 * 100  # three inputs, each a signal and two reconstructions
+    assert main(["occlusion", str(folder / "beat.npy"), *common, "--size", "20", "--stride", "10",
+                 "--out", str(folder / "out")]) == 0
+    chart = Image.open(folder / "out" / "occlusion-beat.png")
+    assert chart.height >= 2 * 100  # the signal over P(target) along it
     assert main(["layers", str(folder / "beat.npy"), *common]) == 1
-    assert "deconvnet layers draws images, and ecg:net takes signals" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "deconvnet layers draws images, and ecg:net takes signals" in err
+    assert "the command line has classes, info and occlusion so far" in err
     (folder / "flat.npy").write_bytes((folder / "beat.npy").read_bytes())
     import numpy as np
 
@@ -381,6 +387,10 @@ def test_the_command_line_draws_a_monai_volume_and_a_video_clip(tmp_path):
                  "--out", str(tmp_path / "ct")]) == 0
     planes = Image.open(tmp_path / "ct" / "classes.png")
     assert planes.width >= 6 * 120 and planes.height >= 2 * 120  # two rows of six planes
+    assert main(["occlusion", str(tmp_path / "ct.pt"), "--model", monai, "--size", "8", "--stride", "8",
+                 "--device", "cpu", "--out", str(tmp_path / "ct")]) == 0
+    occluded = Image.open(tmp_path / "ct" / "occlusion-ct.png")
+    assert occluded.width >= 6 * 120  # the input's planes, then the probability map's
     video = "torchvision.models.video:r3d_18(num_classes=3)"
     assert main(["classes", str(tmp_path / "clip.pt"), "--model", video, "--top-k", "1", "--device", "cpu",
                  "--out", str(tmp_path / "clip")]) == 0

@@ -24,6 +24,7 @@ from . import image, signals, volumes
 from .image import stack_pictures
 
 __all__ = [
+    "occlusion_figure_nd",
     "boxes_figure",
     "channels_figure",
     "class_figure",
@@ -265,7 +266,12 @@ def occlusion_figure(
     occluder drawn at its centre position, (b) the total activation of the strongest feature
     map at each occluder position (when ``result`` has a layer), (c) that map's strongest
     unit projected down, (d) the probability of the target class (black 0 to pale yellow 1),
-    (e) the most probable label at each position, with a legend."""
+    (e) the most probable label at each position, with a legend.
+
+    A signal (x Tensor[N, C, L]) or a volume (Tensor[N, C, D, H, W]) takes its own picture
+    (:func:`occlusion_figure_nd`)."""
+    if x.dim() != 4:
+        return occlusion_figure_nd(result, x, categories=categories, index=index)
     picture = image.denormalize(x[index], mean, std).cpu()
     height, width = picture.shape[-2:]
     top, left = (height - result.size) // 2, (width - result.size) // 2
@@ -291,6 +297,60 @@ def occlusion_figure(
     panels.append(_legend(legend, height, width))
     labels.append("")
     return image.labelled_grid(torch.stack(panels), labels, ncol=len(panels))
+
+
+def _on_input(grid: Tensor, result: Occlusion, spatial: Sequence[int]) -> Tensor:
+    """A value per occluder position (Tensor[*grid]) laid on the input's positions: each as a
+    ``stride``-long block at the occluder's centre; NaN where no centre reaches."""
+    out = torch.full(tuple(spatial), float("nan"))
+    blocks = grid.float().cpu()
+    for axis in range(grid.dim()):
+        blocks = blocks.repeat_interleave(result.stride, axis)
+    start = max(result.size // 2 - result.stride // 2, 0)
+    region = tuple(slice(start, start + min(blocks.shape[a], n - start)) for a, n in enumerate(spatial))
+    out[region] = blocks[tuple(slice(0, r.stop - r.start) for r in region)]
+    return out
+
+
+def occlusion_figure_nd(result: Occlusion, x: Tensor, *, categories: Sequence[str] | None = None,
+                        index: int = 0) -> Image.Image:
+    """Occlusion of a signal or a volume: the probability of the target class with the occluder
+    at each position, laid on the input's own axis or planes.
+
+    A signal (x Tensor[N, C, L]): its chart, and under it P(target) against the occluder's centre.
+    A volume or clip (Tensor[N, C, D, H, W]): its three planes through the position where the
+    probability drops most, and the probability map's planes there, from black at the map's
+    lowest value to pale yellow at its highest (the range in the captions).
+    """
+    target = _name(categories, int(result.target[index]))
+    probability = result.probability[index].float().cpu()
+    unoccluded = float(result.unoccluded[index])
+    spatial = tuple(x.shape[2:])
+    laid = _on_input(probability, result, spatial)
+    title = f"p({target}) with a {result.size}-wide occluder (unoccluded {unoccluded:.2f})"
+    if x.dim() == 3:
+        signal = signals.signal_chart(x[index].float().cpu(), title="input")
+        drawn = torch.nan_to_num(laid, nan=unoccluded)[None]
+        chart = signals.signal_chart(drawn, title=title)
+        return stack_pictures([signal, chart], gap=4)
+    filled = torch.nan_to_num(laid, nan=unoccluded)
+    at = volumes.strongest_point((unoccluded - filled)[None])
+    shown = volumes.display(x[index].float().cpu())
+    # the map's own range, stated: a probability that barely moves would otherwise look flat
+    low, high = float(probability.min()), float(probability.max())
+    stretched = (filled - low) / max(high - low, 1e-12)
+    tiles, captions = [], []
+    side = max(spatial)
+    for plane, picture in zip(volumes.PLANES, volumes.planes(shown, at), strict=True):
+        tiles.append(volumes._tile(volumes._rgb(picture), side))
+        captions.append(f"input, {plane}")
+    for plane, values in zip(volumes.PLANES, volumes.planes(stretched[None], at), strict=True):
+        tiles.append(volumes._tile(image.colormap(values[0]), side))
+        captions.append(f"p {low:.3g}-{high:.3g}, {plane}")
+    grid = image.labelled_grid(torch.stack(tiles), captions, ncol=6, scale=max(2, -(-120 // side)))
+    heading = Image.new("RGB", (grid.width, 16), "white")
+    ImageDraw.Draw(heading).text((2, 2), title, fill="black", font=ImageFont.load_default())
+    return stack_pictures([heading, grid], gap=0)
 
 
 def _grid_picture(colours: Tensor, result: Occlusion, height: int, width: int) -> Tensor:
