@@ -428,9 +428,9 @@ class PaddedVolume(nn.Module):
         self.head = nn.Linear(4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.relu(self.bn(self.conv(x))))
+        x = self.pool(self.relu(self.bn(self.conv(self.pad(x)))))  # a pad first: it moves the box
         x = self.relu(x + self.branch(x))
-        return self.head(F.adaptive_avg_pool3d(self.avg(self.pad(x)), 1).flatten(1))
+        return self.head(F.adaptive_avg_pool3d(self.avg(x), 1).flatten(1))
 
 
 def _brute_force(model: nn.Module, x: torch.Tensor, size: int, stride: int, fill: float, target: int) -> torch.Tensor:

@@ -479,6 +479,16 @@ class _Incremental:
                 or not isinstance(base_out, Tensor):
             return self.run_whole(node, env)
         step = self.network.steps.get(node)
+        if len(node.all_input_nodes) == 1 and isinstance(env.get(node.all_input_nodes[0]), _Local):
+            # a constant pad moves the changed box (its mirror is a pointwise Crop, whose own
+            # test below would find the padded map's size changed and run it whole)
+            module = self.module(node)
+            args = fx.node.map_arg(node.args, self.base.__getitem__)
+            kwargs = fx.node.map_arg(node.kwargs, self.base.__getitem__)
+            shift = _shift(node, module, args, kwargs)
+            if shift is not None:
+                value = env[node.all_input_nodes[0]]
+                return _Local(value.patch, value.corner + torch.tensor(shift, device=value.corner.device))
         if step is not None and step.mirror.pointwise:
             local = self.pointwise(node, env, base_out)
             if local is not None:
@@ -491,9 +501,6 @@ class _Incremental:
                 module = self.module(node)
                 args = fx.node.map_arg(node.args, self.base.__getitem__)
                 kwargs = fx.node.map_arg(node.kwargs, self.base.__getitem__)
-                shift = _shift(node, module, args, kwargs)
-                if shift is not None:
-                    return _Local(value.patch, value.corner + torch.tensor(shift, device=value.corner.device))
                 same = isinstance(step.mirror, SameConvTranspose2d) if step is not None else False
                 slide = _slide(node, module, args, kwargs, same)
                 if slide is not None and base_out.dim() == value.patch.dim():
