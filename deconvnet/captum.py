@@ -10,8 +10,8 @@ explicit mirror, built once per object (one forward pass, no hooks, every ReLU's
 Anything else Captum accepts (several inputs, extra forward arguments, targets into outputs of
 any shape, neurons of a layer's input) runs as the exact gradient with every ReLU's backward
 replaced by the rule, as Captum computes it, without touching the model. ``Occlusion`` of one
-image batch by a square window over every channel runs by exact incremental inference (only
-what each window can change is recomputed); every other shape, window, baseline and input runs
+image batch by a square window over every channel (a signal's by a segment, a volume's by a
+cube) runs by exact incremental inference (only what each window can change is recomputed); every other shape, window, baseline and input runs
 as batched whole evaluations, ``perturbations_per_eval`` windows per forward pass.
 
 Where the results differ from Captum's: Captum gives the rule only to ``nn.ReLU`` modules it can
@@ -372,31 +372,39 @@ class Occlusion:
 
     def _incremental(self, tensors: tuple[Tensor, ...], extra: tuple[Any, ...], geometry: list, bases: tuple,
                      target: Target, show_progress: bool) -> tuple[Tensor, ...] | None:
-        """One image batch, a square window over all channels that tiles each side exactly, a
-        number for baseline: the exact incremental path (deconvnet.analysis.occlusion)."""
-        from .analysis.occlusion import _FULL_AREA, _Incremental, occluder_corners
+        """One batch of images (signals, volumes), a square window (a segment, a cube) over all
+        channels that tiles each side exactly, a number for baseline: the exact incremental path
+        (deconvnet.analysis.occlusion)."""
+        from .analysis.occlusion import _FULL_AREA, _Incremental, occluder_positions
 
-        if len(tensors) != 1 or extra or tensors[0].dim() != 4 or not isinstance(self.forward_func, nn.Module):
+        if len(tensors) != 1 or extra or tensors[0].dim() not in (3, 4, 5) \
+                or not isinstance(self.forward_func, nn.Module):
             return None
         x = tensors[0]
         (window, step), base = geometry[0], bases[0]
-        n, channels, height, width = x.shape
+        n, channels = x.shape[:2]
+        spatial = tuple(x.shape[2:])
         fill = base if base is None or isinstance(base, (int, float)) else None
         if isinstance(base, Tensor) and base.numel() == 1:
             fill = float(base)
         classes = _per_example(target, n)
-        if (fill is None and base is not None) or classes is None or window[0] != channels or window[1] != window[2] \
-                or step[1] != step[2] or (height - window[1]) % step[1] or (width - window[2]) % step[2]:
+        if (fill is None and base is not None) or classes is None or window[0] != channels \
+                or len(set(window[1:])) != 1 or len(set(step[1:])) != 1 \
+                or any((extent - w) % s for extent, w, s in zip(spatial, window[1:], step[1:], strict=True)):
             return None
         network = self._built()
-        if network is None:
+        if network is None or network.spatial_dims != len(spatial):
             return None
         size, stride = window[1], step[1]
-        corners = occluder_corners(height, width, size, stride).to(x.device)
+        corners = occluder_positions(spatial, size, stride).to(x.device)
+
+        def box(corner: list[int]) -> tuple[slice, ...]:
+            return tuple(slice(c, c + size) for c in corner)
+
         attributions = torch.zeros_like(x)
-        counts = torch.zeros(height, width, dtype=x.dtype, device=x.device)
-        for top, left in corners.tolist():
-            counts[top : top + size, left : left + size] += 1
+        counts = torch.zeros(spatial, dtype=x.dtype, device=x.device)
+        for corner in corners.tolist():
+            counts[box(corner)] += 1
         bar = _bar(show_progress, n * corners.shape[0], "window")
         for i in range(n):
             run = _Incremental(network, x[i : i + 1], _FULL_AREA)
@@ -411,10 +419,10 @@ class Occlusion:
                                                              [network.output])[0])
                 drops.append(base_out[0, classes[i]] - out[:, classes[i]])
                 bar.update(out.shape[0])
-            total = torch.zeros(height, width, dtype=x.dtype, device=x.device)
-            for (top, left), drop in zip(corners.tolist(), torch.cat(drops), strict=True):
-                total[top : top + size, left : left + size] += drop
-            attributions[i] = (total / counts)[None].expand(channels, -1, -1)
+            total = torch.zeros(spatial, dtype=x.dtype, device=x.device)
+            for corner, drop in zip(corners.tolist(), torch.cat(drops), strict=True):
+                total[box(corner)] += drop
+            attributions[i] = (total / counts)[None].expand(channels, *spatial)
         bar.close()
         return (attributions,)
 

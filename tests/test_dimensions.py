@@ -495,3 +495,26 @@ def test_occlusion_in_1d_and_3d_equals_occluding_and_running_the_model(case_name
         occlusion(model, x, size=999, stride=1)
     with pytest.raises(InputError, match=r"x must be a batch of (signals|volumes or clips)"):
         occlusion(model, torch.randn(1, 2, 8, 8, dtype=torch.float64), size=2, stride=2)
+
+
+@pytest.mark.parametrize("case_name", ["signal", "volume"])
+def test_the_captum_occlusion_drop_in_runs_signals_and_volumes_incrementally(case_name, monkeypatch):
+    captum = pytest.importorskip("captum.attr")
+    from deconvnet import captum as drop_in
+
+    torch.manual_seed(0)
+    if case_name == "signal":
+        model, x, window, step = _statistics(Residual1d()), torch.randn(2, 1, 96, dtype=torch.float64), (1, 8), (1, 8)
+    else:
+        model = _statistics(PaddedVolume())
+        x, window, step = torch.randn(1, 2, 12, 12, 12, dtype=torch.float64), (2, 4, 4, 4), (2, 4, 4, 4)
+    expected = captum.Occlusion(model).attribute(x, sliding_window_shapes=window, strides=step, target=1)
+
+    def whole(*args, **kwargs):  # Captum's way, one occluded copy after another
+        raise AssertionError("ran whole evaluations, not incremental inference")
+
+    monkeypatch.setattr(drop_in.Occlusion, "_whole", whole)
+    ours = drop_in.Occlusion(model).attribute(x, sliding_window_shapes=window, strides=step, target=1)
+    assert expected.abs().max() > 0 and ours.dtype == x.dtype
+    # Captum's Occlusion returns float32 even for a float64 model: equal to its precision
+    torch.testing.assert_close(ours, expected.to(ours.dtype), rtol=1e-5, atol=1e-7)
