@@ -35,6 +35,7 @@ from .deconvnet import DeconvNet
 from .errors import InputError
 from .decoding import read_image
 from .loading import (
+    PROBE_SIDES,
     TENSOR_SUFFIXES,
     ImageFolder,
     LoadedModel,
@@ -199,9 +200,6 @@ class Session:
         return path
 
 
-_PROBE = {1: 1024, 3: 64}  # the side info probes a signal or volume model at, without --example
-
-
 def info_command(args: argparse.Namespace) -> list[Path]:
     """Print what a run with these arguments would feed and read: model, checkpoint, classes,
     preprocessing, input size, every layer one can name with its output shape, general layers."""
@@ -221,8 +219,8 @@ def info_command(args: argparse.Namespace) -> list[Path]:
         note = "" if loaded.preprocessing.size else " for a square image (this preprocessing keeps each image's aspect ratio)"
     else:
         channels = dn.network.input_channels or 1
-        probe = torch.zeros(1, channels, *[_PROBE[dims]] * dims)
-        note = f" probed at {_PROBE[dims]} per side; give --example FILE for the shapes at your inputs' size"
+        probe = torch.zeros(1, channels, *[PROBE_SIDES[dims]] * dims)
+        note = f" probed at {PROBE_SIDES[dims]} per side; give --example FILE for the shapes at your inputs' size"
     trace = dn.trace(probe.to(device, dtype))
     for line in describe(loaded, shown=10, spatial_dims=dims):
         print(line)

@@ -335,7 +335,7 @@ def _factory(given: str) -> _Source:
         return model
 
     return _Source(given if arguments else f"{spec}()", build, lambda model: Preprocessing.imagenet(
-        source=f"ImageNet defaults: {spec} names no preprocessing; set --size, --mean, --std to your training's"),
+        source=f"ImageNet defaults: {spec} names no preprocessing; set --input-size, --mean, --std to your training's"),
         reference=lambda: build(None))
 
 
@@ -425,11 +425,20 @@ def _named(labels: list[str] | dict[int, str], classes: int | None, where: str) 
     return list(labels)
 
 
+PROBE_SIDES = {1: 1024, 2: 224, 3: 64}
+"""The side of an input of zeros that probes a model of each number of spatial dims."""
+
+
 def _classes(model: nn.Module, preprocessing: Preprocessing) -> int | None:
-    """The number of outputs, from one small forward pass (None when the output is not [N, K])."""
-    size = preprocessing.size or (224, 224)
+    """The number of outputs, from one forward pass of zeros shaped as the model's first conv
+    takes them (an image through the preprocessing's size, a signal, a volume); None when the
+    output is not [N, K] or the model refuses the probe."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    dims = first.weight.dim() - 2 if first is not None else 2
+    channels = first.in_channels if first is not None else 3
+    size = (preprocessing.size or (PROBE_SIDES[2],) * 2) if dims == 2 else (PROBE_SIDES[dims],) * dims
     parameter = next(model.parameters(), None)
-    x = torch.zeros(1, 3, *size, dtype=parameter.dtype if parameter is not None else torch.float32,
+    x = torch.zeros(1, channels, *size, dtype=parameter.dtype if parameter is not None else torch.float32,
                     device=parameter.device if parameter is not None else "cpu")
     try:
         with torch.no_grad():

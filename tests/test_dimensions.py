@@ -518,3 +518,11 @@ def test_the_captum_occlusion_drop_in_runs_signals_and_volumes_incrementally(cas
     assert expected.abs().max() > 0 and ours.dtype == x.dtype
     # Captum's Occlusion returns float32 even for a float64 model: equal to its precision
     torch.testing.assert_close(ours, expected.to(ours.dtype), rtol=1e-5, atol=1e-7)
+
+
+def test_labels_of_the_wrong_count_are_refused_for_signal_models_too(ecg_module):
+    from deconvnet.loading import load_model
+
+    (ecg_module / "three.txt").write_text("a\nb\nc\n")
+    with pytest.raises(InputError, match=r"three.txt has 3 names, but the model has 4 classes"):
+        load_model("ecg:net", labels=ecg_module / "three.txt")
