@@ -237,14 +237,17 @@ def _direct_transpose(signal: Tensor, kernel: Tensor, pads: tuple[int, ...], dil
         c_in, c_out = kernel.shape[:2]
         out = torch.mm(kernel.reshape(c_in, c_out), signal.reshape(c_out, -1))
         return out.view(1, c_in, *signal.shape[2:])
-    conv = _CONV[dims]
+    conv = CONV[dims]
     befores, afters = pads[0::2][::-1], pads[1::2][::-1]  # per axis, first axis first
     if all(b == a >= 0 for b, a in zip(befores, afters, strict=True)):
         return conv(signal, kernel, None, 1, befores, dilation, groups)
     return conv(F.pad(signal, pads), kernel, None, 1, 0, dilation, groups)
 
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+# torch's functions by the number of spatial dims, for code written once for all of them
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 # The sub-pixel form multiplies the work of the transposed conv by the product over both axes of

@@ -31,7 +31,7 @@ from ..chunks import budget, plan
 from ..capture import evaluate
 from ..deconvnet import DeconvNet
 from ..errors import InputError, TargetOutOfRangeError
-from ..functional import Window, ntuple, same_padding
+from ..functional import AVG_POOL, CONV, MAX_POOL, Window, ntuple, same_padding
 from ..mirror import SameConvTranspose2d, conv_padding
 from ..progress import ProgressFactory, Silent
 
@@ -262,9 +262,6 @@ class _Slide:
     """The layer on a padded crop, without padding of its own."""
 
 
-_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-_AVG_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _CONV_CALLS = {F.conv1d, torch.conv1d, F.conv2d, torch.conv2d, F.conv3d, torch.conv3d}
 _MAX_POOL_CALLS = {F.max_pool1d, torch.max_pool1d, F.max_pool2d, torch.max_pool2d, F.max_pool3d, torch.max_pool3d}
 
@@ -274,7 +271,7 @@ def _conv_slide(weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, 
     dims = weight.dim() - 2
     window = Window(tuple(weight.shape[2:]), ntuple(stride, dims), dilation=ntuple(dilation, dims))
     pads = same_padding(size, window) if same else conv_padding(padding, window.kernel, window.dilation)
-    conv = _CONVS[dims]
+    conv = CONV[dims]
     return _Slide(window, tuple(pads), 0.0,
                   lambda crop: conv(crop, weight, bias, window.stride, 0, window.dilation, groups))
 
@@ -332,10 +329,10 @@ def _pool_slide(kind: str, kernel: Any, stride: Any, padding: Any, dilation: Any
                     ntuple(dilation, dims))
     pads = tuple((p, p) for p in cast(tuple, window.padding))
     if kind == "max":
-        pool = _MAX_POOLS[dims]
+        pool = MAX_POOL[dims]
         return _Slide(window, pads, float("-inf"),
                       lambda crop: pool(crop, window.kernel, window.stride, 0, window.dilation))
-    average = _AVG_POOLS[dims]
+    average = AVG_POOL[dims]
     return _Slide(window, pads, 0.0, lambda crop: average(crop, window.kernel, window.stride, 0))
 
 
