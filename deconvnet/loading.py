@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -108,6 +108,8 @@ class _Source:
     trained: bool = False  # build(None) loads trained weights
     reference: Callable[[], nn.Module] | None = None  # the architecture, cheaply, to compare a checkpoint with
     notes: list[str] = field(default_factory=list)
+    names_from: str = "the pretrained weights"  # where categories() takes its names, for the user
+    names_with_checkpoint: bool = False  # the names hold for a checkpoint too (a config's, not the weights')
 
 
 def _on_meta(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
@@ -131,11 +133,11 @@ def _bundled(spec: str, checkpoint: bool) -> _Source:
     if spec == "shapes":
         return _Source("the bundled ShapesNet", lambda n, keys: shapes_net() if n is None and not checkpoint else ShapesNet(
             n or len(shapes.CLASSES)), lambda model: Preprocessing.shapes(), lambda model: shapes.CLASSES,
-            trained=True, reference=_on_meta(ShapesNet))
+            trained=True, reference=_on_meta(ShapesNet), names_from="the bundled model")
     return _Source("the bundled EfficientNet-Lite0 (ImageNet weights)",
                    lambda n, keys: efficientnet_lite0() if n is None and not checkpoint else EfficientNetLite0(n or 1000),
                    lambda model: Preprocessing.efficientnet_lite(), lambda model: imagenet_categories(),
-                   trained=True, reference=_on_meta(EfficientNetLite0))
+                   trained=True, reference=_on_meta(EfficientNetLite0), names_from="the bundled model")
 
 
 def _torchvision(name: str, weights: str | None, checkpoint: bool) -> _Source:
@@ -271,7 +273,8 @@ def _huggingface(folder: Path, name: str) -> _Source:
         names = [str(labels.get(i, labels.get(str(i), f"class {i}"))) for i in range(len(labels))]
         return names if names and not all(_DEFAULT_LABEL.fullmatch(n) for n in names) else None
 
-    return _Source(f"Hugging Face {name}", build, preprocessing, categories, trained=True)
+    return _Source(f"Hugging Face {name}", build, preprocessing, categories, trained=True,
+                   names_from="the model's config", names_with_checkpoint=True)
 
 
 def _hub_folder(repo: str) -> Path:
@@ -492,30 +495,28 @@ def load_model(spec: str, *, weights: str | None = None, checkpoint: Path | str 
         fitted = f"{saved.path.name}: {saved.where}, {load_state(model, saved, source.name)}"
     model.eval()
     preprocessing = source.preprocessing(model)
-    chosen, where = _choose_labels(labels, saved, source, model)
-    if chosen is not None and where not in ("the pretrained weights", "the model's config", "the bundled model"):
+    chosen, where, given = _choose_labels(labels, saved, source, model)
+    if given:  # names from the user or the checkpoint: checked against the model's outputs
         classes = size if size is not None else _classes(model, preprocessing)
-        chosen = _named(chosen, classes, where)
+        chosen = _named(chosen, classes, cast(str, where))
     described = source.name + (f" ({size} classes)" if size is not None else "") + \
         "".join(f"; {note}" for note in source.notes)
     return LoadedModel(model, preprocessing, chosen, described, where if chosen else None, fitted or None)
 
 
-def _choose_labels(labels: Any, saved: Checkpoint | None, source: _Source, model: nn.Module) -> tuple[Any, str | None]:
+def _choose_labels(labels: Any, saved: Checkpoint | None, source: _Source,
+                   model: nn.Module) -> tuple[Any, str | None, bool]:
+    """(names, where they come from, whether they were given: by the user or the checkpoint)."""
     if labels is not None:
         if isinstance(labels, (str, Path)):
-            return load_labels(labels), f"{Path(labels).name}"
-        return (dict(labels) if isinstance(labels, Mapping) else list(labels)), "the labels given"
+            return load_labels(labels), f"{Path(labels).name}", True
+        return (dict(labels) if isinstance(labels, Mapping) else list(labels)), "the labels given", True
     if saved is not None and saved.labels is not None:
-        return saved.labels, f"the checkpoint {saved.path.name}"
-    if saved is not None and not source.name.startswith("Hugging Face"):
-        return None, None  # a fine-tuned head: the pretrained names would be wrong
+        return saved.labels, f"the checkpoint {saved.path.name}", True
+    if saved is not None and not source.names_with_checkpoint:
+        return None, None, False  # a fine-tuned head: the pretrained names would be wrong
     names = source.categories(model)
-    if names is None:
-        return None, None
-    if source.name.startswith("Hugging Face"):
-        return list(names), "the model's config"
-    return list(names), "the bundled model" if source.name.startswith("the bundled") else "the pretrained weights"
+    return (list(names), source.names_from, False) if names is not None else (None, None, False)
 
 
 def load_checkpoint(model: nn.Module, path: Path | str, spec: str | None = None) -> Checkpoint:
