@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rectifiers", default="all", choices=["all", "relu"],
                        help="all: the whole ReLU family takes the rule; relu: ReLU alone, as Captum")
 
+    def show_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--show", choices=["planes", "frames"], default=None,
+                       help="volumes and clips: three orthogonal planes, or a strip of frames (default: frames for "
+                            "three channels, else planes)")
+
     def command(name: str, help: str) -> argparse.ArgumentParser:
         p = commands.add_parser(name, help=help, description=help)
         model_options(p)
@@ -104,25 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", type=Path, nargs="+",
                    help="image files; for signal and volume models, tensor files (.pt, .npy), each one input or a batch")
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--show", choices=["planes", "frames"], default=None,
-                   help="volumes and clips: three orthogonal planes, or a strip of frames (default: frames for "
-                        "three channels, else planes)")
+    show_option(p)
     p.add_argument("--classes", type=int, nargs="+", default=None, help="these classes instead of the top-k")
     p.set_defaults(run=classes_command)
 
     p = command("layers", "the strongest unit of every layer (or of --layers) of one image")
-    p.add_argument("image", type=Path)
+    p.add_argument("image", type=Path, help="an image file; for signal and volume models, a tensor file")
     p.add_argument("--layers", nargs="+", default=None)
+    show_option(p)
     p.set_defaults(run=layers_command)
 
     p = command("channels", "every channel of one layer for one image")
-    p.add_argument("image", type=Path)
+    p.add_argument("image", type=Path, help="an image file; for signal and volume models, a tensor file")
     p.add_argument("--layer", required=True)
     p.add_argument("--channels", type=int, nargs="+", default=None)
+    show_option(p)
     p.set_defaults(run=channels_command)
 
     p = command("top9", "the k strongest units per channel over an image folder (the paper's Fig. 2)")
-    p.add_argument("folder", type=Path)
+    p.add_argument("folder", type=Path,
+                   help="a folder of images; for signal and volume models, of tensor files (.pt, .npy), each one "
+                        "input or a batch")
     p.add_argument("--layers", nargs="+", required=True)
     p.add_argument("--k", type=int, default=9)
     p.add_argument("--channels", type=int, default=16, help="how many channels to draw per layer")
@@ -131,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("atlas", "a browsable site of every channel's k strongest units over a dataset (the paper's Fig. 2 "
                          "for every unit); run under torchrun to shard it over processes")
     p.set_defaults(out=Path("deconvnet-atlas"), run=atlas_command)
-    p.add_argument("data", type=Path, help="a folder of images (searched recursively)")
+    p.add_argument("data", type=Path, help="a folder of images (searched recursively); for signal and volume models, "
+                                           "of tensor files (.pt, .npy), each one input or a batch")
     p.add_argument("--layers", nargs="+", required=True, help="layers with feature maps")
     p.add_argument("--k", type=int, default=9, help="units kept per channel (default 9)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint in --out")

@@ -39,11 +39,12 @@ from .loading import (
     TENSOR_SUFFIXES,
     ImageFolder,
     LoadedModel,
+    TensorFolder,
     image_files,
     load_model,
     load_tensor,
+    tensor_files,
 )
-from .mirror import MaxUnpool2d
 from .models import EVOLUTION_STEPS, shapes_net_at
 from .pictures import figures, image
 from .pictures.site import slug
@@ -135,7 +136,7 @@ def _listed(names: Sequence[str]) -> str:
 
 
 # What the command line draws for signal and volume models so far; the rest draw images.
-_ANY_DIMENSION = {"classes", "info", "occlusion"}
+_ANY_DIMENSION = {"atlas", "channels", "classes", "info", "layers", "occlusion", "top9"}
 
 
 class Session:
@@ -193,6 +194,17 @@ class Session:
                              "give --input-size to crop them all to one")
         return torch.stack(inputs).to(self.device)
 
+    def dataset(self, folder: Path) -> ImageFolder | TensorFolder:
+        """A folder's inputs as (x, index) items with their ``names``: images through the
+        preprocessing; for signal and volume models, tensor files as they are."""
+        if self.dims != 2:
+            return TensorFolder(tensor_files(folder), self.dims)
+        return ImageFolder(image_files(folder), self.loaded.preprocessing)
+
+    def shown(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs (Tensor[N, C, *spatial]) in [0, 1] as figures draw them."""
+        return figures.shown_input(x.cpu(), self.mean, self.std)
+
     def save(self, picture: Image.Image, name: str) -> Path:
         path = self.out / name
         picture.save(path)
@@ -238,7 +250,7 @@ def info_command(args: argparse.Namespace) -> list[Path]:
         print(f"  {name:<{width}}  {shape}")
     general = dn.general_layers
     print(f"general layers (reversed by their exact vector-Jacobian product): {', '.join(general) if general else 'none'}")
-    if not any(isinstance(layer, MaxUnpool2d) for layer in dn.mirror.modules()):
+    if not dn.has_switches:
         print(f"note: {NO_SWITCHES}")
     return []
 
@@ -262,7 +274,9 @@ def layers_command(args: argparse.Namespace) -> list[Path]:
     s = Session(args)
     x = s.images([args.image])
     layers = args.layers or _map_layers(s, x)
-    return [s.save(figures.layers_figure(s.dn, x, s.mean, s.std, layers, scale=s.scale), "layers.png")]
+    picture = figures.layers_figure(s.dn, x[:1], s.mean, s.std, layers, scale=s.scale, show=args.show,
+                                    name=s.names[0] if s.dims != 2 else None)
+    return [s.save(picture, "layers.png")]
 
 
 _PANELS = 12
@@ -294,20 +308,19 @@ def _is_conv_output(s: Session, name: str) -> bool:
 def channels_command(args: argparse.Namespace) -> list[Path]:
     s = Session(args)
     x = s.images([args.image])
-    picture = figures.channels_figure(s.dn, x, args.layer, channels=args.channels, scale=s.scale)
+    picture = figures.channels_figure(s.dn, x[:1], args.layer, channels=args.channels, scale=s.scale, show=args.show,
+                                      name=s.names[0])
     return [s.save(picture, f"channels-{slug(args.layer)}.png")]
 
 
 def top9_command(args: argparse.Namespace) -> list[Path]:
     s = Session(args)
-    files = image_files(args.folder)
-    return _top9(s, files, args.layers, args.k, args.channels)
+    return _top9(s, s.dataset(args.folder), args.layers, args.k, args.channels)
 
 
-def _top9(s: Session, files: list[Path], layers: Sequence[str], k: int, shown: int) -> list[Path]:
+def _top9(s: Session, dataset: ImageFolder | TensorFolder, layers: Sequence[str], k: int, shown: int) -> list[Path]:
     for layer in layers:
         s.dn.layer_name(layer)  # fail on a bad name before streaming the folder
-    dataset = ImageFolder(files, s.loaded.preprocessing)
     loader = torch.utils.data.DataLoader(dataset, batch_size=s.args.batch_size)
     batches = ((x.to(s.device), i) for x, i in tqdm(loader, desc="mining top units", unit="batch"))
     top = mine_top_units(s.dn, batches, layers, k=k)
@@ -326,7 +339,7 @@ def _top9(s: Session, files: list[Path], layers: Sequence[str], k: int, shown: i
         for j, c in enumerate(channels):
             for r in range(k):
                 if torch.isfinite(units.values[c, r]):
-                    patches[j, r] = image.denormalize(load(int(units.images[c, r])), s.mean, s.std)
+                    patches[j, r] = s.shown(load(int(units.images[c, r]))[None])[0]
         picture = figures.top_units_figure(
             units, projections, patches, s.dn.receptive_field(layer), channels,
             scale=max(2, s.scale) if s.args.model == "shapes" else 1,
@@ -361,7 +374,7 @@ def atlas_command(args: argparse.Namespace) -> list[Path]:
     try:
         s = Session(args)
         rank, world = rank_and_world()
-        images = AtlasImages(args.data, s.loaded.preprocessing)
+        images = AtlasImages(args.data, s.loaded.preprocessing, spatial_dims=s.dims)
         return _atlas(s, images, args.layers, s.out, k=args.k, resume=args.resume, rank=rank, world=world)
     finally:
         if distributed:

@@ -150,6 +150,12 @@ class DeconvNet:
         fold the batch dimension inside join them at the first trace (see :attr:`layers`)."""
         return self.mirror.general()
 
+    @property
+    def has_switches(self) -> bool:
+        """Whether any mirror layer unpools into recorded max-pool switches (in any dimension):
+        without them the deconvnet rule has nothing that carries the input into its pictures."""
+        return any("switches" in layer.needs for layer in self.mirror.modules() if isinstance(layer, MirrorLayer))
+
     def context(self, rule: str | None = None) -> Context:
         """The per-call choices handed to every mirror layer."""
         return Context(self._rule(rule), self.rectifiers, self.deterministic)

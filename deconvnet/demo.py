@@ -41,7 +41,7 @@ from .commands import (
 )
 from .deconvnet import DeconvNet
 from .errors import InputError
-from .loading import PHOTOS, load_model, photo
+from .loading import PHOTOS, ImageFolder, load_model, photo
 from .models import EVOLUTION_STEPS, shapes_net_at, shapes_net_info
 from .pictures import figures
 from .pictures.site import slug
@@ -84,7 +84,8 @@ def demo_command(args: argparse.Namespace) -> list[Path]:
                      "Layer-wise: the strongest activation of every layer of one image, projected down."))
     pictures.append((s.save(figures.channels_figure(s.dn, x[:1], "features.13", scale=3), "channels-features.13.png"),
                      "Every channel of features.13 (last conv block) for the same image."))
-    for path, layer in zip(_top9(s, files, ["features.8", "features.13"], 9, args.channels),
+    for path, layer in zip(_top9(s, ImageFolder(files, s.loaded.preprocessing), ["features.8", "features.13"], 9,
+                                 args.channels),
                            ["features.8", "features.13"], strict=True):
         pictures.append((path, f"Top-9 over {len(files)} images for {layer}: projections cropped to the "
                                "receptive field, next to the image patches."))
@@ -367,7 +368,7 @@ def _model_demo(args: argparse.Namespace) -> list[Path]:
     pictures.append((s.save(figures.channels_figure(s.dn, x[:1], last, channels=channels), f"channels-{slug(last)}.png"),
                      f"The first {len(channels)} channels of {last} for the same image."))
     mined = panels[-3:-1] if len(panels) >= 3 else panels[-1:]
-    for path, layer in zip(_top9(s, files, mined, 9, args.channels), mined, strict=True):
+    for path, layer in zip(_top9(s, ImageFolder(files, s.loaded.preprocessing), mined, 9, args.channels), mined, strict=True):
         pictures.append((path, f"Top-9 over {len(files)} images for {layer}."))
     weights = f"weights {args.weights}" if args.weights else "random weights (pass --weights for trained ones)"
     general = s.dn.general_layers

@@ -19,7 +19,7 @@ import importlib
 import inspect
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -44,6 +44,8 @@ __all__ = [
     "PHOTOS",
     "Preprocessing",
     "image_files",
+    "tensor_files",
+    "TensorFolder",
     "load_checkpoint",
     "load_image",
     "load_labels",
@@ -547,7 +549,13 @@ def load_tensor(path: Path | str, spatial_dims: int) -> Tensor:
     batch, Tensor[N, C, *spatial]; ``spatial_dims`` is the model's (1 for signals, 3 for volumes
     and clips). Values are taken as the model's input: no preprocessing is applied.
     """
-    path = Path(path)
+    value = _read_tensor(Path(path), spatial_dims, mapped=False)
+    return value.float() if not value.is_floating_point() else value
+
+
+def _read_tensor(path: Path, spatial_dims: int, mapped: bool) -> Tensor:
+    """:func:`load_tensor`'s batch as stored; ``mapped``: memory-mapped, so that reading one
+    input of a large file, or only its shape, does not read the rest."""
     if path.suffix.lower() not in TENSOR_SUFFIXES:
         raise InputError(f"{path.name}: a signal or volume model reads tensor files ({', '.join(TENSOR_SUFFIXES)}), "
                          "not images; save it with torch.save or numpy.save")
@@ -557,9 +565,10 @@ def load_tensor(path: Path | str, spatial_dims: int) -> Tensor:
         if path.suffix.lower() == ".npy":
             import numpy as np
 
-            value = torch.from_numpy(np.load(path, allow_pickle=False))
+            # copy-on-write mapping: writable as torch wants, and nothing is read until used
+            value = torch.from_numpy(np.load(path, allow_pickle=False, mmap_mode="c" if mapped else None))
         else:
-            value = torch.load(path, map_location="cpu", weights_only=True)
+            value = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except Exception as error:  # corrupt files, pickles: each fails its own way
         raise InputError(f"cannot read {path} as a tensor: {str(error).splitlines()[0]}") from error
     if not isinstance(value, Tensor):
@@ -570,19 +579,56 @@ def load_tensor(path: Path | str, spatial_dims: int) -> Tensor:
     if value.dim() != spatial_dims + 2:
         raise InputError(f"{path} holds a tensor of shape {tuple(value.shape)}; this model takes {form} per input "
                          f"(or a batch [N, {form[1:]})")
-    return value.float() if not value.is_floating_point() else value
+    return value
+
+
+def tensor_files(folder: Path) -> list[Path]:
+    """The tensor files (.pt, .pth, .npy) under ``folder`` (recursively), sorted; raises
+    InputError if none."""
+    return _files(folder, TENSOR_SUFFIXES, "tensor files")
+
+
+class TensorFolder(Dataset):
+    """Tensor files as (Tensor[C, *spatial], index): every input of every file one item, in file
+    order (a file holds one input or a batch, as :func:`load_tensor` reads it), named
+    ``"ecg.npy"`` or, inside a batch, ``"ecg.npy #3"``. Files are memory-mapped: finding the
+    inputs reads only each file's header, and an item reads only its own input. A file that
+    cannot be read stays one item whose reading raises InputError (the atlas reports it)."""
+
+    def __init__(self, files: Sequence[Path], spatial_dims: int) -> None:
+        self.spatial_dims = spatial_dims
+        self.entries: list[tuple[Path, int | None]] = []
+        self.names: list[str] = []
+        for path in files:
+            try:
+                count = _read_tensor(Path(path), spatial_dims, mapped=True).shape[0]
+            except InputError:
+                count = 0
+            rows: list[int | None] = [None] if count <= 1 else list(range(count))
+            self.entries += [(Path(path), row) for row in rows]
+            self.names += [Path(path).name if row is None else f"{Path(path).name} #{row}" for row in rows]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path, row = self.entries[index]
+        value = _read_tensor(path, self.spatial_dims, mapped=True)[row or 0]
+        return (value.float() if not value.is_floating_point() else value.clone()), index
 
 
 def image_files(folder: Path) -> list[Path]:
     """The image files under ``folder`` (recursively), sorted; raises InputError if none."""
+    return _files(folder, IMAGE_SUFFIXES, "images")
+
+
+def _files(folder: Path, suffixes: Iterable[str], what: str) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
     if not files:
-        raise InputError(
-            f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
+        raise InputError(f"{folder} holds no {what} ({', '.join(sorted(suffixes))})")
     return files
 
 

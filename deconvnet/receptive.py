@@ -27,6 +27,11 @@ class ReceptiveField:
     stride: tuple[int, ...]
     offset: tuple[int, ...]
 
+    def start(self, unit: tuple[int, ...]) -> tuple[int, ...]:
+        """Where the field of ``unit`` (one index per spatial dim) begins along each dim (may be
+        negative: the field reaches into the padding); it spans :attr:`size` from there."""
+        return tuple(o + u * s for o, u, s in zip(self.offset, unit, self.stride, strict=True))
+
     def box(self, i: int, j: int, height: int | None = None, width: int | None = None) -> tuple[int, int, int, int]:
         """(top, left, bottom, right), bottom/right exclusive, of unit (i, j)'s field; clipped to
         the image when its height and width are given."""

@@ -360,10 +360,10 @@ def test_the_command_line_reads_signals_from_tensor_files(ecg_module, capsys):
                  "--out", str(folder / "out")]) == 0
     chart = Image.open(folder / "out" / "occlusion-beat.png")
     assert chart.height >= 2 * 100  # the signal over P(target) along it
-    assert main(["layers", str(folder / "beat.npy"), *common]) == 1
+    assert main(["invariance", str(folder / "beat.npy"), *common, "--layers", "0", "4"]) == 1
     err = capsys.readouterr().err
-    assert "deconvnet layers draws images, and ecg:net takes signals" in err
-    assert "the command line has classes, info and occlusion so far" in err
+    assert "deconvnet invariance draws images, and ecg:net takes signals" in err
+    assert "the command line has atlas, channels, classes, info, layers, occlusion and top9 so far" in err
     (folder / "flat.npy").write_bytes((folder / "beat.npy").read_bytes())
     import numpy as np
 
@@ -526,3 +526,134 @@ def test_labels_of_the_wrong_count_are_refused_for_signal_models_too(ecg_module)
     (ecg_module / "three.txt").write_text("a\nb\nc\n")
     with pytest.raises(InputError, match=r"three.txt has 3 names, but the model has 4 classes"):
         load_model("ecg:net", labels=ecg_module / "three.txt")
+
+
+# --- top-k, the atlas and the layer pictures of signals and volumes --------------------------------
+
+
+def test_crop_to_field_cuts_the_units_field_in_1d_and_3d():
+    from deconvnet.pictures.figures import crop_to_field
+    from deconvnet.receptive import ReceptiveField
+
+    signal = torch.arange(10.0)[None]
+    field = ReceptiveField((5,), (2,), (-2,))  # unit l sees samples 2l - 2 .. 2l + 2
+    assert crop_to_field(signal, field, (0,), -1.0).tolist() == [[-1, -1, 0, 1, 2]]
+    assert crop_to_field(signal, field, (3,), -1.0).tolist() == [[4, 5, 6, 7, 8]]
+    assert crop_to_field(signal, field, (5,), -1.0).tolist() == [[8, 9, -1, -1, -1]]
+    volume = torch.arange(4 * 5 * 6.0).view(1, 4, 5, 6)
+    cube = ReceptiveField((3, 3, 2), (1, 2, 1), (-1, 0, 0))
+    crop = crop_to_field(volume, cube, (0, 1, 4), -1.0)  # depth -1..1, rows 2..4, columns 4..5
+    assert crop.shape == (1, 3, 3, 2)
+    assert (crop[0, 0] == -1).all() and torch.equal(crop[0, 1:], volume[0, 0:2, 2:5, 4:6])
+
+
+def test_top_units_of_signals_and_volumes_project_exactly_and_draw(case):
+    from deconvnet.analysis.topk import mine_top_units, project_top_units
+    from deconvnet.pictures import figures
+
+    model, x, layer = case
+    dn = DeconvNet(model)
+    top = mine_top_units(dn, [(x, torch.arange(x.shape[0]))], [layer], k=2)[layer]
+    projections = project_top_units(dn, top, lambda i: x[i], channels=[0, 1])
+    for row, c in enumerate([0, 1]):
+        for r in range(2):
+            if torch.isfinite(top.values[c, r]):  # each kept unit projected alone, its activation kept
+                image_, at = int(top.images[c, r]), int(top.positions[c, r])
+                expected = dn.reconstruct_units(x, layer, images=[image_], channels=[c], positions=[at], crop=False)
+                assert_exact(projections[row, r], expected[0])
+    patches = figures.shown_input(x[top.images[[0, 1]].clamp_min(0)].flatten(0, 1), None, None).view_as(projections)
+    picture = figures.top_units_figure(top, projections, patches, dn.receptive_field(layer), [0, 1])
+    assert picture.width > 200 and picture.height > 2 * 40  # two channels, readable
+
+
+def test_a_volume_units_tile_is_its_fields_three_slices_through_the_centre():
+    from deconvnet.pictures import figures, volumes
+    from deconvnet.receptive import ReceptiveField
+
+    field = ReceptiveField((3, 5, 5), (1, 1, 1), (-1, -2, -2))
+    shown = torch.rand(1, 8, 9, 10)
+    projection, patch = figures.unit_pictures(torch.randn(1, 8, 9, 10), shown, field, (4, 4, 5))
+    side = 5  # the field's longest side: each slice sits on a square of it
+    assert projection.shape == patch.shape == (3, side, 3 * side + 2)
+    axial = patch[0, :, :side]  # depth 4 is the field's centre: its 5 x 5 rows 2..6, columns 3..7
+    assert torch.allclose(axial, shown[0, 4, 2:7, 3:8])
+    sagittal = patch[0, 1:4, 2 * side + 2 :]  # depth 3..5 (centred in the square), rows 2..6, column 5
+    assert torch.allclose(sagittal, shown[0, 3:6, 2:7, 5])
+    trace_projection, trace_patch = figures.unit_pictures(torch.randn(2, 30), torch.rand(2, 30),
+                                                          ReceptiveField((7,), (1,), (-3,)), (0,))
+    assert trace_projection.shape[0] == 3 and trace_projection.shape[2] >= 2 * trace_projection.shape[1]
+    assert volumes.field_planes(torch.rand(3, 4, 4, 4)).shape == (3, 4, 14)
+
+
+def test_the_command_line_mines_top9_and_an_atlas_of_signals(ecg_module, capsys):
+    import json
+
+    import numpy as np
+
+    from deconvnet.cli import main
+
+    folder = ecg_module
+    data = folder / "signals"
+    data.mkdir()
+    generator = np.random.default_rng(0)
+    for i in range(3):
+        np.save(data / f"s{i}.npy", generator.standard_normal((1, 300)).astype(np.float32))
+    torch.save(torch.randn(4, 1, 300), data / "batch.pt")  # four inputs in one file
+    common = ["--model", "ecg:net", "--labels", str(folder / "labels.txt"), "--device", "cpu"]
+    assert main(["top9", str(data), *common, "--layers", "4", "--channels", "2", "--out", str(folder / "o")]) == 0
+    panel = Image.open(folder / "o" / "top9-4.png")  # two channels side by side: 3 x 3 projections, 3 x 3 patches
+    assert panel.width > 4 * 3 * 100 and panel.height >= 3 * 48
+    assert main(["layers", str(data / "s0.npy"), *common, "--layers", "1", "4", "--out", str(folder / "o")]) == 0
+    assert Image.open(folder / "o" / "layers.png").height > 3 * 100  # the signal over two projections
+    assert main(["channels", str(data / "s1.npy"), *common, "--layer", "4", "--channels", "0", "3",
+                 "--out", str(folder / "o")]) == 0
+    assert main(["atlas", str(data), *common, "--layers", "4", "--k", "3", "--out", str(folder / "site")]) == 0
+    site = folder / "site"
+    atlas = json.loads((site / "atlas.json").read_text())
+    assert atlas["spatial_dims"] == 1 and atlas["dataset"]["mined"] == 7
+    assert atlas["images"] == ["batch.pt #0", "batch.pt #1", "batch.pt #2", "batch.pt #3", "s0.npy", "s1.npy",
+                               "s2.npy"]
+    assert atlas["layers"]["4"]["receptive_field"] == [17]  # 7, then a 3-wide pool of stride 2, then 5
+    unit = (site / "4" / "0.html").read_text()
+    assert "17 samples, stride 2" in unit and "the signal it saw" in unit and "position " in unit
+    assert "image" not in unit.lower().replace("img", "")
+    best = atlas["layers"]["4"]["units"][0][0]
+    tile = Image.open(site / "4" / "img" / "0-0-patch.png")
+    assert tile.height == 48 and tile.width >= 2 * tile.height  # a trace, wider than tall
+    assert best["position"] and 0 <= best["position"][0] < 150
+
+
+def test_the_atlas_of_volumes_and_its_errors(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from deconvnet.analysis.atlas import AtlasImages, build_atlas
+
+    torch.manual_seed(0)
+    model = _statistics(volume_net()).float()
+    data = tmp_path / "volumes"
+    data.mkdir()
+    for i in range(3):
+        torch.save(torch.randn(2, 6, 12, 10), data / f"v{i}.pt")
+    (data / "broken.npy").write_bytes(b"not an array")
+    atlas = build_atlas(model, data, ["3"], tmp_path / "site", k=2)
+    assert atlas.spatial_dims == 3 and atlas.mined == 3 and list(atlas.skipped) == [0]  # broken.npy sorts first
+    assert "cannot read" in atlas.skipped[0]
+    page = (tmp_path / "site" / "3" / "0.html").read_text()
+    assert "three orthogonal slices" in (tmp_path / "site" / "index.html").read_text() and "at d=" in page
+    field = atlas.fields["3"]
+    tile = Image.open(tmp_path / "site" / "3" / "img" / "0-0.png")
+    assert tile.size == (3 * max(field.size) + 2, max(field.size))
+    with pytest.raises(InputError, match=r"the atlas's inputs are images and the model takes volumes or clips: "
+                                         r"make them with AtlasImages\(\.\.\., spatial_dims=3\)"):
+        build_atlas(model, AtlasImages(TensorDataset(torch.randn(2, 2, 6, 12, 10))), ["3"], tmp_path / "other")
+
+
+def test_the_explorer_refuses_signal_models_with_what_to_use_instead():
+    pytest.importorskip("fastapi")
+    from deconvnet.loading import LoadedModel
+    from deconvnet.preprocessing import Preprocessing
+    from deconvnet.serve import Explorer
+
+    loaded = LoadedModel(Residual1d().eval(), Preprocessing.imagenet(), None)
+    with pytest.raises(InputError, match="the explorer shows images, and ecg takes signals: draw them with"):
+        Explorer(loaded, name="ecg")

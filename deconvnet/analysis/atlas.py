@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..deconvnet import DeconvNet
 from ..errors import DeconvnetError, InputError
-from ..loading import Preprocessing, image_files, load_image
+from ..loading import Preprocessing, TensorFolder, image_files, load_image, tensor_files
 from ..pictures import image
-from ..pictures.figures import crop_to_field
+from ..pictures.figures import shown_input, unit_pictures
 from ..progress import ProgressFactory, Silent
 from ..pictures.site import SiteWriter
 from .topk import Atlas, Tile, TopUnits, batch_top_units, merge_top_units
@@ -101,26 +101,40 @@ class _Ranks:
 
 
 class AtlasImages(Dataset):
-    """What the atlas streams: index -> (index, Tensor[C, H, W] or None, why it could not be read).
+    """What the atlas streams: index -> (index, Tensor[C, *spatial] or None, why it could not be
+    read). Images are Tensor[C, H, W]; with ``spatial_dims`` 1 or 3, signals Tensor[C, L] or
+    volumes and clips Tensor[C, D, H, W].
 
-    source: a folder (searched recursively for common image formats, read through
-        ``preprocessing``) or any Dataset whose items are Tensor[C, H, W] or tuples starting with
-        one. An item that cannot be read is reported, not fatal.
+    source: a folder or any Dataset whose items are such tensors or tuples starting with one. A
+        folder of images is searched recursively for common image formats, read through
+        ``preprocessing``; for signals and volumes, for tensor files (.pt, .pth, .npy: each one
+        input or a batch, :class:`~deconvnet.loading.TensorFolder`), taken as they are. An item
+        that cannot be read is reported, not fatal.
     names: one per item (default: paths relative to the folder, or ``"#i"``).
-    preprocessing: for a folder, how files become model input (required); for both, its
-        mean/std undo the normalisation when patches are drawn (default: values shown as they are).
+    preprocessing: for a folder of images, how files become model input (required); its
+        mean/std undo the normalisation when patches are drawn (default: images shown as they
+        are; signals and volumes stretched to their own range).
     """
 
     def __init__(self, source: Path | str | Dataset, preprocessing: Preprocessing | None = None,
-                 names: Sequence[str] | None = None) -> None:
+                 names: Sequence[str] | None = None, spatial_dims: int = 2) -> None:
+        if spatial_dims not in (1, 2, 3):
+            raise InputError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
         self.preprocessing = preprocessing
+        self.spatial_dims = spatial_dims
         self.files: list[Path] | None = None
-        if isinstance(source, (str, Path)):
+        self.dataset: Dataset | None = None
+        if isinstance(source, (str, Path)) and spatial_dims != 2:
+            folder = Path(source)
+            tensors = TensorFolder(tensor_files(folder), spatial_dims)
+            self.dataset, self.source = tensors, str(folder)
+            default = [f"{path.relative_to(folder).as_posix()}{name[len(path.name):]}"
+                       for (path, _), name in zip(tensors.entries, tensors.names, strict=True)]
+        elif isinstance(source, (str, Path)):
             folder = Path(source)
             if preprocessing is None:
                 raise InputError("reading a folder needs a preprocessing (how files become model input)")
             self.files = image_files(folder)
-            self.dataset: Dataset | None = None
             self.source = str(folder)
             default = [p.relative_to(folder).as_posix() for p in self.files]
         elif isinstance(source, Dataset):
@@ -140,12 +154,14 @@ class AtlasImages(Dataset):
             raise InputError(f"{self.source} holds no images")
 
     @property
-    def mean(self) -> tuple[float, ...]:
-        return self.preprocessing.mean if self.preprocessing else (0.0, 0.0, 0.0)
+    def mean(self) -> tuple[float, ...] | None:
+        """The normalisation patches undo: the preprocessing's, for images only (tensor files are
+        taken as they are)."""
+        return self.preprocessing.mean if self.preprocessing and self.spatial_dims == 2 else None
 
     @property
-    def std(self) -> tuple[float, ...]:
-        return self.preprocessing.std if self.preprocessing else (1.0, 1.0, 1.0)
+    def std(self) -> tuple[float, ...] | None:
+        return self.preprocessing.std if self.preprocessing and self.spatial_dims == 2 else None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -161,9 +177,10 @@ class AtlasImages(Dataset):
         except Exception as error:  # the user's dataset: any failure skips this item, reported
             return index, None, f"{type(error).__name__}: {error}"
         x = item[0] if isinstance(item, (tuple, list)) else item
-        if not isinstance(x, Tensor) or x.dim() != 3:
+        if not isinstance(x, Tensor) or x.dim() != self.spatial_dims + 1:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            return index, None, f"item {index} is not a Tensor[C, H, W] (got {got})"
+            form = {1: "[C, L]", 2: "[C, H, W]", 3: "[C, D, H, W]"}[self.spatial_dims]
+            return index, None, f"item {index} is not a Tensor{form} (got {got})"
         return index, x, None
 
     def load(self, index: int) -> Tensor:
@@ -342,19 +359,26 @@ def _on(top: TopUnits, device: torch.device) -> TopUnits:
 
 
 def _check_spatial(dn: DeconvNet, images: AtlasImages, names: list[str]) -> None:
-    """Each layer must output feature maps; probed on the first readable image."""
+    """The inputs must be of the model's kind and each layer must output feature maps; probed on
+    the first readable input."""
+    dims = dn.network.spatial_dims
+    if images.spatial_dims != dims:
+        kinds = {1: "signals", 2: "images", 3: "volumes or clips"}
+        raise InputError(f"the atlas's inputs are {kinds[images.spatial_dims]} and the model takes {kinds[dims]}: "
+                         f"make them with AtlasImages(..., spatial_dims={dims})")
+    what = {1: "signal", 2: "image", 3: "volume"}[dims]
     for index in range(len(images)):
         _, x, _ = images[index]
         if x is not None:
             break
     else:
         _, _, error = images[0]
-        raise InputError(f"no image of {images.source} could be read; the first: {error}")
+        raise InputError(f"no {what} of {images.source} could be read; the first: {error}")
     outputs = dn.activations(x[None], names)
     for name in names:
-        if outputs[name].dim() != 4:
+        if outputs[name].dim() != 2 + dims:
             raise InputError(f"the atlas needs layers with feature maps; {name} outputs "
-                             f"{tuple(outputs[name].shape[1:])} per image")
+                             f"{tuple(outputs[name].shape[1:])} per {what}")
 
 
 def _merge_ranks(state: _State, names: list[str], images: AtlasImages, k: int, model_name: str,
@@ -368,7 +392,7 @@ def _merge_ranks(state: _State, names: list[str], images: AtlasImages, k: int, m
     mined = sum(s.mined for s in states)  # at least 1: _check_spatial found a readable image
     layers = {name: merge_top_units([s.top[name] for s in states if name in s.top], k) for name in names}
     fields = {name: dn.receptive_field(name) for name in names}
-    return Atlas(model_name, images.source, images.names, k, layers, fields, skipped, mined)
+    return Atlas(model_name, images.source, images.names, k, layers, fields, skipped, mined, dn.network.spatial_dims)
 
 
 def project_atlas(
@@ -424,7 +448,7 @@ def _project(dn: DeconvNet, images: AtlasImages, atlas: Atlas, batch: list[int],
              by_image: dict[int, list[tuple[str, int, int]]]) -> Iterator[Tile]:
     x = torch.stack([images.load(i) for i in batch])
     trace = dn.trace(x)  # on the model's device
-    shown = image.denormalize(x.float(), images.mean, images.std)
+    shown = shown_input(x.cpu(), images.mean, images.std)
     predicted: list[tuple[int, float] | None] = [None] * len(batch)
     if trace.output.dim() == 2:  # a classifier: each kept image's top class, free from this forward pass
         probability, top_class = trace.output.float().softmax(-1).max(-1)
@@ -439,9 +463,7 @@ def _project(dn: DeconvNet, images: AtlasImages, atlas: Atlas, batch: list[int],
         ).float().cpu()
         field_ = atlas.fields[name]
         for t, (b, c, r) in enumerate(units):
-            unit = top.unit(c, r)
-            projection = image.signed_to_unit(crop_to_field(projected[t], field_, unit, 0.0))
-            patch = crop_to_field(shown[b], field_, unit, 1.0)
+            projection, patch = unit_pictures(projected[t], shown[b], field_, top.unit(c, r))
             yield Tile(name, c, r, image.to_png(projection), image.to_png(patch), batch[b], predicted[b])
 
 
@@ -471,7 +493,8 @@ def build_atlas(
     site. Returns the Atlas (on every rank).
     """
     dn = model if isinstance(model, DeconvNet) else DeconvNet(model)
-    images = data if isinstance(data, AtlasImages) else AtlasImages(data, preprocessing, names)
+    images = data if isinstance(data, AtlasImages) else AtlasImages(data, preprocessing, names,
+                                                                    dn.network.spatial_dims)
     out = Path(out)
     name = model_name or type(dn.model).__name__
     atlas = mine_atlas(dn, images, layers, k=k, model_name=name, batch_size=batch_size, workers=workers,

@@ -159,7 +159,8 @@ class Atlas:
     """The mined atlas: per layer, the k strongest units of every channel (see :class:`TopUnits`).
 
     names: every dataset item's name (``TopUnits.images`` index into it); skipped: the items that
-    could not be read, with why; mined: how many were read and mined.
+    could not be read, with why; mined: how many were read and mined; spatial_dims: the inputs'
+    (2 for images, 1 for signals, 3 for volumes and clips).
     """
 
     model: str
@@ -170,6 +171,7 @@ class Atlas:
     fields: dict[str, ReceptiveField | None]
     skipped: dict[int, str] = field(default_factory=dict)
     mined: int = 0
+    spatial_dims: int = 2
 
     def to_json(self) -> dict:
         """The ``atlas.json`` document (units strongest first; empty slots left out)."""
@@ -186,15 +188,15 @@ class Atlas:
             layers[name] = {"channels": top.values.shape[0], "k": self.k, "shape": list(top.shape),
                             "receptive_field": list(f.size) if f is not None else None, "units": units}
         skipped = [{"image": i, "name": self.names[i], "error": e} for i, e in sorted(self.skipped.items())]
-        return {"model": self.model, "images": self.names,
+        return {"model": self.model, "images": self.names, "spatial_dims": self.spatial_dims,
                 "dataset": {"source": self.source, "count": len(self.names), "mined": self.mined, "skipped": skipped},
                 "layers": layers}
 
 
 @dataclass(frozen=True)
 class Tile:
-    """One kept unit drawn: its projection and its image patch, cropped to the receptive field,
-    as PNG bytes. rank: its place among the channel's units (0 = strongest). image: the dataset
+    """One kept unit drawn: its projection and its input patch, cropped to the receptive field,
+    as PNG bytes (drawn by :func:`deconvnet.pictures.figures.unit_pictures`). rank: its place among the channel's units (0 = strongest). image: the dataset
     index of the image it is from; predicted: the model's top class for that image and its
     probability, when the model is a classifier."""
 

@@ -36,7 +36,10 @@ __all__ = [
     "rules_figure",
     "stack_pictures",
     "strongest_units",
+    "targets_figure_nd",
+    "shown_input",
     "top_units_figure",
+    "unit_pictures",
 ]
 
 
@@ -93,24 +96,33 @@ def _class_figure_nd(x: Tensor, reconstructions: Tensor, probabilities: Tensor, 
                      categories: Sequence[str] | None, names: Sequence[str] | None, mean: Sequence[float] | None,
                      std: Sequence[float] | None, show: str | None) -> Image.Image:
     """:func:`class_figure` of signals, volumes and clips: one picture per input, stacked."""
-    if show not in (None, "planes", "frames"):
-        raise ValueError(f"show must be 'planes' or 'frames', got {show!r}")
     parts = []
     for n in range(x.shape[0]):
         targets = chosen[n].tolist()
         labels = [f"{_name(categories, c)} {probabilities[n, c]:.2f}" for c in targets]
-        mine = reconstructions[n : n + 1, [slot[c] for c in targets]].float().cpu()
-        name = [names[n] if names is not None and n < len(names) else f"input {n}"]
-        shown = x[n : n + 1].float().cpu()
-        if x.dim() == 3:
-            parts.append(signals.signal_figure(shown, mine, labels, names=name))
-        elif (show or ("frames" if x.shape[1] == 3 else "planes")) == "frames":
-            strips = [volumes.clip_strip(shown[0], mine[0, j], mean=mean, std=std, label=label, title=f"{name[0]}: {label}")
-                      for j, label in enumerate(labels)]
-            parts.append(stack_pictures(strips, gap=6))
-        else:
-            parts.append(volumes.planes_figure(shown, mine, labels, mean=mean, std=std, names=name))
+        name = names[n] if names is not None and n < len(names) else f"input {n}"
+        parts.append(targets_figure_nd(x[n : n + 1], reconstructions[n : n + 1, [slot[c] for c in targets]], labels,
+                                       name=name, mean=mean, std=std, show=show))
     return stack_pictures(parts, gap=12)
+
+
+def targets_figure_nd(x: Tensor, reconstructions: Tensor, labels: Sequence[str], *, name: str = "input 0",
+                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                      show: str | None = None) -> Image.Image:
+    """One signal, volume or clip (x Tensor[1, C, *spatial]) with K reconstructions
+    (Tensor[1, K, C, *spatial]), one per label: a signal over its reconstructions; a volume's
+    planes through each reconstruction's strongest point (``show="planes"``); a clip's frames
+    over each reconstruction's (``show="frames"``, the default for three channels)."""
+    if show not in (None, "planes", "frames"):
+        raise ValueError(f"show must be 'planes' or 'frames', got {show!r}")
+    shown, mine = x.detach().float().cpu(), reconstructions.detach().float().cpu()
+    if x.dim() == 3:
+        return signals.signal_figure(shown, mine, labels, names=[name])
+    if (show or ("frames" if x.shape[1] == 3 else "planes")) == "frames":
+        strips = [volumes.clip_strip(shown[0], mine[0, j], mean=mean, std=std, label=label, title=f"{name}: {label}")
+                  for j, label in enumerate(labels)]
+        return stack_pictures(strips, gap=6)
+    return volumes.planes_figure(shown, mine, labels, mean=mean, std=std, names=[name])
 
 
 def rules_figure(
@@ -153,24 +165,29 @@ def strongest_units(dn: DeconvNet, x: Tensor, layers: Sequence[str]) -> list[tup
 def layers_figure(
     dn: DeconvNet,
     x: Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
     layers: Sequence[str] | None = None,
     *,
     scale: int = 1,
     ncol: int = 6,
+    show: str | None = None,
+    name: str | None = None,
 ) -> Image.Image:
-    """For one image (x Tensor[1, 3, H, W]): the strongest activation of every layer (or of
-    ``layers``) projected down, one panel per layer, after the image itself."""
+    """For one input (x Tensor[1, C, H, W]; a signal [1, C, L], a volume or clip [1, C, D, H, W]
+    drawn as :func:`targets_figure_nd` draws them): the strongest activation of every layer (or
+    of ``layers``) projected down, one panel per layer, after the input itself (captioned
+    ``name``, default "image" or "input 0")."""
     layers = list(layers) if layers is not None else dn.layers
     trace = dn.trace(x)
-    pictures = [image.denormalize(trace.input[0], mean, std)]
-    labels = ["image"]
-    for layer, channel in strongest_units(dn, trace.input, layers):
-        projection = dn.reconstruct(trace, layer, channel)[0, 0]
-        pictures.append(image.signed_to_unit(projection))
-        labels.append(f"{layer} #{channel}")
-    return image.labelled_grid(torch.stack(pictures), labels, ncol=ncol, scale=scale)
+    found = strongest_units(dn, trace.input, layers)
+    projections = torch.cat([dn.reconstruct(trace, layer, channel)[:1] for layer, channel in found], dim=1)
+    labels = [f"{layer} #{channel}" for layer, channel in found]
+    if x.dim() != 4:
+        return targets_figure_nd(trace.input[:1], projections, labels, name=name or "input 0", mean=mean, std=std,
+                                 show=show)
+    pictures = [shown_input(trace.input[:1], mean, std)[0], *image.signed_to_unit(projections[0])]
+    return image.labelled_grid(torch.stack(pictures), [name or "image", *labels], ncol=ncol, scale=scale)
 
 
 def channels_figure(
@@ -181,30 +198,67 @@ def channels_figure(
     channels: Sequence[int] | None = None,
     scale: int = 1,
     ncol: int = 8,
+    show: str | None = None,
+    name: str = "input 0",
 ) -> Image.Image:
-    """For one image (x Tensor[1, 3, H, W]): every channel of ``layer`` (strongest unit each)."""
-    projections = dn.reconstruct(x, layer, channels)[0]
-    chosen = list(range(projections.shape[0])) if channels is None else list(channels)
-    return image.labelled_grid(
-        image.signed_to_unit(projections), [f"#{c}" for c in chosen], ncol=ncol, scale=scale
-    )
+    """For one input (x Tensor[1, C, H, W]; a signal or volume as in :func:`layers_figure`):
+    every channel of ``layer`` (or ``channels``), each by its strongest unit; ``name`` captions a
+    signal or volume."""
+    projections = dn.reconstruct(x, layer, channels)[:1]
+    chosen = list(range(projections.shape[1])) if channels is None else list(channels)
+    labels = [f"#{c}" for c in chosen]
+    if x.dim() != 4:
+        return targets_figure_nd(x[:1], projections, labels, name=name, show=show)
+    return image.labelled_grid(image.signed_to_unit(projections[0]), labels, ncol=ncol, scale=scale)
 
 
 def crop_to_field(
     picture: Tensor, field: ReceptiveField | None, unit: tuple[int, ...], fill: float
 ) -> Tensor:
-    """The receptive field of ``unit`` cut out of picture (Tensor[C, H, W]), padded with
-    ``fill`` where the field reaches past the image, so every crop of a layer has one size."""
+    """The receptive field of ``unit`` cut out of picture (Tensor[C, *spatial]: [C, H, W], [C, L]
+    or [C, D, H, W]), padded with ``fill`` where the field reaches past the input, so every crop of
+    a layer has one size."""
     if field is None or not unit:
         return picture
-    height, width = picture.shape[-2:]
-    top, left, bottom, right = field.box(*unit)
-    pad_top, pad_left = max(0, -top), max(0, -left)
-    padded = F.pad(
-        picture, (pad_left, max(0, right - width), pad_top, max(0, bottom - height)), value=fill
-    )
-    row, col = top + pad_top, left + pad_left  # the field's corner in padded coordinates
-    return padded[:, row : row + field.size[0], col : col + field.size[1]]
+    spatial = picture.shape[1:]
+    starts = field.start(unit)
+    pads: list[int] = []
+    for start, size, length in zip(starts, field.size, spatial, strict=True):
+        pads = [max(0, -start), max(0, start + size - length), *pads]  # F.pad lists the last dim first
+    padded = F.pad(picture, pads, value=fill)
+    # the field's corner in padded coordinates is where it starts, shifted by the padding before it
+    return padded[(slice(None), *(slice(max(0, s), max(0, s) + size) for s, size in zip(starts, field.size, strict=True)))]
+
+
+def unit_pictures(projection: Tensor, shown: Tensor, field: ReceptiveField | None,
+                  unit: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """One kept unit drawn as top-9 panels and atlas tiles show it: its projection and the input
+    it saw, both cut to its receptive field, as pictures Tensor[3, h, w] in [0, 1].
+
+    projection (Tensor[C, *spatial]): the unit's reconstruction; shown (Tensor[C, *spatial]): the
+    input in [0, 1] (:func:`shown_input`). Images: the two crops. Signals: each crop as a line
+    trace (the projection about a zero line). Volumes and clips: the field's three orthogonal
+    slices through its centre, side by side.
+    """
+    crop, patch = crop_to_field(projection, field, unit, 0.0), crop_to_field(shown, field, unit, float("nan"))
+    if crop.dim() == 3:
+        return image.signed_to_unit(crop), torch.nan_to_num(patch, nan=1.0)
+    if crop.dim() == 2:
+        return signals.trace_picture(crop, signed=True), signals.trace_picture(patch, low=0.0, high=1.0)
+    return (volumes.field_planes(volumes.signed_volume(crop)),
+            volumes.field_planes(torch.nan_to_num(patch, nan=1.0)))
+
+
+def shown_input(x: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
+    """Inputs (Tensor[N, C, *spatial]) in [0, 1] for display: images with the model's
+    normalisation undone; signals, volumes and clips stretched each to its own range (their
+    values have no display scale), or with ``mean``/``std`` undone when given."""
+    x = x.detach().float()
+    if x.dim() == 4:
+        channels = x.shape[1]
+        return image.denormalize(x, mean if mean is not None else (0.0,) * channels,
+                                 std if std is not None else (1.0,) * channels)
+    return torch.stack([volumes.display(one, mean, std) for one in x])
 
 
 def top_units_figure(
@@ -218,34 +272,38 @@ def top_units_figure(
     ncol: int = 4,
 ) -> Image.Image:
     """The paper's Fig. 2 for one layer: for each channel, its kept units' projections cropped
-    to the receptive field (a 3x3 block for k = 9) next to the matching image patches. Slots
-    whose activation is not positive (the channel fired on fewer than k images) stay blank.
+    to the receptive field (a 3x3 block for k = 9) next to the matching input patches. Slots
+    whose activation is not positive (the channel fired on fewer than k inputs) stay blank.
+    Each unit is drawn by :func:`unit_pictures`: signals as traces, volumes and clips as the
+    field's three orthogonal slices.
 
-    projections (Tensor[len(channels), k, 3, H, W]); patches: the images, same shape, in [0, 1].
+    projections (Tensor[len(channels), k, C, *spatial]); patches: the inputs, same shape, in
+    [0, 1] (:func:`shown_input`).
     """
     k = projections.shape[1]
     side = int(k**0.5) if int(k**0.5) ** 2 == k else k
-    size = field.size if field is not None else tuple(projections.shape[-2:])
     blocks, labels = [], []
     for j, c in enumerate(channels):
-        crops, images = [], []
-        for r in range(k):
-            if top.values[c, r] > 0:
-                unit = top.unit(c, r)
-                crops.append(image.signed_to_unit(crop_to_field(projections[j, r], field, unit, 0.0)))
-                images.append(crop_to_field(patches[j, r], field, unit, 1.0))
-            else:  # fewer than k images made this channel fire at all: leave the slot blank
-                crops.append(projections.new_full((3, *size), image.MID_GREY))
-                images.append(projections.new_ones((3, *size)))
-        blocks.append(_tile(torch.stack(crops), side))
-        blocks.append(_tile(torch.stack(images), side))
-        labels += [f"{top.layer} #{c} max {float(top.values[c, 0]):.3g}", "patches"]
+        drawn = [unit_pictures(projections[j, r], patches[j, r], field, top.unit(c, r)) for r in range(k)]
+        blank = image.MID_GREY if projections.dim() != 4 else 1.0  # zero, as each draws it: mid-grey; a trace: white
+        crops = [p if top.values[c, r] > 0 else torch.full_like(p, blank) for r, (p, _) in enumerate(drawn)]
+        # fewer than k inputs made this channel fire at all: those slots stay blank
+        seen = [q if top.values[c, r] > 0 else torch.ones_like(q) for r, (_, q) in enumerate(drawn)]
+        gap = 3 if projections.dim() == 6 else 1  # a volume's unit is three slices: a wider seam between units
+        blocks.append(_tile(torch.stack(crops), side, gap))
+        blocks.append(_tile(torch.stack(seen), side, gap))
+        labels += [f"{top.layer} #{c} max {float(top.values[c, 0]):.3g}",
+                   "patches" if projections.dim() != 6 else "patches (3 slices each)"]
+    if projections.dim() != 5:  # traces and slices are wider than tall: fewer blocks to a row, each big enough to read
+        ncol = max(1, ncol // (2 if projections.dim() == 4 else 4))
+        scale = max(scale, -(-40 * side // blocks[0].shape[1]))
     return image.labelled_grid(torch.stack(blocks), labels, ncol=2 * ncol, scale=scale, padding=4)
 
 
-def _tile(pictures: Tensor, side: int) -> Tensor:
-    """Tensor[k, 3, h, w] -> one picture of ``side`` columns with one-pixel white seams."""
-    return make_grid(pictures, nrow=side, padding=1, pad_value=1.0)[:, 1:-1, 1:-1]
+def _tile(pictures: Tensor, side: int, gap: int = 1) -> Tensor:
+    """Tensor[k, 3, h, w] -> one picture of ``side`` columns with ``gap``-pixel white seams."""
+    grid = make_grid(pictures, nrow=side, padding=gap, pad_value=1.0)
+    return grid[:, gap:-gap, gap:-gap]
 
 
 # Label colours of the occlusion figure: the chart colours without their grey, which is "other".

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PIL import Image
+import torch
+from PIL import Image, ImageDraw
 from torch import Tensor
+from torchvision.transforms.functional import pil_to_tensor
 
-from .image import line_chart, stack_pictures
+from .image import SERIES_COLOURS, line_chart, stack_pictures
 
-__all__ = ["signal_chart", "signal_figure"]
+__all__ = ["signal_chart", "signal_figure", "trace_picture"]
+
+_ZERO = (190, 190, 190)  # the zero line under a signed trace
 
 
 def signal_chart(signal: Tensor, *, title: str = "", signed: bool = False, width: int = 520,
@@ -33,6 +37,44 @@ def signal_chart(signal: Tensor, *, title: str = "", signed: bool = False, width
         limit = (low, high if high > low else low + 1.0)
     return line_chart(list(range(values.shape[-1])), values.reshape(-1, values.shape[-1]), title=title,
                       size=(width, height), ylim=limit, xlabel="sample")
+
+
+def trace_picture(signal: Tensor, *, signed: bool = False, low: float | None = None, high: float | None = None,
+                  height: int = 48, step: int | None = None) -> Tensor:
+    """A short piece of signal (Tensor[C, l]) as a bare trace, no axes: one line per channel,
+    ``step`` pixels per sample (default: about three times as wide as tall), as top-9 panels and atlas tiles draw a unit's receptive field.
+    ``signed``: symmetric about a grey zero line (a reconstruction); else from ``low`` to
+    ``high`` (default: the piece's own range). NaN samples (past the signal's ends) are left out.
+    Returns Tensor[3, height, step * l] in [0, 1]."""
+    values = signal.detach().double().cpu()
+    length = values.shape[-1]
+    step = step if step is not None else max(1, -(-3 * height // length))  # about three times as wide as tall
+    finite = values[torch.isfinite(values)]
+    if signed:
+        peak = float(finite.abs().max()) if finite.numel() else 0.0
+        low, high = -(peak or 1.0), peak or 1.0
+    else:
+        low = float(finite.min()) if low is None and finite.numel() else (low if low is not None else 0.0)
+        high = float(finite.max()) if high is None and finite.numel() else (high if high is not None else 1.0)
+        high = high if high > low else low + 1.0
+    canvas = Image.new("RGB", (step * length, height), "white")
+    draw = ImageDraw.Draw(canvas)
+
+    def y(value: float) -> float:
+        return 2 + (1 - (value - low) / (high - low)) * (height - 5)  # type: ignore[operator]
+
+    if signed:
+        draw.line([(0, y(0.0)), (step * length, y(0.0))], fill=_ZERO, width=1)
+    for c, row in enumerate(values.reshape(-1, length).tolist()):
+        colour = SERIES_COLOURS[c % len(SERIES_COLOURS)]
+        run: list[tuple[float, float]] = []
+        for i, v in enumerate([*row, float("nan")]):  # a NaN ends the run being drawn
+            if v == v:
+                run.append((step * i + step / 2, y(v)))
+            elif run:
+                draw.line(run if len(run) > 1 else run * 2, fill=colour, width=1)
+                run = []
+    return pil_to_tensor(canvas).float() / 255
 
 
 def signal_figure(

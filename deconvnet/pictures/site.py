@@ -35,7 +35,10 @@ table { border-collapse: collapse; } th, td { text-align: left; padding: .35em .
 th { border-bottom: 1px solid #ccc; font-weight: 600; } tr + tr td { border-top: 1px solid #eee; }
 img.tile { width: 72px; height: 72px; object-fit: contain; image-rendering: pixelated; background: #eee; display: block; }
 img.big { width: 128px; height: 128px; }
-.strip { display: flex; gap: 4px; } .strip a { display: block; }
+img.tile.wide { width: 216px; height: 72px; background: #fff; outline: 1px solid #e4e4e4; }
+img.big.wide { width: 288px; height: 96px; } .strip img.tile.wide { width: 144px; height: 48px; }
+.card.wide { width: 216px; } .unit.wide { flex-direction: column; }
+.strip { display: flex; flex-wrap: wrap; gap: 4px; } .strip a { display: block; }
 .grid { display: flex; flex-wrap: wrap; gap: 10px; }
 .card { display: block; width: 72px; font-size: 12px; color: #222; } .card span { display: block; }
 .card .value, .unit .value { color: #666; }
@@ -93,8 +96,27 @@ def _page(title: str, body: str, css: str) -> str:
             f'<link rel="stylesheet" href="{css}">\n</head>\n<body>\n{body}\n</body>\n</html>\n')
 
 
+def _position(unit: tuple[int, ...]) -> str:
+    """Where a unit sits in its map, as a reader names it."""
+    if len(unit) == 2:
+        return f"row {unit[0]}, col {unit[1]}"
+    if len(unit) == 1:
+        return f"position {unit[0]}"
+    return "at " + ", ".join(f"{axis}={i}" for axis, i in zip("dhw", unit, strict=False))
+
+
 def _number(value: float) -> str:
     return f"{value:.4g}"
+
+
+# How the pages speak of the inputs, by their spatial dims: the input, a field's unit, what a tile shows.
+_WORDS = {
+    1: ("signal", "samples", "the projection over the signal it saw (its receptive field), each a trace"),
+    2: ("image", "px", "the projection next to the image patch it saw (its receptive field)"),
+    3: ("volume", "voxels", "the projection next to the input it saw (its receptive field), each drawn as the "
+        "field's three orthogonal slices through its centre (axial, coronal, sagittal; for a clip: a frame, "
+        "then time against height and width)"),
+}
 
 
 class SiteWriter:
@@ -106,6 +128,8 @@ class SiteWriter:
         self.categories = categories
         self.predicted: dict[int, tuple[int, float]] = {}  # image index -> the model's top class, its probability
         self.slugs = layer_folders(atlas.layers)
+        self.input, self.pixels, self.shows = _WORDS[atlas.spatial_dims]
+        self.wide = "" if atlas.spatial_dims == 2 else " wide"  # traces and slices are wider than tall
         for folder in self.slugs.values():
             (self.folder / folder / "img").mkdir(parents=True, exist_ok=True)
 
@@ -144,8 +168,10 @@ class SiteWriter:
     def _field(self, layer: str) -> str:
         f = self.atlas.fields[layer]
         if f is None:
-            return "the whole image"
-        return f"{f.size[0]}&times;{f.size[1]} px, stride {f.stride[0]}"
+            return f"the whole {self.input}"
+        size = "&times;".join(str(n) for n in f.size)
+        stride = f.stride[0] if len(set(f.stride)) == 1 else "&times;".join(str(n) for n in f.stride)
+        return f"{size} {self.pixels}, stride {stride}"
 
     def _prediction(self, index: int) -> str:
         if index not in self.predicted:
@@ -168,7 +194,7 @@ class SiteWriter:
             strongest = torch.argsort(top.values[:, 0], descending=True, stable=True)[:STRIP].tolist()
             strip = "".join(
                 f'<a href="{slug}/{c}.html" title="channel {c}, max {_number(float(top.values[c, 0]))}">'
-                f'<img class="tile" src="{slug}/img/{c}-0.png" alt="{html.escape(layer)} channel {c}"></a>'
+                f'<img class="tile{self.wide}" src="{slug}/img/{c}-0.png" alt="{html.escape(layer)} channel {c}"></a>'
                 for c in strongest if torch.isfinite(top.values[c, 0])
             )
             size = "&times;".join(str(s) for s in top.shape[1:])
@@ -178,13 +204,14 @@ class SiteWriter:
         if atlas.skipped:
             items = "".join(f"<li>{html.escape(atlas.names[i])}: {html.escape(e)}</li>"
                             for i, e in sorted(atlas.skipped.items()))
-            skipped = (f'<details><summary>{len(atlas.skipped)} image(s) could not be read and were skipped'
+            skipped = (f'<details><summary>{len(atlas.skipped)} {self.input}(s) could not be read and were skipped'
                        f'</summary><ul>{items}</ul></details>')
         body = (
             f"<h1>Unit atlas: {html.escape(atlas.model)}</h1>\n"
             f'<p class="muted">The {atlas.k} strongest activations of every channel over the dataset, each projected '
-            "back to pixels by the deconvnet and shown next to the image patch it saw (its receptive field).</p>\n"
-            f"{self._classes()}<h2>Dataset</h2>\n<p>{html.escape(atlas.source)}: {len(atlas.names)} images, {atlas.mined} mined, "
+            f"back to the input by the deconvnet: {self.shows}.</p>\n"
+            f"{self._classes()}<h2>Dataset</h2>\n<p>{html.escape(atlas.source)}: {len(atlas.names)} {self.input}s, "
+            f"{atlas.mined} mined, "
             f'<span id="skipped">{len(atlas.skipped)} skipped</span>.</p>\n{skipped}\n'
             "<h2>Layers</h2>\n<table>\n<tr><th>layer</th><th>channels</th><th>map</th><th>receptive field</th>"
             f"<th>strongest channels</th></tr>\n{''.join(rows)}\n</table>\n"
@@ -198,11 +225,11 @@ class SiteWriter:
         for c in range(top.values.shape[0]):
             value = float(top.values[c, 0])
             if torch.isfinite(top.values[c, 0]):
-                cards.append(f'<a class="card" href="{c}.html" data-channel="{c}" data-value="{value!r}">'
-                             f'<img class="tile" src="img/{c}-0.png" alt="channel {c}" loading="lazy">'
+                cards.append(f'<a class="card{self.wide}" href="{c}.html" data-channel="{c}" data-value="{value!r}">'
+                             f'<img class="tile{self.wide}" src="img/{c}-0.png" alt="channel {c}" loading="lazy">'
                              f'<span>#{c}</span><span class="value">{_number(value)}</span></a>')
             else:
-                cards.append(f'<a class="card empty" href="{c}.html" data-channel="{c}" data-value="-Infinity">'
+                cards.append(f'<a class="card empty{self.wide}" href="{c}.html" data-channel="{c}" data-value="-Infinity">'
                              f'<span>#{c}</span><span class="value">no units</span></a>')
         body = (
             f'<nav><a href="../index.html">&larr; all layers</a></nav>\n'
@@ -229,21 +256,22 @@ class SiteWriter:
             if not torch.isfinite(top.values[c, r]):
                 continue
             index = int(top.images[c, r])
-            position = top.unit(c, r)
             units.append(
-                f'<div class="unit"><img class="tile big" src="img/{c}-{r}.png" alt="projection {r + 1}">'
-                f'<img class="tile big" src="img/{c}-{r}-patch.png" alt="patch {r + 1}">'
-                f'<div class="text"><b>{r + 1}.</b> <span class="value">{_number(float(top.values[c, r]))}</span><br>'
-                f"{html.escape(atlas.names[index])}<br>row {position[0]}, col {position[1]}{self._prediction(index)}"
+                f'<div class="unit{self.wide}"><img class="tile big{self.wide}" src="img/{c}-{r}.png" '
+                f'alt="projection {r + 1}"><img class="tile big{self.wide}" src="img/{c}-{r}-patch.png" '
+                f'alt="patch {r + 1}"><div class="text"><b>{r + 1}.</b> '
+                f'<span class="value">{_number(float(top.values[c, r]))}</span><br>'
+                f"{html.escape(atlas.names[index])}<br>{_position(top.unit(c, r))}{self._prediction(index)}"
                 "</div></div>"
             )
         found = len(units)
-        note = "" if found == atlas.k else f" (only {found} image(s) gave this channel a unit)"
+        note = "" if found == atlas.k else f" (only {found} {self.input}(s) gave this channel a unit)"
         body = (
             f"<nav>{''.join(links)}</nav>\n<h1>{html.escape(layer)}, channel {c}</h1>\n"
             f'<p class="muted">Its {found} strongest activations over the dataset{note}, strongest first: the projection '
-            f"(cropped to the receptive field, {self._field(layer)}) and the image patch; activation; image; unit "
-            f"position in the feature map{'; the model’s top class for the image' if self.predicted else ''}.</p>\n"
-            f'<div class="units">{"".join(units) or "<p>No image gave this channel a unit.</p>"}</div>'
+            f"(cropped to the receptive field, {self._field(layer)}) and the {self.input} it saw; activation; "
+            f"{self.input}; unit position in the feature map"
+            f"{f'; the model’s top class for the {self.input}' if self.predicted else ''}.</p>\n"
+            f'<div class="units">{"".join(units) or f"<p>No {self.input} gave this channel a unit.</p>"}</div>'
         )
         return _page(f"{layer} channel {c}: {atlas.model} atlas", body, "../style.css")

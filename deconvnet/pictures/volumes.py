@@ -23,7 +23,8 @@ from torch import Tensor
 
 from .image import denormalize, labelled_grid, signed_to_unit, stack_pictures
 
-__all__ = ["clip_strip", "display", "planes", "planes_figure", "signed_volume", "slice_grid", "strongest_point"]
+__all__ = ["clip_strip", "display", "field_planes", "planes", "planes_figure", "signed_volume", "slice_grid",
+           "strongest_point"]
 
 PLANES = ("axial", "coronal", "sagittal")
 _READABLE = 120  # px: the narrowest tile a caption such as "ventricle 0.93, coronal" fits
@@ -81,6 +82,18 @@ def _tile(picture: Tensor, side: int) -> Tensor:
     h, w = picture.shape[-2:]
     top, left = (side - h) // 2, (side - w) // 2
     return F.pad(picture, (left, side - w - left, top, side - h - top), value=1.0)
+
+
+def field_planes(cube: Tensor) -> Tensor:
+    """A unit's receptive field (cube Tensor[C, d, h, w] in [0, 1]) as one picture: its three
+    orthogonal slices through the centre (axial h x w, coronal d x w, sagittal d x h), each on a
+    white square of the cube's longest side, side by side with one-pixel seams.
+    Returns Tensor[3, s, 3 * s + 2]."""
+    side = max(cube.shape[1:])
+    centre = [n // 2 for n in cube.shape[1:]]
+    seam = cube.new_ones(3, side, 1)
+    tiles = [_tile(_rgb(picture), side) for picture in planes(cube, centre)]
+    return torch.cat([tiles[0], seam, tiles[1], seam, tiles[2]], dim=2)
 
 
 def planes_figure(

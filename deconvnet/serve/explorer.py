@@ -34,7 +34,7 @@ from .. import signals
 from ..decoding import Decoded, decode, open_image
 from ..errors import DeconvnetError, InputError, LayerNotFoundError
 from ..loading import PHOTOS, LoadedModel, photo
-from ..mirror import MaxUnpool2d, RULES
+from ..mirror import RULES
 from ..pictures import image
 from ..pictures.figures import crop_to_field
 from ..pictures.site import layer_folders
@@ -362,6 +362,12 @@ class Explorer:
         self.loaded = loaded
         self.name = name
         self.dn = DeconvNet(loaded.model, rule=rule, rectifiers=rectifiers)
+        dims = self.dn.network.spatial_dims
+        if dims != 2:  # the explorer's pages are built around a picture one clicks on
+            kind = "signals" if dims == 1 else "volumes and clips"
+            raise InputError(f"the explorer shows images, and {name} takes {kind}: draw them with deconvnet classes, "
+                             "layers, channels, top9 or occlusion, or browse a unit atlas (deconvnet atlas writes a "
+                             "site that opens in the browser)")
         self.cache = TraceCache(cache_bytes)
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
@@ -393,7 +399,7 @@ class Explorer:
                                            self.dn.receptive_field(layer, probe))
         if not self.layers:
             raise InputError(f"{name} has no layer with feature maps (Tensor[N, C, H, W] outputs) to explore")
-        self.switches = any(isinstance(layer, MaxUnpool2d) for layer in self.dn.mirror.modules())
+        self.switches = self.dn.has_switches
         self.atlas = AtlasLink(atlas, self.layers) if atlas is not None else None
 
     def close(self) -> None:
