@@ -40,40 +40,50 @@ class SpecNet(nn.Module):
         return " -> ".join(repr(op[1]) if op[0] == "module" else f"{op[1]}{op[2]}" for op in self.ops)
 
 
-_CALLS = {
+_CALLS: dict[str, Any] = {
     "F.relu": lambda x: F.relu(x),
     "F.relu_inplace": lambda x: F.relu(x, inplace=True),
     "torch.relu": lambda x: torch.relu(x),
     "x.relu": lambda x: x.relu(),
-    "F.max_pool2d": lambda x, k, s, p, d, c: F.max_pool2d(x, k, s, p, d, ceil_mode=c),
-    "F.avg_pool2d": lambda x, k, s, p, c, i: F.avg_pool2d(x, k, s, p, c, i),
-    "F.adaptive_avg_pool2d": lambda x, size: F.adaptive_avg_pool2d(x, size),
     "torch.flatten": lambda x: torch.flatten(x, 1),
     "x.view": lambda x: x.view(x.size(0), -1),
     "x.reshape": lambda x: x.reshape(x.shape[0], -1),
     "F.dropout": lambda x: F.dropout(x, 0.5, training=False),
 }
+for _d in (1, 2, 3):  # the pools' functional forms in every dimension, called as users write them
+    _CALLS[f"F.max_pool{_d}d"] = lambda x, k, s, p, d, c, f=getattr(F, f"max_pool{_d}d"): f(x, k, s, p, d, ceil_mode=c)
+    _CALLS[f"F.avg_pool{_d}d"] = lambda x, k, s, p, c, i, f=getattr(F, f"avg_pool{_d}d"): f(x, k, s, p, c, i)
+    _CALLS[f"F.adaptive_avg_pool{_d}d"] = lambda x, size, f=getattr(F, f"adaptive_avg_pool{_d}d"): f(x, size)
+
+# The layers of each dimension: conv, batch-norm, max-pool, avg-pool, adaptive avg-pool; input sides drawn from.
+_LAYERS = {
+    1: (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, (5, 40)),
+    2: (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, (5, 21)),
+    3: (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d, (5, 9)),
+}
 
 
 @st.composite
-def chain_nets(draw: st.DrawFn, head: bool | None = None) -> tuple[SpecNet, Tensor]:
-    """A random float64 chain CNN in eval mode and an input batch for it.
+def chain_nets(draw: st.DrawFn, head: bool | None = None, dims: int = 2) -> tuple[SpecNet, Tensor]:
+    """A random float64 chain CNN in eval mode and an input batch for it, in ``dims`` spatial
+    dims (1: signals, 2: images, 3: volumes).
 
     head: True forces a linear classifier head, False forbids it, None draws.
     """
+    conv_type, norm_type, max_type, avg_type, adaptive_type, (low, high) = _LAYERS[dims]
     seed = draw(st.integers(0, 2**31 - 1))
     generator = torch.Generator().manual_seed(seed)
     batch = draw(st.integers(1, 2))
     channels = draw(st.integers(1, 3))
-    height, width = draw(st.integers(5, 21)), draw(st.integers(5, 21))
-    input_size = (height, width)
+    sizes = [draw(st.integers(low, high)) for _ in range(dims)]
+    input_size = tuple(sizes)
     ops: list[tuple[Any, ...]] = []
     first_channels = channels
     for _ in range(draw(st.integers(1, 3))):
         groups = draw(st.sampled_from([g for g in (1, 2, 3) if channels % g == 0]))
         out_channels = groups * draw(st.integers(1, 3))
         dilation = draw(st.integers(1, 2))
-        max_kernel = max(1, (min(height, width) - 1) // dilation + 1)
+        max_kernel = max(1, (min(sizes) - 1) // dilation + 1)
         kernel = draw(st.integers(1, min(4, max_kernel)))
         stride = draw(st.integers(1, 3))
         span = dilation * (kernel - 1)
@@ -83,15 +93,13 @@ def chain_nets(draw: st.DrawFn, head: bool | None = None) -> tuple[SpecNet, Tens
         else:
             pad = draw(st.integers(0, span // 2 + 1))
             padding = pad
-        conv = nn.Conv2d(channels, out_channels, kernel, stride, padding, dilation, groups,
-                         bias=draw(st.booleans()))
+        conv = conv_type(channels, out_channels, kernel, stride, padding, dilation, groups, bias=draw(st.booleans()))
         ops.append(("module", conv))
         if pad is not None:
-            height = (height + 2 * pad - span - 1) // stride + 1
-            width = (width + 2 * pad - span - 1) // stride + 1
+            sizes = [(n + 2 * pad - span - 1) // stride + 1 for n in sizes]
         channels = out_channels
         if draw(st.booleans()):
-            norm = nn.BatchNorm2d(channels)
+            norm = norm_type(channels)
             with torch.no_grad():
                 norm.running_mean.normal_(generator=generator)
                 norm.running_var.uniform_(0.5, 2.0, generator=generator)
@@ -113,36 +121,36 @@ def chain_nets(draw: st.DrawFn, head: bool | None = None) -> tuple[SpecNet, Tens
         dilation = draw(st.integers(1, 2)) if pool == "max" else 1
         if dilation > 1:
             pad = 0  # dilated windows could otherwise fall wholly in the padding (max = -inf)
-        new_h = pooled_size(height, kernel, stride, pad, dilation, ceil)
-        new_w = pooled_size(width, kernel, stride, pad, dilation, ceil)
-        if min(new_h, new_w) < 1 or dilation * (kernel - 1) + 1 > min(height, width) + 2 * pad:
+        pooled = [pooled_size(n, kernel, stride, pad, dilation, ceil) for n in sizes]
+        reach = min(sizes) + (2 * pad if dims < 3 else 0)  # torch's 3-D pools want the window inside the input
+        if min(pooled) < 1 or dilation * (kernel - 1) + 1 > reach:
             continue
         functional = draw(st.booleans())
         if pool == "max":
             if functional:
-                ops.append(("call", "F.max_pool2d", (kernel, stride, pad, dilation, ceil)))
+                ops.append(("call", f"F.max_pool{dims}d", (kernel, stride, pad, dilation, ceil)))
             else:
-                ops.append(("module", nn.MaxPool2d(kernel, stride, pad, dilation, ceil_mode=ceil)))
+                ops.append(("module", max_type(kernel, stride, pad, dilation, ceil_mode=ceil)))
         else:
             include = draw(st.booleans())
             if functional:
-                ops.append(("call", "F.avg_pool2d", (kernel, stride, pad, ceil, include)))
+                ops.append(("call", f"F.avg_pool{dims}d", (kernel, stride, pad, ceil, include)))
             else:
-                ops.append(("module", nn.AvgPool2d(kernel, stride, pad, ceil, include)))
-        height, width = new_h, new_w
+                ops.append(("module", avg_type(kernel, stride, pad, ceil, include)))
+        sizes = pooled
     if head is None:
         head = draw(st.booleans())
     if head:
         if draw(st.booleans()):
-            size = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+            size = tuple(draw(st.integers(1, 4 if dims < 3 else 2)) for _ in range(dims))
             if draw(st.booleans()):
-                ops.append(("call", "F.adaptive_avg_pool2d", (size,)))
+                ops.append(("call", f"F.adaptive_avg_pool{dims}d", (size,)))
             else:
-                ops.append(("module", nn.AdaptiveAvgPool2d(size)))
-            height, width = size
+                ops.append(("module", adaptive_type(size)))
+            sizes = list(size)
         flatten = draw(st.sampled_from(["module", "torch.flatten", "x.view", "x.reshape"]))
         ops.append(("module", nn.Flatten()) if flatten == "module" else ("call", flatten, ()))
-        features = channels * height * width
+        features = channels * math.prod(sizes)
         if draw(st.booleans()):
             hidden = draw(st.integers(2, 6))
             ops.append(("module", nn.Linear(features, hidden)))
@@ -152,7 +160,7 @@ def chain_nets(draw: st.DrawFn, head: bool | None = None) -> tuple[SpecNet, Tens
         ops.append(("module", nn.Linear(features, draw(st.integers(1, 5)))))
     net = SpecNet(ops)
     for module in net.layers:
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, (conv_type, nn.Linear)):
             with torch.no_grad():
                 module.weight.normal_(generator=generator)
                 if module.bias is not None:
