@@ -694,6 +694,11 @@ def markdown(rows: list[dict]) -> str:
                              f"{r['peak_bytes'] / gib:.2f} GiB | {r['before_bytes'] / gib:.2f} GiB | "
                              f"{r['result_bytes'] / gib:.2f} GiB | {r['chunk']} | {r['budget_bytes'] / gib:.1f} GiB | "
                              f"{r['machine']} |")
+        elif kind == "volume memory":
+            from .volumes import markdown as volume_markdown
+
+            lines += volume_markdown(group)
+            continue
         elif kind == "chunks":
             lines += ["| chunks | px | ms per target at each chunk size (targets or positions: ms) "
                       "| widest tensor per target | planned chunk (1000 classes; occlusion: all positions) "
@@ -801,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.which == "volumes":  # not in "all": it needs MONAI (the monai extra)
         from . import volumes
 
-        volumes.run(device, args.size if args.size != 224 else 64, args.repeats, emit)
+        volumes.run(device, args.size if args.size != 224 else 96, args.repeats, emit)
         save(rows, args.name or "volumes")
         return 0
     if args.which == "serve":  # not in "all": its own table

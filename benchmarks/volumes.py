@@ -1,6 +1,6 @@
 """Signals and volumes: deconvnet's 1-D and 3-D mirrors side by side with Captum and MONAI.
 
-    python -m benchmarks volumes [--size 64] [--repeats 2]
+    python -m benchmarks volumes [--size 96] [--repeats 2]
 
 Rows:
 - MONAI's 3-D DenseNet121 (random weights, one channel in, 8 classes out) on one volume of
@@ -10,6 +10,10 @@ Rows:
   Captum; with the forward floor (one forward pass of the batch the call needs).
 - A 1-D ResNet-style net on one 4096-sample signal, 64 classes, against Captum.
 
+- Peak memory of the all-classes plan (8 classes of DenseNet121) on one 128^3 volume, in a fresh
+  process: what the call adds above the trace it is given (CPU: resident memory, its peak reset
+  after the trace; CUDA: allocated memory), against the planner's budget, with the chunk it
+  planned; beside it, what Captum's 8-class Deconvolution adds above the loaded model.
 - Occlusion of one volume by an 8-voxel cube (stride 8, no overlap) with MONAI's DenseNet121:
   deconvnet's incremental occlusion against Captum's ``Occlusion`` (the same windows, on
   softmax probabilities: its per-voxel map must equal ours) and MONAI's
@@ -20,14 +24,19 @@ Rows:
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from deconvnet import DeconvNet
 
-from .run import _row, checked, relative_error, timed
+from .run import _row, checked, machine, relative_error, timed
 
 
 def _densenet(classes: int, device: torch.device) -> nn.Module:
@@ -192,8 +201,87 @@ def bench_volume_occlusion(size: int, cube: int, repeats: int, device: torch.dev
                    "relative error": error})
 
 
+def _resident() -> tuple[int, int]:
+    """(resident, peak resident) bytes of this process, from /proc (Linux)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+
+
+def _added_peak(call, device: torch.device) -> int:  # type: ignore[no-untyped-def]
+    """Bytes ``call()`` adds at its peak above what is held before it: CUDA's allocated memory,
+    or on CPU the resident memory, its peak reset first (Linux: writing 5 to clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        call()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    Path("/proc/self/clear_refs").write_text("5")
+    before, _ = _resident()
+    call()
+    return _resident()[1] - before
+
+
+def _memory_worker(size: int, classes: int, which: str) -> None:
+    """Run in a fresh process: the peak one all-classes call adds, as one line of JSON."""
+    from deconvnet.chunks import budget, mirror_chunk
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = _densenet(classes, device)
+    x = torch.randn(1, 1, size, size, size, device=device)
+    targets = list(range(classes))
+    result: dict[str, object] = {"machine": machine(device)}
+    if which == "deconvnet":
+        dn = DeconvNet(model)
+        trace = dn.trace(x)
+        start = time.perf_counter()
+        result["added_bytes"] = _added_peak(lambda: dn.reconstruct_classes(trace, targets), device)
+        result["seconds"] = time.perf_counter() - start
+        result["budget_bytes"] = budget(dn.memory_budget, x.device)
+        result["chunk"] = mirror_chunk(dn.mirror, trace, dn.network.steps[dn.network.output].name,
+                                       int(result["budget_bytes"]), classes)  # type: ignore[call-overload]
+        result["result_bytes"] = classes * x.numel() * x.element_size()
+    else:
+        start = time.perf_counter()
+        result["added_bytes"] = _added_peak(lambda: _captum(x, model, targets), device)
+        result["seconds"] = time.perf_counter() - start
+    print(json.dumps(result))
+
+
+def bench_volume_memory(size: int, classes: int) -> dict:
+    """:func:`_memory_worker` for deconvnet and for Captum, each in its own process."""
+    measured = {}
+    for which in ("deconvnet", "captum"):
+        code = f"from benchmarks.volumes import _memory_worker; _memory_worker({size}, {classes}, {which!r})"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent.parent)
+        measured[which] = json.loads(done.stdout.strip().splitlines()[-1])
+    ours, captum = measured["deconvnet"], measured["captum"]
+    return {"benchmark": "volume memory", "model": "monai DenseNet121 3-D", "size": size, "targets": classes,
+            "dtype": "float32", "torch": torch.__version__, "machine": ours["machine"],
+            "seconds": {"deconvnet": ours["seconds"], "captum Deconvolution": captum["seconds"]},
+            "added_bytes": ours["added_bytes"], "captum_added_bytes": captum["added_bytes"],
+            "budget_bytes": ours["budget_bytes"], "chunk": ours["chunk"], "result_bytes": ours["result_bytes"]}
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    """The memory rows' own table (the others are the shared timing tables)."""
+    lines = ["| volume memory | px | K | added at peak (deconvnet, above its trace) | planner budget | chunk planned "
+             "| result | added at peak (captum Deconvolution, above the model) | seconds deconvnet, captum "
+             "| dtype | machine | torch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    mib = 2**20
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['size']} | {r['targets']} | {r['added_bytes'] / mib:.0f} MiB | "
+                     f"{r['budget_bytes'] / mib:.0f} MiB | {r['chunk']} | {r['result_bytes'] / mib:.0f} MiB | "
+                     f"{r['captum_added_bytes'] / mib:.0f} MiB | {r['seconds']['deconvnet']:.1f}, "
+                     f"{r['seconds']['captum Deconvolution']:.1f} | {r['dtype']} | {r['machine']} | {r['torch']} |")
+    return [*lines, ""]
+
+
 def run(device: torch.device, size: int, repeats: int, emit) -> None:  # type: ignore[no-untyped-def]
     for row in bench_volume(size, 8, repeats, device):
         emit(row)
     emit(bench_signal(4096, 64, max(repeats, 5), device))
     emit(bench_volume_occlusion(min(size, 48), 8, max(repeats - 1, 1), device))
+    emit(bench_volume_memory(128, 8))

@@ -135,7 +135,8 @@ def _listed(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-# What the command line draws for signal and volume models so far; the rest draw images.
+# The commands that take signal and volume models; the rest (the paper's analyses that shift, zoom,
+# rotate or box parts of images) work on images only.
 _ANY_DIMENSION = {"atlas", "channels", "classes", "info", "layers", "occlusion", "top9"}
 
 
@@ -157,9 +158,9 @@ class Session:
         command = getattr(args, "command", None)
         if self.dims != 2 and command not in _ANY_DIMENSION:
             kind = "signals" if self.dims == 1 else "volumes and clips"
-            raise InputError(f"deconvnet {command} draws images, and {args.model} takes {kind}: for those the command "
-                             f"line has {_listed(sorted(_ANY_DIMENSION))} so far; in Python every call takes them "
-                             "(reconstruct, reconstruct_units, mine_top_units)")
+            raise InputError(f"deconvnet {command} works on images, and {args.model} takes {kind}: for those the "
+                             f"command line has {_listed(sorted(_ANY_DIMENSION))}; in Python every reconstruction, "
+                             "mining and occlusion call takes them")
         for line in describe(self.loaded, spatial_dims=self.dims):
             print(f"deconvnet: {line}")
         self.out: Path = args.out

@@ -346,8 +346,8 @@ def test_the_command_line_reads_signals_from_tensor_files(ecg_module, capsys):
     assert chart.height >= 2 * 100  # the signal over P(target) along it
     assert main(["invariance", str(folder / "beat.npy"), *common, "--layers", "0", "4"]) == 1
     err = capsys.readouterr().err
-    assert "deconvnet invariance draws images, and ecg:net takes signals" in err
-    assert "the command line has atlas, channels, classes, info, layers, occlusion and top9 so far" in err
+    assert "deconvnet invariance works on images, and ecg:net takes signals" in err
+    assert "the command line has atlas, channels, classes, info, layers, occlusion and top9;" in err
     (folder / "flat.npy").write_bytes((folder / "beat.npy").read_bytes())
     import numpy as np
 
