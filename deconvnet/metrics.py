@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .chunks import budget, plan
+from .deconvnet import DeconvNet
 from .errors import InputError
 
 __all__ = [
@@ -322,7 +323,7 @@ def _blurred(x: Tensor, sigma: float) -> Tensor:
 
 
 def deletion_insertion(
-    model: nn.Module,
+    model: nn.Module | DeconvNet,
     x: Tensor,
     order: Tensor,
     target: Target = None,
@@ -342,8 +343,10 @@ def deletion_insertion(
     insertion starts from the image blurred by ``blur`` pixels and puts the first pixels back.
     target: the class followed (default: each image's predicted class). All N * (steps + 1)
     inputs of each curve run in batches of ``batch_size`` (default: planned within the memory
-    budget, as occlusion's batches are).
+    budget, as occlusion's batches are; a DeconvNet brings its own budget and traced graph).
     """
+    dn = model if isinstance(model, DeconvNet) else None
+    model = dn.model if dn is not None else model
     if x.dim() != 4:
         raise InputError(f"x must be a Tensor[N, C, H, W], got shape {tuple(x.shape)}")
     if order.shape != (x.shape[0], *x.shape[2:]):
@@ -361,7 +364,8 @@ def deletion_insertion(
         chosen = output.argmax(dim=1) if target is None else _targets(target, n, output.shape[1], x.device)
         fractions = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
         kept = torch.round(fractions * pixels).long().to(x.device)  # pixels taken at each step
-        size = batch_size or _forward_batch(model, x[:1], n * (steps + 1), memory_budget)
+        size = batch_size or _forward_batch(dn or DeconvNet(model), x[:1], n * (steps + 1),
+                                            memory_budget if dn is None else dn.memory_budget)
         blurred = _blurred(x, blur)
         curves = []
         for start, end in ((x, torch.full_like(x, fill)), (blurred, x)):
@@ -387,13 +391,11 @@ def _targets(target: Target, n: int, classes: int, device: torch.device) -> Tens
     return chosen
 
 
-def _forward_batch(model: nn.Module, x: Tensor, count: int, memory_budget: int | None) -> int:
+def _forward_batch(dn: DeconvNet, x: Tensor, count: int, memory_budget: int | None) -> int:
     """Inputs per forward pass, from the planner: each needs its two largest activations three
     times over (as occlusion's passes are planned), and its largest is the widest tensor. The
     sizes come from one traced pass of x (Tensor[1, C, H, W]); the model is not touched."""
-    from .deconvnet import DeconvNet
-
-    trace = DeconvNet(model).trace(x)
+    trace = dn.trace(x)
     sizes = sorted((v.numel() for v in trace.activations.values() if isinstance(v, Tensor)), reverse=True)
     sizes = sizes or [x.numel()]
     return plan(count, 3 * sum(sizes[:2]) * x.element_size(), sizes[0], budget(memory_budget, x.device),
