@@ -45,6 +45,7 @@ from .commands import (
     serve_command,
     layers_command,
     occlusion_command,
+    sanity_command,
     top9_command,
 )
 from .demo import demo_command
@@ -155,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=int, default=None, help="class to watch (default: the predicted one)")
     p.add_argument("--layer", default=None, help="feature layer for panels (b)-(c) (default: the last spatial one)")
     p.set_defaults(run=occlusion_command)
+
+    p = command("sanity", "can the maps be trusted: model-parameter randomization, class sensitivity, deletion and "
+                          "insertion curves, for each rule (writes figures and sanity.json)")
+    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("--rules", nargs="+", default=["deconvnet", "guided", "gradient"],
+                   choices=["deconvnet", "guided", "gradient"])
+    p.add_argument("--steps", type=int, default=8, help="randomization steps: groups of layers, top first (default 8)")
+    p.add_argument("--order", default="cascading", choices=["cascading", "independent"],
+                   help="randomize cumulatively from the top, or one group at a time (default cascading)")
+    p.add_argument("--curve-steps", type=int, default=32, help="points of the deletion and insertion curves (default 32)")
+    p.add_argument("--occluder", type=int, default=None,
+                   help="occluder side for the occlusion baseline (default: an eighth of the image)")
+    p.set_defaults(run=sanity_command)
 
     p = command("invariance", "how layer outputs and the class probability change as images are shifted, "
                               "zoomed and rotated (the paper's Fig. 5)")

@@ -30,6 +30,7 @@ from .analysis.filters import (
 )
 from .analysis.invariance import Invariance, invariance
 from .analysis.occlusion import occlusion
+from .analysis.sanity import class_sensitivity, faithfulness, model_randomization
 from .analysis.topk import mine_top_units, project_top_units
 from .deconvnet import DeconvNet
 from .errors import InputError
@@ -46,7 +47,9 @@ from .loading import (
     tensor_files,
 )
 from .models import EVOLUTION_STEPS, shapes_net_at
+from .mirror import RULES
 from .pictures import figures, image
+from .pictures import sanity as sanity_pictures
 from .pictures.site import slug
 from .preprocessing import Preprocessing
 
@@ -145,7 +148,7 @@ class Session:
 
     def __init__(self, args: argparse.Namespace) -> None:
         for option in ("batch_size", "top_k", "k", "channels", "images", "dataset", "pointing", "checkpoint_every",
-                       "show", "random"):
+                       "show", "random", "steps", "curve_steps", "occluder"):
             value = getattr(args, option, None)
             if isinstance(value, int) and value < 1:
                 raise InputError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
@@ -520,6 +523,49 @@ def _filters(s: Session, layer: str | None, max_rms: float | None, name: str) ->
         ])
         written.append(s.save(both, f"filters-{name}-renormalized.png"))
     return written
+
+
+def sanity_command(args: argparse.Namespace) -> list[Path]:
+    s = Session(args)
+    x = s.images(args.images)
+    return _sanity(s, x, rules=args.rules, steps=args.steps, order=args.order, curve_steps=args.curve_steps,
+                   occluder=args.occluder)
+
+
+def _sanity(s: Session, x: torch.Tensor, *, rules: Sequence[str] = RULES, steps: int = 8, order: str = "cascading",
+            curve_steps: int = 32, occluder: int | None = None, prefix: str = "") -> list[Path]:
+    """Run the three sanity checks on x, write their figures and ``sanity.json``, print a summary."""
+    randomized = model_randomization(s.dn, x, rules=rules, order=order, steps=steps)
+    classes = class_sensitivity(s.dn, x, rules=rules)
+    curves = faithfulness(s.dn, x, target=randomized.target, rules=rules, steps=curve_steps, occluder=occluder)
+    shown = s.shown(x)
+    written = [
+        s.save(sanity_pictures.randomization_figure(randomized, shown), f"{prefix}randomization.png"),
+        s.save(sanity_pictures.class_sensitivity_figure(classes, shown, s.loaded.categories), f"{prefix}class-sensitivity.png"),
+        s.save(sanity_pictures.curves_figure(curves), f"{prefix}deletion-insertion.png"),
+    ]
+    faithful = curves.summary()
+    report = {
+        "model": _title(s.args), "images": s.names[: len(x)], "targets": randomized.target.tolist(),
+        "target_names": [s.loaded.label(int(c)) for c in randomized.target], "randomization_order": order,
+        "rules": {rule: {"randomization": randomized.summary()[rule], "class_sensitivity": classes.summary()[rule],
+                         **faithful[rule]} for rule in rules},
+        "baselines": {name: faithful[name] for name in ("occlusion", "random", "centre")},
+    }
+    path = s.out / f"{prefix}sanity.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
+    print(f"{'':<10} {'Spearman after all':>18} {'SSIM after all':>15} {'vs 2nd class':>13} {'deletion AUC':>13} "
+          f"{'insertion AUC':>14}")
+    for rule in rules:
+        last = report["rules"][rule]["randomization"][-1]
+        print(f"{rule:<10} {last['spearman']['mean']:>18.2f} {last['ssim']['mean']:>15.2f} "
+              f"{report['rules'][rule]['class_sensitivity']['second']['spearman']['mean']:>13.2f} "
+              f"{faithful[rule]['deletion_auc']['mean']:>13.3f} {faithful[rule]['insertion_auc']['mean']:>14.3f}")
+    for name in ("occlusion", "random", "centre"):
+        print(f"{name:<10} {'':>18} {'':>15} {'':>13} {faithful[name]['deletion_auc']['mean']:>13.3f} "
+              f"{faithful[name]['insertion_auc']['mean']:>14.3f}")
+    return [*written, path]
 
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -37,6 +37,7 @@ from .commands import (
     _invariance,
     _is_conv_output,
     _map_layers,
+    _sanity,
     _top9,
 )
 from .deconvnet import DeconvNet
@@ -93,6 +94,7 @@ def demo_command(args: argparse.Namespace) -> list[Path]:
     _atlas(s, AtlasImages(folder, s.loaded.preprocessing), atlas_layers, s.out / "atlas", k=9)
     pictures += _explorer_pictures(s, s.out / "atlas", real=not args.no_real)
     pictures += _paper_shapes(s, s.images(files), x)
+    pictures += _sanity_pictures(_sanity(s, x, curve_steps=16, prefix="shapes-"), "ShapesNet", len(x))
 
     pointing_samples = [render(POINTING_SEED, i) for i in range(args.pointing)]
     starts = range(0, len(pointing_samples), s.args.batch_size)
@@ -193,11 +195,29 @@ def _real_demo(args: argparse.Namespace) -> list[tuple[Path, str]]:
                      "images (lower = the part is treated more consistently); random: boxes of the same size at random "
                      "places (5 seeds per set). Mean and standard deviation over the 3 sets:\n\n" + _table(rows)))
     _write_rows(s.out / "correspondence-faces.json", rows)
+    shown = x[: args.images]  # --images photos: the checks run every rule on each, many times over
+    pictures += _sanity_pictures(_sanity(s, shown, curve_steps=16, occluder=args.occlusion_size, prefix="real-"),
+                                 "EfficientNet-Lite0", len(shown))
     pictures += [(path, f"First-layer filters of EfficientNet-Lite0 ({_REAL_MODEL}'s stem, the paper's Fig. 6)"
                         + (", with the paper's renormalisation applied at this layer's median RMS as the bound"
                            if "renormalized" in path.stem else ", one contrast for all, labelled index: RMS"))
                  for path in _filters(s, None, _median_rms(s), "efficientnet-lite0")]
     return pictures
+
+
+def _sanity_pictures(paths: list[Path], model: str, images: int) -> list[tuple[Path, str]]:
+    """Index entries for what :func:`deconvnet.commands._sanity` wrote (its figures; its JSON is linked)."""
+    figures_, report = paths[:3], paths[3]
+    captions = [
+        f"Can the map be trusted? Model-parameter randomization on {model}: the layers re-initialised from the top, "
+        "cumulatively, in 8 steps; each rule's map of the first image after each step, and the mean similarity "
+        f"with the trained model's map over {images} image(s) (numbers: [{report.name}]({report.name})).",
+        f"Class sensitivity on {model}: each rule's map of the top class against the second-ranked and a random "
+        "class; a rule whose maps barely change with the class cannot say why it is this class.",
+        f"Deletion and insertion on {model} (16 steps): pixels taken in each map's order, occlusion's, a random one "
+        "and centre first; areas under the curves in the legend.",
+    ]
+    return list(zip(figures_, captions, strict=True))
 
 
 _REAL_INVARIANCE = ("blocks.1", "head")

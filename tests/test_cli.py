@@ -35,10 +35,13 @@ def test_demo_writes_every_figure_and_an_index(tmp_path):
             *(f"occlusion-{photo}.png" for photo in ("coffee", "chelsea", "motorcycle", "rocket")),
             *(f"photos/{photo}.png" for photo in ("coffee", "chelsea", "motorcycle", "rocket")),
             "invariance-photos.png", "correspondence-faces.png", "correspondence-faces.json",
-            "filters-efficientnet-lite0.png", "filters-efficientnet-lite0-renormalized.png"]
+            "filters-efficientnet-lite0.png", "filters-efficientnet-lite0-renormalized.png",
+            *(f"real-{name}" for name in ("randomization.png", "class-sensitivity.png", "deletion-insertion.png",
+                                          "sanity.json"))]
     paper = ["evolution-features.8.png", "evolution-features.13.png", "correspondence-shapes.png",
              "correspondence-shapes.json", "invariance-shapes.png", "filters-shapes.png", "atlas/index.html",
-             "atlas/atlas.json", "atlas/features.13/index.html", "atlas/features.13/63.html"]
+             "atlas/atlas.json", "atlas/features.13/index.html", "atlas/features.13/63.html",
+             "shapes-randomization.png", "shapes-sanity.json"]
     for name in ("classes.png", "rules.png", "layers.png", "channels-features.13.png", "top9-features.8.png",
                  "top9-features.13.png", "index.md", "pointing.json", *real, *paper):
         assert (tmp_path / name).is_file(), name

@@ -147,3 +147,34 @@ def test_faithfulness_orders_each_map_and_the_baselines(case):
         torch.testing.assert_close(curves.insertion[:, -1], probability)
     summary = result.summary()
     assert set(summary["centre"]) == {"deletion_auc", "insertion_auc"}
+
+
+def test_the_sanity_command_writes_its_figures_and_report(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from deconvnet.cli import main
+    from deconvnet.shapes import held_out_samples
+
+    samples = list(held_out_samples().items())[:2]
+    paths = []
+    for name, make in samples:
+        make().save(tmp_path / f"{name}.png")
+        paths.append(str(tmp_path / f"{name}.png"))
+    out = tmp_path / "out"
+    assert main(["sanity", *paths, "--model", "shapes", "--device", "cpu", "--steps", "3", "--curve-steps", "4",
+                 "--rules", "guided", "gradient", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Spearman after all" in printed and "centre" in printed
+    report = json.loads((out / "sanity.json").read_text())
+    assert set(report["rules"]) == {"guided", "gradient"} and set(report["baselines"]) == {"occlusion", "random", "centre"}
+    steps = report["rules"]["guided"]["randomization"]
+    assert [s["step"] for s in steps] == [1, 2, 3] and steps[0]["layers"][0] == "classifier.5"
+    assert report["images"] == [f"{name}.png" for name, _ in samples] and len(report["target_names"]) == 2
+    for key in ("deletion_auc", "insertion_auc", "class_sensitivity"):
+        assert key in report["rules"]["gradient"]
+    figure = Image.open(out / "randomization.png")
+    assert figure.width > 5 * 64 and figure.height > 2 * 64  # two rules, the input, trained and three steps
+    assert main(["sanity", *paths, "--model", "shapes", "--steps", "0", "--out", str(out)]) == 1
+    assert "--steps must be at least 1, got 0" in capsys.readouterr().err
