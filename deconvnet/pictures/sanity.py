@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
@@ -18,10 +19,25 @@ __all__ = ["class_sensitivity_figure", "curves_figure", "randomization_figure"]
 _CAPTION_WIDTH = 110  # characters per caption line
 
 
+_SIDE = 128  # px: tiles larger than this are shown averaged down to it (a row of ten stays on a screen)
+
+
 def _absolute(heat: Tensor) -> Tensor:
-    """A heat map (Tensor[H, W]) as its absolute values over their largest, grey: Tensor[3, H, W]."""
+    """A heat map (Tensor[H, W]) as its absolute values, grey, white from its 99th percentile up
+    (a few extreme pixels would leave the rest black): Tensor[3, H, W]."""
     values = heat.abs().float()
-    return (values / values.max().clamp_min(torch.finfo(values.dtype).tiny)).expand(3, -1, -1)
+    top = torch.quantile(values.flatten(), 0.99)
+    top = top if top > 0 else values.max()
+    return _fit((values / top.clamp_min(torch.finfo(values.dtype).tiny)).clamp(0, 1).expand(3, -1, -1))
+
+
+def _fit(picture: Tensor) -> Tensor:
+    """picture (Tensor[3, H, W]) averaged down so that its longer side is at most :data:`_SIDE`."""
+    longest = max(picture.shape[-2:])
+    if longest <= _SIDE:
+        return picture.float().cpu()
+    size = [max(1, round(n * _SIDE / longest)) for n in picture.shape[-2:]]
+    return F.interpolate(picture.float().cpu()[None], size=size, mode="area")[0]
 
 
 def _text(lines: Sequence[str], width: int) -> Image.Image:
@@ -58,10 +74,10 @@ def _legend(names: Sequence[str], width: int) -> Image.Image:
     return canvas
 
 
-def randomization_figure(result: Randomization, shown: Tensor, *, index: int = 0, scale: int = 2) -> Image.Image:
+def randomization_figure(result: Randomization, shown: Tensor, *, index: int = 0) -> Image.Image:
     """As Adebayo et al.'s figure: one row per rule, the input, then its absolute heat map on the
-    trained model and after each randomization step (captioned with the step's first layer and
-    the Spearman correlation with the trained map); under it, the mean Spearman and SSIM over
+    trained model and after each randomization step (captioned with the Spearman correlation
+    with the trained map and the step's first layer); under it, the mean Spearman and SSIM over
     the images against the step, one line per rule.
 
     shown (Tensor[N, 3, H, W] in [0, 1]): the inputs as displayed; ``index``: the one drawn.
@@ -69,14 +85,14 @@ def randomization_figure(result: Randomization, shown: Tensor, *, index: int = 0
     rules = list(result.maps)
     tiles, labels = [], []
     for rule in rules:
-        tiles += [shown[index].float().cpu(), _absolute(result.maps[rule][0, index])]
+        tiles += [_fit(shown[index]), _absolute(result.maps[rule][0, index])]
         labels += [rule, "trained"]
         for step, layer in enumerate(result.layers, start=1):
             rho = float(result.similarity[rule]["spearman"][step - 1, index])
             tiles.append(_absolute(result.maps[rule][step, index]))
-            labels.append(f"{layer} {rho:.2f}")
-    side = shown.shape[-1]
-    scale = max(scale, -(-72 // side))  # room for the captions
+            labels.append(f"{rho:.2f} {layer}")
+    side = tiles[0].shape[-1]
+    scale = max(1, -(-72 // side)) if side < 72 else 1  # room for the captions, no more
     grid = labelled_grid(torch.stack(tiles), labels, ncol=2 + len(result.layers), scale=scale)
     steps = list(range(len(result.layers) + 1))
     charts = []
@@ -91,7 +107,7 @@ def randomization_figure(result: Randomization, shown: Tensor, *, index: int = 0
     caption = _text([
         f"Model-parameter randomization (Adebayo et al. 2018): the layers re-initialised {how}, in "
         f"{len(result.layers)} steps, each captioned by its first layer. Each map is the absolute channel sum of "
-        "the class reconstruction, over its largest value; the number under a step is its Spearman rank "
+        "the class reconstruction, white from its 99th percentile; the number over a step is its Spearman rank "
         "correlation with the trained model's map (1: unchanged). A map that stays alike while the weights that "
         "decide the class are noise does not show what the model learned.",
     ], max(grid.width, 3 * 330 + 140))
@@ -99,7 +115,7 @@ def randomization_figure(result: Randomization, shown: Tensor, *, index: int = 0
 
 
 def class_sensitivity_figure(result: ClassSensitivity, shown: Tensor, categories: Sequence[str] | None = None, *,
-                             index: int = 0, scale: int = 2) -> Image.Image:
+                             index: int = 0) -> Image.Image:
     """One row per rule: the input, then the absolute heat maps of its top class, its second and
     a random other class, the latter two captioned with their Spearman correlation and SSIM with
     the top class's map; the caption gives each rule's mean over the images."""
@@ -110,15 +126,15 @@ def class_sensitivity_figure(result: ClassSensitivity, shown: Tensor, categories
     tiles, labels = [], []
     classes = [int(result.target[index]), int(result.second[index]), int(result.random[index])]
     for rule, maps in result.maps.items():
-        tiles += [shown[index].float().cpu(), *[_absolute(maps[k, index]) for k in range(3)]]
+        tiles += [_fit(shown[index]), *[_absolute(maps[k, index]) for k in range(3)]]
         labels += [rule, f"top: {name(classes[0])}"]
         for k, other in ((1, "second"), (2, "random")):
             values = result.similarity[rule][other]
-            labels.append(f"{name(classes[k])} {float(values['spearman'][index]):.2f}/{float(values['ssim'][index]):.2f}")
-    side = shown.shape[-1]
-    grid = labelled_grid(torch.stack(tiles), labels, ncol=4, scale=max(scale, -(-96 // side)))
+            labels.append(f"{float(values['spearman'][index]):.2f}/{float(values['ssim'][index]):.2f} {name(classes[k])}")
+    side = tiles[0].shape[-1]
+    grid = labelled_grid(torch.stack(tiles), labels, ncol=4, scale=max(1, -(-96 // side)) if side < 96 else 1)
     lines = ["Class sensitivity: the map of the top class against the map of the second-ranked and of a random "
-             "other class; under each, Spearman / SSIM of the absolute maps (1: the same map, whatever the class). "
+             "other class; over each, Spearman / SSIM of the absolute maps (1: the same map, whatever the class). "
              f"Means over {result.target.numel()} image(s):"]
     for rule, by_other in result.similarity.items():
         second, random = by_other["second"], by_other["random"]
