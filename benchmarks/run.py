@@ -736,7 +736,8 @@ def save(rows: list[dict], stem: str, header: str = "") -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["occlusion", "occlusion-sizes", "everyday", "trace", "classes", "modern", "precision", "channels", "units",
-                                          "mining", "atlas", "memory", "chunks", "gpu", "serve", "dropin", "volumes", "all"])
+                                          "mining", "atlas", "memory", "chunks", "gpu", "serve", "dropin", "volumes", "sanity",
+                                          "all"])
     parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
     parser.add_argument("--size", type=int, default=224)
@@ -802,6 +803,18 @@ def main(argv: list[str] | None = None) -> int:
 
         header = run(device, args.size, args.repeats, args.quick, emit)
         save(rows, args.name or "gpu", f"Measured with `python -m benchmarks gpu` on: {header}.")
+        return 0
+    if args.which == "sanity":  # not in "all": it needs Quantus (the quantus extra)
+        from . import sanity
+
+        def emit_sanity(row: dict) -> None:
+            rows.append(row)
+            print("\n".join(sanity.markdown([row])[-2:-1]), flush=True)
+
+        sanity.run(emit_sanity)
+        (RESULTS / "sanity.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (RESULTS / "sanity.md").write_text("\n".join(sanity.markdown(rows)))
+        print(f"\nwrote {RESULTS / 'sanity'}.json and .md")
         return 0
     if args.which == "volumes":  # not in "all": it needs MONAI (the monai extra)
         from . import volumes

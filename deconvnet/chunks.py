@@ -47,6 +47,7 @@ INDEX_LIMIT = 2**31 - 1
 THROUGHPUT_ELEMENTS = {
     ("cuda", "mirror"): 2**30, ("cpu", "mirror"): 2**24,
     ("cuda", "occlusion"): 2**30, ("cpu", "occlusion"): 2**25,
+    ("cuda", "forward"): 2**30, ("cpu", "forward"): 2**22,
 }
 """Elements of a chunk's widest tensor past which per-target time stops falling, per device
 type and workload (the mirror; occlusion's forward passes, whose incremental layers mostly run
@@ -56,7 +57,12 @@ from 100 to 956 targets per chunk (one H200; input plus output signal of its fir
 6.1e9 elements); 2^30 is 167 targets there, inside that range, and keeps each tensor under half
 the index limit. On this project's 2-core CPU the mirror's per-target time is lowest at 2-4 targets
 on VGG16 and ResNet50 (1.3e7 and 6.4e6 elements) and occlusion's at 27-37 positions on
-EfficientNet-Lite0 and 24 on VGG11 (3e7 to 7.7e7 elements)."""
+EfficientNet-Lite0 and 24 on VGG11 (3e7 to 7.7e7 elements). Whole forward passes (deletion and
+insertion curves) are quickest there with small batches: per image, EfficientNet-Lite0 took 17-18
+ms at 1-4 images (widest tensor 1.2e6 elements each) and 22-29 ms at 8-32, VGG11 75 ms at 2 (3.2e6
+each) and 78-86 ms otherwise, ShapesNet 0.7 ms from 4 up (1.3e5 each); 2^22 keeps each of them in
+its quick range (measured by timing the models at 1 to 32 images, 2026-12-02, not yet a
+``benchmarks chunks`` row). On CUDA the forward workload takes the mirror's bound."""
 # Peak memory of one mirror layer per target, as a multiple of its input plus output signal:
 # room for the signal being built and for convolution workspaces.
 WORKSPACE_FACTOR = 3

@@ -329,7 +329,7 @@ def deletion_insertion(
     target: Target = None,
     *,
     steps: int = 32,
-    fill: float = 0.0,
+    fill: float | Tensor = 0.0,
     blur: float = 5.0,
     batch_size: int | None = None,
     memory_budget: int | None = None,
@@ -339,11 +339,13 @@ def deletion_insertion(
     x (Tensor[N, C, H, W]): model inputs; order (LongTensor[N, H, W]): each pixel's place, 0 =
     first (:func:`order_by` of a map, or any ordering: random, centre first). At each of
     ``steps`` + 1 fractions from 0 to 1, deletion sets the first pixels (all channels) to
-    ``fill`` (model input space: 0 is the mean colour after the usual normalisation), and
+    ``fill`` (model input space: 0 is the mean colour after the usual normalisation; or one
+    value per image, Tensor[N], e.g. each image's minimum as Quantus's "black"), and
     insertion starts from the image blurred by ``blur`` pixels and puts the first pixels back.
     target: the class followed (default: each image's predicted class). All N * (steps + 1)
     inputs of each curve run in batches of ``batch_size`` (default: planned within the memory
-    budget, as occlusion's batches are; a DeconvNet brings its own budget and traced graph).
+    budget, as occlusion's batches are, with the bound of whole forward passes; a DeconvNet
+    brings its own budget and traced graph).
     """
     dn = model if isinstance(model, DeconvNet) else None
     model = dn.model if dn is not None else model
@@ -368,7 +370,8 @@ def deletion_insertion(
                                             memory_budget if dn is None else dn.memory_budget)
         blurred = _blurred(x, blur)
         curves = []
-        for start, end in ((x, torch.full_like(x, fill)), (blurred, x)):
+        filled = fill.to(x).view(-1, 1, 1, 1).expand_as(x) if isinstance(fill, Tensor) else torch.full_like(x, fill)
+        for start, end in ((x, filled), (blurred, x)):
             probabilities = []
             for lo in range(0, n * (steps + 1), size):
                 index = torch.arange(lo, min(lo + size, n * (steps + 1)), device=x.device)
@@ -393,10 +396,11 @@ def _targets(target: Target, n: int, classes: int, device: torch.device) -> Tens
 
 def _forward_batch(dn: DeconvNet, x: Tensor, count: int, memory_budget: int | None) -> int:
     """Inputs per forward pass, from the planner: each needs its two largest activations three
-    times over (as occlusion's passes are planned), and its largest is the widest tensor. The
-    sizes come from one traced pass of x (Tensor[1, C, H, W]); the model is not touched."""
+    times over (as occlusion's passes are planned), its largest is the widest tensor, and whole
+    forward passes have their own throughput bound (``chunks.THROUGHPUT_ELEMENTS``). The sizes
+    come from one traced pass of x (Tensor[1, C, H, W]); the model is not touched."""
     trace = dn.trace(x)
     sizes = sorted((v.numel() for v in trace.activations.values() if isinstance(v, Tensor)), reverse=True)
     sizes = sizes or [x.numel()]
     return plan(count, 3 * sum(sizes[:2]) * x.element_size(), sizes[0], budget(memory_budget, x.device),
-                x.device.type, "occlusion")
+                x.device.type, "forward")

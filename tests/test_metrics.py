@@ -169,3 +169,14 @@ def test_blurring_keeps_a_flat_image_and_deletion_errors(net):
         metrics.deletion_insertion(net, x, torch.zeros(1, 4, 4, dtype=torch.long))
     with pytest.raises(InputError, match=r"target \[7\] is out of range: the model has 5 classes"):
         metrics.deletion_insertion(net, x, torch.zeros(1, 8, 8, dtype=torch.long), target=7)
+
+
+def test_a_fill_per_image_equals_one_call_per_image(net):
+    torch.manual_seed(4)
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    order = metrics.order_by(torch.randn(3, 8, 8))
+    fill = x.flatten(1).min(dim=1).values
+    together = metrics.deletion_insertion(net, x, order, steps=4, fill=fill)
+    for n in range(3):
+        alone = metrics.deletion_insertion(net, x[n : n + 1], order[n : n + 1], steps=4, fill=float(fill[n]))
+        torch.testing.assert_close(together.deletion[n], alone.deletion[0])

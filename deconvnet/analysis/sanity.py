@@ -68,12 +68,16 @@ def heat(maps: Tensor) -> Tensor:
 
 def _ranks(values: Tensor) -> Tensor:
     """Ranks along the last dim (Tensor[N, P]), ties taking their average rank, from 1."""
-    ranks = torch.empty_like(values, dtype=torch.float64)
-    for row, line in enumerate(values):
-        unique, inverse, counts = torch.unique(line, return_inverse=True, return_counts=True)
-        last = counts.cumsum(0).double()
-        ranks[row] = (last - (counts.double() - 1) / 2)[inverse]
-    return ranks
+    ordered, order = values.double().sort(dim=1)
+    count, length = ordered.shape
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    block = starts.long().cumsum(dim=1) - 1  # each sorted value's run of equal values
+    place = torch.arange(length, dtype=torch.float64, device=values.device).expand(count, length)
+    first = torch.full_like(place, float(length)).scatter_reduce(1, block, place, "amin")
+    last = torch.full_like(place, -1.0).scatter_reduce(1, block, place, "amax")
+    average = (first.gather(1, block) + last.gather(1, block)) / 2 + 1
+    return torch.empty_like(average).scatter_(1, order, average)
 
 
 def _correlation(a: Tensor, b: Tensor) -> Tensor:
