@@ -67,16 +67,8 @@ def test_perturbations_are_asked_for_as_captum_asks(net):
     baselines = torch.zeros_like(x)
     calls: dict[str, list] = {"ours": [], "captum": []}
 
-    def recording(name):
-        @metrics.infidelity_perturb_func_decorator(multiply_by_inputs=True)
-        def perturb(inputs, baselines):
-            calls[name].append((tuple(inputs.shape), float(inputs.sum()), float(baselines.sum())))
-            return inputs * 0.9
-
-        return perturb
-
-    def recording_captum(name):
-        @captum_metrics.infidelity_perturb_func_decorator(multiply_by_inputs=True)
+    def recording(name, decorator):
+        @decorator(multiply_by_inputs=True)
         def perturb(inputs, baselines):
             calls[name].append((tuple(inputs.shape), float(inputs.sum()), float(baselines.sum())))
             return inputs * 0.9
@@ -86,8 +78,9 @@ def test_perturbations_are_asked_for_as_captum_asks(net):
     attributions = torch.randn_like(x)
     common = dict(inputs=x, attributions=attributions, baselines=baselines, target=2, n_perturb_samples=5,
                   max_examples_per_batch=4)
-    ours = metrics.infidelity(net, recording("ours"), **common)
-    theirs = captum_metrics.infidelity(net, recording_captum("captum"), **common)
+    ours = metrics.infidelity(net, recording("ours", metrics.infidelity_perturb_func_decorator), **common)
+    theirs = captum_metrics.infidelity(net, recording("captum", captum_metrics.infidelity_perturb_func_decorator),
+                                       **common)
     assert calls["ours"] == calls["captum"] and len(calls["ours"]) == 3  # copies per call: 2, 2, 1
     assert [c[0][0] for c in calls["ours"]] == [4, 4, 2]
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
