@@ -20,9 +20,10 @@ import torch
 
 from deconvnet import DeconvNet
 
-from .run import (
-    _captum_comparable, _row, bench_everyday, bench_mining, bench_occlusion, checked, relative_error, timed,
-)
+from .everyday import bench_everyday
+from .harness import _captum_comparable, _row, checked, relative_error, timed
+from .mining import bench_mining
+from .occlusion import bench_occlusion
 
 CHUNK = 100  # Captum's targets per call, and the floor's images per forward
 

@@ -25,7 +25,7 @@ from deconvnet.loading import LoadedModel, Preprocessing
 from deconvnet.serve import Explorer
 from deconvnet.serve.app import BackgroundServer, create_app
 
-from .run import machine, timed
+from .harness import machine, timed
 
 MIDDLE, DEEP = ("features.4", "features.9", "features.16"), ("features.23", "features.30")
 CLIENTS = 16

@@ -36,7 +36,7 @@ from torch import nn
 
 from deconvnet import DeconvNet
 
-from .run import _row, checked, machine, relative_error, timed
+from .harness import TABLES, _row, checked, machine, relative_error, timed
 
 
 def _densenet(classes: int, device: torch.device) -> nn.Module:
@@ -277,6 +277,9 @@ def markdown(rows: list[dict]) -> list[str]:
                      f"{r['captum_added_bytes'] / mib:.0f} MiB | {r['seconds']['deconvnet']:.1f}, "
                      f"{r['seconds']['captum Deconvolution']:.1f} | {r['dtype']} | {r['machine']} | {r['torch']} |")
     return [*lines, ""]
+
+
+TABLES["volume memory"] = markdown
 
 
 def run(device: torch.device, size: int, repeats: int, emit) -> None:  # type: ignore[no-untyped-def]

@@ -9,16 +9,18 @@ from pathlib import Path
 import deconvnet
 
 PACKAGE = Path(deconvnet.__file__).parent
+BENCHMARKS = PACKAGE.parent / "benchmarks"
 
 
-def _module(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def _module(path: Path, package: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(package.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """The package's modules ``path`` imports, anywhere in it (lazy imports in functions too)."""
-    module = _module(path)
+def _imports(path: Path, root: Path = PACKAGE) -> set[str]:
+    """The modules of package ``root`` that ``path`` imports, anywhere in it (lazy imports in
+    functions too)."""
+    module = _module(path, root)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -30,15 +32,15 @@ def _imports(path: Path) -> set[str]:
                 target = node.module or ""
             for alias in node.names:  # "from . import image" imports a module
                 full = f"{target}.{alias.name}"
-                is_module = (PACKAGE.parent / f"{full.replace('.', '/')}.py").exists()
+                is_module = (root.parent / f"{full.replace('.', '/')}.py").exists()
                 found.add(full if is_module else target)
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-    return {name for name in found if name.split(".")[0] == "deconvnet" and name != module}
+    return {name for name in found if name.split(".")[0] == root.name and name != module}
 
 
-def import_graph() -> dict[str, set[str]]:
-    return {_module(path): _imports(path) for path in PACKAGE.rglob("*.py")}
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    return {_module(path, root): _imports(path, root) for path in root.rglob("*.py")}
 
 
 def test_no_module_imports_itself_back():
@@ -46,6 +48,15 @@ def test_no_module_imports_itself_back():
     # a function included: it only hides the cycle from the interpreter.
     graph = import_graph()
     assert "deconvnet.pictures.site" in graph["deconvnet.analysis.atlas"]  # the checker sees edges
+    graphlib.TopologicalSorter(graph).prepare()
+
+
+def test_the_benchmarks_import_no_module_back():
+    # One harness, one module per benchmark, the runner on top: python -m benchmarks NAME.
+    graph = import_graph(BENCHMARKS)
+    assert graph["benchmarks.harness"] == set()  # the harness knows no benchmark
+    assert {"benchmarks.harness", "benchmarks.occlusion"} <= graph["benchmarks.gpu"]
+    assert "benchmarks.volumes" in graph["benchmarks.run"]  # lazy imports count
     graphlib.TopologicalSorter(graph).prepare()
 
 
