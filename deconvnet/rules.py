@@ -90,6 +90,10 @@ class RuleSet:
     def __init__(self, rules: Mapping[type[nn.Module], Rule] | None = None, parent: RuleSet | None = None) -> None:
         self.rules: dict[type[nn.Module], Rule] = dict(rules or {})
         self.parent = parent
+        # Rules for layer types of other packages (timm, torchvision.ops), by the class's full
+        # name: a model holding one has imported that package already, and importing it here
+        # would cost every start of the command line a third of a second.
+        self.named: dict[str, Rule] = {}
 
     def over(self, extra: Mapping[type[nn.Module], Rule | Callable[[Any], mirror.MirrorLayer]] | None) -> RuleSet:
         """A new set with ``extra`` on top of this one."""
@@ -104,21 +108,24 @@ class RuleSet:
         merged.update(self.rules)
         return merged
 
+    def _all_named(self) -> dict[str, Rule]:
+        merged = self.parent._all_named() if self.parent is not None else {}
+        merged.update(self.named)
+        return merged
+
     def rule_for(self, module: nn.Module) -> Rule | None:
         """The rule for ``module``'s type; a subclass inherits its base's rule only when it keeps
         the base's ``forward``."""
-        table = self._all()
-        rule = table.get(type(module))
-        if rule is not None:
-            return rule
-        for base in type(module).__mro__[1:]:
-            if base in table and type(module).forward is base.forward:
-                return table[base]
+        table, named = self._all(), self._all_named()
+        for base in type(module).__mro__:
+            rule = table.get(base) or named.get(f"{base.__module__}.{base.__qualname__}")
+            if rule is not None and (base is type(module) or type(module).forward is base.forward):
+                return rule
         return None
 
     def names(self) -> list[str]:
         """Names of the layer types that have a rule, in registration order."""
-        return [t.__name__ for t in self._all()]
+        return [t.__name__ for t in self._all()] + [name.rpartition(".")[2] for name in self._all_named()]
 
 
 DEFAULT_RULES = RuleSet()
@@ -657,28 +664,9 @@ for _dropout in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaD
     DEFAULT_RULES.rules[_dropout] = Rule(_identity, eval_only=True)
 
 
-def _stochastic_depth() -> type[nn.Module] | None:
-    try:
-        from torchvision.ops import StochasticDepth
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return None
-    return StochasticDepth
-
-
-if (_depth := _stochastic_depth()) is not None:
-    DEFAULT_RULES.rules[_depth] = Rule(_identity, eval_only=True)
-
-
-def _timm_same_conv() -> type[nn.Module] | None:
-    try:
-        from timm.layers import Conv2dSame
-    except ImportError:
-        return None
-    return Conv2dSame
-
-
-if (_same := _timm_same_conv()) is not None:
-    DEFAULT_RULES.rules[_same] = Rule(mirror.SameConvTranspose2d, unsupported=_conv_unsupported)
+DEFAULT_RULES.named["torchvision.ops.stochastic_depth.StochasticDepth"] = Rule(_identity, eval_only=True)
+DEFAULT_RULES.named["timm.layers.conv2d_same.Conv2dSame"] = Rule(mirror.SameConvTranspose2d,
+                                                                 unsupported=_conv_unsupported)
 
 
 def _bundled_same_conv() -> type[nn.Module]:
