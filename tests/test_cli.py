@@ -28,7 +28,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_demo_writes_every_figure_and_an_index(tmp_path):
-    result = run("demo", "--out", str(tmp_path), "--images", "2", "--dataset", "20",
+    result = run("demo", "--out", str(tmp_path), "--images", "1", "--dataset", "20",
                  "--pointing", "20", "--channels", "4", "--occlusion-size", "64", "--occlusion-stride", "80")
     assert result.returncode == 0, result.stderr
     real = ["real-rules.png", "real-classes.png", "real-layers-coffee.png", "real-layers-chelsea.png",
