@@ -23,7 +23,7 @@ quarter of the budget (:data:`MEMO_SHARE`, :func:`memo_bytes`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from math import ceil, prod
@@ -38,7 +38,8 @@ from .mirror import Activation, Context, Mirror, MirrorLayer, Product
 
 __all__ = [
     "CPU_BUDGET", "INDEX_LIMIT", "THROUGHPUT_ELEMENTS", "DeviceMemory", "budget", "check_chunk_size", "collect",
-    "device_memory", "memo_bytes", "mirror_chunk", "mirror_chunks", "mirror_needs", "plan", "window_chunk", "window_needs",
+    "device_memory", "forward_chunk", "memo_bytes", "mirror_chunk", "mirror_chunks", "mirror_needs", "plan",
+    "window_chunk", "window_needs",
 ]
 
 CPU_BUDGET = 2 * 1024**3
@@ -157,6 +158,15 @@ def window_needs(trace: Trace, layers: Sequence[MirrorLayer], images: int, chann
     widest = widest_window(layers, trace.records, channels)
     result = trace.input[0].numel()
     return (WORKSPACE_FACTOR * widest + 2 * result) * images * trace.output.element_size(), max(widest, result) * images
+
+
+def forward_chunk(sizes: Iterable[int], element_size: int, count: int, memory: int, device_type: str,
+                  workload: str) -> int:
+    """How many of ``count`` forward passes (occluder positions, perturbed inputs) to run at once
+    within ``memory`` bytes, from the element counts of one pass's values: each pass needs its two
+    largest three times over, and its largest is the widest tensor."""
+    largest = sorted(sizes, reverse=True)[:2]
+    return plan(count, 3 * sum(largest) * element_size, largest[0] if largest else 1, memory, device_type, workload)
 
 
 def mirror_chunk(mirror: Mirror, trace: Trace, start: str, memory: int, count: int | None = None) -> int:

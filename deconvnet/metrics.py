@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .chunks import budget, plan
+from .chunks import budget, forward_chunk
 from .deconvnet import DeconvNet
 from .errors import InputError
 
@@ -395,12 +395,9 @@ def _targets(target: Target, n: int, classes: int, device: torch.device) -> Tens
 
 
 def _forward_batch(dn: DeconvNet, x: Tensor, count: int, memory_budget: int | None) -> int:
-    """Inputs per forward pass, from the planner: each needs its two largest activations three
-    times over (as occlusion's passes are planned), its largest is the widest tensor, and whole
-    forward passes have their own throughput bound (``chunks.THROUGHPUT_ELEMENTS``). The sizes
-    come from one traced pass of x (Tensor[1, C, H, W]); the model is not touched."""
+    """Inputs per forward pass, planned as occlusion's passes are (:func:`deconvnet.chunks.forward_chunk`)
+    with the bound of whole forward passes (``chunks.THROUGHPUT_ELEMENTS``). The sizes come from
+    one traced pass of x (Tensor[1, C, H, W]); the model is not touched."""
     trace = dn.trace(x)
-    sizes = sorted((v.numel() for v in trace.activations.values() if isinstance(v, Tensor)), reverse=True)
-    sizes = sizes or [x.numel()]
-    return plan(count, 3 * sum(sizes[:2]) * x.element_size(), sizes[0], budget(memory_budget, x.device),
-                x.device.type, "forward")
+    sizes = [v.numel() for v in trace.activations.values() if isinstance(v, Tensor)] or [x.numel()]
+    return forward_chunk(sizes, x.element_size(), count, budget(memory_budget, x.device), x.device.type, "forward")

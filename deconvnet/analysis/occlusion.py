@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..builder import Network
-from ..chunks import budget, plan
+from ..chunks import budget, forward_chunk
 from ..capture import evaluate
 from ..deconvnet import DeconvNet
 from ..errors import InputError, TargetOutOfRangeError
@@ -431,11 +431,9 @@ class _Incremental:
     def default_batch(self, positions: int, memory_budget: int | None) -> int:
         """Positions per pass, from the planner (``deconvnet.chunks``): each position needs its
         two largest activations three times over, and its largest is the widest tensor."""
-        sizes = sorted((v.numel() for v in self.base.values() if isinstance(v, Tensor)), reverse=True)
-        element = self.base[self.input].element_size()
-        device = self.base[self.input].device
-        return plan(positions, 3 * sum(sizes[:2]) * element, sizes[0] if sizes else 1,
-                    budget(memory_budget, device), device.type, "occlusion")
+        x = self.base[self.input]
+        return forward_chunk((v.numel() for v in self.base.values() if isinstance(v, Tensor)), x.element_size(),
+                             positions, budget(memory_budget, x.device), x.device.type, "occlusion")
 
     def module(self, node: fx.Node) -> nn.Module | None:
         if node.op != "call_module":
