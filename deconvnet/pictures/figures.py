@@ -397,18 +397,13 @@ def occlusion_figure_nd(result: Occlusion, x: Tensor, *, categories: Sequence[st
     # the map's own range, stated: a probability that barely moves would otherwise look flat
     low, high = float(probability.min()), float(probability.max())
     stretched = (filled - low) / max(high - low, 1e-12)
-    tiles, captions = [], []
     side = max(spatial)
-    for plane, picture in zip(volumes.PLANES, volumes.planes(shown, at), strict=True):
-        tiles.append(volumes._tile(volumes._rgb(picture), side))
-        captions.append(f"input, {plane}")
-    for plane, values in zip(volumes.PLANES, volumes.planes(stretched[None], at), strict=True):
-        tiles.append(volumes._tile(image.colormap(values[0]), side))
-        captions.append(f"p {low:.3g}-{high:.3g}, {plane}")
+    tiles = volumes.plane_tiles(shown, at, side) + volumes.plane_tiles(stretched[None], at, side,
+                                                                        lambda values: image.colormap(values[0]))
+    captions = [f"input, {plane}" for plane in volumes.PLANES] + [f"p {low:.3g}-{high:.3g}, {plane}"
+                                                                   for plane in volumes.PLANES]
     grid = image.labelled_grid(torch.stack(tiles), captions, ncol=6, scale=max(2, -(-120 // side)))
-    heading = Image.new("RGB", (grid.width, 16), "white")
-    ImageDraw.Draw(heading).text((2, 2), title, fill="black", font=ImageFont.load_default())
-    return stack_pictures([heading, grid], gap=0)
+    return image.titled(grid, title)
 
 
 def _grid_picture(colours: Tensor, result: Occlusion, height: int, width: int) -> Tensor:

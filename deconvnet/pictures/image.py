@@ -28,6 +28,7 @@ __all__ = [
     "overlay",
     "signed_to_unit",
     "stack_pictures",
+    "titled",
     "to_pil",
     "to_png",
 ]
@@ -217,6 +218,13 @@ def line_chart(
 
 def _tick(value: float) -> str:
     return f"{value:.4g}"
+
+
+def titled(picture: Image.Image, title: str) -> Image.Image:
+    """``picture`` under a one-line ``title`` on white."""
+    heading = Image.new("RGB", (picture.width, 16), "white")
+    ImageDraw.Draw(heading).text((2, 2), title, fill="black", font=ImageFont.load_default())
+    return stack_pictures([heading, picture], gap=0)
 
 
 def stack_pictures(pictures: Sequence[Image.Image], *, horizontal: bool = False, gap: int = 8) -> Image.Image:

@@ -28,7 +28,6 @@ def signal_chart(signal: Tensor, *, title: str = "", signed: bool = False, width
     """signal (Tensor[C, L]) as a line chart, one line per channel; ``signed``: a reconstruction,
     its vertical axis symmetric about zero."""
     values = signal.detach().double().cpu()
-    limit = None
     if signed:
         peak = float(values.abs().max()) or 1.0
         limit = (-peak, peak)
@@ -54,8 +53,10 @@ def trace_picture(signal: Tensor, *, signed: bool = False, low: float | None = N
         peak = float(finite.abs().max()) if finite.numel() else 0.0
         low, high = -(peak or 1.0), peak or 1.0
     else:
-        low = float(finite.min()) if low is None and finite.numel() else (low if low is not None else 0.0)
-        high = float(finite.max()) if high is None and finite.numel() else (high if high is not None else 1.0)
+        if low is None:
+            low = float(finite.min()) if finite.numel() else 0.0
+        if high is None:
+            high = float(finite.max()) if finite.numel() else 1.0
         high = high if high > low else low + 1.0
     canvas = Image.new("RGB", (step * length, height), "white")
     draw = ImageDraw.Draw(canvas)

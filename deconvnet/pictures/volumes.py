@@ -14,17 +14,17 @@ slices or frames.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import Tensor
 
-from .image import denormalize, labelled_grid, signed_to_unit, stack_pictures
+from .image import denormalize, labelled_grid, signed_to_unit, stack_pictures, titled
 
-__all__ = ["clip_strip", "display", "field_planes", "planes", "planes_figure", "signed_volume", "slice_grid",
-           "strongest_point"]
+__all__ = ["clip_strip", "display", "field_planes", "plane_tiles", "planes", "planes_figure", "signed_volume",
+           "slice_grid", "strongest_point"]
 
 PLANES = ("axial", "coronal", "sagittal")
 _READABLE = 120  # px: the narrowest tile a caption such as "ventricle 0.93, coronal" fits
@@ -84,6 +84,15 @@ def _tile(picture: Tensor, side: int) -> Tensor:
     return F.pad(picture, (left, side - w - left, top, side - h - top), value=1.0)
 
 
+def plane_tiles(volume: Tensor, at: Sequence[int], side: int,
+                colour: Callable[[Tensor], Tensor] | None = None) -> list[Tensor]:
+    """The three planes of ``volume`` (Tensor[C, D, H, W]) through ``at`` (:func:`planes`), each
+    made a picture by ``colour`` (Tensor[C, h, w] -> Tensor[3, h, w]; default: one channel as
+    grey, three as colour) and centred on a white square of ``side`` pixels: Tensor[3, side, side]
+    each, as they differ in shape."""
+    return [_tile((colour or _rgb)(picture), side) for picture in planes(volume, at)]
+
+
 def field_planes(cube: Tensor) -> Tensor:
     """A unit's receptive field (cube Tensor[C, d, h, w] in [0, 1]) as one picture: its three
     orthogonal slices through the centre (axial h x w, coronal d x w, sagittal d x h), each on a
@@ -92,7 +101,7 @@ def field_planes(cube: Tensor) -> Tensor:
     side = max(cube.shape[1:])
     centre = [n // 2 for n in cube.shape[1:]]
     seam = cube.new_ones(3, side, 1)
-    tiles = [_tile(_rgb(picture), side) for picture in planes(cube, centre)]
+    tiles = plane_tiles(cube, centre, side)
     return torch.cat([tiles[0], seam, tiles[1], seam, tiles[2]], dim=2)
 
 
@@ -126,12 +135,8 @@ def planes_figure(
             name = names[i] if names is not None else f"input {i}"
             label = labels[j] if labels is not None else f"target {j}"
             where = dict(zip(PLANES, (f"d={at[0]}", f"h={at[1]}", f"w={at[2]}"), strict=True))
-            for plane, picture in zip(PLANES, planes(shown, at), strict=True):
-                tiles.append(_tile(_rgb(picture), side))
-                captions.append(f"{name}, {where[plane]}")
-            for plane, picture in zip(PLANES, planes(signed, at), strict=True):
-                tiles.append(_tile(_rgb(picture), side))
-                captions.append(f"{label}, {plane}")
+            tiles += plane_tiles(shown, at, side) + plane_tiles(signed, at, side)
+            captions += [f"{name}, {where[plane]}" for plane in PLANES] + [f"{label}, {plane}" for plane in PLANES]
     return labelled_grid(torch.stack(tiles), captions, ncol=6, scale=scale)
 
 
@@ -167,8 +172,4 @@ def clip_strip(
     bottom = labelled_grid(torch.stack([_rgb(signed[:, t]) for t in picked]), [f"{label}, {t}" for t in picked],
                            ncol=len(picked), scale=scale)
     strip = stack_pictures([top, bottom], gap=2)
-    if not title:
-        return strip
-    heading = Image.new("RGB", (strip.width, 16), "white")
-    ImageDraw.Draw(heading).text((2, 2), title, fill="black", font=ImageFont.load_default())
-    return stack_pictures([heading, strip], gap=0)
+    return titled(strip, title) if title else strip
