@@ -176,15 +176,15 @@ class Session:
 
     def images(self, paths: Sequence[Path]) -> torch.Tensor:
         if self.dims != 2:  # signals, volumes, clips: tensor files, each one input or a batch
-            batches = [load_tensor(p, self.dims) for p in paths]
-            self.names = [Path(p).name if len(b) == 1 else f"{Path(p).name} #{i}"
-                          for p, b in zip(paths, batches, strict=True) for i in range(len(b))]
-            shapes = {tuple(b.shape[1:]) for b in batches}
+            files = TensorFolder(paths, self.dims)
+            inputs = [files[i][0] for i in range(len(files))]
+            self.names = files.names
+            shapes = {tuple(x.shape) for x in inputs}
             if len(shapes) > 1:
                 raise InputError(f"the inputs differ in shape {sorted(shapes)}; give files of one shape")
             parameter = next(self.model.parameters(), None)
             dtype = parameter.dtype if parameter is not None else torch.float32
-            return torch.cat(batches).to(self.device, dtype)
+            return torch.stack(inputs).to(self.device, dtype)
         self.names = [Path(p).name for p in paths]
         inputs = []
         for path in paths:
