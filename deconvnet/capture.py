@@ -24,7 +24,7 @@ from .builder import Network, Step, call_site
 from .errors import InputError, UnsupportedLayerError
 from .mirror import Activation, Context, Record, ReLU
 
-__all__ = ["Trace", "checked_input", "run", "run_lean", "run_layers"]
+__all__ = ["AXES", "INPUT", "KINDS", "Trace", "checked_input", "run", "run_lean", "run_layers"]
 
 _T = TypeVar("_T")
 
@@ -418,8 +418,12 @@ def _smallest_size(network: Network, x: Tensor, limit: int = 4096) -> int | None
     return high
 
 
-_FORMS = {1: "Tensor[N, C, L]", 2: "Tensor[N, C, H, W]", 3: "Tensor[N, C, D, H, W]"}
-_WHAT = {1: "signals", 2: "images", 3: "volumes or clips"}
+AXES = {1: "C, L", 2: "C, H, W", 3: "C, D, H, W"}
+"""One input's axes for a model of each number of spatial dims, as messages write shapes."""
+KINDS = {1: "signals", 2: "images", 3: "volumes or clips"}
+"""What a model of each number of spatial dims takes, as messages name it."""
+INPUT = {1: "signal", 2: "image", 3: "volume"}
+"""One such input, as messages and pages name it."""
 
 
 def checked_input(network: Network, x: Tensor) -> Tensor:
@@ -428,14 +432,14 @@ def checked_input(network: Network, x: Tensor) -> Tensor:
     the model's channels and dtype), on the model's device: InputError naming what is wrong and
     the fix."""
     dims = network.spatial_dims
-    form = _FORMS[dims]
+    form = f"Tensor[N, {AXES[dims]}]"
     if not isinstance(x, Tensor):
         raise InputError(f"x must be a {form}, got {type(x).__name__}")
     if x.dim() != dims + 2:
         if x.dim() == dims + 1:
             hint = "; add a batch dimension with x.unsqueeze(0)"
         elif x.dim() in (3, 4, 5):
-            hint = f": this model's convolutions and pools are {dims}-D, for {_WHAT[dims]}, not {_WHAT[x.dim() - 2]}"
+            hint = f": this model's convolutions and pools are {dims}-D, for {KINDS[dims]}, not {KINDS[x.dim() - 2]}"
         else:
             hint = ""
         raise InputError(f"x must be a {form}, got shape {tuple(x.shape)}{hint}")

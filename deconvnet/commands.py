@@ -34,6 +34,7 @@ from .analysis.sanity import class_sensitivity, faithfulness, model_randomizatio
 from .analysis.topk import mine_top_units, project_top_units
 from .deconvnet import DeconvNet
 from .errors import InputError
+from .capture import AXES, KINDS
 from .decoding import read_image
 from .loading import (
     PROBE_SIDES,
@@ -48,7 +49,7 @@ from .loading import (
 )
 from .models import EVOLUTION_STEPS, shapes_net_at
 from .mirror import RULES
-from .pictures import figures, image
+from .pictures import figures
 from .pictures import sanity as sanity_pictures
 from .pictures.site import slug
 from .preprocessing import Preprocessing
@@ -127,8 +128,7 @@ def describe(loaded: LoadedModel, shown: int = 5, spatial_dims: int = 2) -> list
     if spatial_dims == 2:
         lines.append(f"preprocessing: {loaded.preprocessing}")
     else:
-        what = "signals [C, L]" if spatial_dims == 1 else "volumes or clips [C, D, H, W]"
-        lines.append(f"input: {what} from tensor files ({', '.join(TENSOR_SUFFIXES)}), fed as they are: "
+        lines.append(f"input: {KINDS[spatial_dims]} [{AXES[spatial_dims]}] from tensor files ({', '.join(TENSOR_SUFFIXES)}), fed as they are: "
                      "no preprocessing")
     return lines
 
@@ -160,10 +160,9 @@ class Session:
         self.dims = self.dn.network.spatial_dims
         command = getattr(args, "command", None)
         if self.dims != 2 and command not in _ANY_DIMENSION:
-            kind = "signals" if self.dims == 1 else "volumes and clips"
-            raise InputError(f"deconvnet {command} works on images, and {args.model} takes {kind}: for those the "
-                             f"command line has {_listed(sorted(_ANY_DIMENSION))}; in Python every reconstruction, "
-                             "mining and occlusion call takes them")
+            raise InputError(f"deconvnet {command} works on images, and {args.model} takes {KINDS[self.dims]}: for "
+                             f"those the command line has {_listed(sorted(_ANY_DIMENSION))}; in Python every "
+                             "reconstruction, mining and occlusion call takes them")
         for line in describe(self.loaded, spatial_dims=self.dims):
             print(f"deconvnet: {line}")
         self.out: Path = args.out
@@ -240,8 +239,7 @@ def info_command(args: argparse.Namespace) -> list[Path]:
     trace = dn.trace(probe.to(device, dtype))
     for line in describe(loaded, shown=10, spatial_dims=dims):
         print(line)
-    axes = {1: "C, L", 2: "C, H, W", 3: "C, D, H, W"}[dims]
-    print(f"input: Tensor[N, {axes}] = Tensor[N, {', '.join(str(d) for d in probe.shape[1:])}]{note}")
+    print(f"input: Tensor[N, {AXES[dims]}] = Tensor[N, {', '.join(str(d) for d in probe.shape[1:])}]{note}")
     if trace.output.dim() == 2:
         print(f"outputs: {trace.output.shape[1]} classes")
     else:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from . import shapes
+from .capture import AXES
 from .checkpoints import Checkpoint, fit_state, head_size, load_state, read_checkpoint
 from .decoding import read_image
 from .errors import InputError
@@ -573,7 +574,7 @@ def _read_tensor(path: Path, spatial_dims: int, mapped: bool) -> Tensor:
         raise InputError(f"cannot read {path} as a tensor: {str(error).splitlines()[0]}") from error
     if not isinstance(value, Tensor):
         raise InputError(f"{path} holds a {type(value).__name__}, not one tensor")
-    form = {1: "[C, L]", 2: "[C, H, W]", 3: "[C, D, H, W]"}.get(spatial_dims, "")
+    form = f"[{AXES[spatial_dims]}]"
     if value.dim() == spatial_dims + 1:
         value = value.unsqueeze(0)
     if value.dim() != spatial_dims + 2:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from chains import chain_nets
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import assert_exact, channels_reference, classes_reference, deconv_gradient
 from PIL import Image

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..capture import AXES, INPUT, KINDS
 from ..deconvnet import DeconvNet
 from ..errors import DeconvnetError, InputError
 from ..loading import Preprocessing, TensorFolder, image_files, load_image, tensor_files
@@ -179,8 +180,7 @@ class AtlasImages(Dataset):
         x = item[0] if isinstance(item, (tuple, list)) else item
         if not isinstance(x, Tensor) or x.dim() != self.spatial_dims + 1:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            form = {1: "[C, L]", 2: "[C, H, W]", 3: "[C, D, H, W]"}[self.spatial_dims]
-            return index, None, f"item {index} is not a Tensor{form} (got {got})"
+            return index, None, f"item {index} is not a Tensor[{AXES[self.spatial_dims]}] (got {got})"
         return index, x, None
 
     def load(self, index: int) -> Tensor:
@@ -363,10 +363,9 @@ def _check_spatial(dn: DeconvNet, images: AtlasImages, names: list[str]) -> None
     the first readable input."""
     dims = dn.network.spatial_dims
     if images.spatial_dims != dims:
-        kinds = {1: "signals", 2: "images", 3: "volumes or clips"}
-        raise InputError(f"the atlas's inputs are {kinds[images.spatial_dims]} and the model takes {kinds[dims]}: "
+        raise InputError(f"the atlas's inputs are {KINDS[images.spatial_dims]} and the model takes {KINDS[dims]}: "
                          f"make them with AtlasImages(..., spatial_dims={dims})")
-    what = {1: "signal", 2: "image", 3: "volume"}[dims]
+    what = INPUT[dims]
     for index in range(len(images)):
         _, x, _ = images[index]
         if x is not None:

@@ -28,7 +28,7 @@ from torch import Tensor, fx, nn
 
 from ..builder import Network
 from ..chunks import budget, forward_chunk
-from ..capture import evaluate
+from ..capture import AXES, INPUT, KINDS, evaluate
 from ..deconvnet import DeconvNet
 from ..errors import InputError, TargetOutOfRangeError
 from ..functional import AVG_POOL, CONV, MAX_POOL, Window, ntuple, same_padding
@@ -178,14 +178,10 @@ def _module_name(model: nn.Module, layer: Any) -> str | None:
     return next((name for name, module in model.named_modules() if module is layer), None)
 
 
-_BATCHES = {1: "a batch of signals, Tensor[N, C, L]", 2: "a batch of images, Tensor[N, C, H, W]",
-            3: "a batch of volumes or clips, Tensor[N, C, D, H, W]"}
-
-
 def _checked_input(x: Any, dims: int = 2) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() != dims + 2:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise InputError(f"x must be {_BATCHES[dims]}; got {shape}")
+        raise InputError(f"x must be a batch of {KINDS[dims]}, Tensor[N, {AXES[dims]}]; got {shape}")
     return x
 
 
@@ -194,8 +190,8 @@ def _check_geometry(size: Any, stride: Any, spatial: Sequence[int]) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"occluder {name} must be a positive int (pixels), got {value!r}")
     if size > min(spatial):
-        what = {1: "signal", 2: "image"}.get(len(spatial), "volume")
-        raise InputError(f"occluder size {size} does not fit the {'x'.join(str(n) for n in spatial)} {what}")
+        raise InputError(f"occluder size {size} does not fit the {'x'.join(str(n) for n in spatial)} "
+                         f"{INPUT[len(spatial)]}")
 
 
 def _logits(output: Any) -> Tensor:

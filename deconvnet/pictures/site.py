@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..analysis.topk import Atlas, Tile
+from ..capture import INPUT
 from ..progress import ProgressFactory, Silent
 
 __all__ = ["SiteWriter", "layer_folders", "slug"]
@@ -109,11 +110,12 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
-# How the pages speak of the inputs, by their spatial dims: the input, a field's unit, what a tile shows.
+# How the pages speak of the inputs, by their spatial dims: a field's unit, what a tile shows (the input's
+# own name is capture.INPUT's).
 _WORDS = {
-    1: ("signal", "samples", "the projection over the signal it saw (its receptive field), each a trace"),
-    2: ("image", "px", "the projection next to the image patch it saw (its receptive field)"),
-    3: ("volume", "voxels", "the projection next to the input it saw (its receptive field), each drawn as the "
+    1: ("samples", "the projection over the signal it saw (its receptive field), each a trace"),
+    2: ("px", "the projection next to the image patch it saw (its receptive field)"),
+    3: ("voxels", "the projection next to the input it saw (its receptive field), each drawn as the "
         "field's three orthogonal slices through its centre (axial, coronal, sagittal; for a clip: a frame, "
         "then time against height and width)"),
 }
@@ -128,7 +130,8 @@ class SiteWriter:
         self.categories = categories
         self.predicted: dict[int, tuple[int, float]] = {}  # image index -> the model's top class, its probability
         self.slugs = layer_folders(atlas.layers)
-        self.input, self.pixels, self.shows = _WORDS[atlas.spatial_dims]
+        self.input = INPUT[atlas.spatial_dims]
+        self.pixels, self.shows = _WORDS[atlas.spatial_dims]
         self.wide = "" if atlas.spatial_dims == 2 else " wide"  # traces and slices are wider than tall
         for folder in self.slugs.values():
             (self.folder / folder / "img").mkdir(parents=True, exist_ok=True)

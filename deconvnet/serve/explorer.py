@@ -32,6 +32,7 @@ from ..capture import Trace
 from ..deconvnet import DeconvNet
 from .. import signals
 from ..decoding import Decoded, decode, open_image
+from ..capture import KINDS
 from ..errors import DeconvnetError, InputError, LayerNotFoundError
 from ..loading import PHOTOS, LoadedModel, photo
 from ..mirror import RULES
@@ -364,8 +365,7 @@ class Explorer:
         self.dn = DeconvNet(loaded.model, rule=rule, rectifiers=rectifiers)
         dims = self.dn.network.spatial_dims
         if dims != 2:  # the explorer's pages are built around a picture one clicks on
-            kind = "signals" if dims == 1 else "volumes and clips"
-            raise InputError(f"the explorer shows images, and {name} takes {kind}: draw them with deconvnet classes, "
+            raise InputError(f"the explorer shows images, and {name} takes {KINDS[dims]}: draw them with deconvnet classes, "
                              "layers, channels, top9 or occlusion, or browse a unit atlas (deconvnet atlas writes a "
                              "site that opens in the browser)")
         self.cache = TraceCache(cache_bytes)
