@@ -123,14 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.which == "sanity":  # not in "all": it needs Quantus (the quantus extra)
         from . import sanity
 
-        def emit_sanity(row: dict) -> None:
-            rows.append(row)
-            print("\n".join(sanity.markdown([row])[-2:-1]), flush=True)
-
-        sanity.run(emit_sanity)
-        (RESULTS / "sanity.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (RESULTS / "sanity.md").write_text("\n".join(sanity.markdown(rows)))
-        print(f"\nwrote {RESULTS / 'sanity'}.json and .md")
+        sanity.run(emit)
+        save(rows, args.name or "sanity")
         return 0
     if args.which == "volumes":  # not in "all": it needs MONAI (the monai extra)
         from . import volumes

@@ -40,6 +40,8 @@ from deconvnet import DeconvNet
 from deconvnet.analysis import sanity
 from deconvnet.metrics import deletion_insertion, order_by
 
+from .harness import TABLES
+
 __all__ = ["run"]
 
 
@@ -190,6 +192,10 @@ def markdown(rows: list[dict]) -> list[str]:
             lines.append("| " + " | ".join([r["model"], *cells]) + " |")
         lines.append("")
     return lines
+
+
+for _kind in ("pixel flipping", "sensitivity_max", "randomization"):
+    TABLES[_kind] = markdown
 
 
 def run(emit: Callable[[dict], None]) -> None:
