@@ -630,6 +630,8 @@ def test_the_atlas_of_volumes_and_its_errors(tmp_path):
     with pytest.raises(InputError, match=r"the atlas's inputs are images and the model takes volumes or clips: "
                                          r"make them with AtlasImages\(\.\.\., spatial_dims=3\)"):
         build_atlas(model, AtlasImages(TensorDataset(torch.randn(2, 2, 6, 12, 10))), ["3"], tmp_path / "other")
+    with pytest.raises(InputError, match="spatial_dims must be 1, 2 or 3, got 4"):
+        AtlasImages(data, spatial_dims=4)
 
 
 def test_the_explorer_refuses_signal_models_with_what_to_use_instead():

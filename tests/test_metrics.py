@@ -162,6 +162,16 @@ def test_blurring_keeps_a_flat_image_and_deletion_errors(net):
         metrics.deletion_insertion(net, x, torch.zeros(1, 4, 4, dtype=torch.long))
     with pytest.raises(InputError, match=r"target \[7\] is out of range: the model has 5 classes"):
         metrics.deletion_insertion(net, x, torch.zeros(1, 8, 8, dtype=torch.long), target=7)
+    with pytest.raises(InputError, match=r"x must be a Tensor\[N, C, H, W\], got shape \(1, 8, 8\)"):
+        metrics.deletion_insertion(net, x[0], torch.zeros(1, 8, 8, dtype=torch.long))
+    with pytest.raises(InputError, match="steps must be a positive int, got 0"):
+        metrics.deletion_insertion(net, x, torch.zeros(1, 8, 8, dtype=torch.long), steps=0)
+    with pytest.raises(InputError, match=r"blur must be positive \(a Gaussian's sigma in pixels\), got 0"):
+        metrics.deletion_insertion(net, x, torch.zeros(1, 8, 8, dtype=torch.long), blur=0)
+    with pytest.raises(InputError, match="target has 2 entries for 1 images"):
+        metrics.deletion_insertion(net, x, torch.zeros(1, 8, 8, dtype=torch.long), target=[0, 1])
+    with pytest.raises(InputError, match="target has 3 entries for 1 examples"):
+        metrics.infidelity(net, _noise, x, torch.zeros_like(x), target=[0, 1, 2])
 
 
 def test_a_fill_per_image_equals_one_call_per_image(net):

@@ -107,6 +107,14 @@ def test_randomization_and_sensitivity_errors(case):
         sanity.class_sensitivity(model, x[0])
     with pytest.raises(InputError, match=r"target \[9, 9, 9\] does not give one class of 0..4 per image"):
         sanity.model_randomization(model, x, target=9)
+    with pytest.raises(InputError, match="steps must be a positive int, got 0"):
+        sanity.model_randomization(model, x, steps=0)
+    with pytest.raises(InputError, match=r"the occluder \(20 px\) is larger than the image \(16 x 16\)"):
+        sanity.faithfulness(model, x, occluder=20)
+    one_class = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(1)).double().eval()
+    one_class(x)
+    with pytest.raises(InputError, match=r"class sensitivity needs a classifier of at least 2 classes"):
+        sanity.class_sensitivity(one_class, x)
 
 
 def test_class_sensitivity_compares_the_top_class_with_two_others(case):
