@@ -183,6 +183,6 @@ def test_the_sanity_command_writes_its_figures_and_report(tmp_path, capsys):
     for key in ("deletion_auc", "insertion_auc", "class_sensitivity"):
         assert key in report["rules"]["gradient"]
     figure = Image.open(out / "randomization.png")
-    assert figure.width > 5 * 64 and figure.height > 2 * 64  # two rules, the input, trained and three steps
+    assert figure.width > 5 * 64 and figure.height > 2 * 64  # two rules, the input, the model as loaded and three steps
     assert main(["sanity", *paths, "--model", "shapes", "--steps", "0", "--out", str(out)]) == 1
     assert "--steps must be at least 1, got 0" in capsys.readouterr().err

@@ -76,8 +76,8 @@ def _legend(names: Sequence[str], width: int) -> Image.Image:
 
 def randomization_figure(result: Randomization, shown: Tensor, *, index: int = 0) -> Image.Image:
     """As Adebayo et al.'s figure: one row per rule, the input, then its absolute heat map on the
-    trained model and after each randomization step (captioned with the Spearman correlation
-    with the trained map and the step's first layer); under it, the mean Spearman and SSIM over
+    model as loaded (trained, if trained weights were loaded) and after each randomization step
+    (captioned with the Spearman correlation with the map as loaded and the step's first layer); under it, the mean Spearman and SSIM over
     the images against the step, one line per rule.
 
     shown (Tensor[N, 3, H, W] in [0, 1]): the inputs as displayed; ``index``: the one drawn.
@@ -86,7 +86,7 @@ def randomization_figure(result: Randomization, shown: Tensor, *, index: int = 0
     tiles, labels = [], []
     for rule in rules:
         tiles += [_fit(shown[index]), _absolute(result.maps[rule][0, index])]
-        labels += [rule, "trained"]
+        labels += [rule, "as loaded"]
         for step, layer in enumerate(result.layers, start=1):
             rho = float(result.similarity[rule]["spearman"][step - 1, index])
             tiles.append(_absolute(result.maps[rule][step, index]))
@@ -96,19 +96,20 @@ def randomization_figure(result: Randomization, shown: Tensor, *, index: int = 0
     grid = labelled_grid(torch.stack(tiles), labels, ncol=2 + len(result.layers), scale=scale)
     steps = list(range(len(result.layers) + 1))
     charts = []
-    for name, title in (("spearman", "mean Spearman of |map| with the trained map"),
-                        ("ssim", "mean SSIM of |map| with the trained map")):
+    for name, title in (("spearman", "mean Spearman of |map| with the map as loaded"),
+                        ("ssim", "mean SSIM of |map| with the map as loaded")):
         series = torch.stack([torch.cat([torch.ones(1, dtype=torch.float64),
                                          result.similarity[rule][name].mean(dim=1)]) for rule in rules])
         charts.append(line_chart(steps, series, title=title, xlabel="layers randomized (steps, top first)",
                                  size=(330, 200), ylim=(min(-0.2, float(series.min())), 1.0)))
     charts.append(_legend(rules, 140))
-    how = "cumulatively, from the top" if result.order == "cascading" else "one group at a time, the rest trained"
+    how = "cumulatively, from the top" if result.order == "cascading" else "one group at a time, the rest as loaded"
     caption = _text([
         f"Model-parameter randomization (Adebayo et al. 2018): the layers re-initialised {how}, in "
         f"{len(result.layers)} steps, each captioned by its first layer. Each map is the absolute channel sum of "
         "the class reconstruction, white from its 99th percentile; the number over a step is its Spearman rank "
-        "correlation with the trained model's map (1: unchanged). A map that stays alike while the weights that "
+        "correlation with the map of the model as loaded (1: unchanged). The test assumes trained weights: on "
+        "random ones there is nothing learned for the maps to lose. A map that stays alike while the weights that "
         "decide the class are noise does not show what the model learned.",
     ], max(grid.width, 3 * 330 + 140))
     return stack_pictures([grid, stack_pictures(charts, horizontal=True, gap=8), caption], gap=6)
