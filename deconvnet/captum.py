@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from . import rules
 from .deconvnet import DeconvNet
 from .errors import DeconvnetError, InputError
-from .mirror import Context, _RuleMode
+from .mirror import Context
+from .mirror.general import RuleMode
 from .progress import Silent
 
 __all__ = ["CaptumArgumentError", "Deconvolution", "GuidedBackprop", "NeuronDeconvolution", "NeuronGuidedBackprop",
@@ -162,7 +163,7 @@ class _RuleGradients:
         leaves = tuple(t.detach().requires_grad_(True) for t in tensors)
         handle = nn.modules.module.register_module_forward_hook(keep) if capture is not None else None
         try:
-            with torch.enable_grad(), _RuleMode(Context(self.rule, "relu", None), rules.rectifier_call):
+            with torch.enable_grad(), RuleMode(Context(self.rule, "relu", None), rules.rectifier_call):
                 output = self.forward_func(*leaves, *extra)
                 value = output if capture is None else seen[0] if seen else None
                 if value is None:
