@@ -142,7 +142,7 @@ def _program(
 ) -> _Program:
     """The generated forward; returning the values the mirror reads, or just ``only``, or (lean)
     every step's shapes, the switches, and only the values ``lean`` says each step's mirror
-    layer reads (:meth:`~deconvnet.mirror.MirrorLayer.needs_under` one call's context)."""
+    layer reads (:meth:`~deconvnet.mirror.base.MirrorLayer.needs_under` one call's context)."""
     graph = fx.Graph()
     mapping: dict[fx.Node, fx.Node] = {}
     owners: dict[str, Any] = {}

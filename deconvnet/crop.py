@@ -8,7 +8,7 @@ masked to zero), so all targets still run as one batch. The result is pasted bac
 image.
 
 Which layers can run on windows, and how, each mirror layer declares itself
-(:meth:`~deconvnet.mirror.MirrorLayer.croppable`, ``forward_window``, ``window``); a mirror
+(:meth:`~deconvnet.mirror.base.MirrorLayer.croppable`, ``forward_window``, ``window``); a mirror
 with any other layer below the start runs uncropped.
 """
 

@@ -108,7 +108,7 @@ class DeconvNet:
     @property
     def _receptive_fields(self) -> dict[str, ReceptiveField | None]:
         """Each layer's receptive field, for the network as it is now (the first trace may
-        rebuild it: see :meth:`~deconvnet.builder.Network.refine`)."""
+        rebuild it: see :meth:`~deconvnet.builder.network.Network.refine`)."""
         if self._fields is None or self._fields[0] is not self._network.mirror:
             self._fields = (self._network.mirror, receptive_fields(self._network))
             self._sized_fields.clear()

@@ -19,6 +19,8 @@ from .reading import Reader, read
 from .reading.base import Run
 from .tracing import KeptAsFound, fixed_placeholders, normalise_in_place, trace
 
+__all__ = ["Step", "Found", "Network", "structure", "build"]
+
 
 @dataclass(eq=False)
 class Step:

@@ -10,6 +10,11 @@ from torch import fx, nn
 
 from .. import rules
 
+__all__ = [
+    "fetch_attribute", "describe", "step_names", "flatten", "format_index", "format_args", "is_split", "is_item",
+    "item_key", "picks_items", "ancestors", "call_site",
+]
+
 
 def fetch_attribute(model: nn.Module, constants: dict[str, Any], target: str) -> Any:
     """The value of a ``get_attr`` target: a graph constant, or a parameter or buffer of the model."""

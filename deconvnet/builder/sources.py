@@ -11,6 +11,8 @@ from torch import Tensor, fx, nn
 
 from ..errors import TracingError
 
+__all__ = ["timm_registrations", "PixelLogits", "transformers_image_model", "inner", "unwrap_graph"]
+
 
 def timm_registrations() -> tuple[set[type[nn.Module]], list[Callable[..., Any]]]:
     """timm's own fx leaf modules and wrapped functions, when timm is installed.

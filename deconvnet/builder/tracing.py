@@ -22,6 +22,8 @@ from .. import rules
 from ..errors import TracingError
 from . import sources
 
+__all__ = ["Traced", "trace", "KeptAsFound", "fixed_placeholders", "normalise_in_place"]
+
 
 class _Tracer(fx.Tracer):
     """Keeps layers with a rule (and timm's and the opaque ones) whole; records every module

@@ -13,6 +13,8 @@ from torch import Tensor
 from .. import functional
 from .base import Context, Described, Record
 
+__all__ = ["derivative", "Activation", "ReLU"]
+
 
 def derivative(function: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """f'(x) of an element-wise function, by forward-mode autograd at the recorded input."""

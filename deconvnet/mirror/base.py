@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from ..functional import Window
 
+__all__ = ["RULES", "RECTIFIERS", "INPUT", "Context", "Record", "Ref", "fill", "Call", "MirrorLayer", "Described"]
+
 RULES = ("deconvnet", "guided", "gradient")
 """What the mirror does at a rectifier ``f`` with recorded input ``x`` and signal ``g``:
 ``deconvnet`` passes ``relu(g)`` (Zeiler & Fergus); ``guided`` passes ``relu(f'(x) * g)``

@@ -14,6 +14,11 @@ from .. import functional
 from ..functional import Window, ntuple, pair
 from .base import Context, MirrorLayer, Record
 
+__all__ = [
+    "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "FetchedConvTranspose2d", "conv_padding",
+    "SameConvTranspose2d", "LinearTranspose",
+]
+
 if TYPE_CHECKING:
     from .normalization import ChannelScale
 

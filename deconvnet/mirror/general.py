@@ -13,6 +13,8 @@ from torch import Tensor
 from .activations import derivative
 from .base import Call, Context, MirrorLayer, Record
 
+__all__ = ["RuleMode", "VJP"]
+
 
 class _Rectified(torch.autograd.Function):
     """A rectifier inside a general (VJP) node, with the method's rule as its backward."""

@@ -20,6 +20,8 @@ from .general import VJP
 from .normalization import ChannelScale
 from .pooling import MaxUnpool2d, OverlapUnpool2d
 
+__all__ = ["Mirror", "precision"]
+
 
 def _pass_on(signal: Tensor, record: Record) -> Tensor:
     return signal

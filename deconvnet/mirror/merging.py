@@ -10,6 +10,8 @@ from torch import Tensor
 from .. import functional
 from .base import Call, Context, MirrorLayer, Record, Ref
 
+__all__ = ["Add", "Concat", "Product"]
+
 
 class Add(MirrorLayer):
     """A sum reversed: each summand gets the signal (times its ``alpha``), summed back over

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from .. import functional
 from .base import Call, Context, Described, Record
 
+__all__ = ["ChannelScale", "Normalization"]
+
 
 class ChannelScale(Described):
     """Eval-mode batch-norm reversed: scale by weight / sqrt(running_var + eps), no shift.

@@ -12,6 +12,13 @@ from .. import functional
 from ..functional import Window, ntuple
 from .base import Context, MirrorLayer, Record
 
+__all__ = [
+    "MaxUnpool1d", "MaxUnpool2d", "MaxUnpool3d", "OverlapUnpool1d", "OverlapUnpool2d", "OverlapUnpool3d",
+    "unpooling", "AdaptiveMaxUnpool2d", "AdaptiveMaxUnpool1d", "AdaptiveMaxUnpool3d", "AvgPool2dTranspose",
+    "AvgPool1dTranspose", "AvgPool3dTranspose", "AdaptiveAvgPool2dTranspose", "AdaptiveAvgPool1dTranspose",
+    "AdaptiveAvgPool3dTranspose",
+]
+
 
 class _MaxUnpool(MirrorLayer):
     """Unpooling into the forward switches, for max-pools whose windows do not overlap, in any

@@ -14,6 +14,8 @@ from .. import functional
 from ..functional import Window
 from .base import Call, Context, Described, MirrorLayer, Record
 
+__all__ = ["Crop", "Scatter", "Permute", "Reshape", "Identity", "Broadcast"]
+
 
 class Crop(MirrorLayer):
     """Constant padding reversed: the padded border cropped off (a negative pad, which crops

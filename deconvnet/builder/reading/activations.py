@@ -14,6 +14,8 @@ from ...mirror import Activation, ReLU
 from ..nodes import describe
 from .base import Built, General, Reader
 
+__all__ = ["activation"]
+
 
 def activation(reader: Reader, node: fx.Node, name: str) -> Built:
     """``F.relu``, ``torch.sigmoid``, ``x.clamp(min=0)`` and the other element-wise activations of

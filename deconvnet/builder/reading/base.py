@@ -15,6 +15,8 @@ from ...mirror import VJP, Call, MirrorLayer
 from ...mirror.base import Ref
 from ..nodes import fetch_attribute, flatten
 
+__all__ = ["Run", "General", "COMPUTED", "Built", "Reader", "named", "module_run"]
+
 Run = Callable[[tuple[Any, ...], dict[str, Any]], tuple[Tensor, Tensor | None]]
 
 

@@ -12,6 +12,8 @@ from torch import fx
 from ...mirror import Add, Concat, Product
 from .base import Built, General, Reader
 
+__all__ = ["add", "negate", "cat", "product"]
+
 
 def add(reader: Reader, node: fx.Node, name: str) -> Built:
     """``a + b``, ``a - b``, ``torch.add(a, b, alpha=...)``: each summand gets the signal."""
@@ -25,7 +27,8 @@ def add(reader: Reader, node: fx.Node, name: str) -> Built:
     a, b = node.args
     if a is b:  # x + x
         return Built(Add((1.0 + second,)), [cast(fx.Node, a)])
-    parts = [(v, w) for v, w in zip((a, b), (1.0, second), strict=True) if isinstance(v, fx.Node) and v in reader.signal]
+    parts = [(v, w) for v, w in zip((a, b), (1.0, second), strict=True)
+             if isinstance(v, fx.Node) and v in reader.signal]
     if not parts:  # pragma: no cover - a signal node has a signal input
         raise General
     return Built(Add(tuple(w for _, w in parts)), [v for v, _ in parts])

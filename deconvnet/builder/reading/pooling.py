@@ -19,6 +19,8 @@ from ...mirror import (
 )
 from .base import Built, General, Reader
 
+__all__ = ["DIMS", "as_max_pool", "max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool"]
+
 # The functional pools by their number of spatial dims (the 2-D ones are the default).
 DIMS: dict[Any, int] = {
     F.max_pool1d: 1, torch.max_pool1d: 1, F.max_pool3d: 3, torch.max_pool3d: 3,

@@ -13,6 +13,8 @@ from ...mirror import Broadcast, Crop, Identity, Permute, Reshape, Scatter
 from ..nodes import describe, format_args, format_index
 from .base import Built, General, Reader
 
+__all__ = ["reshape", "identity", "dropout", "pad", "index", "narrow", "permute", "reduce", "split", "split_piece"]
+
 
 def reshape(reader: Reader, node: fx.Node, name: str) -> Built:
     """``flatten``, ``view``, ``reshape`` and the like: undone."""

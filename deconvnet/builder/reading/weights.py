@@ -23,6 +23,8 @@ from ...mirror import (
 )
 from .base import Built, General, Reader, named
 
+__all__ = ["conv", "linear", "batch_norm", "layer_norm", "group_norm"]
+
 
 def conv(reader: Reader, node: fx.Node, name: str) -> Built:
     """``F.conv{1,2,3}d`` with a weight held by the model: transposed with that weight."""
