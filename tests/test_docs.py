@@ -103,8 +103,9 @@ def test_the_site_builds_strictly_and_documents_every_public_name(tmp_path):
 
 def test_ci_runs_the_readmes_test_command():
     command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
-    assert command.endswith("python -m pytest -q -rs")
+    assert command.endswith("python -m pytest -q -rs -n 2")
     assert command in (ROOT / "README.md").read_text()
+    assert command in (ROOT / "docs" / "getting-started.md").read_text()
 
 
 def test_the_readme_is_a_front_page():
