@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from warm_cli import WarmCommand, warm_path
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
@@ -47,12 +48,20 @@ def test_the_fence_parser_sees_the_examples():
     assert any(lang == "python" and "DeconvNet(" in code for lang, code in readme)
 
 
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """The examples' ``deconvnet``: one warm interpreter forked per command (see warm_cli)."""
+    command = WarmCommand(tmp_path_factory.mktemp("warm"))
+    yield command
+    command.close()
+
+
 @pytest.mark.parametrize("page", [p for p in PAGES if any(lang in RUN for lang, _ in blocks(p))],
                          ids=lambda p: str(p.relative_to(ROOT)))
-def test_the_examples_of_a_page_run(page, tmp_path, monkeypatch):
+def test_the_examples_of_a_page_run(page, tmp_path, monkeypatch, warm):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__docs__"}
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    environment = {**os.environ, "PATH": warm_path(warm)}
     for number, (lang, code) in enumerate(blocks(page), start=1):
         if lang == "python":
             exec(compile(code, f"{page.name}, block {number}", "exec"), namespace)  # noqa: S102 - the page's own example
@@ -99,6 +108,30 @@ def test_the_site_builds_strictly_and_documents_every_public_name(tmp_path):
             missing.append(f"{module}.{name}")
     assert not missing, f"public names missing from the API reference: {missing}"
     assert len(names) > 150  # the walk found the package's modules
+
+
+def test_the_console_script_runs(tmp_path):
+    # The examples run their commands through warm_cli; the real console script, once, here.
+    script = Path(sys.executable).parent / "deconvnet"
+    done = subprocess.run([str(script), "layers", str(tmp_path / "nope.png")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"deconvnet: error: image {tmp_path / 'nope.png'} does not exist"
+
+
+def test_warm_commands_keep_the_exit_status_the_streams_and_the_folder(tmp_path, warm):
+    environment = {**os.environ, "PATH": warm_path(warm), "PYTHONPATH": "."}
+    (tmp_path / "broken_models.py").write_text("def make():\n    raise RuntimeError('no such checkpoint')\n")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c",
+                           "deconvnet layers x.png --model broken_models:make 2> err.txt || echo failed $?"],
+                          cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
+    assert done.stdout == "failed 1\n"
+    assert (tmp_path / "err.txt").read_text() == (
+        "deconvnet: error: broken_models:make() failed: RuntimeError: no such checkpoint\n")
+    done = subprocess.run(["bash", "-c", "deconvnet --help | head -1; deconvnet layers x.png --rule nope"],
+                          cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
+    assert done.stdout.startswith("usage: deconvnet") and "invalid choice: 'nope'" in done.stderr
+    assert done.returncode == 2
 
 
 def test_ci_runs_the_readmes_test_command():
