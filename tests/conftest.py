@@ -1,5 +1,5 @@
 """Test configuration: hypothesis runs reproducibly in CI (CI=true), exploring freely elsewhere;
-under pytest-xdist, one thread per worker."""
+under pytest-xdist, one thread per worker; the long tests first."""
 
 import os
 
@@ -18,3 +18,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+def pytest_collection_modifyitems(config, items):
+    # The few tests of tens of seconds (marked long) go first: left to the end of the collection
+    # order, one of them keeps one worker busy after the other has run out of tests.
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # a stable sort

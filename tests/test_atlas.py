@@ -152,6 +152,7 @@ def _cli(*args: str, env: dict | None = None, torchrun: bool = False) -> subproc
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
+@pytest.mark.long
 def test_two_gloo_processes_write_the_single_process_atlas(tmp_path):
     data = _shapes_folder(tmp_path / "data", 27)
     common = ["atlas", str(data), "--layers", "features.3", "features.13", "--k", "4", "--batch-size", "5",

@@ -27,6 +27,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deconvnet", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.long
 def test_demo_writes_every_figure_and_an_index(tmp_path):
     result = run("demo", "--out", str(tmp_path), "--images", "1", "--dataset", "20",
                  "--pointing", "20", "--channels", "4", "--occlusion-size", "64", "--occlusion-stride", "80")

@@ -56,7 +56,11 @@ def warm(tmp_path_factory):
     command.close()
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if any(lang in RUN for lang, _ in blocks(p))],
+LONG_PAGES = {"own-model.md", "dimensions.md"}  # tens of seconds each: started first (see conftest)
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=[pytest.mark.long] if p.name in LONG_PAGES else [])
+                                  for p in PAGES if any(lang in RUN for lang, _ in blocks(p))],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_examples_of_a_page_run(page, tmp_path, monkeypatch, warm):
     monkeypatch.chdir(tmp_path)

@@ -223,6 +223,7 @@ def test_shipped_checkpoints_load_and_change_along_training():
         shapes_net_at(7)
 
 
+@pytest.mark.long
 def test_train_shapes_reproduces_the_shipped_early_checkpoints(tmp_path):
     """The training script, stopped after step 100 of its 2000-step schedule, writes the shipped
     step-20 and step-100 weights bit for bit where it runs as the shipped run did (same CPU kind
