@@ -3,7 +3,8 @@ under pytest-xdist, one thread per worker; the long tests first."""
 
 import os
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
     # Each xdist worker (and every command it starts) computes on one thread: two workers of two
     # OpenMP threads each on two cores spin against each other and ran the suite slower than
     # one process did (see the README's test command).
@@ -12,7 +13,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import torch  # noqa: E402 - after the thread count is set
 from hypothesis import settings  # noqa: E402
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if WORKER:
     torch.set_num_threads(1)
 
 settings.register_profile("ci", derandomize=True, print_blob=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,8 +118,15 @@ def test_bad_input_ends_with_one_line(args, message, folder, tmp_path, capsys):
     assert err.count("\n") == (4 if "CKPT" in args else 1), err
 
 
-def test_errors_exit_nonzero_without_traceback(tmp_path):
-    result = run("classes", str(tmp_path / "nope.png"), "--out", str(tmp_path))
+ENTRY_POINTS = {"python -m deconvnet": [sys.executable, "-m", "deconvnet"],
+                "the console script": [str(Path(sys.executable).parent / "deconvnet")]}
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS.values()), ids=list(ENTRY_POINTS))
+def test_errors_exit_nonzero_without_traceback(tmp_path, entry):
+    # Both entry points, each in a fresh interpreter (the docs' examples run warm: see warm_cli).
+    result = subprocess.run([*entry, "classes", str(tmp_path / "nope.png"), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 1
     assert result.stderr.strip() == f"deconvnet: error: image {tmp_path / 'nope.png'} does not exist"
 

@@ -8,7 +8,7 @@ file descriptors themselves, passed over a Unix socket), runs ``deconvnet.cli.ma
 console script does, and exits with its status. The ``deconvnet`` on the examples' ``PATH`` is a
 small client that hands its command over and exits with that status.
 
-The console script itself is still run for real: ``test_docs.test_the_console_script_runs``.
+The console script itself is still run for real: ``test_cli.test_errors_exit_nonzero_without_traceback``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from pathlib import Path
 SERVER = textwrap.dedent('''
     import json, os, socket, sys, traceback
 
-    import torchvision  # noqa: F401 - imported once here, not per command
-    import deconvnet.cli
+    import deconvnet.cli  # torch, torchvision and the package: imported once here, not per command
 
     parent = os.getppid()
     server = socket.socket(socket.AF_UNIX)

@@ -29,6 +29,9 @@ COMPUTED = "takes arguments computed in the forward, where a hand-written mirror
 
 @dataclass
 class Built:
+    """What a reader returns: the mirror layer of one node, the nodes whose outputs it takes as
+    signal, and what :class:`~deconvnet.builder.network.Step` keeps of it."""
+
     mirror: MirrorLayer
     inputs: list[fx.Node]
     module: nn.Module | None = None
