@@ -21,10 +21,11 @@ from torch import Tensor, fx, nn
 
 from . import rules
 from .builder import Network, Step, call_site
-from .errors import InputError, UnsupportedLayerError
+from .errors import DeconvnetError, InputError, TraceMismatchError, UnsupportedLayerError
 from .mirror import Activation, Context, Record, ReLU
 
-__all__ = ["AXES", "INPUT", "KINDS", "Trace", "checked_input", "run", "run_lean", "run_layers"]
+__all__ = ["AXES", "INPUT", "KINDS", "Trace", "checked_input", "ready", "run", "run_lean", "run_layers",
+           "selected_output"]
 
 _T = TypeVar("_T")
 
@@ -652,3 +653,100 @@ def _interpret(network: Network, x: Tensor) -> Trace:
         records[step.name] = _record(step, env, switches)
         activations[step.name] = out
     return Trace(x, env[network.output], activations, records, network)
+
+
+def selected_output(out: Any, key: str | int | None) -> Any:
+    """The output a network explains out of what ``model(x)`` returned (a dict, a
+    ``ModelOutput``, a tuple), by its key."""
+    if key is None:
+        return out
+    if isinstance(out, Mapping) or isinstance(out, (tuple, list)):
+        return out[key]  # type: ignore[index]
+    return getattr(out, str(key))
+
+
+def ready(network: Network, x: Tensor) -> None:
+    """Make the network's graph the forward's for x (Tensor[N, C, ...], checked): read it again
+    by running it where it was read on another input (:meth:`~deconvnet.builder.Network.holds_for`),
+    and check it once against the real forward (:func:`verify`)."""
+    if not network.holds_for(x):
+        network.specialise(x)
+    if not network.verified:
+        verify(network, x)
+
+
+@torch.no_grad()
+def verify(network: Network, x: Tensor) -> None:
+    """Check that the traced forward computes ``model(x)``. A symbolic read that does not is
+    read again by running the forward on x; one read by running that still does not is refused
+    (:class:`~deconvnet.errors.TraceMismatchError`) naming the first layer where they part."""
+    real = selected_output(network.model(x), network.output_key)
+    try:
+        traced: Any = run_by_node(network, x).output
+    except DeconvnetError:
+        raise
+    except Exception as error:  # the traced graph fails where the model runs (a skipped branch)
+        traced = error
+    if isinstance(traced, Tensor) and _agrees(traced, real):
+        network.verified = True
+        return
+    if network.example is None:
+        network.specialise(x)
+        verify(network, x)
+        return
+    raise TraceMismatchError(_parting(network, x, traced, real))
+
+
+def _agrees(traced: Any, real: Any) -> bool:
+    if not isinstance(traced, Tensor) or not isinstance(real, Tensor) or traced.shape != real.shape:
+        return False
+    scale = float(real.abs().max()) if real.numel() else 0.0
+    return bool(torch.allclose(traced, real, rtol=1e-4, atol=1e-5 * max(scale, 1e-6)))
+
+
+def _parting(network: Network, x: Tensor, traced: Any, real: Any) -> str:
+    """Where the traced forward first parts from the real one: each module call of the graph
+    against the same call of the module in ``model(x)`` (read by temporary forward hooks,
+    removed before returning)."""
+    model = network.model
+    calls: dict[str, list[Any]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if name in network.modules:
+            handles.append(module.register_forward_hook(
+                lambda _m, _i, out, name=name: calls.setdefault(name, []).append(out)))
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    env: dict[fx.Node, Any] = {}
+    seen: dict[str, int] = {}
+    what = type(model).__name__
+    for node in network.nodes:
+        if node.op == "placeholder":
+            env[node] = network.defaults[node.name] if node.name in network.defaults else x
+            continue
+        step = network.steps.get(node)
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
+        name = step.name if step is not None else node.name
+        try:
+            env[node] = step.run(args, kwargs)[0] if step is not None and step.run is not None else evaluate(
+                node, args, kwargs, network)
+        except Exception as error:
+            return (f"the traced forward of {what} fails at {name} ({type(error).__name__}: {error}) where "
+                    "model(x) runs: torch.fx did not follow the forward there (a check on a traced value, "
+                    "isinstance of a traced tensor)")
+        if node.op == "call_module":
+            target = str(node.target)
+            index = seen[target] = seen.get(target, -1) + 1
+            outs = calls.get(target, [])
+            if index < len(outs) and isinstance(outs[index], Tensor) and not _agrees(env[node], outs[index]):
+                return (f"the traced forward of {what} parts from model(x) at {name} "
+                        f"({type(model.get_submodule(target)).__name__}): its output there differs from the "
+                        "module's output in the real forward, so no map of it would be right; the forward "
+                        "does something there that torch.fx cannot record (a Python-side value, a global)")
+    shape = tuple(traced.shape) if isinstance(traced, Tensor) else type(traced).__name__
+    return (f"the traced forward of {what} computes an output ({shape}) that differs from model(x) "
+            f"({tuple(real.shape) if isinstance(real, Tensor) else type(real).__name__}), after its last layer; "
+            "no map of it would be right")

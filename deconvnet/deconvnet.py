@@ -13,18 +13,18 @@ from torch import Tensor, nn
 
 from . import signals
 from .builder import Network, Step, build
-from .capture import Trace, checked_input, run, run_layers, run_lean
+from .capture import Trace, checked_input, ready, run, run_layers, run_lean
 from .chunks import budget, check_chunk_size, collect, mirror_chunks, window_chunk
 from .crop import check_crop, crop_chain, cropped_channels, cropped_units
 from .errors import InputError, SignalShapeError
 from .mirror import RECTIFIERS, RULES, Context, Mirror, MirrorLayer, precision
 from .receptive import ReceptiveField, receptive_fields
 from .rules import DEFAULT_RULES, Rule
-from .signals import Targets, check_choice
+from .signals import Region, Targets, check_choice
 
 _R = TypeVar("_R")
 
-__all__ = ["DeconvNet", "Targets"]
+__all__ = ["DeconvNet", "Region", "Targets"]
 
 
 class DeconvNet:
@@ -59,6 +59,17 @@ class DeconvNet:
     mirror_dtype: run the mirror under ``torch.autocast`` in this dtype (``torch.bfloat16``, or
         ``torch.float16`` on CUDA); results come in that dtype. The forward pass is always traced
         in the model's own precision (no autocast), so switches and kept units are exact.
+    output: which output to explain when the forward returns several: a dict key (torchvision's
+        segmentation models return ``{"out", "aux"}``), a Hugging Face ``ModelOutput``
+        attribute, or a tuple index. By default ``"out"``, ``logits``, or the one item computed
+        from the input.
+
+    The forward is read with torch.fx. One that decides on a traced value (a size check, a loop
+    over a traced length: segmentation_models_pytorch's FPN) is read by running it on the first
+    input given, every branch taken as the real forward takes it, and read again for an input
+    of another shape (or, where a branch depends on the input's values, for every input). Either
+    way the graph read is checked once against ``model(x)``; one that differs is refused
+    (:class:`~deconvnet.errors.TraceMismatchError`), never mirrored.
 
     Precision follows PyTorch's global settings, as the model's own forward does: on CUDA,
     convolutions use TF32 unless ``torch.backends.cudnn.allow_tf32 = False`` (PyTorch's
@@ -81,6 +92,7 @@ class DeconvNet:
         memory_budget: int | None = None,
         deterministic: bool | None = None,
         mirror_dtype: torch.dtype | None = None,
+        output: str | int | None = None,
     ) -> None:
         if memory_budget is not None and (
             isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
@@ -95,13 +107,15 @@ class DeconvNet:
         if strict not in (True, False):
             raise InputError(f"strict must be True or False, got {strict!r}")
         check_choice("rectifiers", rectifiers, RECTIFIERS)
+        if output is not None and (isinstance(output, bool) or not isinstance(output, (str, int))):
+            raise InputError(f"output must be a key, an attribute name or an index, got {type(output).__name__}")
         self.model = model
         self.rule = self._rule(rule)
         self.rectifiers = rectifiers
         self.deterministic = deterministic
         self.memory_budget = memory_budget
         self._network: Network = build(model, None if layer_rules is None else DEFAULT_RULES.over(layer_rules),
-                                       strict=strict)
+                                       strict=strict, output=output)
         self._fields: tuple[Mirror, dict[str, ReceptiveField | None]] | None = None
         self._sized_fields: dict[tuple[int, ...], dict[str, ReceptiveField | None]] = {}
 
@@ -126,7 +140,22 @@ class DeconvNet:
     @property
     def mirror(self) -> Mirror:
         """The mirror: one reversed layer per forward layer, from the output down to the input."""
-        return self._network.mirror
+        return self._read().mirror
+
+    def _read(self) -> Network:
+        """The network, refused while its forward waits for an input to be read by running it."""
+        if self._network.pending is not None:
+            raise InputError(
+                f"{type(self.model).__name__}'s forward is read by running it on an input "
+                f"({self._network.pending}); call dn.trace(x) (or any reconstruction) first"
+            )
+        return self._network
+
+    @property
+    def output_key(self) -> str | int | None:
+        """Which of the forward's outputs is explained (a dict key, an attribute, an index), or
+        None when the forward returns one tensor."""
+        return self._network.output_key
 
     @property
     def layers(self) -> list[str]:
@@ -136,7 +165,7 @@ class DeconvNet:
         partition, whose sizes come from the input) is from then on one layer, reversed whole:
         the names inside it are gone after the first trace.
         """
-        return list(self._network.layers)
+        return list(self._read().layers)
 
     @property
     def network(self) -> Network:
@@ -170,6 +199,7 @@ class DeconvNet:
         """``function(network, x, *args)`` (one of :mod:`deconvnet.capture`'s runs) on the checked
         input, with autocast off: switches and kept units in full precision."""
         x = checked_input(self._network, x)
+        ready(self._network, x)
         with torch.autocast(x.device.type, enabled=False):
             return function(self._network, x, *args)
 
@@ -195,6 +225,8 @@ class DeconvNet:
         if isinstance(x, Trace):
             if x.network is not self._network:
                 raise InputError("this Trace was made by another DeconvNet; trace x with this one")
+            if not self._network.holds_for(x.input):  # the forward was read for another input since
+                ready(self._network, x.input)
             return x
         return self.trace(x)
 
@@ -302,44 +334,77 @@ class DeconvNet:
         x: Tensor | Trace,
         classes: Targets = None,
         *,
+        region: Region = None,
         chunk_size: int | None = None,
         rule: str | None = None,
     ) -> Tensor:
-        """Reconstruct from 1 at each class's output unit, 0 elsewhere, through the classifier.
+        """Reconstruct each class's output, every class asked for from one forward pass.
 
-        Equals Captum's ``Deconvolution(model).attribute(x, target=c)`` for each class ``c``.
-        classes: an index, a sequence of indices, or ``None`` for every output.
-        returns Tensor[N, K, C, H, W].
+        A classifier (output Tensor[N, classes]): from 1 at the class's output unit, 0
+        elsewhere; equals Captum's ``Deconvolution(model).attribute(x, target=c)``.
+        A dense output (a segmentation model's Tensor[N, K, *S]): from the class's logits
+        weighted by ``region``, 0 at the other classes, so the map is that of
+        ``sum(region * out[:, c])``:
+
+        - ``None`` (default): the whole map;
+        - ``"predicted"``: where the model's argmax is that class (zero maps for classes it
+          predicts nowhere in an input), as Captum's segmentation tutorial does;
+        - a position, one int per spatial dim of S (``(h, w)``): that pixel alone;
+        - weights, Tensor[*S] or Tensor[N, *S], bool or float, on the output's grid; on the
+          input's grid where S is smaller, averaged over each output cell.
+
+        classes: an index, a sequence of indices, or ``None`` for every output class.
+        returns Tensor[N, K, C, *input spatial].
         """
-        chunks, total = self._class_chunks(x, classes, chunk_size, rule)
+        chunks, total = self._class_chunks(x, classes, chunk_size, rule, region)
         return collect(chunks, total)
 
     def iter_classes(
-        self, x: Tensor | Trace, classes: Targets = None, *, chunk_size: int | None = None, rule: str | None = None
+        self, x: Tensor | Trace, classes: Targets = None, *, region: Region = None, chunk_size: int | None = None,
+        rule: str | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """:meth:`reconstruct_classes` a chunk at a time: yields (classes LongTensor[k],
-        Tensor[N, k, C, H, W]), e.g. all 1000 classes of 64 images streamed to disk or reduced
-        to per-class heatmaps without holding Tensor[N, 1000, C, H, W]."""
-        chunks, _ = self._class_chunks(x, classes, chunk_size, rule)
+        Tensor[N, k, C, *input spatial]), e.g. all 1000 classes of 64 images streamed to disk or
+        reduced to per-class heatmaps without holding Tensor[N, 1000, C, H, W]."""
+        chunks, _ = self._class_chunks(x, classes, chunk_size, rule, region)
         return chunks
+
+    def predicted_classes(self, x: Tensor | Trace) -> list[list[tuple[int, int]]]:
+        """For a dense output, each input's predicted classes with their areas (output cells
+        where the argmax is the class), largest first: a list per input of (class, cells)."""
+        trace = self._traced(x)
+        output = trace.output
+        if output.dim() < 3:
+            raise InputError(f"predicted_classes needs a dense output Tensor[N, K, *S], got {tuple(output.shape)}")
+        predicted = output.argmax(dim=1).reshape(output.shape[0], -1)
+        counts = torch.stack([torch.bincount(p, minlength=output.shape[1]) for p in predicted])
+        return [sorted(((c, int(k)) for c, k in enumerate(row.tolist()) if k), key=lambda item: -item[1])
+                for row in counts]
 
     @torch.no_grad()
     def _class_chunks(
-        self, x: Tensor | Trace, classes: Targets, chunk_size: int | None, rule: str | None
+        self, x: Tensor | Trace, classes: Targets, chunk_size: int | None, rule: str | None, region: Region = None,
     ) -> tuple[Iterator[tuple[Tensor, Tensor]], int]:
         check_chunk_size(chunk_size)
         context = self.context(rule)
         trace = self._traced_lean(x, context)
         output = trace.output
-        if output.dim() != 2:
+        if output.dim() == 2 and region is not None:
             raise InputError(
-                f"reconstruct_classes needs a model output of shape [N, classes], got "
+                f"region= is for dense outputs (a segmentation model's Tensor[N, classes, *S]); this model "
+                f"outputs {tuple(output.shape)}, one score per class: leave region out"
+            )
+        if output.dim() < 2:
+            raise InputError(
+                f"reconstruct_classes needs a model output of shape [N, classes] or [N, classes, *S], got "
                 f"{tuple(output.shape)}; use reconstruct or reconstruct_from for other outputs"
             )
         count = output.shape[1]
         step = self._network.steps[self._network.output]
         targets = signals.targets(classes, count, "class", f"the model has {count} classes", output.device)
-        return self._chunks(trace, step, targets, signals.class_signal(output), chunk_size, context), targets.numel()
+        make = (signals.class_signal(output) if output.dim() == 2
+                else signals.region_signal(output, region, tuple(trace.input.shape[2:])))
+        return self._chunks(trace, step, targets, make, chunk_size, context), targets.numel()
 
     @torch.no_grad()
     def reconstruct_from(

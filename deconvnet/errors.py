@@ -17,6 +17,7 @@ __all__ = [
     "InputError",
     "SignalShapeError",
     "TrainingModeError",
+    "TraceMismatchError",
 ]
 
 
@@ -58,3 +59,8 @@ class SignalShapeError(DeconvnetError, ValueError):
 
 class TrainingModeError(DeconvnetError, RuntimeError):
     """The model would run with training semantics (dropout on, batch statistics)."""
+
+
+class TraceMismatchError(DeconvnetError, RuntimeError):
+    """The traced forward does not compute what ``model(x)`` computes: no map of it would be
+    right, so none is made."""

@@ -12,15 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import InputError, TargetOutOfRangeError
 
-__all__ = ["Targets", "channel_signal", "check_choice", "class_signal", "indices", "strongest", "targets",
-           "unit_signal"]
+__all__ = ["Region", "Targets", "channel_signal", "check_choice", "class_signal", "indices", "region_signal",
+           "strongest", "targets", "unit_signal"]
 
 Targets = int | Sequence[int] | Tensor | None
 """Which channels or classes: one index, a sequence of indices, or ``None`` for all."""
+
+Region = Tensor | str | tuple[int, ...] | None
+"""Where on a dense output (Tensor[N, K, *S]) a class's logits count: None (the whole map),
+``"predicted"`` (where the model's argmax is that class), a position (one index per spatial
+dim of S), or weights (Tensor[*S] or Tensor[N, *S], bool or float)."""
 
 Make = Callable[[Tensor], Tensor]
 
@@ -79,6 +85,84 @@ def class_signal(output: Tensor) -> Make:
         return out
 
     return make
+
+
+def region_signal(output: Tensor, region: Region, input_size: Sequence[int]) -> Make:
+    """For a dense output (Tensor[N, K, *S]): each chunk class's logits weighted by the region,
+    0 at every other class: Tensor[N, k, K, *S]. The target is ``sum(region * out[:, c])``.
+
+    region: see :data:`Region`, checked here. Weights given on the input's grid (``input_size``)
+    when S is smaller (SegFormer's logits are a quarter of the input's size) are averaged over
+    each output cell (``F.adaptive_avg_pool``): the weight of a cell is the share of it the
+    region covers, so a mask drawn on the image means the same cells whatever the model's stride.
+    """
+    n, count, *size = output.shape
+    weights = _region_weights(output, region, tuple(input_size))
+
+    def make(chunk: Tensor) -> Tensor:
+        k = chunk.numel()
+        out = output.new_zeros(n, k, count, *size)
+        chosen = weights(chunk)  # [N, k, *S]
+        out[:, torch.arange(k, device=out.device), chunk] = chosen
+        return out
+
+    return make
+
+
+def _region_weights(output: Tensor, region: Region, input_size: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
+    """``weights(chunk)`` -> Tensor[N, k, *S]: each chunk class's region weights, checked."""
+    n, count, *size = output.shape
+    spatial = tuple(size)
+    grid = "x".join(map(str, spatial))
+    if region is None:
+        return lambda chunk: output.new_ones(n, chunk.numel(), *spatial)
+    if isinstance(region, str):
+        if region != "predicted":
+            raise InputError(f"region must be None, 'predicted', a position or a Tensor of weights; got {region!r}")
+        predicted = output.argmax(dim=1)  # [N, *S]
+        view = (1, -1, *[1] * len(spatial))
+        return lambda chunk: (predicted[:, None] == chunk.view(view)).to(output.dtype)
+    if isinstance(region, tuple):
+        if len(region) != len(spatial) or any(isinstance(i, bool) or not isinstance(i, int) for i in region):
+            raise InputError(f"a position region has one int per spatial dim of the output ({grid}), got {region!r}")
+        for i, (at, side) in enumerate(zip(region, spatial)):
+            if not 0 <= at < side:
+                raise TargetOutOfRangeError(f"position {region} is out of range: the output's grid is {grid} "
+                                            f"(dim {i}: 0..{side - 1})")
+        one = output.new_zeros(spatial)
+        one[region] = 1
+        return lambda chunk: one.expand(n, chunk.numel(), *spatial)
+    if not isinstance(region, Tensor):
+        raise InputError(f"region must be None, 'predicted', a position (a tuple of ints) or a Tensor of weights, "
+                         f"got {type(region).__name__}; for a NumPy mask use torch.from_numpy(mask)")
+    if not (region.dtype == torch.bool or region.is_floating_point()):
+        raise InputError(f"region weights must be bool or floating point, got {region.dtype}")
+    if region.is_floating_point() and not bool(torch.isfinite(region).all()):
+        raise InputError("region holds NaN or infinite weights")
+    weights = region.to(device=output.device, dtype=output.dtype)
+    dims = len(spatial)
+    accepted = f"Tensor[{grid}] or Tensor[{n}, {grid}] on the output's grid"
+    if input_size != spatial:
+        accepted += f", or on the input's grid ({'x'.join(map(str, input_size))})"
+    if weights.dim() == dims:
+        weights = weights.expand(n, *weights.shape)
+    elif weights.dim() == dims + 1:
+        if weights.shape[0] != n:
+            raise InputError(f"region has weights for {weights.shape[0]} inputs but the batch has {n}; "
+                             f"give {accepted}")
+    else:
+        raise InputError(f"region has shape {tuple(region.shape)}; give {accepted}")
+    if tuple(weights.shape[1:]) != spatial:
+        if tuple(weights.shape[1:]) == input_size:
+            pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[dims - 1]
+            weights = pool(weights[:, None], spatial)[:, 0]
+        else:
+            raise InputError(f"region has shape {tuple(region.shape)}; give {accepted}")
+    empty = [i for i in range(n) if not bool(weights[i].ne(0).any())]
+    if empty:
+        raise InputError(f"region is empty (all zero) for input{'s' if len(empty) > 1 else ''} "
+                         f"{', '.join(map(str, empty))}: its map would be zero")
+    return lambda chunk: weights[:, None].expand(n, chunk.numel(), *spatial)
 
 
 def strongest(activation: Tensor) -> Tensor:

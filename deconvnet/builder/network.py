@@ -12,12 +12,13 @@ from typing import Any, cast
 from torch import Tensor, fx, nn
 
 from .. import rules
-from ..errors import BranchingModelError, LayerNotFoundError, TracingError, TrainingModeError, UnsupportedLayerError
+from ..errors import BranchingModelError, InputError, LayerNotFoundError, TracingError, TrainingModeError, UnsupportedLayerError
 from ..mirror import INPUT, VJP, Mirror, MirrorLayer
 from .nodes import ancestors, call_site, describe, fetch_attribute, item_key, step_names
 from .reading import Reader, read
 from .reading.base import Run
-from .tracing import KeptAsFound, fixed_placeholders, normalise_in_place, trace
+from .sources import transformers_image_model
+from .tracing import Decision, KeptAsFound, NeedsInput, fixed_placeholders, normalise_in_place, trace
 
 __all__ = ["Step", "Found", "Network", "structure", "build"]
 
@@ -104,6 +105,41 @@ class Network:
     strict: bool = False
     found: Found = field(default_factory=lambda: Found())
     """What running the forward showed that reading it could not (see :meth:`refine`)."""
+    output_key: str | int | None = None
+    """Which of the forward's outputs is explained: a dict key or ``ModelOutput`` attribute, a
+    tuple index, or None when the forward returns one tensor."""
+    output_choices: tuple[str | int, ...] = ()
+    """Every output the forward returns that could be explained (dict keys, tuple indices)."""
+    pending: str | None = None
+    """Why the network is not read yet: its forward decides on traced values, so it is read by
+    running it on the first input (:meth:`specialise`)."""
+    decisions: list[Decision] = field(default_factory=list)
+    """What reading the forward by running it fixed (branches, lengths): the graph holds for
+    inputs of the example's shape, or (a decision on values) for the example alone."""
+    example: Tensor | None = None
+    """The input the forward was read on, when it was read by running it."""
+    verified: bool = False
+    """Whether the traced forward was checked to compute ``model(x)`` (once, on an input)."""
+
+    @property
+    def by_running(self) -> bool:
+        """Whether the forward is read by running it on inputs rather than symbolically."""
+        return self.pending is not None or self.example is not None
+
+    def holds_for(self, x: Tensor) -> bool:
+        """Whether the graph read is the forward's for x (always, for a symbolic read)."""
+        if self.pending is not None:
+            return False
+        if self.example is None or not self.decisions:
+            return True
+        if any(not d.shape_only for d in self.decisions):
+            return x is self.example
+        return x.shape == self.example.shape and x.dtype == self.example.dtype and x.device == self.example.device
+
+    def specialise(self, x: Tensor) -> None:
+        """Read the forward again by running it on x (where :meth:`holds_for` is false)."""
+        rebuilt = _build(self.model, self.ruleset, self.strict, self.found, self.output_key, example=x)
+        self.__dict__.update(rebuilt.__dict__)
 
     def refine(self, node: fx.Node, out: Any) -> bool:
         """Rebuild after the forward showed that ``node``'s output (``out``) does not map
@@ -128,7 +164,7 @@ class Network:
                 return False
             why = "it folds the batch dimension into another inside (a window partition), so it is reversed whole"
             found = Found({**found.whole, outer[0]: why}, found.constants)
-        rebuilt = _build(self.model, self.ruleset, self.strict, found)
+        rebuilt = _build(self.model, self.ruleset, self.strict, found, self.output_key, self.example)
         self.__dict__.update(rebuilt.__dict__)
         return True
 
@@ -214,30 +250,41 @@ def structure(model: nn.Module) -> tuple[Any, ...]:
 
 
 def build(
-    model: nn.Module, ruleset: rules.RuleSet | None = None, *, strict: bool = False, found: Found | None = None
+    model: nn.Module, ruleset: rules.RuleSet | None = None, *, strict: bool = False, found: Found | None = None,
+    output: str | int | None = None,
 ) -> Network:
     """Read ``model``'s forward and build its mirror. Raises a DeconvnetError if it cannot.
 
     strict: refuse (``UnsupportedLayerError``) any layer the mirror would reverse with the
     general VJP layer instead of by hand.
     found: what an earlier run of the forward showed (see :meth:`Network.refine`).
+    output: which output to explain when the forward returns several (a dict key, a
+        ``ModelOutput`` attribute, a tuple index); None chooses (see :func:`chosen_output`).
 
     With the default rules (and :func:`~deconvnet.rules.register_rule`'s additions) the network
     is built once per model and returned again while the model's :func:`structure` is the same;
     it shares the model's parameters, so updated weights need no rebuild.
     """
     if ruleset is None and found is None and isinstance(model, nn.Module):
-        key = (structure(model), strict, tuple((t, id(r)) for t, r in rules.DEFAULT_RULES.rules.items()))
+        key = (structure(model), strict, output,
+               tuple((t, id(r)) for t, r in rules.DEFAULT_RULES.rules.items()))
         built = _BUILT.get(model)
         if built is None or built[0] != key:
-            built = (key, _build(model, rules.DEFAULT_RULES, strict, Found()))
+            built = (key, _build(model, rules.DEFAULT_RULES, strict, Found(), output))
             _BUILT[model] = built
         return built[1]
-    return _build(model, ruleset or rules.DEFAULT_RULES, strict, found or Found())
+    return _build(model, ruleset or rules.DEFAULT_RULES, strict, found or Found(), output)
 
 
-def _build(model: nn.Module, ruleset: rules.RuleSet, strict: bool, found: Found) -> Network:
-    graph, module_calls, opaque, constants, optional, stateful = trace(model, ruleset, found.whole)
+def _build(model: nn.Module, ruleset: rules.RuleSet, strict: bool, found: Found, output_key: str | int | None = None,
+           example: Tensor | None = None) -> Network:
+    try:
+        graph, module_calls, opaque, constants, optional, stateful, decisions = trace(
+            model, ruleset, found.whole, example, output_key)
+    except NeedsInput as waiting:
+        return Network(owner=weakref.ref(model), nodes=[], steps={}, output=cast(fx.Node, None), layers={},
+                       mirror=Mirror([]), input_channels=None, spatial_dims=_model_dims(model), ruleset=ruleset,
+                       strict=strict, found=found, output_key=output_key, pending=str(waiting))
     substitutes = normalise_in_place(graph, model) | {path: KeptAsFound(model.get_submodule(path)) for path in stateful}
     module_names = step_names(graph)
 
@@ -263,7 +310,10 @@ def _build(model: nn.Module, ruleset: rules.RuleSet, strict: bool, found: Found)
 
     for node in graph.nodes:
         if node.op == "output":
-            result = node.args[0]
+            if transformers_image_model(model):  # traced through PixelLogits: its ModelOutput's attribute
+                result, choices, output_key = node.args[0], (), output_key or "logits"
+            else:
+                result, output_key, choices = chosen_output(node.args[0], output_key, signal, producers, model)
             if not isinstance(result, fx.Node) or result not in signal or result in producers:
                 raise UnsupportedLayerError(
                     f"{type(model).__name__}.forward must return one tensor computed from its "
@@ -342,7 +392,62 @@ def _build(model: nn.Module, ruleset: rules.RuleSet, strict: bool, found: Found)
         ruleset=ruleset,
         strict=strict,
         found=found,
+        output_key=output_key,
+        output_choices=choices,
+        decisions=decisions,
+        example=example,
     )
+
+
+def chosen_output(result: Any, key: str | int | None, signal: set[fx.Node], producers: set[fx.Node],
+                  model: nn.Module) -> tuple[Any, str | int | None, tuple[str | int, ...]]:
+    """The forward's output to explain, its key and every key there was to choose from.
+
+    A dict (torchvision's ``{"out", "aux"}``) gives ``"out"`` by default, a tuple or list the one
+    item computed from the input; ``key`` picks another. A single tensor has no key.
+    """
+    if isinstance(result, fx.Node) and result.op == "call_function" and _is_model_output(result.target):
+        result = dict(result.kwargs) | dict(enumerate(result.args))  # a ModelOutput built in the forward
+    if isinstance(result, dict):
+        choices: tuple[str | int, ...] = tuple(result)
+    elif isinstance(result, (tuple, list)):
+        choices = tuple(range(len(result)))
+    else:
+        if key is not None and key != "logits":
+            raise InputError(f"output={key!r}: {type(model).__name__}.forward returns one tensor, so there is "
+                             "no output to pick; leave output out")
+        return result, None, ()
+    items = result if isinstance(result, dict) else dict(enumerate(result))
+    tensors = [k for k in choices if isinstance(items[k], fx.Node) and items[k] in signal and items[k] not in producers]
+    where = f"{type(model).__name__}.forward returns a {type(result).__name__} of {', '.join(map(repr, choices))}"
+    if key is not None:
+        if key not in choices:
+            raise InputError(f"output={key!r} is not one of its outputs: {where}; pick one with output=")
+        if key not in tensors:
+            raise InputError(f"output={key!r} is not a tensor computed from the input: {where}; "
+                             f"the ones that are: {', '.join(map(repr, tensors)) or 'none'}")
+        return items[key], key, choices
+    for default in ("out", "logits"):
+        if default in tensors:
+            return items[default], default, choices
+    if len(tensors) == 1:
+        return items[tensors[0]], tensors[0], choices
+    raise InputError(f"{where}, {len(tensors)} of them tensors computed from the input; pick the one to explain "
+                     f"with DeconvNet(model, output=...), one of {', '.join(map(repr, tensors))}")
+
+
+def _is_model_output(target: Any) -> bool:
+    return isinstance(target, type) and any(c.__name__ == "ModelOutput" for c in target.__mro__)
+
+
+def _model_dims(model: nn.Module) -> int:
+    """The spatial dims of a model's first convolution or pool (2 without one)."""
+    for module in model.modules():
+        for dims in (1, 2, 3):
+            if type(module).__name__.endswith(f"{dims}d") and isinstance(
+                    module, (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)):
+                return dims
+    return 2
 
 
 def _is_module_item(node: fx.Node, producers: set[fx.Node]) -> bool:

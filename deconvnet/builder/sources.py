@@ -35,17 +35,20 @@ class PixelLogits(nn.Module):
     and returns a ``ModelOutput``). Only traced through: the graph is then rewritten to name the
     user's model's own modules."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, attribute: str = "logits") -> None:
         super().__init__()
         self.model = model
+        self.attribute = attribute
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         output = self.model(pixel_values=pixel_values, return_dict=True)
-        logits = getattr(output, "logits", None)
+        logits = getattr(output, self.attribute, None)
         if logits is None:
+            given = [k for k in output.keys()] if hasattr(output, "keys") else []
             raise TracingError(
-                f"{type(self.model).__name__} returns no logits ({type(output).__name__}); deconvnet mirrors "
-                "transformers image classifiers (AutoModelForImageClassification), from pixel_values to logits"
+                f"{type(self.model).__name__} returns no {self.attribute} ({type(output).__name__}"
+                f"{' with ' + ', '.join(given) if given else ''}); deconvnet mirrors transformers image models "
+                "from pixel_values to a tensor of their output: pick one with output="
             )
         return logits
 

@@ -27,9 +27,15 @@ __all__ = ["Traced", "trace", "KeptAsFound", "fixed_placeholders", "normalise_in
 
 class _Tracer(fx.Tracer):
     """Keeps layers with a rule (and timm's and the opaque ones) whole; records every module
-    call's output and which module was being traced when tracing failed."""
+    call's output and which module was being traced when tracing failed.
 
-    def __init__(self, ruleset: rules.RuleSet, opaque: dict[str, str], parameter: Tensor | None = None) -> None:
+    example: trace by running: every node is also computed on this input as it is recorded, so
+    a branch, ``len`` or loop over a traced value takes the way the real forward takes for it
+    (see :class:`Decision`); without it, tracing is symbolic.
+    """
+
+    def __init__(self, ruleset: rules.RuleSet, opaque: dict[str, str], parameter: Tensor | None = None,
+                 example: Tensor | None = None) -> None:
         leaves, functions = sources.timm_registrations()
         super().__init__(autowrap_functions=tuple(functions))
         self.ruleset = ruleset
@@ -38,6 +44,59 @@ class _Tracer(fx.Tracer):
         self.timm_leaves = tuple(leaves)
         self.module_calls: list[tuple[str, fx.Node]] = []
         self.failed_in: str | None = None
+        self.example = example
+        self.values: dict[fx.Node, Any] = {}
+        self.decisions: list[Decision] = []
+        self._running = 0  # > 0 while a node is computed on the example's values
+
+    def create_node(self, kind: str, target: Any, args: Any, kwargs: Any, name: str | None = None,
+                    type_expr: Any = None) -> fx.Node:
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        if self.example is not None and kind != "output":
+            self.values[node] = self._computed(node)
+        return node
+
+    def _computed(self, node: fx.Node) -> Any:
+        """``node`` on the example's values: what the real forward computes there."""
+        if node.op == "placeholder":
+            first = not any(n.op == "placeholder" for n in self.values)
+            return self.example if first else (node.args[0] if node.args else None)
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), self.values.__getitem__)
+        self._running += 1
+        try:
+            if node.op == "get_attr":
+                value: Any = self.root
+                for part in str(node.target).split("."):
+                    value = getattr(value, part)
+                return value
+            if node.op == "call_function":
+                return node.target(*args, **kwargs)  # type: ignore[operator]
+            if node.op == "call_method":
+                return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+            return self.root.get_submodule(str(node.target))(*args, **kwargs)
+        finally:
+            self._running -= 1
+
+    def value(self, proxy: fx.Proxy, kind: str) -> Any:
+        """What ``proxy`` holds for the example, recorded as a decision the graph now depends on."""
+        node = proxy.node
+        self.decisions.append(Decision(node, kind, _shape_only(node)))
+        return self.values[node]
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self._running:
+            return attr_val  # a module run on the example's values reads its real parameters
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def iter(self, obj: fx.Proxy) -> Iterator[Any]:
+        if self.example is None:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(len(self.value(obj, "length")))])
+
+    def keys(self, obj: fx.Proxy) -> Any:
+        if self.example is None:
+            return super().keys(obj)
+        return self.value(obj, "keys").keys()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (
@@ -50,7 +109,10 @@ class _Tracer(fx.Tracer):
     def to_bool(self, obj: fx.Proxy) -> bool:
         """A branch on the input's dtype or device (``if pixel_values.dtype != weight.dtype``,
         Hugging Face's ViT) is decided: deconvnet only takes inputs of the model's dtype, on its
-        device. Any other branch on a traced value cannot be followed."""
+        device. Any other branch on a traced value is taken as the example takes it; without an
+        example it cannot be followed."""
+        if self.example is not None:
+            return bool(self.value(obj, "branch"))
         if self.parameter is not None:
             try:
                 return bool(_metadata_value(obj.node, self.root, self.parameter))
@@ -59,6 +121,8 @@ class _Tracer(fx.Tracer):
         return super().to_bool(obj)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if self._running:
+            return forward(*args, **kwargs)  # inside a module run on the example's values
         try:
             out = super().call_module(m, forward, args, kwargs)
         except Exception:
@@ -72,6 +136,77 @@ class _Tracer(fx.Tracer):
 
 class _NotMetadata(Exception):
     """A traced value that is not decided by the input's dtype and device alone."""
+
+
+class Decision(NamedTuple):
+    """A value of the forward that tracing by running read and so fixed in the graph: a branch
+    taken, a length, a number turned into a Python int. ``shape_only``: computed from the
+    input's shape alone (smp's size checks), so the graph holds for every input of that shape;
+    otherwise it holds for that input's values."""
+
+    node: fx.Node
+    kind: str
+    shape_only: bool
+
+
+_SHAPE_READS = {"shape", "ndim", "dtype", "device", "is_cuda"}
+_SHAPE_CALLS = {"size", "dim", "numel", "nelement", "get_device"}
+
+
+def _shape_only(node: fx.Node) -> bool:
+    """Whether ``node`` reaches the input only through its shape (or dtype, device)."""
+    seen: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.op == "call_function" and current.target is getattr and current.args[1] in _SHAPE_READS:
+            continue
+        if current.op == "call_method" and current.target in _SHAPE_CALLS:
+            continue
+        if current.op == "call_function" and current.target is len:
+            continue
+        if current.op == "placeholder":
+            return False
+        stack.extend(current.all_input_nodes)
+    return True
+
+
+@contextlib.contextmanager
+def _following(tracer: _Tracer) -> Iterator[None]:
+    """While ``tracer`` traces: ``torch.jit.isinstance`` sees a traced value as what it stands
+    for (MONAI's ``UpCat`` asks it of its skip connection: a bare proxy would drop the skip);
+    with an example, ``len``, ``int`` and ``index`` of a traced value read the example's. Put
+    back as found."""
+    original_isinstance = torch.jit.isinstance
+    saved = {name: fx.Proxy.__dict__.get(name) for name in ("__len__", "__index__", "__int__", "__float__")}
+
+    def jit_isinstance(obj: Any, target_type: Any) -> bool:
+        if isinstance(obj, fx.Proxy):
+            if tracer.example is not None:
+                obj = tracer.values.get(obj.node)
+            else:
+                obj = torch.empty(0)  # a traced value stands for a tensor
+        return original_isinstance(obj, target_type)
+
+    torch.jit.isinstance = jit_isinstance
+    if tracer.example is not None:
+        fx.Proxy.__len__ = lambda self: len(tracer.value(self, "length"))  # type: ignore[method-assign]
+        fx.Proxy.__index__ = lambda self: operator.index(tracer.value(self, "number"))  # type: ignore[attr-defined]
+        fx.Proxy.__int__ = lambda self: int(tracer.value(self, "number"))  # type: ignore[attr-defined]
+        fx.Proxy.__float__ = lambda self: float(tracer.value(self, "number"))  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        torch.jit.isinstance = original_isinstance
+        for name, method in saved.items():
+            if method is None:
+                if name in fx.Proxy.__dict__:
+                    delattr(fx.Proxy, name)
+            else:
+                setattr(fx.Proxy, name, method)
 
 
 _METADATA_CALLS = {operator.eq, operator.ne, operator.is_, operator.is_not, operator.not_}
@@ -146,29 +281,54 @@ class Traced(NamedTuple):
     """forward's optional arguments fixed at their defaults (see :func:`_optional_arguments`)."""
     stateful: set[str]
     """Kept-whole submodules that fill a cache of their own as they run (see :class:`KeptAsFound`)."""
+    decisions: list[Decision]
+    """What tracing by running fixed in the graph (empty for a symbolic trace)."""
 
 
-def trace(model: nn.Module, ruleset: rules.RuleSet, whole: dict[str, str] | None = None) -> Traced:
+_FIRST_CALL_SETUP = {"_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                     "_forward_pre_hooks_with_kwargs", "_output_capturing_hooks_installed"}
+"""What a forward may set up on its modules on its first call (transformers installs the hooks
+that capture its hidden states), which the model's own first call leaves in place."""
+
+
+class NeedsInput(TracingError):
+    """The forward takes a branch (or a length, a loop) on a traced value: it can only be read
+    by running it on an input (see :func:`trace`'s ``example``)."""
+
+
+def trace(model: nn.Module, ruleset: rules.RuleSet, whole: dict[str, str] | None = None,
+          example: Tensor | None = None, output: str | int | None = None) -> Traced:
     """The model's forward traced by torch.fx, named as the model names its modules.
 
     whole: submodules to keep whole from the start (path -> why), found by running the forward.
+    example: trace by running the forward on this input (Tensor[N, C, ...]): every branch, length
+        and loop over a traced value is taken as the real forward takes it for this input. Without
+        it, a forward that branches on a traced value raises :class:`NeedsInput`.
+    output: for a Hugging Face model, the attribute of its ``ModelOutput`` to explain.
     """
     if not isinstance(model, nn.Module):
         raise TracingError(f"DeconvNet takes an nn.Module, got {type(model).__name__}")
-    root = sources.PixelLogits(model) if sources.transformers_image_model(model) else model
+    root = (sources.PixelLogits(model, "logits" if output is None else str(output))
+            if sources.transformers_image_model(model) else model)
     prefix = "model." if root is not model else ""
     opaque: dict[str, str] = {prefix + path: why for path, why in (whole or {}).items()}
     stateful: set[str] = set()
     optional = _optional_arguments(root)
     parameter = next(model.parameters(), None)
+    first_called = False
     while True:
-        tracer = _Tracer(ruleset, opaque, parameter)
+        tracer = _Tracer(ruleset, opaque, parameter, example)
         changed: list[tuple[str, str]] = []
         constants: dict[str, Any] = {}
         try:
-            with _left_as_found(root, changed, constants):
+            with _left_as_found(root, changed, constants), _following(tracer), torch.no_grad():
                 graph = tracer.trace(root, concrete_args=optional)
         except Exception as error:  # torch.fx raises many types; all mean the same to the user
+            if example is None and _branches(error):
+                raise NeedsInput(
+                    f"{type(model).__name__}.forward decides on a traced value "
+                    f"({type(error).__name__}: {error}); it is read by running it on an input"
+                ) from error
             failed = tracer.failed_in
             if failed and failed not in opaque:
                 opaque[failed] = f"torch.fx cannot trace into it ({type(error).__name__}: {error})"  # keep it whole
@@ -179,6 +339,16 @@ def trace(model: nn.Module, ruleset: rules.RuleSet, whole: dict[str, str] | None
                 "which cannot follow control flow that depends on tensor values; move such logic "
                 "into a submodule (it is then reversed as one general layer) or out of forward"
             ) from error
+        if changed and all(key in _FIRST_CALL_SETUP for _, key in changed):
+            # The forward sets up hooks on its own first call (transformers' output capturing):
+            # the model's own first call, made once on the example, leaves it as every later call finds it.
+            if example is None:
+                raise NeedsInput(f"{type(model).__name__}.forward sets up hooks on its first call")
+            if not first_called:
+                first_called = True
+                with torch.no_grad():
+                    root(example)
+                continue
         if changed:
             paths = {path for path, _ in changed}
             if paths & {"", prefix[:-1]} or paths <= set(opaque):
@@ -198,8 +368,20 @@ def trace(model: nn.Module, ruleset: rules.RuleSet, whole: dict[str, str] | None
             for path in inner:  # reversed whole, by their exact VJP: the batch is back at the end
                 opaque.setdefault(path, "it moves the batch dimension inside, so it is reversed whole")
             continue
-        traced = Traced(graph, tracer.module_calls, opaque, constants, optional or {}, stateful)
+        traced = Traced(graph, tracer.module_calls, opaque, constants, optional or {}, stateful, tracer.decisions)
         return _unwrapped(traced) if root is not model else traced
+
+
+def _branches(error: Exception) -> bool:
+    """Whether torch.fx stopped at a branch, length, loop or number of a traced value."""
+    message = str(error)
+    return isinstance(error, (fx.proxy.TraceError, RuntimeError, TypeError)) and any(
+        words in message for words in (
+            "symbolically traced variables cannot be used as inputs to control flow",
+            "Proxy object cannot be iterated", "'len' is not supported in symbolic tracing",
+            "'Proxy' object cannot be interpreted as an integer", "int() argument must be",
+        )
+    )
 
 
 class KeptAsFound(nn.Module):

@@ -26,12 +26,16 @@ from ..functional import Window
 from .activations import Activation, ReLU
 from .base import INPUT, RECTIFIERS, RULES, Call, Context, MirrorLayer, Record
 from .conv import (
+    Conv1dOfTranspose,
+    Conv2dOfTranspose,
+    Conv3dOfTranspose,
     ConvTranspose1d,
     ConvTranspose2d,
     ConvTranspose3d,
     FetchedConvTranspose2d,
     LinearTranspose,
     SameConvTranspose2d,
+    conv_of_transpose,
     conv_padding,
 )
 from .general import VJP
@@ -70,6 +74,10 @@ __all__ = [
     "SameConvTranspose2d",
     "FetchedConvTranspose2d",
     "conv_padding",
+    "Conv1dOfTranspose",
+    "Conv2dOfTranspose",
+    "Conv3dOfTranspose",
+    "conv_of_transpose",
     "MaxUnpool1d",
     "MaxUnpool2d",
     "MaxUnpool3d",

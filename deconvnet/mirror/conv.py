@@ -16,7 +16,8 @@ from .base import Context, MirrorLayer, Record
 
 __all__ = [
     "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "FetchedConvTranspose2d", "conv_padding",
-    "SameConvTranspose2d", "LinearTranspose",
+    "SameConvTranspose2d", "LinearTranspose", "Conv1dOfTranspose", "Conv2dOfTranspose", "Conv3dOfTranspose",
+    "conv_of_transpose",
 ]
 
 if TYPE_CHECKING:
@@ -214,6 +215,58 @@ class SameConvTranspose2d(ConvTranspose2d):
 
     def croppable(self, context: Context) -> bool:
         return False
+
+
+class _ConvOfTranspose(MirrorLayer):
+    """The mirror of a forward ``ConvTranspose{1,2,3}d`` (a UNet decoder's upsampling): the
+    convolution whose weight **is** the forward layer's Parameter, with its stride, padding,
+    dilation and groups, no bias. That convolution is the transposed convolution's exact adjoint;
+    ``output_padding`` only added rows the convolution's stride never reads back, and the
+    forward's input size is what comes out. Prints as the torch conv of its dimension."""
+
+    dims: ClassVar[int] = 2
+    _base: ClassVar[type[nn.Module]] = nn.Conv2d
+
+    def __init__(self, transpose: nn.modules.conv._ConvTransposeNd) -> None:
+        weight = transpose.weight  # [C_in, C_out / groups, *k]: a conv from C_out back to C_in
+        self._base.__init__(
+            self, transpose.out_channels, transpose.in_channels, tuple(transpose.kernel_size),
+            stride=tuple(transpose.stride), padding=tuple(transpose.padding), dilation=tuple(transpose.dilation),
+            groups=transpose.groups, bias=False, device="meta",
+        )
+        self.weight = weight  # type: ignore[assignment]  # the forward's own Parameter
+
+    def forward(self, signal: Tensor, record: Record, context: Context) -> Tensor:  # type: ignore[override]
+        """signal (Tensor[N, K, C_out, *out]) -> Tensor[N, K, C_in, *in]."""
+        n, k = signal.shape[:2]
+        flat = signal.reshape(n * k, *signal.shape[2:])
+        out = _CONV[self.dims](flat, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        size = record.input_shape[2:]
+        if tuple(out.shape[2:]) != tuple(size):  # output_padding past the stride (a dilated kernel's)
+            out = out[(..., *(slice(0, s) for s in size))]
+        return out.reshape(n, k, *out.shape[1:])
+
+
+class Conv1dOfTranspose(_ConvOfTranspose, nn.Conv1d):
+    """:class:`_ConvOfTranspose` of a ``ConvTranspose1d``."""
+
+
+class Conv2dOfTranspose(_ConvOfTranspose, nn.Conv2d):
+    """:class:`_ConvOfTranspose` of a ``ConvTranspose2d``."""
+
+
+class Conv3dOfTranspose(_ConvOfTranspose, nn.Conv3d):
+    """:class:`_ConvOfTranspose` of a ``ConvTranspose3d``."""
+
+
+_CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+_CONV_OF_TRANSPOSE: dict[int, type[_ConvOfTranspose]] = {1: Conv1dOfTranspose, 2: Conv2dOfTranspose,
+                                                         3: Conv3dOfTranspose}
+
+
+def conv_of_transpose(transpose: nn.Module) -> _ConvOfTranspose:
+    """The mirror of a ``ConvTranspose{1,2,3}d``, of the class of its dimension."""
+    return _CONV_OF_TRANSPOSE[transpose.weight.dim() - 2](transpose)
 
 
 class LinearTranspose(MirrorLayer):
