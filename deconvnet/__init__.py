@@ -16,7 +16,7 @@ and :mod:`deconvnet.pictures.figures`; the command line: ``deconvnet --help``.
 """
 
 from .capture import Trace
-from .deconvnet import DeconvNet, Targets
+from .deconvnet import DeconvNet, Region, Targets
 from .errors import (
     BranchingModelError,
     DeconvnetError,
@@ -24,6 +24,7 @@ from .errors import (
     LayerNotFoundError,
     SignalShapeError,
     TargetOutOfRangeError,
+    TraceMismatchError,
     TracingError,
     TrainingModeError,
     UnsupportedLayerError,
@@ -35,6 +36,7 @@ __all__ = [
     "DeconvNet",
     "Trace",
     "Targets",
+    "Region",
     "Mirror",
     "MirrorLayer",
     "Context",
@@ -51,6 +53,7 @@ __all__ = [
     "InputError",
     "SignalShapeError",
     "TrainingModeError",
+    "TraceMismatchError",
 ]
 
 __version__ = "0.1.0"

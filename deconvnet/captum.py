@@ -90,6 +90,18 @@ def _select(output: Tensor, target: Target) -> Tensor:
     raise InputError(f"target must be an int, a tuple, a list or a tensor, got {type(target).__name__}")
 
 
+def _dense_target(target: Target) -> tuple[int, tuple[int, ...]] | None:
+    """A tuple target of ints, ``(c, h, w)``: class c at one position of a dense output."""
+    if isinstance(target, tuple) and len(target) > 1 and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in target):
+        return target[0], tuple(target[1:])
+    return None
+
+
+def _shaped(result: Tensor, is_tuple: bool) -> Tensor | tuple[Tensor, ...]:
+    return (result,) if is_tuple else result
+
+
 def _per_example(target: Target, n: int) -> list[int] | None:
     """Class indices per example for the mirror's fast path, or None if the target is not one."""
     if isinstance(target, Tensor):
@@ -190,6 +202,17 @@ class Deconvolution(_RuleGradients):
         dn = self._deconvnet(tensors, extra)
         classes = _per_example(target, tensors[0].shape[0]) if dn is not None else None
         result: tuple[Tensor, ...]
+        pixel = _dense_target(target)
+        if dn is not None and (pixel is not None or classes is not None):
+            trace = dn._traced_lean(tensors[0], dn.context(self.rule))
+            if trace.output.dim() > 2 and (pixel is not None or len(set(classes or [])) == 1):
+                # a dense output (segmentation): Captum sums output[:, c] (target=c) or takes
+                # output[:, c, h, w] (target=(c, h, w)); both are regions of one class
+                c, region = pixel if pixel is not None else (classes[0], None)  # type: ignore[index]
+                if len(region or ()) not in (0, trace.output.dim() - 2):
+                    raise InputError(f"a tuple target on this model's output {tuple(trace.output.shape[1:])} is "
+                                     f"(class, {', '.join('i' * (trace.output.dim() - 2))}) without the batch")
+                return _shaped(dn.reconstruct_classes(trace, c, region=region, rule=self.rule)[:, 0], is_tuple)
         if dn is not None and classes is not None:
             trace = dn._traced_lean(tensors[0], dn.context(self.rule))  # kept for this call alone
             if trace.output.dim() != 2:

@@ -680,13 +680,13 @@ def verify(network: Network, x: Tensor) -> None:
     """Check that the traced forward computes ``model(x)``. A symbolic read that does not is
     read again by running the forward on x; one read by running that still does not is refused
     (:class:`~deconvnet.errors.TraceMismatchError`) naming the first layer where they part."""
-    real = selected_output(network.model(x), network.output_key)
     try:
-        traced: Any = run_by_node(network, x).output
+        traced: Any = run_by_node(network, x).output  # first: an input too small is refused by name
     except DeconvnetError:
         raise
     except Exception as error:  # the traced graph fails where the model runs (a skipped branch)
         traced = error
+    real = selected_output(network.model(x), network.output_key)
     if isinstance(traced, Tensor) and _agrees(traced, real):
         network.verified = True
         return

@@ -419,7 +419,8 @@ def chosen_output(result: Any, key: str | int | None, signal: set[fx.Node], prod
         return result, None, ()
     items = result if isinstance(result, dict) else dict(enumerate(result))
     tensors = [k for k in choices if isinstance(items[k], fx.Node) and items[k] in signal and items[k] not in producers]
-    where = f"{type(model).__name__}.forward returns a {type(result).__name__} of {', '.join(map(repr, choices))}"
+    kind = "dict" if isinstance(result, dict) else type(result).__name__
+    where = f"{type(model).__name__}.forward returns a {kind} of {', '.join(map(repr, choices))}"
     if key is not None:
         if key not in choices:
             raise InputError(f"output={key!r} is not one of its outputs: {where}; pick one with output=")

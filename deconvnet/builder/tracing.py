@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from .. import rules
-from ..errors import TracingError
+from ..errors import InputError, TracingError
 from . import sources
 
 __all__ = ["Traced", "trace", "KeptAsFound", "fixed_placeholders", "normalise_in_place"]
@@ -64,18 +64,23 @@ class _Tracer(fx.Tracer):
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), self.values.__getitem__)
         self._running += 1
         try:
-            if node.op == "get_attr":
-                value: Any = self.root
-                for part in str(node.target).split("."):
-                    value = getattr(value, part)
-                return value
-            if node.op == "call_function":
-                return node.target(*args, **kwargs)  # type: ignore[operator]
-            if node.op == "call_method":
-                return getattr(args[0], str(node.target))(*args[1:], **kwargs)
-            return self.root.get_submodule(str(node.target))(*args, **kwargs)
+            return self._run(node, args, kwargs)
+        except Exception as error:
+            raise _FailsOnInput(node, error) from error
         finally:
             self._running -= 1
+
+    def _run(self, node: fx.Node, args: Any, kwargs: Any) -> Any:
+        if node.op == "get_attr":
+            value: Any = self.root
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            return value
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)  # type: ignore[operator]
+        if node.op == "call_method":
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        return self.root.get_submodule(str(node.target))(*args, **kwargs)
 
     def value(self, proxy: fx.Proxy, kind: str) -> Any:
         """What ``proxy`` holds for the example, recorded as a decision the graph now depends on."""
@@ -136,6 +141,14 @@ class _Tracer(fx.Tracer):
 
 class _NotMetadata(Exception):
     """A traced value that is not decided by the input's dtype and device alone."""
+
+
+class _FailsOnInput(Exception):
+    """The forward itself failed on the example while it was read by running it."""
+
+    def __init__(self, node: fx.Node, error: Exception) -> None:
+        super().__init__(str(error))
+        self.node, self.error = node, error
 
 
 class Decision(NamedTuple):
@@ -324,6 +337,15 @@ def trace(model: nn.Module, ruleset: rules.RuleSet, whole: dict[str, str] | None
             with _left_as_found(root, changed, constants), _following(tracer), torch.no_grad():
                 graph = tracer.trace(root, concrete_args=optional)
         except Exception as error:  # torch.fx raises many types; all mean the same to the user
+            if example is not None and (isinstance(error, _FailsOnInput) or tracer.failed_in is None) and not isinstance(
+                    error, (fx.proxy.TraceError, TracingError)):
+                cause = error.error if isinstance(error, _FailsOnInput) else error
+                where = f" at {error.node.target if error.node.op == 'call_module' else error.node.name}" if isinstance(
+                    error, _FailsOnInput) else ""
+                raise InputError(
+                    f"{type(model).__name__}.forward fails on this input (x of shape {tuple(example.shape)}){where}: "
+                    f"{type(cause).__name__}: {cause}"
+                ) from cause
             if example is None and _branches(error):
                 raise NeedsInput(
                     f"{type(model).__name__}.forward decides on a traced value "
