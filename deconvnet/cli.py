@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     show_option(p)
     p.add_argument("--classes", type=int, nargs="+", default=None, help="these classes instead of the top-k")
+    p.add_argument("--region", type=Path, default=None,
+                   help="segmentation models: explain every class over this mask (an image whose non-black pixels "
+                        "are the region, or a .pt/.npy tensor of weights) instead of each class's predicted region")
     p.set_defaults(run=classes_command)
 
     p = command("layers", "the strongest unit of every layer (or of --layers) of one image")

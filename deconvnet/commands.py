@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
@@ -34,7 +35,7 @@ from .analysis.sanity import class_sensitivity, faithfulness, model_randomizatio
 from .analysis.topk import mine_top_units, project_top_units
 from .deconvnet import DeconvNet
 from .errors import InputError
-from .capture import AXES, KINDS
+from .capture import AXES, INPUT, KINDS
 from .decoding import read_image
 from .loading import (
     PROBE_SIDES,
@@ -51,6 +52,7 @@ from .models import EVOLUTION_STEPS, shapes_net_at
 from .mirror import RULES
 from .pictures import figures
 from .pictures import sanity as sanity_pictures
+from .pictures import segmentation
 from .pictures.site import slug
 from .preprocessing import Preprocessing
 
@@ -242,6 +244,12 @@ def info_command(args: argparse.Namespace) -> list[Path]:
     print(f"input: Tensor[N, {AXES[dims]}] = Tensor[N, {', '.join(str(d) for d in probe.shape[1:])}]{note}")
     if trace.output.dim() == 2:
         print(f"outputs: {trace.output.shape[1]} classes")
+    elif trace.output.dim() == dims + 2:
+        key = dn.output_key
+        grid = "x".join(str(d) for d in trace.output.shape[2:])
+        print(f"output: a segmentation model: {trace.output.shape[1]} classes on a {grid} grid per {INPUT[dims]}"
+              f"{'' if key is None else f', its output {key!r}'} (deconvnet classes explains each class's predicted "
+              "region; --region FILE another)")
     else:
         print(f"output: {list(trace.output.shape[1:])} per image (not [N, classes]: no class reconstructions)")
     print(f"layers ({len(dn.layers)}; name one with --layer/--layers, shapes per image):")
@@ -260,6 +268,10 @@ def info_command(args: argparse.Namespace) -> list[Path]:
 def classes_command(args: argparse.Namespace) -> list[Path]:
     s = Session(args)
     x = s.images(args.images)
+    if s.dn.trace(x[:1]).output.dim() > 2:
+        return _segmentation_classes(s, x, args)
+    if getattr(args, "region", None) is not None:
+        raise InputError(f"--region is for segmentation models; {args.model} outputs one score per class")
     written = []
     for start in range(0, x.shape[0], args.batch_size):
         picture = figures.class_figure(
@@ -270,6 +282,44 @@ def classes_command(args: argparse.Namespace) -> list[Path]:
         suffix = "" if x.shape[0] <= args.batch_size else f"-{start // args.batch_size}"
         written.append(s.save(picture, f"classes{suffix}.png"))
     return written
+
+
+def _segmentation_classes(s: Session, x: torch.Tensor, args: argparse.Namespace) -> list[Path]:
+    """A segmentation model's figure: the predicted mask and each class present, explained over
+    its predicted region (or over --region's mask)."""
+    if args.classes is not None:
+        raise InputError("--classes is for classifiers: a segmentation model's figure explains every class present in "
+                         "each image, largest area first (--top-k how many)")
+    region = "predicted" if args.region is None else _mask(args.region, x)
+    if not s.dn.has_switches and s.dn.rule == "deconvnet":
+        print(f"deconvnet: note: {NO_SWITCHES}")
+    written = []
+    for start in range(0, x.shape[0], args.batch_size):
+        picture = segmentation.segmentation_figure(
+            s.dn, x[start : start + args.batch_size], s.mean, s.std, categories=s.loaded.categories,
+            names=s.names[start:], region=region, most=max(args.top_k, 1),
+            scale=s.scale,
+        )
+        suffix = "" if x.shape[0] <= args.batch_size else f"-{start // args.batch_size}"
+        written.append(s.save(picture, f"classes{suffix}.png"))
+    return written
+
+
+def _mask(path: Path, x: torch.Tensor) -> torch.Tensor:
+    """A region file: an image whose non-black pixels are the region (or a .pt/.npy tensor of
+    weights), on the model input's grid (brought there by nearest resizing when it is not)."""
+    if path.suffix in (".pt", ".npy"):
+        weights = load_tensor(path, x.dim() - 2).float()
+        weights = weights.reshape(weights.shape[-(x.dim() - 2):])
+    else:
+        with Image.open(path) as mask:
+            weights = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) > 0).float()
+    size = tuple(x.shape[2:])
+    if tuple(weights.shape) != size:
+        print(f"deconvnet: note: the region {path.name} is {'x'.join(map(str, weights.shape))}, resized to the "
+              f"model's input, {'x'.join(map(str, size))}")
+        weights = torch.nn.functional.interpolate(weights[None, None], size=size, mode="nearest")[0, 0]
+    return weights.to(x.device, x.dtype)
 
 
 def layers_command(args: argparse.Namespace) -> list[Path]:
