@@ -667,7 +667,7 @@ def selected_output(out: Any, key: str | int | None) -> Any:
 
 def ready(network: Network, x: Tensor) -> None:
     """Make the network's graph the forward's for x (Tensor[N, C, ...], checked): read it again
-    by running it where it was read on another input (:meth:`~deconvnet.builder.Network.holds_for`),
+    by running it where it was read on another input (:meth:`~deconvnet.builder.network.Network.holds_for`),
     and check it once against the real forward (:func:`verify`)."""
     if not network.holds_for(x):
         network.specialise(x)

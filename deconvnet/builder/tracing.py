@@ -346,7 +346,8 @@ def trace(model: nn.Module, ruleset: rules.RuleSet, whole: dict[str, str] | None
                     f"{type(model).__name__}.forward fails on this input (x of shape {tuple(example.shape)}){where}: "
                     f"{type(cause).__name__}: {cause}"
                 ) from cause
-            if example is None and _branches(error):
+            if example is None and _branches(error) and (tracer.failed_in is None or tracer.failed_in in opaque):
+                # in the model's own forward (a branch inside a submodule keeps that submodule whole)
                 raise NeedsInput(
                     f"{type(model).__name__}.forward decides on a traced value "
                     f"({type(error).__name__}: {error}); it is read by running it on an input"
