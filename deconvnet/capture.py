@@ -21,6 +21,7 @@ from torch import Tensor, fx, nn
 
 from . import rules
 from .builder import Network, Step, call_site
+from .builder.tracing import _left_as_found as left_as_found
 from .errors import DeconvnetError, InputError, TraceMismatchError, UnsupportedLayerError
 from .mirror import Activation, Context, Record, ReLU
 
@@ -686,7 +687,8 @@ def verify(network: Network, x: Tensor) -> None:
         raise
     except Exception as error:  # the traced graph fails where the model runs (a skipped branch)
         traced = error
-    real = selected_output(network.model(x), network.output_key)
+    with left_as_found(network.model, [], {}):  # a cache the forward fills (timm's LeViT) is put back
+        real = selected_output(network.model(x), network.output_key)
     if isinstance(traced, Tensor) and _agrees(traced, real):
         network.verified = True
         return
@@ -716,7 +718,8 @@ def _parting(network: Network, x: Tensor, traced: Any, real: Any) -> str:
             handles.append(module.register_forward_hook(
                 lambda _m, _i, out, name=name: calls.setdefault(name, []).append(out)))
     try:
-        model(x)
+        with left_as_found(model, [], {}):
+            model(x)
     finally:
         for handle in handles:
             handle.remove()
