@@ -98,10 +98,6 @@ def _dense_target(target: Target) -> tuple[int, tuple[int, ...]] | None:
     return None
 
 
-def _shaped(result: Tensor, is_tuple: bool) -> Tensor | tuple[Tensor, ...]:
-    return (result,) if is_tuple else result
-
-
 def _per_example(target: Target, n: int) -> list[int] | None:
     """Class indices per example for the mirror's fast path, or None if the target is not one."""
     if isinstance(target, Tensor):
@@ -204,18 +200,14 @@ class Deconvolution(_RuleGradients):
         result: tuple[Tensor, ...]
         pixel = _dense_target(target)
         if dn is not None and (pixel is not None or classes is not None):
-            trace = dn._traced_lean(tensors[0], dn.context(self.rule))
-            if trace.output.dim() > 2 and (pixel is not None or len(set(classes or [])) == 1):
-                # a dense output (segmentation): Captum sums output[:, c] (target=c) or takes
-                # output[:, c, h, w] (target=(c, h, w)); both are regions of one class
-                c, region = pixel if pixel is not None else (classes[0], None)  # type: ignore[index]
-                if len(region or ()) not in (0, trace.output.dim() - 2):
-                    raise InputError(f"a tuple target on this model's output {tuple(trace.output.shape[1:])} is "
-                                     f"(class, {', '.join('i' * (trace.output.dim() - 2))}) without the batch")
-                return _shaped(dn.reconstruct_classes(trace, c, region=region, rule=self.rule)[:, 0], is_tuple)
-        if dn is not None and classes is not None:
             trace = dn._traced_lean(tensors[0], dn.context(self.rule))  # kept for this call alone
-            if trace.output.dim() != 2:
+            one = pixel is not None or len(set(classes or [])) == 1
+            if trace.output.dim() > 2 and one:
+                # a dense output (segmentation): Captum takes output[:, c, h, w] (target=(c, h, w));
+                # a class alone is its map summed, as Captum's tutorial's wrapper does: regions of one class
+                c, region = pixel if pixel is not None else (classes[0], None)  # type: ignore[index]
+                result = (dn.reconstruct_classes(trace, c, region=region, rule=self.rule)[:, 0],)
+            elif trace.output.dim() != 2 or classes is None:
                 result = self._gradients(tensors, extra, lambda out: _select(out, target))
             elif len(set(classes)) == 1:
                 result = (dn.reconstruct_classes(trace, classes[:1], rule=self.rule)[:, 0],)

@@ -21,7 +21,7 @@ from torch import Tensor, fx, nn
 
 from . import rules
 from .builder import Network, Step, call_site
-from .builder.tracing import _left_as_found as left_as_found
+from .builder.tracing import left_as_found
 from .errors import DeconvnetError, InputError, TraceMismatchError, UnsupportedLayerError
 from .mirror import Activation, Context, Record, ReLU
 
@@ -626,25 +626,30 @@ def run_by_node(network: Network, x: Tensor) -> Trace:
     return _refined(network, x, lambda: _interpret(network, x))
 
 
+def _computed(network: Network, node: fx.Node, env: dict[fx.Node, Any], x: Tensor) -> tuple[Any, Tensor | None]:
+    """One node of the graph on the values in ``env`` (x at the input): (its output, the switches
+    of a layer that records them, else None)."""
+    if node.op == "placeholder":
+        return (network.defaults[node.name] if node.name in network.defaults else x), None
+    step = network.steps.get(node)
+    args = fx.node.map_arg(node.args, env.__getitem__)
+    kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+    if step is not None and step.run is not None:
+        return step.run(args, kwargs)
+    return evaluate(node, args, kwargs, network), None
+
+
 def _interpret(network: Network, x: Tensor) -> Trace:
     env: dict[fx.Node, Any] = {}
     records: dict[str, Record] = {}
     activations: dict[str, Tensor] = {}
     for node in network.nodes:
-        if node.op == "placeholder":
-            env[node] = network.defaults[node.name] if node.name in network.defaults else x
-            continue
         step = network.steps.get(node)
-        args = fx.node.map_arg(node.args, env.__getitem__)
-        kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
-        switches = None
         try:
-            if step is not None and step.run is not None:
-                out, switches = step.run(args, kwargs)
-            else:
-                out = evaluate(node, args, kwargs, network)
+            out, switches = _computed(network, node, env, x)
         except RuntimeError as error:
             if _TOO_SMALL.search(str(error)):
+                args, kwargs = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
                 first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
                 raise _TooSmall(node, tuple(first.shape) if first is not None else None, error) from error
             raise
@@ -666,36 +671,38 @@ def selected_output(out: Any, key: str | int | None) -> Any:
     return getattr(out, str(key))
 
 
-def ready(network: Network, x: Tensor) -> None:
+def ready(network: Network, x: Tensor) -> Trace | None:
     """Make the network's graph the forward's for x (Tensor[N, C, ...], checked): read it again
     by running it where it was read on another input (:meth:`~deconvnet.builder.network.Network.holds_for`),
-    and check it once against the real forward (:func:`verify`)."""
+    and check it once against the real forward (:func:`verify`). Returns the check's trace of x
+    (what :func:`run` returns), or None when no check was due."""
     if not network.holds_for(x):
         network.specialise(x)
-    if not network.verified:
-        verify(network, x)
+    return None if network.verified else verify(network, x)
 
 
 @torch.no_grad()
-def verify(network: Network, x: Tensor) -> None:
-    """Check that the traced forward computes ``model(x)``. A symbolic read that does not is
-    read again by running the forward on x; one read by running that still does not is refused
-    (:class:`~deconvnet.errors.TraceMismatchError`) naming the first layer where they part."""
+def verify(network: Network, x: Tensor) -> Trace:
+    """Check that the traced forward computes ``model(x)``, returning its trace of x. A symbolic
+    read that does not is read again by running the forward on x; one read by running that still
+    does not is refused (:class:`~deconvnet.errors.TraceMismatchError`) naming the first layer
+    where they part."""
+    trace: Trace | None = None
     try:
-        traced: Any = run_by_node(network, x).output  # first: an input too small is refused by name
+        trace = run(network, x)  # first: an input too small is refused by name
+        traced: Any = trace.output
     except DeconvnetError:
         raise
     except Exception as error:  # the traced graph fails where the model runs (a skipped branch)
         traced = error
     with left_as_found(network.model, [], {}):  # a cache the forward fills (timm's LeViT) is put back
         real = selected_output(network.model(x), network.output_key)
-    if isinstance(traced, Tensor) and _agrees(traced, real):
+    if trace is not None and _agrees(traced, real):
         network.verified = True
-        return
+        return trace
     if network.example is None:
         network.specialise(x)
-        verify(network, x)
-        return
+        return verify(network, x)
     raise TraceMismatchError(_parting(network, x, traced, real))
 
 
@@ -727,15 +734,10 @@ def _parting(network: Network, x: Tensor, traced: Any, real: Any) -> str:
     seen: dict[str, int] = {}
     what = type(model).__name__
     for node in network.nodes:
-        if node.op == "placeholder":
-            env[node] = network.defaults[node.name] if node.name in network.defaults else x
-            continue
         step = network.steps.get(node)
-        args, kwargs = fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
         name = step.name if step is not None else node.name
         try:
-            env[node] = step.run(args, kwargs)[0] if step is not None and step.run is not None else evaluate(
-                node, args, kwargs, network)
+            env[node] = _computed(network, node, env, x)[0]
         except Exception as error:
             return (f"the traced forward of {what} fails at {name} ({type(error).__name__}: {error}) where "
                     "model(x) runs: torch.fx did not follow the forward there (a check on a traced value, "

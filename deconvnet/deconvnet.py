@@ -6,7 +6,7 @@ import math
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -199,8 +199,10 @@ class DeconvNet:
         """``function(network, x, *args)`` (one of :mod:`deconvnet.capture`'s runs) on the checked
         input, with autocast off: switches and kept units in full precision."""
         x = checked_input(self._network, x)
-        ready(self._network, x)
         with torch.autocast(x.device.type, enabled=False):
+            checked = ready(self._network, x)
+            if checked is not None and function is run:
+                return cast(_R, checked)  # the first check's trace is the trace asked for
             return function(self._network, x, *args)
 
     def activations(self, x: Tensor, layers: Sequence[str | nn.Module]) -> dict[str, Tensor]:
@@ -226,7 +228,8 @@ class DeconvNet:
             if x.network is not self._network:
                 raise InputError("this Trace was made by another DeconvNet; trace x with this one")
             if not self._network.holds_for(x.input):  # the forward was read for another input since
-                ready(self._network, x.input)
+                with torch.autocast(x.input.device.type, enabled=False):
+                    ready(self._network, x.input)
             return x
         return self.trace(x)
 

@@ -108,8 +108,6 @@ class Network:
     output_key: str | int | None = None
     """Which of the forward's outputs is explained: a dict key or ``ModelOutput`` attribute, a
     tuple index, or None when the forward returns one tensor."""
-    output_choices: tuple[str | int, ...] = ()
-    """Every output the forward returns that could be explained (dict keys, tuple indices)."""
     pending: str | None = None
     """Why the network is not read yet: its forward decides on traced values, so it is read by
     running it on the first input (:meth:`specialise`)."""
@@ -120,11 +118,6 @@ class Network:
     """The input the forward was read on, when it was read by running it."""
     verified: bool = False
     """Whether the traced forward was checked to compute ``model(x)`` (once, on an input)."""
-
-    @property
-    def by_running(self) -> bool:
-        """Whether the forward is read by running it on inputs rather than symbolically."""
-        return self.pending is not None or self.example is not None
 
     def holds_for(self, x: Tensor) -> bool:
         """Whether the graph read is the forward's for x (always, for a symbolic read)."""
@@ -311,9 +304,9 @@ def _build(model: nn.Module, ruleset: rules.RuleSet, strict: bool, found: Found,
     for node in graph.nodes:
         if node.op == "output":
             if transformers_image_model(model):  # traced through PixelLogits: its ModelOutput's attribute
-                result, choices, output_key = node.args[0], (), output_key or "logits"
+                result, output_key = node.args[0], output_key or "logits"
             else:
-                result, output_key, choices = chosen_output(node.args[0], output_key, signal, producers, model)
+                result, output_key = chosen_output(node.args[0], output_key, signal, producers, model)
             if not isinstance(result, fx.Node) or result not in signal or result in producers:
                 raise UnsupportedLayerError(
                     f"{type(model).__name__}.forward must return one tensor computed from its "
@@ -393,30 +386,28 @@ def _build(model: nn.Module, ruleset: rules.RuleSet, strict: bool, found: Found,
         strict=strict,
         found=found,
         output_key=output_key,
-        output_choices=choices,
         decisions=decisions,
         example=example,
     )
 
 
 def chosen_output(result: Any, key: str | int | None, signal: set[fx.Node], producers: set[fx.Node],
-                  model: nn.Module) -> tuple[Any, str | int | None, tuple[str | int, ...]]:
-    """The forward's output to explain, its key and every key there was to choose from.
+                  model: nn.Module) -> tuple[Any, str | int | None]:
+    """The forward's output to explain and its key.
 
-    A dict (torchvision's ``{"out", "aux"}``) gives ``"out"`` by default, a tuple or list the one
-    item computed from the input; ``key`` picks another. A single tensor has no key.
+    A dict (torchvision's ``{"out", "aux"}``, a ``ModelOutput``) gives ``"out"`` or ``"logits"``
+    by default, a tuple or list the one item computed from the input; ``key`` picks another. A
+    single tensor has no key.
     """
-    if isinstance(result, fx.Node) and result.op == "call_function" and _is_model_output(result.target):
-        result = dict(result.kwargs) | dict(enumerate(result.args))  # a ModelOutput built in the forward
     if isinstance(result, dict):
         choices: tuple[str | int, ...] = tuple(result)
     elif isinstance(result, (tuple, list)):
         choices = tuple(range(len(result)))
     else:
-        if key is not None and key != "logits":
+        if key is not None:
             raise InputError(f"output={key!r}: {type(model).__name__}.forward returns one tensor, so there is "
                              "no output to pick; leave output out")
-        return result, None, ()
+        return result, None
     items = result if isinstance(result, dict) else dict(enumerate(result))
     tensors = [k for k in choices if isinstance(items[k], fx.Node) and items[k] in signal and items[k] not in producers]
     kind = "dict" if isinstance(result, dict) else type(result).__name__
@@ -427,18 +418,14 @@ def chosen_output(result: Any, key: str | int | None, signal: set[fx.Node], prod
         if key not in tensors:
             raise InputError(f"output={key!r} is not a tensor computed from the input: {where}; "
                              f"the ones that are: {', '.join(map(repr, tensors)) or 'none'}")
-        return items[key], key, choices
+        return items[key], key
     for default in ("out", "logits"):
         if default in tensors:
-            return items[default], default, choices
+            return items[default], default
     if len(tensors) == 1:
-        return items[tensors[0]], tensors[0], choices
+        return items[tensors[0]], tensors[0]
     raise InputError(f"{where}, {len(tensors)} of them tensors computed from the input; pick the one to explain "
                      f"with DeconvNet(model, output=...), one of {', '.join(map(repr, tensors))}")
-
-
-def _is_model_output(target: Any) -> bool:
-    return isinstance(target, type) and any(c.__name__ == "ModelOutput" for c in target.__mro__)
 
 
 def _model_dims(model: nn.Module) -> int:

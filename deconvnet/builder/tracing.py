@@ -22,7 +22,7 @@ from .. import rules
 from ..errors import InputError, TracingError
 from . import sources
 
-__all__ = ["Traced", "trace", "KeptAsFound", "fixed_placeholders", "normalise_in_place"]
+__all__ = ["Traced", "trace", "KeptAsFound", "fixed_placeholders", "left_as_found", "normalise_in_place"]
 
 
 class _Tracer(fx.Tracer):
@@ -252,7 +252,7 @@ _FX_CONSTANT = re.compile(r"_tensor_constant\d+")
 
 
 @contextlib.contextmanager
-def _left_as_found(model: nn.Module, changed: list[tuple[str, str]], constants: dict[str, Any]) -> Iterator[None]:
+def left_as_found(model: nn.Module, changed: list[tuple[str, str]], constants: dict[str, Any]) -> Iterator[None]:
     """Undo what a forward does to its modules' attributes while torch.fx traces it, listing
     what it changed in ``changed`` (module path, attribute): some forwards cache values on the module (timm's LeViT
     caches attention biases), which would leave tracing proxies in the user's model. torch.fx
@@ -334,7 +334,7 @@ def trace(model: nn.Module, ruleset: rules.RuleSet, whole: dict[str, str] | None
         changed: list[tuple[str, str]] = []
         constants: dict[str, Any] = {}
         try:
-            with _left_as_found(root, changed, constants), _following(tracer), torch.no_grad():
+            with left_as_found(root, changed, constants), _following(tracer), torch.no_grad():
                 graph = tracer.trace(root, concrete_args=optional)
         except Exception as error:  # torch.fx raises many types; all mean the same to the user
             if example is not None and (isinstance(error, _FailsOnInput) or tracer.failed_in is None) and not isinstance(
@@ -418,7 +418,7 @@ class KeptAsFound(nn.Module):
         self.described = type(module).__name__  # what the mirror's VJP layer prints
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        with _left_as_found(self.module, [], {}):
+        with left_as_found(self.module, [], {}):
             return self.module(*args, **kwargs)
 
 

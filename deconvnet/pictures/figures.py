@@ -25,6 +25,7 @@ from .image import stack_pictures
 
 __all__ = [
     "occlusion_figure_nd",
+    "class_name",
     "boxes_figure",
     "channels_figure",
     "class_figure",
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 
-def _name(categories: Sequence[str] | None, index: int) -> str:
+def class_name(categories: Sequence[str] | None, index: int) -> str:
     return categories[index] if categories is not None and index < len(categories) else f"class {index}"
 
 
@@ -88,7 +89,7 @@ def class_figure(
         labels.append(names[n] if names is not None and n < len(names) else f"image {n}")
         for c in chosen[n].tolist():
             pictures.append(image.signed_to_unit(reconstructions[n, slot[c]]))
-            labels.append(f"{_name(categories, c)} {probabilities[n, c]:.2f}")
+            labels.append(f"{class_name(categories, c)} {probabilities[n, c]:.2f}")
     return image.labelled_grid(torch.stack(pictures), labels, ncol=1 + chosen.shape[1], scale=scale)
 
 
@@ -99,7 +100,7 @@ def _class_figure_nd(x: Tensor, reconstructions: Tensor, probabilities: Tensor, 
     parts = []
     for n in range(x.shape[0]):
         targets = chosen[n].tolist()
-        labels = [f"{_name(categories, c)} {probabilities[n, c]:.2f}" for c in targets]
+        labels = [f"{class_name(categories, c)} {probabilities[n, c]:.2f}" for c in targets]
         name = names[n] if names is not None and n < len(names) else f"input {n}"
         parts.append(targets_figure_nd(x[n : n + 1], reconstructions[n : n + 1, [slot[c] for c in targets]], labels,
                                        name=name, mean=mean, std=std, show=show))
@@ -144,7 +145,7 @@ def rules_figure(
     for n in range(x.shape[0]):
         c = int(top[n])
         pictures.append(image.denormalize(trace.input[n], mean, std))
-        labels.append(_name(categories, c))
+        labels.append(class_name(categories, c))
         for rule, reconstructions in per_rule.items():
             pictures.append(image.signed_to_unit(reconstructions[n, slot[c]]))
             labels.append(rule)
@@ -348,7 +349,7 @@ def occlusion_figure(
     probability = result.probability[index].float().cpu()
     peak = max(float(probability.max()), 1e-12)
     panels.append(_grid_picture(image.colormap(probability / peak), result, height, width))
-    labels.append(f"(d) p({_name(categories, target)}) 0-{peak:.2f}")
+    labels.append(f"(d) p({class_name(categories, target)}) 0-{peak:.2f}")
     label_map, legend = _label_colours(result.label[index].cpu(), categories)
     panels.append(_grid_picture(label_map, result, height, width))
     labels.append("(e) most probable label")
@@ -380,7 +381,7 @@ def occlusion_figure_nd(result: Occlusion, x: Tensor, *, categories: Sequence[st
     probability drops most, and the probability map's planes there, from black at the map's
     lowest value to pale yellow at its highest (the range in the captions).
     """
-    target = _name(categories, int(result.target[index]))
+    target = class_name(categories, int(result.target[index]))
     probability = result.probability[index].float().cpu()
     unoccluded = float(result.unoccluded[index])
     spatial = tuple(x.shape[2:])
@@ -429,7 +430,7 @@ def _label_colours(labels: Tensor, categories: Sequence[str] | None) -> tuple[Te
     for colour, label in zip(_LABEL_COLOURS, frequent, strict=False):
         colours[:, labels == label] = colour[:, None]
         share = float(counts[label]) / labels.numel()
-        legend.append((colour, f"{_name(categories, label)} {_share(share)}"))
+        legend.append((colour, f"{class_name(categories, label)} {_share(share)}"))
     if len(frequent) < int((counts > 0).sum()):
         legend.append((_OTHER, "other labels"))
     return colours, legend
@@ -493,7 +494,7 @@ def invariance_figure(
             colour = image.SERIES_COLOURS[i % len(image.SERIES_COLOURS)]
             draw.rectangle((left, thumbnail + 19, left + thumbnail - 1, thumbnail + 24), fill=colour)
             if categories is not None:
-                label = _name(categories, int(result.target[i]))
+                label = class_name(categories, int(result.target[i]))
                 draw.text((left, thumbnail + 26), image.fit_text(draw, label, thumbnail, font), fill="black", font=font)
         xlabel = _UNITS[result.transform]
         charts = [

@@ -13,6 +13,7 @@ from torch import Tensor
 from ..deconvnet import DeconvNet
 from ..signals import Region
 from . import image
+from .figures import class_name, shown_input
 from .volumes import planes_figure
 
 __all__ = ["PALETTE", "class_colour", "mask_overlay", "on_input_grid", "segmentation_figure"]
@@ -49,7 +50,7 @@ def mask_overlay(picture: Tensor, labels: Tensor, alpha: float = 0.4, only: int 
 def _legend(present: Sequence[tuple[int, float]], categories: Sequence[str] | None, width: int) -> Image.Image:
     """A strip of colour swatches, one per class present, with its name and share of the image."""
     font = ImageFont.load_default()
-    entries = [(c, f"{_name(categories, c)} {_share(share)}") for c, share in present]
+    entries = [(c, f"{class_name(categories, c)} {_share(share)}") for c, share in present]
     line, rows, x = 16, [[]], 4  # type: ignore[var-annotated]
     for c, text in entries:
         size = 14 + 6 * len(text) + 10
@@ -70,10 +71,6 @@ def _legend(present: Sequence[tuple[int, float]], categories: Sequence[str] | No
 
 def _share(share: float) -> str:
     return "<1%" if 0 < share < 0.005 else f"{share:.0%}"
-
-
-def _name(categories: Sequence[str] | None, c: int) -> str:
-    return categories[c] if categories is not None and c < len(categories) else f"class {c}"
 
 
 def segmentation_figure(
@@ -109,13 +106,12 @@ def segmentation_figure(
         name = names[n] if names is not None and n < len(names) else f"input {n}"
         shares = [(c, k / cells) for c, k in present[n]]
         if x.dim() != 4:  # a volume: planes through each class's reconstruction
-            titles = [f"{_name(categories, c)} {_share(share)}" for c, share in shares]
+            titles = [f"{class_name(categories, c)} {_share(share)}" for c, share in shares]
             picture = planes_figure(x[n : n + 1].float().cpu(), maps[n : n + 1, [slot[c] for c, _ in shares]].float().cpu(),
                                     titles, mean=mean, std=std, names=[name])
             parts.append(picture)
             continue
-        shown = (image.denormalize(trace.input[n], mean, std) if mean is not None and std is not None
-                 else _stretched(trace.input[n])).float().cpu()
+        shown = shown_input(trace.input[n : n + 1].cpu(), mean, std)[0]
         if shown.shape[0] == 1:
             shown = shown.expand(3, -1, -1)
         tiles, captions = [shown, mask_overlay(shown, labels[n].cpu())], [name, "predicted mask"]
@@ -123,7 +119,7 @@ def segmentation_figure(
             where = (_given_tile(shown, given, n) if given is not None
                      else mask_overlay(shown, labels[n].cpu(), only=c))
             tiles += [where, image.signed_to_unit(maps[n, slot[c]].float().cpu())]
-            captions += [f"{_name(categories, c)}: region", f"{_name(categories, c)}: map"]
+            captions += [f"{class_name(categories, c)}: region", f"{class_name(categories, c)}: map"]
         grid = image.labelled_grid(torch.stack(tiles), captions, ncol=min(len(tiles), 8), scale=scale)
         parts.append(image.stack_pictures([grid, _legend(shares, categories, grid.width)], gap=0))
     return image.stack_pictures(parts, gap=12)
@@ -141,8 +137,3 @@ def _given_tile(shown: Tensor, region: Tensor | tuple[int, ...] | None, n: int) 
         weights = F.interpolate(weights[None, None], size=tuple(size), mode="nearest")[0, 0]
     weights = weights.abs() / weights.abs().max().clamp(min=1e-12)
     return shown * (0.3 + 0.7 * weights[None])
-
-
-def _stretched(x: Tensor) -> Tensor:
-    low, high = x.min(), x.max()
-    return (x - low) / (high - low).clamp(min=1e-12)
