@@ -119,6 +119,27 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _resident() -> tuple[int, int]:
+    """(resident, peak resident) bytes of this process, from /proc (Linux)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+
+
+def added_peak(call, device: torch.device) -> int:  # type: ignore[no-untyped-def]
+    """Bytes ``call()`` adds at its peak above what is held before it: CUDA's allocated memory,
+    or on CPU the resident memory, its peak reset first (Linux: writing 5 to clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        call()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    Path("/proc/self/clear_refs").write_text("5")
+    before, _ = _resident()
+    call()
+    return _resident()[1] - before
+
 
 TABLES: dict[str, Callable[[list[dict]], list[str]]] = {}
 """Row kinds that draw their own table (a benchmark module registers its renderer here)."""

@@ -18,6 +18,7 @@
     python -m benchmarks dropin              # deconvnet.captum vs Captum on the same calls
     python -m benchmarks serve               # the explorer: latency per endpoint, 16 clients (benchmarks/serve.py)
     python -m benchmarks volumes --size 64   # MONAI's 3-D DenseNet121 and a 1-D net vs Captum and MONAI (benchmarks/volumes.py)
+    python -m benchmarks segmentation        # every predicted region: smp Unet, MONAI 3-D UNet vs Captum, grad-cam
 
 Methods are timed interleaved (A, B, C, A, B, C, ...) after a warm-up round; rows give the
 median and the ratios, which are what to compare on shared, noisy machines. Outputs are checked
@@ -52,7 +53,7 @@ from .harness import RESULTS, markdown, save
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["occlusion", "occlusion-sizes", "everyday", "trace", "classes", "modern", "precision", "channels", "units",
-                                          "mining", "atlas", "memory", "chunks", "gpu", "serve", "dropin", "volumes", "sanity",
+                                          "mining", "atlas", "memory", "chunks", "gpu", "serve", "dropin", "volumes", "sanity", "segmentation",
                                           "all"])
     parser.add_argument("--model", nargs="+", default=["vgg11", "vgg16", "alexnet"], help="for classes")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64], help="K for classes")
@@ -131,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
         volumes.run(device, args.size if args.size != 224 else 96, args.repeats, emit)
         save(rows, args.name or "volumes")
+        return 0
+    if args.which == "segmentation":  # not in "all": it needs smp, MONAI and grad-cam
+        from . import segmentation
+
+        segmentation.run(device, args.repeats, emit)
+        save(rows, args.name or "segmentation")
         return 0
     if args.which == "serve":  # not in "all": its own table
         from . import serve

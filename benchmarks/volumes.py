@@ -36,7 +36,7 @@ from torch import nn
 
 from deconvnet import DeconvNet
 
-from .harness import TABLES, _row, checked, machine, relative_error, timed
+from .harness import TABLES, _row, added_peak, checked, machine, relative_error, timed
 
 
 def _densenet(classes: int, device: torch.device) -> nn.Module:
@@ -201,28 +201,6 @@ def bench_volume_occlusion(size: int, cube: int, repeats: int, device: torch.dev
                    "relative error": error})
 
 
-def _resident() -> tuple[int, int]:
-    """(resident, peak resident) bytes of this process, from /proc (Linux)."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
-
-
-def _added_peak(call, device: torch.device) -> int:  # type: ignore[no-untyped-def]
-    """Bytes ``call()`` adds at its peak above what is held before it: CUDA's allocated memory,
-    or on CPU the resident memory, its peak reset first (Linux: writing 5 to clear_refs)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        call()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    Path("/proc/self/clear_refs").write_text("5")
-    before, _ = _resident()
-    call()
-    return _resident()[1] - before
-
-
 def _memory_worker(size: int, classes: int, which: str) -> None:
     """Run in a fresh process: the peak one all-classes call adds, as one line of JSON."""
     from deconvnet.chunks import budget, mirror_chunk
@@ -236,7 +214,7 @@ def _memory_worker(size: int, classes: int, which: str) -> None:
         dn = DeconvNet(model)
         trace = dn.trace(x)
         start = time.perf_counter()
-        result["added_bytes"] = _added_peak(lambda: dn.reconstruct_classes(trace, targets), device)
+        result["added_bytes"] = added_peak(lambda: dn.reconstruct_classes(trace, targets), device)
         result["seconds"] = time.perf_counter() - start
         result["budget_bytes"] = budget(dn.memory_budget, x.device)
         result["chunk"] = mirror_chunk(dn.mirror, trace, dn.network.steps[dn.network.output].name,
@@ -244,7 +222,7 @@ def _memory_worker(size: int, classes: int, which: str) -> None:
         result["result_bytes"] = classes * x.numel() * x.element_size()
     else:
         start = time.perf_counter()
-        result["added_bytes"] = _added_peak(lambda: _captum(x, model, targets), device)
+        result["added_bytes"] = added_peak(lambda: _captum(x, model, targets), device)
         result["seconds"] = time.perf_counter() - start
     print(json.dumps(result))
 

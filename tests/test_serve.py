@@ -506,3 +506,58 @@ def test_the_docs_schema_is_the_apis_in_openapi_30(client):
     assert upload["application/octet-stream"]["schema"]["format"] == "binary"
     page = client.get("/docs").text
     assert "/docs-assets/swagger-ui-bundle.js" in page and "cdn" not in page
+
+
+# --- segmentation models --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    """A MONAI 2-D UNet (three classes, 64 px) served with one ShapesNet picture."""
+    nets = pytest.importorskip("monai.networks.nets", reason="MONAI is in the test extra (pip install -e '.[test]')")
+    torch.manual_seed(0)
+    model = nets.UNet(2, 3, 3, (4, 8), (2,)).eval()
+    loaded = LoadedModel(model, Preprocessing.shapes(), ["sky", "road", "car"])
+    served = Explorer(loaded, name="unet", rule="guided", photos=[], samples={"scene": lambda: render(3, 0).image})
+    yield served, model
+    served.close()
+
+
+def test_a_segmentation_model_is_served_with_its_mask_regions_and_pixels(segmenter):
+    from deconvnet.pictures.segmentation import mask_overlay, on_input_grid
+
+    served, model = segmenter
+    x = Preprocessing.shapes().transform(render(3, 0).image)[None]
+    dn = DeconvNet(model, rule="guided")
+    with torch.no_grad():
+        out = model(x)
+    labels = on_input_grid(out.argmax(1), (64, 64))[0]
+    with TestClient(create_app(served)) as client:
+        info = client.get("/api/model").json()
+        assert info["segmentation"] == {"grid": [64, 64]} and info["classes"] == 3
+        scene = client.post("/api/photos/scene").json()
+        listed = [(entry["class"], entry["share"]) for entry in scene["top"]]
+        assert listed == [(c, k / 64**2) for c, k in dn.predicted_classes(x)[0]]  # largest area first
+        assert all(entry["probability"] is None and entry["colour"].startswith("#") for entry in scene["top"])
+        shown = image.denormalize(x[0], Preprocessing.shapes().mean, Preprocessing.shapes().std)
+        assert np.array_equal(png(scene["mask"]), pixels(mask_overlay(shown, labels)))
+        c = listed[0][0]
+        region = client.get(f"/api/images/{scene['image']}/classes/{c}", params={"rule": "deconvnet"}).json()
+        expected = dn.reconstruct_classes(x, [c], region="predicted", rule="deconvnet")[0, 0]
+        assert np.array_equal(png(region["picture"]), pixels(image.signed_to_unit(expected)))
+        assert region["share"] == pytest.approx(listed[0][1])
+        assert np.array_equal(png(region["region"]), pixels(mask_overlay(shown, labels, only=c)))
+        pixel = client.get(f"/api/images/{scene['image']}/pixels/10/40").json()
+        assert pixel["class"] == int(labels[10, 40]) and pixel["cell"] == [10, 40]
+        expected = dn.reconstruct_classes(x, [pixel["class"]], region=(10, 40))[0, 0]
+        assert np.array_equal(png(pixel["picture"]), pixels(image.signed_to_unit(expected)))
+        refused = client.get(f"/api/images/{scene['image']}/pixels/64/0")
+        assert refused.status_code == 400 and "row 64 is out of range: the input has 64 rows" in refused.json()["error"]
+        occlusion_request = client.post(f"/api/images/{scene['image']}/occlusion", json={"size": 8, "stride": 8})
+        assert occlusion_request.status_code == 400 and "not a classifier" in occlusion_request.json()["error"]
+
+
+def test_a_classifier_has_no_pixels_to_click(client, star):
+    refused = client.get(f"/api/images/{star['image']}/pixels/3/3")
+    assert refused.status_code == 400
+    assert "not a segmentation model: a pixel has no class of its own" in refused.json()["error"]

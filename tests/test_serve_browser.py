@@ -230,3 +230,41 @@ def test_a_fine_tuned_checkpoint_shows_its_labels_and_an_upright_phone_photo(bro
             return [row(2), row(c.height - 3)];""")
         assert top > bottom + 300
         no_console_errors(browser)
+
+
+def test_a_segmentation_model_shows_its_mask_and_explains_a_clicked_region_and_pixel(browser):
+    import torch
+    from deconvnet.loading import LoadedModel, Preprocessing
+
+    nets = pytest.importorskip("monai.networks.nets", reason="MONAI is in the test extra (pip install -e '.[test]')")
+    torch.manual_seed(0)
+    model = nets.UNet(2, 3, 3, (4, 8), (2,)).eval()
+    explorer = Explorer(LoadedModel(model, Preprocessing.shapes(), ["sky", "road", "car"]), name="unet", rule="guided",
+                        photos=[], samples={"scene": lambda: render(3, 0).image})
+    with BackgroundServer(create_app(explorer)) as running:
+        browser.get(running.url + "/?photo=scene")
+        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#top button .swatch")) > 0, "the legend")
+        assert "segmentation on a 64×64 grid" in browser.find_element(By.ID, "model").text
+        assert not browser.find_element(By.ID, "occlusion-panel").is_displayed()
+        shown(browser, "input")
+        assert browser.find_element(By.ID, "input").get_attribute("src") == explorer.describe(
+            explorer.add_photo("scene")["image"])["mask"]  # the predicted mask over the image
+        legend = browser.find_elements(By.CSS_SELECTOR, "#top button")
+        label = legend[0].text.split(" — ")[0]
+        assert "of the image" in legend[0].text
+        legend[0].click()
+        wait(browser, lambda d: title(d).endswith(f": {label}") and title(d).startswith("Class"), "the class's region")
+        shown(browser, "projection")
+        shown(browser, "patch")  # its predicted region beside it
+        assert "Predicted on" in browser.find_element(By.ID, "view-caption").text
+        # a click inside input pixel (32, 32): the image is shown at 320 px, 5 px per input pixel, so 2 px
+        # right of and below its centre (160 px) is inside that pixel's square
+        target = browser.find_element(By.ID, "input")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", target)
+        ActionChains(browser).move_to_element_with_offset(target, 2, 2).click().perform()
+        wait(browser, lambda d: title(d).startswith("Pixel (32, 32): "), "the clicked pixel")
+        shown(browser, "projection")
+        assert browser.find_element(By.ID, "box").is_displayed()
+        assert parse_qs(urlparse(browser.current_url).query)["pixel"] == ["32,32"]
+        no_console_errors(browser)
+    explorer.close()

@@ -193,6 +193,11 @@ def create_app(explorer: Explorer) -> FastAPI:
     def class_projection(image: ImageId, target: Index, rule: Rule = None) -> dict:
         return explorer.class_projection(image, target, rule)
 
+    @app.get("/api/images/{image}/pixels/{row}/{col}",
+             summary="Segmentation models: the class predicted at a pixel, reconstructed from that pixel alone")
+    def pixel(image: ImageId, row: Index, col: Index, rule: Rule = None) -> dict:
+        return explorer.pixel(image, row, col, rule)
+
     @app.get("/api/images/{image}/layers/{layer}",
              summary="A layer's channels: their maps as one sprite, strongest activation and where")
     def layer(image: ImageId, layer: Annotated[str, PathParam(max_length=200)]) -> dict:

@@ -36,7 +36,7 @@ from ..capture import KINDS
 from ..errors import DeconvnetError, InputError, LayerNotFoundError
 from ..loading import PHOTOS, LoadedModel, photo
 from ..mirror import RULES
-from ..pictures import image
+from ..pictures import image, segmentation
 from ..pictures.figures import crop_to_field
 from ..pictures.site import layer_folders
 from ..receptive import ReceptiveField
@@ -149,6 +149,9 @@ class Picture:
     nbytes: int
     notes: tuple[str, ...] = ()
     """What the decoder did that the user should know (EXIF turn, 16-bit scaling, first frame)."""
+    labels: Tensor | None = None
+    """LongTensor[H, W] on the CPU, for a segmentation model: the class it predicts at each
+    pixel of the input (its output's argmax, brought to the input's grid)."""
 
 
 class TraceCache:
@@ -382,7 +385,9 @@ class Explorer:
             self._sources[name_] = lambda name_=name_: photo(name_)
         probe = self._probe()
         self.input_shape = tuple(probe.input.shape[1:])
-        self.classes = probe.output.shape[1] if probe.output.dim() == 2 else None
+        self.classes = probe.output.shape[1] if probe.output.dim() in (2, 4) else None
+        self.grid = tuple(probe.output.shape[2:]) if probe.output.dim() == 4 else None
+        """The output's grid for a segmentation model (its output Tensor[N, classes, h, w]), else None."""
         # Each output with maps once, under a module's name where one names it (a residual block,
         # not the add its output comes from), in forward order.
         modules = dict(self.dn.model.named_modules())
@@ -412,6 +417,7 @@ class Explorer:
         categories = self.loaded.categories
         return {
             "model": self.name, "input": list(self.input_shape), "classes": self.classes,
+            "segmentation": None if self.grid is None else {"grid": list(self.grid)},
             "categories": list(categories) if categories is not None else None,
             "rules": list(RULES), "rule": self.dn.rule, "rectifiers": self.dn.rectifiers,
             "layers": [info.to_json() for info in self.layers.values()],
@@ -444,8 +450,19 @@ class Explorer:
         return self.describe(key)
 
     def describe(self, key: str) -> dict:
+        """A traced image: its input as a picture and its top-5 classes; for a segmentation
+        model, every class it predicts (largest area first) with its share and colour, and the
+        predicted mask over the image."""
         picture = self.cache.get(key)
         top = []
+        if picture.labels is not None:
+            cells = picture.trace.output[0, 0].numel()
+            top = [{"class": c, "label": self._label(c), "probability": None, "share": count / cells,
+                    "colour": "#%02x%02x%02x" % segmentation.class_colour(c)}
+                   for c, count in self.dn.predicted_classes(picture.trace)[0]]
+            return {"image": picture.id, "name": picture.name, "shape": list(picture.shown.shape), "top": top,
+                    "input": data_url(picture.shown), "notes": list(picture.notes),
+                    "mask": data_url(segmentation.mask_overlay(picture.shown, picture.labels))}
         if picture.probabilities is not None:
             values, classes = picture.probabilities.topk(min(5, picture.probabilities.numel()))
             top = [{"class": int(c), "label": self._label(int(c)), "probability": float(v)}
@@ -464,7 +481,9 @@ class Explorer:
             trace = self.dn.trace(x.unsqueeze(0).to(self._dtype()))
             shown = image.denormalize(x.float(), self.loaded.preprocessing.mean, self.loaded.preprocessing.std)
             probabilities = trace.output[0].float().softmax(-1).cpu() if trace.output.dim() == 2 else None
-            self.cache.put(Picture(key, name, trace, shown, probabilities, _bytes(trace), notes))
+            labels = (segmentation.on_input_grid(trace.output.argmax(dim=1), x.shape[1:])[0].cpu()
+                      if self.grid is not None else None)
+            self.cache.put(Picture(key, name, trace, shown, probabilities, _bytes(trace), notes, labels))
         return [None] * len(items)
 
     def _probe(self) -> Trace:
@@ -482,23 +501,52 @@ class Explorer:
     # --- classes ---------------------------------------------------------------------------------
 
     def class_projection(self, key: str, target: int, rule: str | None = None) -> dict:
-        """The reconstruction of class ``target`` (from 1 at its output unit)."""
+        """The reconstruction of class ``target``: from 1 at its output unit; for a segmentation
+        model, from its logits over the region where the model predicts it."""
         picture = self.cache.get(key)
         rule = self._rule(rule)
         if self.classes is None:
-            raise InputError(f"{self.name} is not a classifier (its output is not [N, classes])")
+            raise InputError(f"{self.name} is not a classifier or a segmentation model (its output is not "
+                             "[N, classes] or [N, classes, H, W])")
         _check_index("class", target, self.classes, f"the model has {self.classes} classes")
         return self._worker.submit(("classes", key, rule), target,
                                    lambda items: self._classes(picture, rule, items)).result()
 
     def _classes(self, picture: Picture, rule: str, targets: list[int]) -> list[dict]:
         unique = list(dict.fromkeys(targets))
-        projected = self.dn.reconstruct_classes(picture.trace, unique, rule=rule)[0].float().cpu()
+        region = "predicted" if picture.labels is not None else None
+        projected = self.dn.reconstruct_classes(picture.trace, unique, region=region, rule=rule)[0].float().cpu()
         by_class = {}
         for k, c in enumerate(unique):
             by_class[c] = {"class": c, "label": self._label(c), "rule": rule,
                            "probability": float(picture.probabilities[c]) if picture.probabilities is not None else None,
                            "picture": data_url(image.signed_to_unit(projected[k]))}
+            if picture.labels is not None:
+                by_class[c]["share"] = float((picture.labels == c).float().mean())
+                by_class[c]["region"] = data_url(segmentation.mask_overlay(picture.shown, picture.labels, only=c))
+        return [by_class[c] for c in targets]
+
+    def pixel(self, key: str, row: int, col: int, rule: str | None = None) -> dict:
+        """For a segmentation model: the class it predicts at pixel (row, col) of the input,
+        reconstructed from its logit at the output position over that pixel alone."""
+        picture = self.cache.get(key)
+        rule = self._rule(rule)
+        if picture.labels is None or self.grid is None:
+            raise InputError(f"{self.name} is not a segmentation model: a pixel has no class of its own; "
+                             "pick a class instead")
+        height, width = picture.labels.shape
+        _check_index("row", row, height, f"the input has {height} rows")
+        _check_index("col", col, width, f"the input has {width} columns")
+        at = (row * self.grid[0] // height, col * self.grid[1] // width)  # the output cell over the pixel
+        c = int(picture.labels[row, col])
+        return self._worker.submit(("pixel", key, rule, at), c, lambda items: self._pixels(picture, rule, at, items)).result()
+
+    def _pixels(self, picture: Picture, rule: str, at: tuple[int, int], targets: list[int]) -> list[dict]:
+        unique = list(dict.fromkeys(targets))
+        projected = self.dn.reconstruct_classes(picture.trace, unique, region=at, rule=rule)[0].float().cpu()
+        by_class = {c: {"class": c, "label": self._label(c), "rule": rule, "cell": list(at),
+                        "share": float((picture.labels == c).float().mean()),  # type: ignore[union-attr]
+                        "picture": data_url(image.signed_to_unit(projected[k]))} for k, c in enumerate(unique)}
         return [by_class[c] for c in targets]
 
     # --- layers, channels, units -----------------------------------------------------------------
@@ -598,7 +646,7 @@ class Explorer:
             raise InputError(f"size must be 1..{min(height, width)} (the input is {height}x{width}), got {size}")
         if stride < 1:
             raise InputError(f"stride must be at least 1, got {stride}")
-        if self.classes is None:
+        if self.classes is None or self.grid is not None:
             raise InputError(f"{self.name} is not a classifier: occlusion watches a class probability")
         if target is not None:
             _check_index("target", target, self.classes, f"the model has {self.classes} classes")

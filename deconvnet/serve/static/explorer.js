@@ -5,7 +5,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { model: null, image: null, photo: null, rule: null, layer: null, channel: null, unit: null,
-                cls: null, sort: "channel", view: null, grid: null, occlusion: null };
+                cls: null, pixel: null, sort: "channel", view: null, grid: null, occlusion: null };
 let lastRequest = 0;  // answers to superseded clicks are dropped
 
 // --- the API -----------------------------------------------------------------------------------
@@ -40,6 +40,7 @@ function saveView() {
   if (state.layer) q.set("layer", state.layer);
   if (state.sort !== "channel") q.set("sort", state.sort);
   if (state.view === "class") q.set("class", state.cls);
+  if (state.view === "pixel") q.set("pixel", state.pixel.join(","));
   if (state.view === "unit" && state.channel !== null) {
     q.set("channel", state.channel);
     if (state.unit) q.set("unit", state.unit.join(","));
@@ -60,7 +61,9 @@ async function restoreView() {
   else if (q.get("image")) await useImage(q.get("image"));
   if (!state.image) return;
   await showLayer();
+  const pixel = (q.get("pixel") || "").split(",").map(Number);
   if (q.get("class") !== null && q.get("class") !== "") await showClass(Number(q.get("class")));
+  else if (pixel.length === 2 && pixel.every(Number.isInteger)) await showPixel(pixel);
   else if (q.get("channel") !== null) {
     const unit = (q.get("unit") || "").split(",").map(Number);
     if (unit.length === 2 && unit.every(Number.isInteger)) await showUnit(Number(q.get("channel")), unit);
@@ -77,7 +80,13 @@ async function restoreView() {
 async function start() {
   state.model = await api("/api/model");
   const m = state.model;
-  $("model").textContent = `${m.model} · input ${m.input.join("×")}` + (m.classes ? ` · ${m.classes} classes` : "");
+  $("model").textContent = `${m.model} · input ${m.input.join("×")}` + (m.classes ? ` · ${m.classes} classes` : "")
+    + (m.segmentation ? ` · segmentation on a ${m.segmentation.grid.join("×")} grid` : "");
+  if (m.segmentation) {
+    $("classes-title").textContent = "2. Classes it predicts (click one for its region, or a pixel of the image)";
+    $("input").classList.add("clickable");
+    $("occlusion-panel").hidden = true;  // occlusion watches a class probability: classifiers only
+  }
   setRule(m.rule);
   if (m.hint) $("hint").textContent = m.hint;
   if (m.atlas) $("atlas-home").innerHTML = `<a href="${m.atlas.index}">atlas of ${escapeHtml(m.atlas.model)}</a>`;
@@ -129,7 +138,7 @@ async function upload(file) {
 
 function showImage(answer) {
   state.image = answer.image;
-  $("input").src = answer.input;
+  $("input").src = answer.mask || answer.input;  // a segmentation model's predicted mask over the image
   $("input").hidden = false;
   $("box").hidden = true;
   // What the decoder did (a phone photo turned upright, a 16-bit image scaled) stays beside the name.
@@ -141,7 +150,14 @@ function showImage(answer) {
     const item = document.createElement("li");
     const button = document.createElement("button");
     button.dataset.class = entry.class;
-    button.textContent = `${entry.label} — ${(100 * entry.probability).toFixed(1)}%`;
+    if (entry.share !== undefined) {  // a segmentation model: the class's colour in the mask, and its area
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = entry.colour;
+      button.append(swatch, `${entry.label} — ${share(entry.share)} of the image`);
+    } else {
+      button.textContent = `${entry.label} — ${(100 * entry.probability).toFixed(1)}%`;
+    }
     button.addEventListener("click", () => showClass(entry.class).catch(failed));
     item.append(button);
     top.append(item);
@@ -168,12 +184,43 @@ async function showClass(c) {
   for (const b of $("top").querySelectorAll("button")) b.setAttribute("aria-pressed", String(Number(b.dataset.class) === c));
   $("view-title").textContent = `Class ${c}: ${answer.label}`;
   picture("projection", answer.picture, `${answer.rule} reconstruction`);
-  picture("patch", null);
+  picture("patch", answer.region || null, "its predicted region");
   picture("map", null);
   $("box").hidden = true;
   $("atlas-panel").hidden = true;
-  $("view-caption").textContent = (answer.probability !== null ? `P = ${(100 * answer.probability).toFixed(2)}%. ` : "")
-    + "From 1 at the class's output unit down to pixels; grey is zero.";
+  $("view-caption").textContent = answer.share !== undefined
+    ? (answer.share > 0
+      ? `Predicted on ${share(answer.share)} of the image. From the class's logits over that region (its colour in `
+        + "the mask) down to pixels; grey is zero. Click a pixel of the image for that pixel alone."
+      : "The model predicts this class nowhere in this image: its region is empty, so its map is zero.")
+    : (answer.probability !== null ? `P = ${(100 * answer.probability).toFixed(2)}%. ` : "")
+      + "From 1 at the class's output unit down to pixels; grey is zero.";
+  say("");
+  saveView();
+}
+
+function share(fraction) {
+  return fraction > 0 && fraction < 0.005 ? "<1%" : `${(100 * fraction).toFixed(0)}%`;
+}
+
+async function showPixel([row, col]) {
+  if (!state.image) return;
+  const ticket = ++lastRequest;
+  say(`pixel (${row}, ${col})…`);
+  const answer = await api(withRule(`${imagePath()}/pixels/${row}/${col}`));
+  if (ticket !== lastRequest) return;
+  Object.assign(state, { view: "pixel", pixel: [row, col], cls: null, channel: null, unit: null });
+  for (const b of $("top").querySelectorAll("button")) b.setAttribute("aria-pressed", String(Number(b.dataset.class) === answer.class));
+  $("view-title").textContent = `Pixel (${row}, ${col}): ${answer.label}`;
+  picture("projection", answer.picture, `${answer.rule} reconstruction`);
+  picture("patch", null);
+  picture("map", null);
+  const [, height, width] = state.model.input;
+  const r = Math.max(2, Math.round(Math.min(height, width) / 60));  // a visible mark around one pixel
+  markBox([Math.max(0, row - r), Math.max(0, col - r), Math.min(height, row + r + 1), Math.min(width, col + r + 1)]);
+  $("atlas-panel").hidden = true;
+  $("view-caption").textContent = `The model predicts ${answer.label} here. From that class's logit at output cell `
+    + `(${answer.cell.join(", ")}) alone down to pixels; grey is zero.`;
   say("");
   saveView();
 }
@@ -392,6 +439,7 @@ function setRule(rule) {
 }
 
 function rerun() {
+  if (state.view === "pixel") return showPixel(state.pixel);
   if (state.view === "class") return showClass(state.cls);
   if (state.view === "unit" && state.unit) return showUnit(state.channel, state.unit);
   if (state.view === "unit") return showChannel(state.channel);
@@ -433,6 +481,15 @@ function wire() {
     const row = Math.floor(y / side), col = Math.floor(x / side);
     if (row < 0 || col < 0 || row >= h || col >= w) return;
     showUnit(state.channel, [row, col]).catch(failed);
+  });
+  $("input").addEventListener("click", (event) => {
+    if (!state.model.segmentation) return;
+    const rect = $("input").getBoundingClientRect();
+    const [, h, w] = state.model.input;
+    const row = Math.floor((event.clientY - rect.top) / rect.height * h);
+    const col = Math.floor((event.clientX - rect.left) / rect.width * w);
+    if (row < 0 || col < 0 || row >= h || col >= w) return;
+    showPixel([row, col]).catch(failed);
   });
   $("file").addEventListener("change", () => upload($("file").files[0]).catch(failed));
   const drop = $("drop");
