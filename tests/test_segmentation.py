@@ -339,3 +339,48 @@ def test_the_captum_drop_in_takes_captums_segmentation_targets_and_equals_captum
             warnings.simplefilter("ignore")
             expected = theirs_class(theirs_model).attribute(x, target=target)
         assert_exact(ours_class(model).attribute(x, target=target), expected, rtol=1e-9)
+
+
+UNET_2D = "monai.networks.nets:UNet(spatial_dims=2, in_channels=3, out_channels=3, channels=(4, 8), strides=(2,))"
+UNET_3D = "monai.networks.nets:UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8), strides=(2,))"
+
+
+def test_the_command_line_draws_a_mask_file_region_and_refuses_what_does_not_apply(tmp_path, capsys):
+    pytest.importorskip("monai")
+    from PIL import Image
+
+    from deconvnet.cli import main
+
+    Image.new("RGB", (48, 48), (90, 140, 200)).save(tmp_path / "scene.png")
+    mask = Image.new("L", (48, 48), 0)
+    mask.paste(255, (10, 10, 30, 30))
+    mask.save(tmp_path / "mask.png")
+    common = ["--model", UNET_2D, "--input-size", "32", "--device", "cpu", "--rule", "guided"]
+    assert main(["classes", str(tmp_path / "scene.png"), *common, "--region", str(tmp_path / "mask.png"),
+                 "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "the region mask.png is 48x48, resized to the model's input, 32x32" in printed
+    assert Image.open(tmp_path / "out" / "classes.png").width > 3 * 32
+    assert main(["classes", str(tmp_path / "scene.png"), *common, "--classes", "1", "--out", str(tmp_path)]) == 1
+    assert "--classes is for classifiers" in capsys.readouterr().err
+    assert main(["info", *common]) == 0
+    assert "a segmentation model: 3 classes on a 32x32 grid per image" in capsys.readouterr().out
+    classifier = "monai.networks.nets:DenseNet121(spatial_dims=2, in_channels=3, out_channels=2)"
+    assert main(["classes", str(tmp_path / "scene.png"), "--model", classifier, "--input-size", "32", "--device",
+                 "cpu", "--region", str(tmp_path / "mask.png"), "--out", str(tmp_path)]) == 1
+    assert "--region is for segmentation models" in capsys.readouterr().err
+
+
+def test_the_command_line_draws_a_3d_segmentation_as_planes(tmp_path):
+    pytest.importorskip("monai")
+    from PIL import Image
+
+    from deconvnet.cli import main
+
+    volume = torch.zeros(1, 16, 16, 16)
+    volume[0, 4:12, 3:9, 5:13] = 1.0
+    torch.save(volume, tmp_path / "ct.pt")
+    assert main(["classes", str(tmp_path / "ct.pt"), "--model", UNET_3D, "--rule", "guided", "--device", "cpu",
+                 "--out", str(tmp_path / "ct")]) == 0
+    planes = Image.open(tmp_path / "ct" / "classes.png")
+    assert planes.width >= 6 * 100 and planes.height >= 100  # the volume's and each class's three planes
