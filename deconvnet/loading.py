@@ -245,21 +245,28 @@ def _timm_cached_file(name: str) -> str:
 
 
 def _huggingface(folder: Path, name: str) -> _Source:
-    """A Hugging Face image classifier in a ``save_pretrained`` folder (or the local hub cache)."""
+    """A Hugging Face image classifier or semantic segmentation model (as its config's
+    ``architectures`` says) in a ``save_pretrained`` folder (or the local hub cache)."""
     if not (folder / "config.json").is_file():
         raise InputError(f"{folder} is a folder without config.json: not a transformers model (save_pretrained) folder")
     try:
         import transformers
     except ImportError as error:
         raise InputError(f'{name} is a transformers model: pip install "deconvnet[huggingface]"') from error
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except ValueError as error:
+        raise InputError(f"cannot read {folder / 'config.json'}: {error}") from error
+    segmentation = any(str(a).endswith("ForSemanticSegmentation") for a in architectures)
+    auto, kind = ((transformers.AutoModelForSemanticSegmentation, "semantic segmentation model") if segmentation
+                  else (transformers.AutoModelForImageClassification, "image classifier"))
 
     def build(n: int | None, keys: frozenset[str]) -> nn.Module:
         kwargs: dict[str, Any] = {"num_labels": n, "ignore_mismatched_sizes": True} if n is not None else {}
         try:
-            return transformers.AutoModelForImageClassification.from_pretrained(folder, local_files_only=True, **kwargs)
+            return auto.from_pretrained(folder, local_files_only=True, **kwargs)
         except Exception as error:  # unknown architectures, missing weights: a line for the user
-            raise InputError(f"cannot load {name} as a transformers image classifier: "
-                             f"{str(error).splitlines()[0]}") from error
+            raise InputError(f"cannot load {name} as a transformers {kind}: {str(error).splitlines()[0]}") from error
 
     def preprocessing(model: nn.Module) -> Preprocessing:
         path = folder / "preprocessor_config.json"

@@ -384,3 +384,54 @@ def test_the_command_line_draws_a_3d_segmentation_as_planes(tmp_path):
                  "--out", str(tmp_path / "ct")]) == 0
     planes = Image.open(tmp_path / "ct" / "classes.png")
     assert planes.width >= 6 * 100 and planes.height >= 100  # the volume's and each class's three planes
+
+
+class _Sized(nn.Module):
+    """A forward returning a dict with a map and a number that is not computed from the input's values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x: Tensor) -> dict:
+        return {"out": self.conv(x), "side": x.shape[-1]}
+
+
+def test_every_bad_output_choice_is_refused_with_its_own_message():
+    with pytest.raises(InputError, match="output must be a key, an attribute name or an index, got float"):
+        DeconvNet(_Pair().eval(), output=1.5)
+    with pytest.raises(InputError, match="output must be a key, an attribute name or an index, got bool"):
+        DeconvNet(_Pair().eval(), output=True)
+    with pytest.raises(InputError, match="output='logits': Sequential.forward returns one tensor, so there is no "
+                                         "output to pick; leave output out"):
+        DeconvNet(nn.Sequential(nn.Conv2d(1, 2, 3)).eval(), output="logits")
+    with pytest.raises(InputError, match="output='side' is not a tensor computed from the input: _Sized.forward "
+                                         "returns a dict of 'out', 'side'; the ones that are: 'out'"):
+        DeconvNet(_Sized().eval(), output="side")
+    assert DeconvNet(_Sized().eval()).output_key == "out"
+    classifier = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    with pytest.raises(InputError, match="predicted_classes needs a dense output Tensor\\[N, K, \\*S\\], got \\(1, 3\\)"):
+        DeconvNet(classifier.eval()).predicted_classes(torch.randn(1, 1, 8, 8))
+
+
+def test_a_hugging_face_segmentation_folder_loads_as_one_and_is_drawn_as_one(tmp_path, capsys):
+    from PIL import Image
+
+    from deconvnet.cli import main
+    from deconvnet.loading import load_model
+
+    model = _huggingface("segformer")
+    model.config.id2label = {0: "road", 1: "car", 2: "sky"}
+    model.config.label2id = {"road": 0, "car": 1, "sky": 2}
+    model.save_pretrained(tmp_path / "segformer")
+    loaded = load_model(str(tmp_path / "segformer"))
+    assert type(loaded.model).__name__ == "SegformerForSemanticSegmentation"  # not a classifier built from its config
+    assert list(loaded.categories) == ["road", "car", "sky"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value), name  # its own weights, every one
+    Image.new("RGB", (40, 40), (90, 140, 200)).save(tmp_path / "scene.png")
+    assert main(["classes", str(tmp_path / "scene.png"), "--model", str(tmp_path / "segformer"), "--input-size", "32",
+                 "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    assert main(["info", "--model", str(tmp_path / "segformer"), "--input-size", "32", "--device", "cpu"]) == 0
+    assert "a segmentation model: 3 classes on a 8x8 grid per image, its output 'logits'" in capsys.readouterr().out
