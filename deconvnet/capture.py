@@ -695,8 +695,10 @@ def verify(network: Network, x: Tensor) -> Trace:
         raise
     except Exception as error:  # the traced graph fails where the model runs (a skipped branch)
         traced = error
-    with left_as_found(network.model, [], {}):  # a cache the forward fills (timm's LeViT) is put back
-        real = selected_output(network.model(x), network.output_key)
+    # On a copy of x: a forward that works in place on its input (a ReLU on a slice of it) must not
+    # change the caller's x; a cache the forward fills (timm's LeViT) is put back.
+    with left_as_found(network.model, [], {}):
+        real = selected_output(network.model(x.clone()), network.output_key)
     if trace is not None and _agrees(traced, real):
         network.verified = True
         return trace
@@ -726,7 +728,7 @@ def _parting(network: Network, x: Tensor, traced: Any, real: Any) -> str:
                 lambda _m, _i, out, name=name: calls.setdefault(name, []).append(out)))
     try:
         with left_as_found(model, [], {}):
-            model(x)
+            model(x.clone())
     finally:
         for handle in handles:
             handle.remove()

@@ -435,3 +435,24 @@ def test_a_hugging_face_segmentation_folder_loads_as_one_and_is_drawn_as_one(tmp
     capsys.readouterr()
     assert main(["info", "--model", str(tmp_path / "segformer"), "--input-size", "32", "--device", "cpu"]) == 0
     assert "a segmentation model: 3 classes on a 8x8 grid per image, its output 'logits'" in capsys.readouterr().out
+
+
+class _InPlaceOnInput(nn.Module):
+    """A forward that rectifies a slice of its own input in place, as some blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(torch.relu_(x[..., 1:-1, 1:-1]))
+
+
+def test_the_check_against_the_forward_leaves_the_callers_input_as_it_was():
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    kept = x.clone()
+    model = _InPlaceOnInput().double().eval()
+    dn = DeconvNet(model)
+    first = dn.reconstruct_classes(dn.trace(x))
+    assert torch.equal(x, kept)  # the first call ran model(x) once more, on a copy
+    assert torch.equal(dn.reconstruct_classes(x), first)

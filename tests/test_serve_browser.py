@@ -181,7 +181,8 @@ def test_the_api_docs_open_offline(browser, server):
     wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) > 0, "Swagger UI's operations")
     summaries = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")]
     assert "/api/images/{image}/layers/{layer}/channels/{channel}" in " ".join(summaries).replace("\u200b", "")
-    assert len(summaries) == 11
+    assert len(summaries) == 12  # with segmentation's /api/images/{image}/pixels/{row}/{col}
+    assert "/api/images/{image}/pixels/{row}/{col}" in " ".join(summaries).replace("\u200b", "")
     sources = browser.execute_script("return Array.from(document.querySelectorAll('script[src], link[href]'))"
                                      ".map(e => e.src || e.href)")
     assert sources and all(source.startswith(server.url) for source in sources)
