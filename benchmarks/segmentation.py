@@ -163,6 +163,12 @@ TABLES["segmentation memory"] = markdown
 
 
 def run(device: torch.device, repeats: int, emit) -> None:  # type: ignore[no-untyped-def]
+    try:
+        import pytorch_grad_cam  # noqa: F401
+        import segmentation_models_pytorch  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(f"python -m benchmarks segmentation needs {error.name}: pip install grad-cam "
+                         "segmentation-models-pytorch (the test extra has the latter)") from error
     for row in bench_segmentation("smp Unet resnet18", unet_2d, (1, 3, 256, 256), repeats, device):
         emit(row)
     for row in bench_segmentation("monai UNet 3-D", unet_3d, (1, 1, 96, 96, 96), max(repeats - 1, 1), device):
